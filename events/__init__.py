@@ -1,0 +1,44 @@
+"""Damselfly's event catalogue: every control fact of the system, versioned and typed."""
+
+from events.base import Event
+from events.codec import AnyEvent, EventDecodeError, decode, encode, event_types
+from events.config import ClusterConfig, ClusterConfigSet
+from events.hosts import HostAnnounced, HostKeepalive, HostLeft
+from events.jobs import (
+    DeleteTaskRequested,
+    GetTaskRequested,
+    JobFailed,
+    JobProgressed,
+    JobStarted,
+    JobSucceeded,
+    PreheatRequested,
+)
+from events.sched import (
+    BackToSourceOrdered,
+    ParentInfo,
+    ParentsAssigned,
+    ScheduleFailed,
+    SeedPeerTriggered,
+)
+from events.tasks import (
+    BackToSourceStarted,
+    PeerFailed,
+    PeerLeft,
+    PeerRegistered,
+    PeerStarted,
+    PeerSucceeded,
+    PieceFailed,
+    PieceFinished,
+    RescheduleRequested,
+    TaskMetadataReported,
+)
+
+__all__ = [
+    "AnyEvent", "BackToSourceOrdered", "BackToSourceStarted", "ClusterConfig",
+    "ClusterConfigSet", "DeleteTaskRequested", "Event", "EventDecodeError", "GetTaskRequested",
+    "HostAnnounced", "HostKeepalive", "HostLeft", "JobFailed", "JobProgressed", "JobStarted",
+    "JobSucceeded", "ParentInfo", "ParentsAssigned", "PeerFailed", "PeerLeft", "PeerRegistered",
+    "PeerStarted", "PeerSucceeded", "PieceFailed", "PieceFinished", "PreheatRequested",
+    "RescheduleRequested", "ScheduleFailed", "SeedPeerTriggered", "TaskMetadataReported",
+    "decode", "encode", "event_types",
+]

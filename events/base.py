@@ -1,0 +1,16 @@
+"""The base every event shares: a unique id and the time the shell stamped on it."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """A fact that happened. Subclasses set a versioned tag such as ``"host.announced.v1"``.
+
+    ``id`` is unique per event and doubles as the ``Nats-Msg-Id`` header, so a retried
+    publish is stored once. ``at`` is unix seconds, stamped by a shell, never by a core.
+    """
+
+    id: str
+    at: float = 0.0

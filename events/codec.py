@@ -1,0 +1,54 @@
+"""Pure encoding and decoding of every event type. JSON, so a dumped log is readable."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from events.base import Event
+from events.config import ConfigEvent
+from events.hosts import HostEvent
+from events.jobs import JobEvent
+from events.sched import SchedEvent
+from events.tasks import TaskEvent
+
+AnyEvent = HostEvent | TaskEvent | SchedEvent | JobEvent | ConfigEvent
+
+
+class EventDecodeError(ValueError):
+    """The bytes are not a known, valid event (bad JSON, unknown tag, wrong field types)."""
+
+
+_encoder: Final = msgspec.json.Encoder()
+_decoder: Final = msgspec.json.Decoder(AnyEvent)
+
+
+def encode(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode(data: bytes) -> AnyEvent:
+    """Decode one event; raises ``EventDecodeError`` with msgspec's one-line reason."""
+    try:
+        return _decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise EventDecodeError(str(exc)) from exc
+
+
+def to_builtins(event: Event) -> dict[str, object]:
+    """The event as plain JSON-able values (bytes become base64), for dumps and tables."""
+    value = msgspec.to_builtins(event)
+    assert isinstance(value, dict)
+    return value
+
+
+def event_types() -> list[type[Event]]:
+    """Every concrete event type, in catalogue order."""
+    return [t for t in AnyEvent.__args__]  # type: ignore[attr-defined]
+
+
+def tag_of(event_type: type[Event]) -> str:
+    tag = event_type.__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag

@@ -1,0 +1,30 @@
+"""Dynamic configuration: the last value per subject is the one in force.
+
+Subjects: ``df.config.<scope>`` (``scope`` is e.g. ``cluster.<id>``).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from events.base import Event
+
+
+class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Scheduler limits and evaluator weights of one scheduler cluster."""
+
+    candidate_parent_limit: int = 3
+    filter_parent_limit: int = 15
+    back_to_source_limit: int = 3
+    retry_limit: int = 5
+    weights: dict[str, float] = msgspec.field(default_factory=dict)
+
+
+class ClusterConfigSet(Event, frozen=True, kw_only=True, tag="config.cluster_set.v1"):
+    """The configuration of a scheduler cluster changed."""
+
+    cluster: str
+    config: ClusterConfig
+
+
+ConfigEvent = ClusterConfigSet

@@ -1,0 +1,91 @@
+"""Jobs: preheat, delete-task and get-task, requested by the manager or any external system.
+
+Subjects: ``df.job.<job>.<name>``.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from events.base import Event
+
+
+class PreheatRequested(Event, frozen=True, kw_only=True, tag="job.preheat_requested.v1"):
+    """Someone asked the swarm to fetch a file or an image before anyone needs it.
+
+    ``kind`` is ``file`` or ``image``; ``scope`` is ``single_seed_peer``, ``all_seed_peers``
+    or ``all_peers``. Credentials are never here in clear: ``sealed_credentials`` is sealed
+    for the manager (see ``events.secrets``).
+    """
+
+    job_id: str
+    url: str
+    kind: str = "file"
+    scope: str = "single_seed_peer"
+    tag: str = ""
+    application: str = ""
+    platform: str = ""
+    piece_length: int = 0
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    filtered_query_params: list[str] = msgspec.field(default_factory=list)
+    scheduler_cluster_ids: list[str] = msgspec.field(default_factory=list)
+    sealed_credentials: str = ""
+
+
+class JobStarted(Event, frozen=True, kw_only=True, tag="job.started.v1"):
+    """A job's work began: the tasks it expanded to and the hosts it targets."""
+
+    job_id: str
+    task_ids: list[str] = msgspec.field(default_factory=list)
+    host_ids: list[str] = msgspec.field(default_factory=list)
+
+
+class JobProgressed(Event, frozen=True, kw_only=True, tag="job.progressed.v1"):
+    """One host's part of a job changed state (``running``, ``succeeded``, ``failed``)."""
+
+    job_id: str
+    host_id: str
+    task_id: str
+    state: str
+    reason: str = ""
+
+
+class JobSucceeded(Event, frozen=True, kw_only=True, tag="job.succeeded.v1"):
+    """A job finished on every host it targeted."""
+
+    job_id: str
+    result: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class JobFailed(Event, frozen=True, kw_only=True, tag="job.failed.v1"):
+    """A job failed; ``reason`` says why in one line."""
+
+    job_id: str
+    reason: str
+
+
+class DeleteTaskRequested(Event, frozen=True, kw_only=True, tag="job.delete_task_requested.v1"):
+    """Someone asked every peer (of the given clusters) to drop a task."""
+
+    job_id: str
+    task_id: str
+    scheduler_cluster_ids: list[str] = msgspec.field(default_factory=list)
+
+
+class GetTaskRequested(Event, frozen=True, kw_only=True, tag="job.get_task_requested.v1"):
+    """Someone asked which peers hold a task."""
+
+    job_id: str
+    task_id: str
+    scheduler_cluster_ids: list[str] = msgspec.field(default_factory=list)
+
+
+JobEvent = (
+    PreheatRequested
+    | JobStarted
+    | JobProgressed
+    | JobSucceeded
+    | JobFailed
+    | DeleteTaskRequested
+    | GetTaskRequested
+)

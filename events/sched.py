@@ -1,0 +1,72 @@
+"""Scheduling decisions, each addressed to one peer (or, for a seed trigger, one seed host).
+
+Subjects: ``df.sched.<cluster>.<partition>.<peer or host>``. A decision's ``id`` is derived
+from the event that triggered it, so a redelivered or replayed trigger is deduplicated.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from events.base import Event
+
+
+class ParentInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a child needs to fetch from one parent without asking anyone."""
+
+    peer_id: str
+    host_id: str
+    upload_url: str
+    bitmap: bytes = b""
+    seed: bool = False
+
+
+class ParentsAssigned(Event, frozen=True, kw_only=True, tag="sched.parents_assigned.v1"):
+    """The scheduler chose parents for a peer, with their bitmaps and the piece digests."""
+
+    cluster: str
+    task_id: str
+    peer_id: str
+    trigger_id: str
+    parents: list[ParentInfo]
+    content_length: int = -1
+    piece_length: int = 0
+    piece_digests: list[str] = msgspec.field(default_factory=list)
+
+
+class BackToSourceOrdered(Event, frozen=True, kw_only=True, tag="sched.back_to_source_ordered.v1"):
+    """The scheduler told a peer to fetch from the origin itself."""
+
+    cluster: str
+    task_id: str
+    peer_id: str
+    trigger_id: str
+    reason: str = ""
+
+
+class SeedPeerTriggered(Event, frozen=True, kw_only=True, tag="sched.seed_peer_triggered.v1"):
+    """The scheduler asked a seed host to fetch a task from the origin and serve the swarm."""
+
+    cluster: str
+    task_id: str
+    host_id: str
+    trigger_id: str
+    url: str
+    tag: str = ""
+    application: str = ""
+    piece_length: int = 0
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    filtered_query_params: list[str] = msgspec.field(default_factory=list)
+
+
+class ScheduleFailed(Event, frozen=True, kw_only=True, tag="sched.schedule_failed.v1"):
+    """The scheduler gave up on a peer (forbidden priority, retry limit, no source allowed)."""
+
+    cluster: str
+    task_id: str
+    peer_id: str
+    trigger_id: str
+    reason: str
+
+
+SchedEvent = ParentsAssigned | BackToSourceOrdered | SeedPeerTriggered | ScheduleFailed

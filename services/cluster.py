@@ -1,0 +1,155 @@
+"""``damselfly up``: a whole cluster on one machine, on loopback ports.
+
+The embedded ``nats-server`` (or ``--nats URL``), the streams, then every service as a child
+process. Each child binds port 0 and writes its endpoints to a ready file; the launcher
+gathers them into ``DIR/cluster.json`` and stops every child on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType, TracebackType
+
+from events.streams import ensure_streams
+from services.broker import Broker, start_broker
+from services.natsconn import connect
+from services.procs import spawn, stop, wait_ready
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One child service: its name in cluster.json and its ``damselfly`` arguments."""
+
+    name: str
+    argv: list[str]
+
+
+def service_specs(nats_url: str, data_dir: Path, peers: int) -> list[ServiceSpec]:
+    """Every service that exists, in start order."""
+    specs: list[ServiceSpec] = []
+    # scheduler entries (issue 3) go here
+    # manager entry (issue 5) goes here
+    # seed peer and peer entries (issue 4) go here
+    return specs
+
+
+async def _prepare_streams(url: str) -> None:
+    nc = await connect(url, "damselfly-up")
+    try:
+        await ensure_streams(nc.jetstream())
+    finally:
+        await nc.drain()
+
+
+@dataclass
+class LocalCluster:
+    """A running cluster; use as a context manager so every process ends with it."""
+
+    data_dir: Path
+    peers: int = 2
+    nats_url: str | None = None
+    endpoints: dict[str, object] = field(default_factory=dict)
+    _broker: Broker | None = None
+    _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self) -> dict[str, object]:
+        """Start everything and write cluster.json. Raises ``RuntimeError`` naming the
+        service that failed to start (its log is under ``DIR/logs``)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = self.data_dir / "run"
+        logs = self.data_dir / "logs"
+        run_dir.mkdir(exist_ok=True)
+        logs.mkdir(exist_ok=True)
+        url = self.nats_url
+        if url is None:
+            self._broker = start_broker(self.data_dir / "nats")
+            url = self._broker.url
+        asyncio.run(_prepare_streams(url))
+        services: dict[str, object] = {}
+        self.endpoints = {"nats": url, "data_dir": str(self.data_dir), "services": services}
+        for spec in service_specs(url, self.data_dir, self.peers):
+            ready = run_dir / f"{spec.name}.json"
+            ready.unlink(missing_ok=True)
+            with open(logs / f"{spec.name}.log", "ab") as log:
+                proc = spawn([sys.executable, "-m", "services.cli", *spec.argv,
+                              "--ready-file", str(ready)], log)
+            self._procs.append(proc)
+            try:
+                services[spec.name] = wait_ready(ready, proc)
+            except RuntimeError as exc:
+                raise RuntimeError(f"{spec.name}: {exc}; see {logs / (spec.name + '.log')}") from exc
+        (self.data_dir / "cluster.json").write_text(json.dumps(self.endpoints, indent=2))
+        return self.endpoints
+
+    def stop(self) -> None:
+        stop(list(reversed(self._procs)))
+        self._procs.clear()
+        if self._broker is not None:
+            self._broker.stop()
+            self._broker = None
+
+    def dead_service(self) -> str | None:
+        """The argv of a child that exited on its own, if any."""
+        for proc in self._procs:
+            if proc.poll() is not None:
+                return " ".join(str(a) for a in proc.args)  # type: ignore[union-attr]
+        return None
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def endpoint_table(endpoints: dict[str, object]) -> str:
+    rows = [("nats", "url", str(endpoints["nats"]))]
+    services = endpoints.get("services", {})
+    assert isinstance(services, dict)
+    for name, values in services.items():
+        for key, value in values.items():
+            rows.append((name, key, str(value)))
+    width = [max(len(r[i]) for r in rows) for i in range(2)]
+    return "\n".join(f"{a:<{width[0]}}  {b:<{width[1]}}  {c}" for a, b, c in rows)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("up", help="run a whole cluster on this machine until Ctrl-C")
+    p.add_argument("--data-dir", type=Path, default=Path(".data"), help="state dir (default .data)")
+    p.add_argument("--peers", type=int, default=2, help="number of normal peers (default 2)")
+    p.add_argument("--nats", help="use this NATS server instead of the embedded one")
+    p.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    with LocalCluster(args.data_dir.resolve(), args.peers, args.nats) as cluster:
+        print(endpoint_table(cluster.endpoints))
+        print(f"\nendpoints written to {args.data_dir / 'cluster.json'}; Ctrl-C stops everything",
+              flush=True)
+        while not done.wait(0.5):
+            dead = cluster.dead_service()
+            if dead:
+                print(f"a service exited: {dead}; stopping", file=sys.stderr)
+                return 1
+    return 0
