@@ -22,7 +22,11 @@ class ParentInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ParentsAssigned(Event, frozen=True, kw_only=True, tag="sched.parents_assigned.v1"):
-    """The scheduler chose parents for a peer, with their bitmaps and the piece digests."""
+    """The scheduler chose parents for a peer, with their bitmaps and the piece digests.
+
+    ``source_peers`` are the peers that fetched this task from the origin: only their
+    ``PieceFinished`` digests (and ``TaskMetadataReported``) are authoritative.
+    """
 
     cluster: str
     task_id: str
@@ -32,6 +36,7 @@ class ParentsAssigned(Event, frozen=True, kw_only=True, tag="sched.parents_assig
     content_length: int = -1
     piece_length: int = 0
     piece_digests: list[str] = msgspec.field(default_factory=list)
+    source_peers: list[str] = msgspec.field(default_factory=list)
 
 
 class BackToSourceOrdered(Event, frozen=True, kw_only=True, tag="sched.back_to_source_ordered.v1"):
