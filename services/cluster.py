@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -49,6 +51,19 @@ async def _prepare_streams(url: str) -> None:
         await nc.drain()
 
 
+def _cluster_secret(data_dir: Path) -> str:
+    """The secret upload tokens are minted with: the environment's, else one kept (0600) in
+    ``DIR/cluster.secret`` so that a restarted cluster keeps accepting its own tokens."""
+    if value := os.environ.get("DAMSELFLY_CLUSTER_SECRET"):
+        return value
+    path = data_dir / "cluster.secret"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
 @dataclass
 class LocalCluster:
     """A running cluster; use as a context manager so every process ends with it."""
@@ -73,6 +88,7 @@ class LocalCluster:
             self._broker = start_broker(self.data_dir / "nats")
             url = self._broker.url
         asyncio.run(_prepare_streams(url))
+        env = {"DAMSELFLY_CLUSTER_SECRET": _cluster_secret(self.data_dir)}
         services: dict[str, object] = {}
         self.endpoints = {"nats": url, "data_dir": str(self.data_dir), "services": services}
         for spec in service_specs(url, self.data_dir, self.peers):
@@ -80,7 +96,7 @@ class LocalCluster:
             ready.unlink(missing_ok=True)
             with open(logs / f"{spec.name}.log", "ab") as log:
                 proc = spawn([sys.executable, "-m", "services.cli", *spec.argv,
-                              "--ready-file", str(ready)], log)
+                              "--ready-file", str(ready)], log, env)
             self._procs.append(proc)
             try:
                 services[spec.name] = wait_ready(ready, proc)
