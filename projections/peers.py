@@ -1,0 +1,72 @@
+"""Peers per task: each download's state, bytes from the origin and from peers, duration."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from events.codec import AnyEvent
+from events.tasks import (
+    BackToSourceStarted,
+    PeerFailed,
+    PeerLeft,
+    PeerRegistered,
+    PeerStarted,
+    PeerSucceeded,
+    PieceFailed,
+    PieceFinished,
+    RescheduleRequested,
+)
+from projections.model import ADD, MAX, MIN, Column, Patches, Projection, Table
+
+PEERS = Table(
+    "peers",
+    key=(Column("task_id", "VARCHAR"), Column("peer_id", "VARCHAR")),
+    columns=(
+        Column("cluster", "VARCHAR"), Column("host_id", "VARCHAR"), Column("priority", "INTEGER"),
+        Column("state", "VARCHAR"), Column("back_to_source", "BOOLEAN"),
+        Column("reason", "VARCHAR"), Column("content_length", "BIGINT"),
+        Column("pieces", "INTEGER", ADD), Column("failed_pieces", "INTEGER", ADD),
+        Column("bytes_from_origin", "BIGINT", ADD), Column("bytes_from_peers", "BIGINT", ADD),
+        Column("reschedules", "INTEGER", ADD), Column("registered_at", "TIMESTAMP", MIN),
+        Column("updated_at", "TIMESTAMP", MAX), Column("finished_at", "TIMESTAMP"),
+    ),
+    derived={"duration_ms": "epoch_ms(finished_at) - epoch_ms(registered_at)"},
+)
+
+
+def fold(events: Sequence[AnyEvent]) -> list[Patches]:
+    peers = Patches(PEERS)
+    put = peers.put
+    for e in events:
+        match e:
+            case PieceFinished():
+                if e.parent_id:
+                    put((e.task_id, e.peer_id), pieces=1, bytes_from_peers=e.length,
+                        updated_at=e.at)
+                else:
+                    put((e.task_id, e.peer_id), pieces=1, bytes_from_origin=e.length,
+                        updated_at=e.at)
+            case PieceFailed():
+                put((e.task_id, e.peer_id), failed_pieces=1, updated_at=e.at)
+            case PeerRegistered():
+                put((e.task_id, e.peer_id), cluster=e.cluster, host_id=e.host_id,
+                    priority=e.priority, state="registered", registered_at=e.at, updated_at=e.at)
+            case PeerStarted():
+                put((e.task_id, e.peer_id), cluster=e.cluster, state="running", updated_at=e.at)
+            case BackToSourceStarted():
+                put((e.task_id, e.peer_id), cluster=e.cluster, state="back_to_source",
+                    back_to_source=True, reason=e.reason or None, updated_at=e.at)
+            case RescheduleRequested():
+                put((e.task_id, e.peer_id), cluster=e.cluster, reschedules=1, updated_at=e.at)
+            case PeerSucceeded():
+                put((e.task_id, e.peer_id), cluster=e.cluster, state="succeeded",
+                    content_length=e.content_length, finished_at=e.at, updated_at=e.at)
+            case PeerFailed():
+                put((e.task_id, e.peer_id), cluster=e.cluster, state="failed", reason=e.reason,
+                    finished_at=e.at, updated_at=e.at)
+            case PeerLeft():
+                put((e.task_id, e.peer_id), cluster=e.cluster, state="left", updated_at=e.at)
+    return [peers]
+
+
+PROJECTION = Projection("peers", ("DF_TASKS",), (PEERS,), fold)
