@@ -172,6 +172,12 @@ class Consumer:
 
     async def run(self, handler: EventHandler, stop: asyncio.Event) -> None:
         """Hand each event to ``handler`` until ``stop`` is set; ack after it succeeded."""
+        try:
+            await self._run(handler, stop)
+        finally:
+            await self.close()
+
+    async def _run(self, handler: EventHandler, stop: asyncio.Event) -> None:
         while not stop.is_set():
             for item in await self.fetch():
                 try:
@@ -184,6 +190,12 @@ class Consumer:
 
     async def run_batches(self, handler: BatchHandler, stop: asyncio.Event) -> None:
         """Hand whole batches to ``handler`` (one transaction each); ack all after it."""
+        try:
+            await self._run_batches(handler, stop)
+        finally:
+            await self.close()
+
+    async def _run_batches(self, handler: BatchHandler, stop: asyncio.Event) -> None:
         while not stop.is_set():
             batch = await self.fetch()
             if not batch:

@@ -1,0 +1,127 @@
+"""The event catalogue: stable encodings, typed errors, subjects, secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from events import HostAnnounced, PeerRegistered, PieceFinished, decode, encode, event_types
+from events.codec import EventDecodeError, tag_of
+from events.secrets import public_headers
+from events.subjects import (
+    PARTITIONS,
+    SubjectError,
+    parse_task_subject,
+    partition,
+    safe_token,
+    subject_for,
+    task_subject,
+)
+from events.streams import stream_configs
+
+SAMPLES = Path(__file__).parent / "samples"
+TASK = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+
+def _samples() -> list[bytes]:
+    lines: list[bytes] = []
+    for path in sorted(SAMPLES.glob("events-*.jsonl")):
+        lines += [line for line in path.read_bytes().splitlines() if line.strip()]
+    return lines
+
+
+def test_every_event_type_has_a_stored_sample() -> None:
+    stored = {msgspec.json.decode(line)["type"] for line in _samples()}
+    missing = {tag_of(t) for t in event_types()} - stored
+    assert not missing, f"add a sample encoding to tests/unit/samples for {sorted(missing)}"
+
+
+@pytest.mark.parametrize("line", _samples(), ids=lambda b: msgspec.json.decode(b)["type"])
+def test_old_encodings_still_decode_and_round_trip(line: bytes) -> None:
+    event = decode(line)
+    assert tag_of(type(event)) == msgspec.json.decode(line)["type"]
+    assert decode(encode(event)) == event
+    # Fields the sample did not know yet take their defaults, so only stored keys compare.
+    stored = msgspec.json.decode(line)
+    assert {k: v for k, v in msgspec.json.decode(encode(event)).items() if k in stored} == stored
+
+
+def test_tags_are_versioned_and_unique() -> None:
+    tags = [tag_of(t) for t in event_types()]
+    assert len(tags) == len(set(tags))
+    assert all(t.rsplit(".", 1)[-1].startswith("v") for t in tags)
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"not json", "malformed"),
+    (b'{"type": "peer.exploded.v1", "id": "x"}', "Invalid value 'peer.exploded.v1'"),
+    (b'{"type": "host.left.v1", "cluster": "c", "host_id": "h"}', "missing required field `id`"),
+    (b'{"type": "host.left.v1", "id": "x", "cluster": 3, "host_id": "h"}', "Expected `str`"),
+    (b'{"id": "x"}', "Object missing required field `type`"),
+])
+def test_bad_bytes_raise_a_typed_error_that_says_why(data: bytes, reason: str) -> None:
+    with pytest.raises(EventDecodeError, match=reason.split("`")[0]) as info:
+        decode(data)
+    assert reason.lower() in str(info.value).lower()
+
+
+def test_events_are_frozen() -> None:
+    event = HostAnnounced(id="a", cluster="c", host_id="h", hostname="n", ip="1.2.3.4",
+                          upload_url="http://1.2.3.4:1")
+    with pytest.raises(AttributeError):
+        event.seed = True  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("line", _samples(), ids=lambda b: msgspec.json.decode(b)["type"])
+def test_every_event_has_one_subject_inside_one_stream(line: bytes) -> None:
+    subject = subject_for(decode(line))
+    owners = [c.name for c in stream_configs() if any(_matches(f, subject) for f in c.subjects)]
+    assert len(owners) == 1, (subject, owners)
+
+
+def _matches(pattern: str, subject: str) -> bool:
+    p, s = pattern.split("."), subject.split(".")
+    for i, token in enumerate(p):
+        if token == ">":
+            return len(s) > i
+        if i >= len(s) or (token != "*" and token != s[i]):
+            return False
+    return len(p) == len(s)
+
+
+def test_stream_subjects_never_overlap() -> None:
+    # A cluster or job named like another family must not make JetStream refuse a stream.
+    probes = ["df.job.host.x.announced", "df.host.job.h.left", "df.task.config.1.t.p.started"]
+    for probe in probes:
+        owners = [c.name for c in stream_configs() if any(_matches(f, probe) for f in c.subjects)]
+        assert len(owners) <= 1, (probe, owners)
+
+
+def test_task_subject_round_trips_through_the_parser() -> None:
+    event = PieceFinished(id="1", cluster="default", task_id=TASK, peer_id="host-b-1", piece=3,
+                          length=4, digest="sha256:x")
+    parsed = parse_task_subject(subject_for(event))
+    assert parsed == (("default", partition(TASK), TASK, "host-b-1", "piece_finished"))
+    assert 0 <= parsed.partition < PARTITIONS
+
+
+@pytest.mark.parametrize("bad", ["", "a.b", "a b", "a*", "a>"])
+def test_bad_tokens_are_refused(bad: str) -> None:
+    with pytest.raises(SubjectError):
+        task_subject("default", TASK, bad, "started")
+
+
+def test_any_hostname_becomes_a_valid_token() -> None:
+    assert safe_token("node-1.example.com") == "node-1_example_com"
+    assert safe_token("") == "_"
+
+
+def test_credentials_never_reach_an_event() -> None:
+    headers = {"Authorization": "Bearer s3cr3t", "Cookie": "a=b", "Accept": "*/*",
+               "X-Registry-Auth": "x"}
+    event = PeerRegistered(id="1", cluster="c", task_id=TASK, peer_id="p", host_id="h",
+                           url="http://o/f", headers=public_headers(headers))
+    assert b"s3cr3t" not in encode(event)
+    assert event.headers == {"Accept": "*/*"}
