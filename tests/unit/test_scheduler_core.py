@@ -1,0 +1,396 @@
+"""The scheduler core, event in, decisions out: no sockets, no clock."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import itertools
+from pathlib import Path
+
+import pytest
+
+from events import (
+    BackToSourceOrdered,
+    BackToSourceStarted,
+    ClusterConfig,
+    ClusterConfigSet,
+    Event,
+    HostAnnounced,
+    HostLeft,
+    ParentsAssigned,
+    PeerFailed,
+    PeerRegistered,
+    PeerSucceeded,
+    PieceFailed,
+    PieceFinished,
+    RescheduleRequested,
+    ScheduleFailed,
+    SeedPeerTriggered,
+    TaskMetadataReported,
+)
+from services.scheduler import core
+
+C = "default"
+TASK = hashlib.sha256(b"https://origin/file").hexdigest()
+PIECES = 4
+
+
+class Script:
+    """Builds events with sequential ids and times and feeds them to one state."""
+
+    def __init__(self, state: core.State | None = None) -> None:
+        self.state = state or core.new_state(C)
+        self.n = itertools.count(1)
+        self.log: list[Event] = []
+
+    def _meta(self) -> dict[str, object]:
+        n = next(self.n)
+        return {"id": f"e{n}", "at": float(n)}
+
+    def apply(self, event: Event) -> list[Event]:
+        self.log.append(event)
+        return core.step(self.state, event)
+
+    def host(self, host_id: str, *, seed: bool = False, idc: str = "", location: str = "",
+             limit: int = 50) -> list[Event]:
+        return self.apply(HostAnnounced(**self._meta(), cluster=C, host_id=host_id,
+                                        hostname=host_id, ip="127.0.0.1",
+                                        upload_url=f"http://{host_id}:1", seed=seed, idc=idc,
+                                        location=location, upload_limit=limit))
+
+    def register(self, peer: str, host: str, priority: int = 3, **kw: object) -> list[Event]:
+        return self.apply(PeerRegistered(**self._meta(), cluster=C, task_id=TASK, peer_id=peer,
+                                         host_id=host, url="https://origin/file",
+                                         priority=priority, **kw))
+
+    def source(self, peer: str, pieces: range = range(PIECES)) -> list[Event]:
+        """``peer`` fetches from the origin: started, metadata, pieces."""
+        out = self.apply(BackToSourceStarted(**self._meta(), cluster=C, task_id=TASK, peer_id=peer))
+        out += self.apply(TaskMetadataReported(**self._meta(), cluster=C, task_id=TASK,
+                                               peer_id=peer, content_length=PIECES * 16,
+                                               piece_length=16, piece_count=PIECES))
+        for i in pieces:
+            out += self.piece(peer, i)
+        return out
+
+    def piece(self, peer: str, i: int, parent: str = "", cost: float = 1.0) -> list[Event]:
+        return self.apply(PieceFinished(**self._meta(), cluster=C, task_id=TASK, peer_id=peer,
+                                        piece=i, length=16, digest=f"d{i}", parent_id=parent,
+                                        cost_ms=cost))
+
+    def piece_failed(self, peer: str, i: int, parent: str, corrupt: bool = False) -> list[Event]:
+        return self.apply(PieceFailed(**self._meta(), cluster=C, task_id=TASK, peer_id=peer,
+                                      piece=i, parent_id=parent, corrupt=corrupt))
+
+    def reschedule(self, peer: str, blocklist: list[str] | None = None) -> list[Event]:
+        return self.apply(RescheduleRequested(**self._meta(), cluster=C, task_id=TASK,
+                                              peer_id=peer, blocklist=blocklist or []))
+
+    def succeeded(self, peer: str) -> list[Event]:
+        return self.apply(PeerSucceeded(**self._meta(), cluster=C, task_id=TASK, peer_id=peer,
+                                        content_length=PIECES * 16, piece_count=PIECES))
+
+    def failed(self, peer: str) -> list[Event]:
+        return self.apply(PeerFailed(**self._meta(), cluster=C, task_id=TASK, peer_id=peer,
+                                     reason="test"))
+
+    def host_left(self, host: str) -> list[Event]:
+        return self.apply(HostLeft(**self._meta(), cluster=C, host_id=host))
+
+    def config(self, **kw: object) -> list[Event]:
+        return self.apply(ClusterConfigSet(**self._meta(), cluster=C,
+                                           config=ClusterConfig(**kw)))  # type: ignore[arg-type]
+
+
+def only(decisions: list[Event], kind: type[Event]) -> Event:
+    assert len(decisions) == 1, decisions
+    assert isinstance(decisions[0], kind), decisions[0]
+    return decisions[0]
+
+
+def swarm_with_source() -> Script:
+    """Hosts h1..h4; p1 on h1 fetched the whole task from the origin."""
+    s = Script()
+    for h in ("h1", "h2", "h3", "h4"):
+        s.host(h)
+    only(s.register("p1", "h1"), BackToSourceOrdered)
+    s.source("p1")
+    return s
+
+
+def test_parents_carry_addresses_bitmaps_digests_and_sources() -> None:
+    s = swarm_with_source()
+    d = only(s.register("p2", "h2"), ParentsAssigned)
+    assert isinstance(d, ParentsAssigned)
+    assert [p.peer_id for p in d.parents] == ["p1"]
+    assert d.parents[0].upload_url == "http://h1:1"
+    assert d.parents[0].bitmap == bytes([0b11110000])
+    assert d.piece_digests == [f"d{i}" for i in range(PIECES)]
+    assert d.source_peers == ["p1"]
+    assert (d.content_length, d.piece_length) == (PIECES * 16, 16)
+    assert d.trigger_id == s.log[-1].id
+
+
+def test_never_a_parent_on_the_childs_own_host() -> None:
+    s = swarm_with_source()
+    d = only(s.register("p1b", "h1"), BackToSourceOrdered)  # only holder shares its host
+    assert d.peer_id == "p1b"
+
+
+def test_never_a_cycle() -> None:
+    s = swarm_with_source()
+    only(s.register("p2", "h2"), ParentsAssigned)
+    s.piece("p2", 0, parent="p1")
+    d = only(s.register("p3", "h3"), ParentsAssigned)
+    assert isinstance(d, ParentsAssigned) and {p.peer_id for p in d.parents} == {"p1", "p2"}
+    s.piece("p3", 1, parent="p1")
+    # p2 asks again without p1: p3 is p2's descendant, so it cannot become its parent.
+    d = s.reschedule("p2", blocklist=["p1"])
+    assert not any(isinstance(x, ParentsAssigned) and any(p.peer_id == "p3" for p in x.parents)
+                   for x in d)
+    assert "p3" not in s.state.tasks[TASK].peers["p2"].parents
+
+
+def test_failed_uploads_mark_a_parent_bad_and_its_children_move() -> None:
+    s = swarm_with_source()
+    only(s.register("p2", "h2"), ParentsAssigned)
+    s.piece("p2", 0, parent="p1")
+    s.piece("p2", 1, parent="p1")
+    d = only(s.register("p3", "h3"), ParentsAssigned)
+    assert isinstance(d, ParentsAssigned) and {p.peer_id for p in d.parents} == {"p1", "p2"}
+    s.piece_failed("p3", 0, parent="p2")
+    s.piece_failed("p3", 0, parent="p2")
+    moved = s.piece_failed("p3", 0, parent="p2")
+    d = only(moved, ParentsAssigned)
+    assert isinstance(d, ParentsAssigned) and d.peer_id == "p3"
+    assert [p.peer_id for p in d.parents] == ["p1"]
+    d4 = only(s.register("p4", "h4"), ParentsAssigned)
+    assert isinstance(d4, ParentsAssigned) and [p.peer_id for p in d4.parents] == ["p1"]
+
+
+def test_a_corrupt_piece_marks_the_parent_bad_at_once() -> None:
+    s = swarm_with_source()
+    only(s.register("p2", "h2"), ParentsAssigned)
+    s.piece("p2", 0, parent="p1")
+    only(s.register("p3", "h3"), ParentsAssigned)
+    d = only(s.piece_failed("p3", 1, parent="p2", corrupt=True), ParentsAssigned)
+    assert isinstance(d, ParentsAssigned) and "p2" not in [p.peer_id for p in d.parents]
+
+
+def test_an_outlier_piece_cost_marks_the_parent_bad() -> None:
+    s = swarm_with_source()
+    only(s.register("p2", "h2"), ParentsAssigned)
+    costs = [10.0, 12.0, 11.0, 9.0, 10.0]
+    for i, c in enumerate(costs[:PIECES]):
+        assert s.piece("p2", i, parent="p1", cost=c) == []
+    # More pieces from p1 (to a fresh child) to fill the window, then one far slower.
+    only(s.register("p3", "h3"), ParentsAssigned)
+    assert s.piece("p3", 0, parent="p1", cost=costs[4]) == []
+    assert not s.state.tasks[TASK].peers["p1"].bad
+    mean = sum(costs) / len(costs)
+    sigma = (sum((c - mean) ** 2 for c in costs) / len(costs)) ** 0.5
+    out = s.piece("p3", 1, parent="p1", cost=mean + 3 * sigma + 1)
+    assert s.state.tasks[TASK].peers["p1"].bad
+    # p2 and p3 both lose p1; p3 gets p2, p2 has no one left but the origin.
+    kinds = {x.peer_id: type(x) for x in out}  # type: ignore[attr-defined]
+    assert kinds == {"p2": BackToSourceOrdered, "p3": ParentsAssigned}
+
+
+def test_back_to_source_is_bounded_and_later_peers_wait_for_a_holder() -> None:
+    s = Script()
+    for h in ("h1", "h2", "h3", "h4", "h5"):
+        s.host(h)
+    s.config(back_to_source_limit=2)
+    assert isinstance(only(s.register("p1", "h1"), BackToSourceOrdered), BackToSourceOrdered)
+    assert isinstance(only(s.register("p2", "h2"), BackToSourceOrdered), BackToSourceOrdered)
+    assert s.register("p3", "h3") == []
+    assert s.register("p4", "h4") == []
+    s.apply(BackToSourceStarted(id="b1", at=100.0, cluster=C, task_id=TASK, peer_id="p1"))
+    out = s.apply(TaskMetadataReported(id="m1", at=101.0, cluster=C, task_id=TASK,
+                                       peer_id="p1", content_length=64, piece_length=16,
+                                       piece_count=PIECES))
+    assert out == []  # nobody holds a piece yet
+    out = s.piece("p1", 0)
+    assert sorted(x.peer_id for x in out) == ["p3", "p4"]  # type: ignore[attr-defined]
+    assert all(isinstance(x, ParentsAssigned) and x.trigger_id == s.log[-1].id for x in out)
+
+
+def test_priority_1_is_forbidden() -> None:
+    s = swarm_with_source()
+    d = only(s.register("p2", "h2", priority=1), ScheduleFailed)
+    assert isinstance(d, ScheduleFailed) and "priority 1" in d.reason
+
+
+def test_priority_2_never_goes_to_the_origin() -> None:
+    s = Script()
+    s.host("h1")
+    s.host("h2")
+    d = only(s.register("p1", "h1", priority=2), ScheduleFailed)
+    assert isinstance(d, ScheduleFailed) and "back-to-source" in d.reason
+    only(s.register("p2", "h2", priority=3), BackToSourceOrdered)
+    assert s.register("p3", "h1", priority=2) == []  # waits: p2 is fetching from the origin
+    s.source("p2", range(1))
+    assert s.state.tasks[TASK].peers["p3"].parents == ["p2"]
+
+
+def test_priority_3_goes_to_the_origin_even_with_a_seed_host() -> None:
+    s = Script()
+    s.host("seed", seed=True)
+    s.host("h1")
+    only(s.register("p1", "h1", priority=3), BackToSourceOrdered)
+
+
+@pytest.mark.parametrize("priority", [0, 4, 5, 6])
+def test_priorities_0_and_4_to_6_trigger_a_seed_peer_first(priority: int) -> None:
+    s = Script()
+    s.host("seed", seed=True)
+    s.host("h1")
+    s.host("h2")
+    d = only(s.register("p1", "h1", priority=priority), SeedPeerTriggered)
+    assert isinstance(d, SeedPeerTriggered)
+    assert (d.host_id, d.url) == ("seed", "https://origin/file")
+    assert s.register("p2", "h2", priority=priority) == []  # the seed is already on it
+    only(s.register("seed-1", "seed"), BackToSourceOrdered)
+    out = s.source("seed-1", range(1))
+    assert sorted(x.peer_id for x in out) == ["p1", "p2"]  # type: ignore[attr-defined]
+    assert all(isinstance(x, ParentsAssigned) and [p.peer_id for p in x.parents] == ["seed-1"]
+               and x.parents[0].seed for x in out)
+
+
+def test_without_a_seed_host_priority_0_goes_to_the_origin() -> None:
+    s = Script()
+    s.host("h1")
+    only(s.register("p1", "h1", priority=0), BackToSourceOrdered)
+
+
+def test_a_seed_that_leaves_before_serving_hands_its_waiters_to_the_origin() -> None:
+    s = Script()
+    s.host("seed", seed=True)
+    s.host("h1")
+    only(s.register("p1", "h1", priority=0), SeedPeerTriggered)
+    d = only(s.host_left("seed"), BackToSourceOrdered)
+    assert d.peer_id == "p1"  # type: ignore[attr-defined]
+
+
+def test_the_retry_limit_fails_a_peer() -> None:
+    s = swarm_with_source()
+    s.config(retry_limit=1)
+    only(s.register("p2", "h2"), ParentsAssigned)
+    only(s.reschedule("p2"), ParentsAssigned)
+    d = only(s.reschedule("p2"), ScheduleFailed)
+    assert isinstance(d, ScheduleFailed) and "retry limit" in d.reason
+
+
+def test_a_parent_that_leaves_gets_its_children_rescheduled() -> None:
+    s = swarm_with_source()
+    only(s.register("p2", "h2"), ParentsAssigned)
+    s.piece("p2", 0, parent="p1")
+    only(s.register("p3", "h3"), ParentsAssigned)
+    out = s.host_left("h1")
+    assert {x.peer_id: [p.peer_id for p in x.parents] for x in out  # type: ignore[attr-defined]
+            if isinstance(x, ParentsAssigned)} == {"p3": ["p2"]}
+    assert "p1" not in s.state.tasks[TASK].peers
+    assert s.state.hosts.get("h1") is None
+
+
+def test_a_failed_origin_fetcher_frees_its_slot_for_a_waiter() -> None:
+    s = Script()
+    for h in ("h1", "h2"):
+        s.host(h)
+    s.config(back_to_source_limit=1)
+    only(s.register("p1", "h1"), BackToSourceOrdered)
+    assert s.register("p2", "h2") == []
+    only(s.failed("p1"), BackToSourceOrdered)
+
+
+def test_upload_capacity_limits_children_and_frees_on_success() -> None:
+    s = Script()
+    s.host("h1", limit=1)
+    s.host("h2")
+    s.host("h3")
+    s.config(back_to_source_limit=1)
+    only(s.register("p1", "h1"), BackToSourceOrdered)
+    s.source("p1")
+    only(s.register("p2", "h2"), ParentsAssigned)
+    assert s.register("p3", "h3") == []  # h1 has no free upload slot, origin limit reached
+    d = only(s.succeeded("p2"), ParentsAssigned)  # p2 is a new holder; h1 freed too
+    assert d.peer_id == "p3"  # type: ignore[attr-defined]
+
+
+def test_affinity_and_weights_decide_the_order() -> None:
+    s = Script()
+    s.host("near", idc="a", location="eu|fr|paris")
+    s.host("far", idc="b", location="us|ca|sf")
+    s.host("child", idc="a", location="eu|fr|lyon")
+    for peer, host in (("pn", "near"), ("pf", "far")):
+        s.register(peer, host)
+        s.source(peer)
+    d = only(s.register("c", "child"), ParentsAssigned)
+    assert [p.peer_id for p in d.parents] == ["pn", "pf"]  # type: ignore[attr-defined]
+    s2 = Script(core.new_state(C, {"idc": 0.0, "location": -1.0}))
+    for e in s.log[:-1]:
+        s2.apply(e)
+    d2 = only(s2.apply(s.log[-1]), ParentsAssigned)
+    assert [p.peer_id for p in d2.parents] == ["pf", "pn"]  # type: ignore[attr-defined]
+
+
+def test_only_origin_fetchers_are_digest_authorities() -> None:
+    s = swarm_with_source()
+    only(s.register("p2", "h2"), ParentsAssigned)
+    s.apply(TaskMetadataReported(id="liar", at=1.0, cluster=C, task_id=TASK, peer_id="p2",
+                                 content_length=1, piece_length=1, piece_count=1,
+                                 piece_digests=["forged"]))
+    task = s.state.tasks[TASK]
+    assert task.content_length == PIECES * 16 and task.digests[0] == "d0"
+
+
+def scripted_swarm() -> list[Event]:
+    """A busy log: seed, sources, many children, failures, departures, reschedules."""
+    s = Script()
+    s.host("seed", seed=True, location="eu|fr")
+    for i in range(12):
+        s.host(f"h{i}", idc="a" if i % 2 else "b", location="eu|fr" if i % 3 else "us|ny")
+    s.register("seed-p", "seed", priority=0)
+    for i in range(12):
+        s.register(f"p{i}", f"h{i}", priority=(0, 3, 4)[i % 3])
+    s.register("seed-p", "seed")
+    s.source("seed-p")
+    for i in range(12):
+        for piece in range(PIECES):
+            task = s.state.tasks[TASK]
+            peer = task.peers.get(f"p{i}")
+            if peer and peer.parents:
+                s.piece(f"p{i}", piece, parent=peer.parents[piece % len(peer.parents)],
+                        cost=float(5 + (i * piece) % 7))
+        if i % 4 == 1:
+            s.reschedule(f"p{i}", blocklist=["seed-p"])
+        if i % 5 == 2:
+            s.failed(f"p{i}")
+        else:
+            s.succeeded(f"p{i}")
+    s.host_left("h3")
+    return s.log
+
+
+def test_replay_is_deterministic_and_survives_a_snapshot() -> None:
+    log = scripted_swarm()
+    first = core.new_state(C)
+    decisions = [d for e in log for d in core.step(first, e)]
+    assert len(decisions) > 12
+    second = core.new_state(C)
+    half = len(log) // 2
+    again = [d for e in log[:half] for d in core.step(second, e)]
+    restored = core.decode_state(core.encode_state(second))
+    again += [d for e in log[half:] for d in core.step(restored, e)]
+    assert again == decisions
+    assert core.encode_state(restored) == core.encode_state(first)
+
+
+def test_the_core_imports_nothing_but_events_msgspec_and_the_standard_library() -> None:
+    source = Path(core.__file__).read_text()
+    allowed = {"__future__", "random", "collections", "typing", "msgspec", "events"}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            assert (node.module or "").split(".")[0] in allowed, node.module
+        elif isinstance(node, ast.Import):
+            assert all(a.name.split(".")[0] in allowed for a in node.names)
