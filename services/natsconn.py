@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import nats
 from nats.aio.client import Client
 
+log = logging.getLogger("damselfly.nats")
 
-async def connect(url: str, name: str) -> Client:
-    """Connect with bounded timeouts and endless reconnects. Raises ``OSError`` or
-    ``nats.errors.NoServersError`` when no server answers at first."""
-    return await nats.connect(url, name=name, connect_timeout=5, max_reconnect_attempts=-1,
-                              reconnect_time_wait=0.5, allow_reconnect=True)
+
+async def connect(url: str, name: str, *, first_timeout: float = 10.0) -> Client:
+    """Connect, reconnecting forever once connected. Raises ``ConnectionError`` when no
+    server answers within ``first_timeout`` seconds."""
+    connected = False
+
+    async def on_error(exc: Exception) -> None:
+        # Before the first connection the caller reports one line; afterwards every
+        # reconnect problem is worth a warning.
+        log.log(logging.WARNING if connected else logging.DEBUG, "nats: %s",
+                exc or type(exc).__name__)
+
+    try:
+        client = await asyncio.wait_for(
+            nats.connect(url, name=name, connect_timeout=2, max_reconnect_attempts=-1,
+                         reconnect_time_wait=0.5, allow_reconnect=True, error_cb=on_error),
+            first_timeout)
+    except (asyncio.TimeoutError, OSError, nats.errors.NoServersError) as exc:
+        raise ConnectionError(f"no NATS server answers at {url}") from exc
+    connected = True
+    return client

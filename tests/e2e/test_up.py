@@ -1,0 +1,107 @@
+"""``damselfly up`` and ``damselfly events`` driven like a user, from the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nats
+
+from events import HostAnnounced, decode
+from events.bus import Publisher
+from events.log import read_log
+from events.streams import STREAM_NAMES
+
+DAMSELFLY = [sys.executable, "-m", "services.cli"]
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process whose ancestry reaches ``pid`` (read from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> dict:  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return json.loads(path.read_text())  # type: ignore[no-any-return]
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        time.sleep(0.1)
+    raise AssertionError(f"{path} never appeared")
+
+
+async def _publish_and_dump(url: str) -> list[str]:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    streams = {s.config.name for s in await js.streams_info()}
+    assert set(STREAM_NAMES) <= streams
+    await Publisher(js).publish(HostAnnounced(id="e2e-1", at=time.time(), cluster="default",
+                                              host_id="probe", hostname="probe",
+                                              ip="127.0.0.1", upload_url="http://127.0.0.1:9"))
+    await nc.drain()
+    return sorted(streams)
+
+
+def test_up_writes_cluster_json_serves_events_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    data = tmp_path / "cluster"
+    proc = subprocess.Popen([*DAMSELFLY, "up", "--data-dir", str(data), "--peers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        cluster = _wait_for(data / "cluster.json", proc)
+        assert cluster["nats"].startswith("nats://127.0.0.1:")
+        children = _descendants(proc.pid)
+        assert children, "up started no process"
+        asyncio.run(_publish_and_dump(cluster["nats"]))
+
+        tail = subprocess.Popen([*DAMSELFLY, "events", "tail", "--nats", cluster["nats"]],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+        asyncio.run(_publish_and_dump(cluster["nats"]))  # same id: stored once, seen live
+        tail.send_signal(signal.SIGINT)
+        live, _ = tail.communicate(timeout=20)
+        assert tail.returncode == 0
+        assert "host.announced.v1" in live.decode() and "host_id=probe" in live.decode()
+
+        dump = subprocess.run([*DAMSELFLY, "events", "dump", "--nats", cluster["nats"]],
+                              capture_output=True, timeout=60, check=True)
+        log = tmp_path / "log.jsonl"
+        log.write_bytes(dump.stdout)
+        records = list(read_log(log))
+        probes = [r for r in records if isinstance(r.event, HostAnnounced)
+                  and r.event.host_id == "probe"]
+        assert len(probes) == 1 and probes[0].stream == "DF_HOSTS"
+        assert decode(json.dumps(json.loads(dump.stdout.splitlines()[0])["event"]).encode())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out.decode()
+    assert "nats" in out.decode()
+    left = {pid for pid in children if Path(f"/proc/{pid}").exists()
+            and (Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z")}
+    assert not left, f"processes left behind: {left}"
+
+
+def test_up_refuses_an_unreachable_nats_with_one_line(tmp_path: Path) -> None:
+    result = subprocess.run([*DAMSELFLY, "up", "--data-dir", str(tmp_path), "--nats",
+                             "nats://127.0.0.1:1"], capture_output=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.decode().strip().startswith("damselfly up:")
+    assert len(result.stderr.decode().strip().splitlines()) == 1
