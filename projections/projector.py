@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 
 import duckdb
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
 from events.bus import Consumer, Delivered
@@ -22,53 +23,54 @@ from projections import by_name, store
 log = logging.getLogger("damselfly.projections")
 
 
+async def _fetch(consumer: Consumer, timeout: float = 1.0) -> list[Delivered]:
+    try:
+        return await consumer.fetch(timeout)
+    except TimeoutError:  # nats-py 2.16 may raise asyncio's timeout, which fetch lets through
+        return []
+
+
 class Projector:
     """Keeps every projection up to date with the streams until stopped."""
 
     def __init__(self, js: JetStreamContext, con: duckdb.DuckDBPyConnection, *,
-                 batch: int = 1024) -> None:
+                 batch: int = 1024, retry_delay: float = 1.0) -> None:
         self._js = js
         self._con = con
         self._batch = batch
         self._lock = asyncio.Lock()
         self._generation = 0
-        self._restart = asyncio.Event()
+        self._retry_delay = retry_delay
         self.applied = 0
 
-    async def _apply(self, stream: str, generation: int, items: Sequence[Delivered]) -> None:
+    async def _apply(self, stream: str, generation: int, items: Sequence[Delivered]) -> bool:
+        """Apply a batch unless a rebuild happened since it was read; then ack it."""
         async with self._lock:
             if generation != self._generation:
-                return  # read before a rebuild; the new consumer reads it again
+                return False  # read before a rebuild; the new consumer reads it again
             batch = [(item.seq, item.event) for item in items]
             self.applied += await asyncio.to_thread(store.apply_batch, self._con, stream, batch)
+        for item in items:
+            await item.msg.ack()
+        return True
 
     async def _follow(self, stream: str, stop: asyncio.Event) -> None:
+        # A failed batch is never nak'd: a redelivery after later batches would fall below
+        # the watermark. The consumer is reopened after the watermark instead.
         while not stop.is_set():
             async with self._lock:
                 generation = self._generation
                 first = await asyncio.to_thread(store.start_seq, self._con, stream)
-                restart = self._restart
             consumer = Consumer(self._js, stream=stream, start_seq=first, batch=self._batch)
-            done = asyncio.Event()
-
-            async def handler(items: Sequence[Delivered]) -> None:
-                await self._apply(stream, generation, items)
-
-            async def relay() -> None:
-                waiters = [asyncio.ensure_future(stop.wait()),
-                           asyncio.ensure_future(restart.wait())]
-                try:
-                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for waiter in waiters:
-                        waiter.cancel()
-                done.set()
-
             log.info("projecting %s from sequence %d", stream, first)
             try:
-                async with asyncio.TaskGroup() as group:
-                    group.create_task(relay())
-                    group.create_task(consumer.run_batches(handler, done))
+                while not stop.is_set() and generation == self._generation:
+                    items = await _fetch(consumer)
+                    if items and not await self._apply(stream, generation, items):
+                        break
+            except (duckdb.Error, NatsError, OSError) as exc:
+                log.error("projecting %s failed, resuming after the watermark: %s", stream, exc)
+                await asyncio.sleep(self._retry_delay)
             finally:
                 await consumer.close()
 
@@ -85,6 +87,26 @@ class Projector:
         async with self._lock:
             await asyncio.to_thread(store.reset, self._con, chosen)
             self._generation += 1
-            self._restart.set()
-            self._restart = asyncio.Event()
         return [p.name for p in chosen]
+
+
+async def replay(js: JetStreamContext, con: duckdb.DuckDBPyConnection, *,
+                 batch: int = 1024, idle: float = 1.0) -> int:
+    """Apply everything stored so far, stream by stream, then return how many (projection,
+    event) pairs were applied. For a manager that is not running (``projections rebuild
+    --db``)."""
+    applied = 0
+    for stream in store.streams():
+        first = await asyncio.to_thread(store.start_seq, con, stream)
+        consumer = Consumer(js, stream=stream, start_seq=first, batch=batch)
+        try:
+            while items := await _fetch(consumer, idle):
+                pairs = [(item.seq, item.event) for item in items]
+                applied += await asyncio.to_thread(store.apply_batch, con, stream, pairs)
+                for item in items:
+                    await item.msg.ack()
+                if items[-1].msg.metadata.num_pending == 0:
+                    break
+        finally:
+            await consumer.close()
+    return applied

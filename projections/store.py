@@ -168,9 +168,9 @@ def check_read_only(sql: str) -> None:
         raise NotReadOnly("only one SELECT statement is allowed")
 
 
-def query(con: duckdb.DuckDBPyConnection, sql: str) -> Result:
+def query(con: duckdb.DuckDBPyConnection, sql: str, params: list[object] | None = None) -> Result:
     """Run one query. Raises ``duckdb.Error`` with DuckDB's message."""
-    cursor = con.execute(sql)
+    cursor = con.execute(sql, params)
     columns = [d[0] for d in cursor.description or []]
     return Result(columns, cursor.fetchall())
 

@@ -1,0 +1,187 @@
+// The console: hash-routed views over /api/v1, refreshed live every few seconds.
+"use strict";
+const REFRESH_MS = 3000;
+const $view = document.getElementById("view");
+const $status = document.getElementById("status");
+
+async function api(path) {
+  const resp = await fetch("/api/v1" + path);
+  if (!resp.ok) throw new Error(`${path}: ${resp.status} ${(await resp.json()).detail || ""}`);
+  return resp.json();
+}
+function h(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k.startsWith("on")) node.addEventListener(k.slice(2), v); else node.setAttribute(k, v);
+  }
+  node.append(...children);
+  return node;
+}
+function cell(v) {
+  if (v === null || v === undefined) return "";
+  if (typeof v === "object") return JSON.stringify(v);
+  return String(v);
+}
+// A table of records; `columns` picks and orders them; `href(row)` makes rows links.
+function records(rows, columns, href) {
+  if (!rows.length) return h("div", { class: "empty" }, "nothing yet");
+  const t = h("table");
+  const head = t.createTHead().insertRow();
+  for (const c of columns) head.appendChild(h("th", {}, c));
+  const body = t.createTBody();
+  for (const r of rows) {
+    const tr = body.insertRow();
+    if (href) { tr.className = "link"; tr.addEventListener("click", () => { location.hash = href(r); }); }
+    for (const c of columns) { const td = tr.insertCell(); td.textContent = cell(r[c]); td.title = cell(r[c]); }
+  }
+  return t;
+}
+function cards(values) {
+  return h("div", { class: "cards" }, ...Object.entries(values).map(([k, v]) =>
+    h("div", { class: "card", "data-key": k }, h("div", { class: "n" }, cell(v)),
+      h("div", { class: "k" }, k.replaceAll("_", " ")))));
+}
+function section(title, id) {
+  return [h("h2", {}, title), h("div", { id })];
+}
+function fill(id, node) { document.getElementById(id)?.replaceChildren(node); }
+function searchBox(placeholder, onchange) {
+  const input = h("input", { type: "search", placeholder });
+  let timer;
+  input.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(onchange, 250); });
+  return input;
+}
+function panelBox(p) {
+  const body = h("div", { class: "chart" });
+  const box = h("section", { class: "panel", "data-panel": p.name, "data-chart": p.chart },
+    h("h3", {}, p.title), h("p", {}, p.description || ""), body);
+  return { box, async refresh() {
+    const data = await api("/dashboards/" + encodeURIComponent(p.name));
+    box.dataset.rows = Charts.draw(body, data);
+  } };
+}
+const enc = encodeURIComponent;
+
+const views = {
+  overview() {
+    $view.replaceChildren(...section("Totals", "totals"), ...section("Clusters", "clusters"),
+      ...section("Jobs", "jobstates"), h("h2", {}, "Traffic"), h("div", { class: "grid", id: "ovpanels" }));
+    const boxes = [];
+    let panels;
+    return async () => {
+      const o = await api("/overview");
+      fill("totals", cards(o.totals));
+      fill("clusters", records(o.clusters, ["cluster", "seed_peers", "hosts", "active_peers", "peers",
+        "tasks", "decisions", "last_decision_at"]));
+      fill("jobstates", records(o.jobs, ["state", "jobs"]));
+      if (!panels) {
+        panels = (await api("/dashboards")).filter(p => ["p2p_vs_origin", "active_peers"].includes(p.name));
+        for (const p of panels) { const b = panelBox(p); boxes.push(b); document.getElementById("ovpanels").append(b.box); }
+      }
+      await Promise.all(boxes.map(b => b.refresh()));
+    };
+  },
+  tasks() {
+    const q = searchBox("search tasks by id or URL", () => refresh());
+    $view.replaceChildren(h("h2", {}, "Tasks"), q, h("div", { id: "list" }));
+    const refresh = async () => fill("list", records(await api("/tasks?q=" + enc(q.value)),
+      ["task_id", "url", "state", "content_length", "piece_count", "peers", "succeeded_peers",
+       "failed_peers", "updated_at"], r => "#/tasks/" + enc(r.task_id)));
+    return refresh;
+  },
+  task(id) {
+    $view.replaceChildren(h("h2", {}, "Task " + id), h("div", { id: "task" }),
+      ...section("Peers", "peers"), ...section("Scheduling decisions", "decisions"));
+    return async () => {
+      const t = await api("/tasks/" + enc(id));
+      fill("task", records([t.task], Object.keys(t.task)));
+      fill("peers", records(t.peers, ["peer_id", "host_id", "state", "pieces", "bytes_from_origin",
+        "bytes_from_peers", "failed_pieces", "reschedules", "duration_ms", "reason"],
+        r => `#/tasks/${enc(id)}/peers/${enc(r.peer_id)}`));
+      fill("decisions", records(t.decisions, ["decided_at", "addressee", "kind", "parents",
+        "latency_ms", "reason"]));
+    };
+  },
+  peer(task, id) {
+    $view.replaceChildren(h("h2", {}, "Peer " + id), h("div", { id: "peer" }),
+      ...section("Pieces per minute", "minutes"), ...section("Scheduling decisions", "decisions"));
+    return async () => {
+      const p = await api(`/tasks/${enc(task)}/peers/${enc(id)}`);
+      fill("peer", records([p.peer], Object.keys(p.peer), () => "#/tasks/" + enc(task)));
+      fill("minutes", records(p.pieces_per_minute, ["minute", "pieces_from_origin", "bytes_from_origin",
+        "pieces_from_peers", "bytes_from_peers", "failed_pieces", "corrupt_pieces", "cost_ms"]));
+      fill("decisions", records(p.decisions, ["decided_at", "kind", "parents", "latency_ms", "reason"]));
+    };
+  },
+  peers() {
+    const q = searchBox("search peers by peer, host or task id", () => refresh());
+    const state = h("select", { onchange: () => refresh() }, ...["", "registered", "running",
+      "back_to_source", "succeeded", "failed", "left"].map(s => h("option", { value: s }, s || "any state")));
+    $view.replaceChildren(h("h2", {}, "Peers"), q, " ", state, h("div", { id: "list" }));
+    const refresh = async () => fill("list", records(
+      await api(`/peers?q=${enc(q.value)}&state=${enc(state.value)}`),
+      ["peer_id", "task_id", "host_id", "state", "pieces", "bytes_from_origin", "bytes_from_peers",
+       "duration_ms", "updated_at"], r => `#/tasks/${enc(r.task_id)}/peers/${enc(r.peer_id)}`));
+    return refresh;
+  },
+  hosts() {
+    const q = searchBox("search hosts by id, name or IP", () => refresh());
+    $view.replaceChildren(h("h2", {}, "Hosts"), q, h("div", { id: "list" }));
+    const refresh = async () => fill("list", records(await api("/hosts?q=" + enc(q.value)),
+      ["host_id", "cluster", "seed", "state", "ip", "idc", "location", "uploads_running",
+       "upload_limit", "load", "last_keepalive"]));
+    return refresh;
+  },
+  jobs() {
+    $view.replaceChildren(h("h2", {}, "Jobs"), h("div", { id: "list" }));
+    return async () => fill("list", records(await api("/jobs"), ["job_id", "kind", "state", "url",
+      "task_id", "scope", "host_count", "requested_at", "finished_at", "reason"],
+      r => "#/jobs/" + enc(r.job_id)));
+  },
+  job(id) {
+    $view.replaceChildren(h("h2", {}, "Job " + id), h("div", { id: "job" }), ...section("Hosts", "hosts"));
+    return async () => {
+      const j = await api("/jobs/" + enc(id));
+      fill("job", records([j.job], Object.keys(j.job)));
+      fill("hosts", records(j.hosts, ["host_id", "task_id", "state", "reason", "updated_at"]));
+    };
+  },
+  dashboards() {
+    const grid = h("div", { class: "grid" });
+    $view.replaceChildren(h("h2", {}, "Dashboards"), grid);
+    let boxes;
+    return async () => {
+      if (!boxes) {
+        boxes = (await api("/dashboards")).map(panelBox);
+        grid.append(...boxes.map(b => b.box));
+      }
+      await Promise.all(boxes.map(b => b.refresh()));
+    };
+  },
+};
+
+function route() {
+  const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  for (const a of document.querySelectorAll("nav a"))
+    a.classList.toggle("active", a.getAttribute("href") === "#/" + parts[0]);
+  if (parts[0] === "tasks" && parts[3]) return views.peer(parts[1], parts[3]);
+  if (parts[0] === "tasks" && parts[1]) return views.task(parts[1]);
+  if (parts[0] === "jobs" && parts[1]) return views.job(parts[1]);
+  return (views[parts[0]] || views.overview)();
+}
+
+let current = null, generation = 0;
+async function tick(gen) {
+  if (gen !== generation) return;
+  try {
+    await current();
+    $status.className = ""; $status.title = "updated " + new Date().toLocaleTimeString();
+  } catch (err) {
+    $status.className = "stale"; $status.title = String(err);
+    if (!$view.querySelector(".error")) $view.append(h("p", { class: "error" }, String(err)));
+  }
+  if (gen === generation) setTimeout(() => tick(gen), REFRESH_MS);
+}
+function start() { generation += 1; current = route(); tick(generation); }
+window.addEventListener("hashchange", start);
+start();

@@ -1,0 +1,30 @@
+"""Read access to the manager's DuckDB for HTTP handlers: off the event loop, never
+blocking the projection writer (each read gets its own cursor, i.e. its own MVCC view)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import duckdb
+
+from projections import store
+
+
+class Reader:
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self._con = con
+
+    def _run(self, sql: str, params: list[object] | None) -> store.Result:
+        cursor = self._con.cursor()
+        try:
+            return store.query(cursor, sql, params)
+        finally:
+            cursor.close()
+
+    async def query(self, sql: str, params: list[object] | None = None) -> store.Result:
+        """Run one query in a worker thread. Raises ``duckdb.Error``."""
+        return await asyncio.to_thread(self._run, sql, params)
+
+    async def records(self, sql: str, params: list[object] | None = None) -> list[dict[str, object]]:
+        result = await self.query(sql, params)
+        return [{c: store.plain(v) for c, v in zip(result.columns, row)} for row in result.rows]

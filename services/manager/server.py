@@ -1,0 +1,65 @@
+"""Bootstrap of the manager service: NATS, the DuckDB file it owns, the projector, and the
+HTTP server on loopback, in one task group until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+
+from events.bus import Publisher
+from events.streams import ensure_streams
+from projections import store
+from projections.projector import Projector
+from services.manager.app import create_app
+from services.manager.reader import Reader
+from services.manager.sources import DB_NAME
+from services.natsconn import connect
+from services.procs import write_ready
+
+log = logging.getLogger("damselfly.manager")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the manager's stop event ends it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(nats_url: str, data_dir: Path, port: int, ready_file: Path | None,
+                stop: asyncio.Event, host: str = "127.0.0.1") -> None:
+    """Run the manager until ``stop`` is set. Raises ``OSError`` when the port is taken or
+    NATS does not answer, ``duckdb.IOException`` when another process holds the file."""
+    db = data_dir / DB_NAME
+    con = await asyncio.to_thread(store.connect, db)
+    try:
+        nc = await connect(nats_url, "damselfly-manager")
+        try:
+            js = nc.jetstream()
+            await ensure_streams(js)
+            projector = Projector(js, con)
+            app = create_app(reader=Reader(con), projector=projector, publisher=Publisher(js))
+            sock = socket.create_server((host, port))
+            server = _Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+            async with asyncio.TaskGroup() as group:
+                group.create_task(server.serve(sockets=[sock]))
+                group.create_task(projector.run(stop))
+                while not server.started:
+                    await asyncio.sleep(0.05)
+                url = f"http://{host}:{sock.getsockname()[1]}"
+                log.info("manager serving %s with %s", url, db)
+                if ready_file is not None:
+                    write_ready(ready_file, {"url": url, "db": str(db)})
+                await stop.wait()
+                server.should_exit = True
+        finally:
+            await nc.drain()
+    finally:
+        con.close()
