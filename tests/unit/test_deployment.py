@@ -1,0 +1,35 @@
+"""docker-compose.yml describes a deployment of real subcommands (no Docker engine here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.cli import build_parser
+
+ROOT = Path(__file__).parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+DAMSELFLY = {name: s for name, s in COMPOSE["services"].items() if not name.startswith("nats")}
+
+
+def test_compose_has_a_three_node_jetstream_cluster_and_every_service() -> None:
+    nats = [s for name, s in COMPOSE["services"].items() if name.startswith("nats")]
+    assert len(nats) == 3 and all("-js" in s["command"] for s in nats)
+    commands = sorted(s["command"][0] for s in DAMSELFLY.values())
+    assert commands == ["daemon", "daemon", "daemon", "manager", "scheduler", "scheduler"]
+    assert sum("--seed" in s["command"] for s in DAMSELFLY.values()) == 1
+
+
+@pytest.mark.parametrize("name", sorted(DAMSELFLY))
+def test_every_service_command_is_a_real_damselfly_subcommand(name: str) -> None:
+    args = build_parser().parse_args(DAMSELFLY[name]["command"])  # exits on an unknown flag
+    assert callable(args.run)
+    assert args.nats.startswith("nats://")
+
+
+def test_the_image_runs_damselfly() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["damselfly"]' in dockerfile
+    assert "pip install" in dockerfile
