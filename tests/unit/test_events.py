@@ -125,3 +125,9 @@ def test_credentials_never_reach_an_event() -> None:
                            url="http://o/f", headers=public_headers(headers))
     assert b"s3cr3t" not in encode(event)
     assert event.headers == {"Accept": "*/*"}
+
+
+def test_the_readme_catalogue_lists_every_event_type() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    missing = [tag_of(t) for t in event_types() if f"`{tag_of(t)}`" not in readme]
+    assert not missing, f"README.md's event table lacks {missing}"
