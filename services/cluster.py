@@ -37,7 +37,7 @@ class ServiceSpec:
 def service_specs(nats_url: str, data_dir: Path, peers: int) -> list[ServiceSpec]:
     """Every service that exists, in start order."""
     specs: list[ServiceSpec] = []
-    # scheduler entries (issue 3) go here
+    specs.append(ServiceSpec("scheduler", ["scheduler", "--nats", nats_url, "--data-dir", str(data_dir / "scheduler")]))
     specs.append(ServiceSpec("manager", ["manager", "--nats", nats_url, "--data-dir", str(data_dir / "manager")]))
     # seed peer and peer entries (issue 4) go here
     return specs
