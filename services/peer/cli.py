@@ -1,9 +1,91 @@
-"""Subcommands of the peer service (filled in by its issue)."""
+"""Subcommands of the peer service: ``damselfly daemon`` and ``damselfly get``."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+from pathlib import Path
+
+import anyio
+
+from services.signals import stop_on_signals
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add this service's subcommands to the ``damselfly`` parser."""
+    d = sub.add_parser("daemon", help="run a peer daemon (or a seed peer with --seed)")
+    d.add_argument("--nats", required=True, help="NATS URL")
+    d.add_argument("--data-dir", type=Path, required=True, help="where tasks are stored")
+    d.add_argument("--cluster", default="default", help="scheduler cluster id")
+    d.add_argument("--seed", action="store_true", help="announce as a seed peer")
+    d.add_argument("--api-socket", type=Path, help="local API socket (default DIR/api.sock)")
+    d.add_argument("--api-port", type=int, help="also serve the local API on 127.0.0.1:N "
+                                                "(0: any free port)")
+    d.add_argument("--upload-port", type=int, default=0, help="upload server port (0: free)")
+    d.add_argument("--idc", default="")
+    d.add_argument("--location", default="", help="location path such as a|b|c")
+    d.add_argument("--ready-file", type=Path, help="write endpoints here once serving")
+    d.add_argument("--secret-file", type=Path, help="cluster secret (default: "
+                                                    "$DAMSELFLY_CLUSTER_SECRET)")
+    d.add_argument("--upload-limit", type=int, default=50, help="concurrent uploads")
+    d.add_argument("--upload-rate", type=float, default=0.0,
+                   help="upload bandwidth limit in bytes/s (0: none)")
+    d.add_argument("--concurrency", type=int, default=8, help="pieces in flight per download")
+    d.add_argument("--schedule-timeout", type=float, default=10.0,
+                   help="seconds to wait for the scheduler before going back to source")
+    d.add_argument("--stall-timeout", type=float, default=5.0,
+                   help="seconds without progress before asking for other parents")
+    d.add_argument("--disk-quota", type=int, default=0, help="bytes this daemon may store")
+    d.add_argument("--gc-high", type=int, default=0, help="GC starts above this many bytes")
+    d.add_argument("--gc-low", type=int, default=0, help="GC stops at this many bytes")
+    d.add_argument("--task-ttl", type=float, default=6 * 3600.0,
+                   help="seconds an unused task is kept")
+    d.set_defaults(run=_daemon)
+
+    g = sub.add_parser("get", help="download a URL through the swarm (dfget-style)")
+    g.add_argument("url")
+    g.add_argument("-O", "--output", required=True, help="output path (a directory with -r)")
+    g.add_argument("--digest", default="", help="sha256:<hex>, sha512:<hex> or crc32:<hex>")
+    g.add_argument("-H", "--header", action="append", default=[], help="'Name: value'")
+    g.add_argument("--tag", default="")
+    g.add_argument("--application", default="")
+    g.add_argument("--priority", type=int, default=0, help="0-6 (Dragonfly's levels)")
+    g.add_argument("--filtered-query-param", action="append", default=[],
+                   help="query parameter left out of the task id (repeat, or join with &)")
+    g.add_argument("--piece-length", type=int, default=0, help="bytes (default: automatic)")
+    g.add_argument("--disable-back-to-source", action="store_true")
+    g.add_argument("-r", "--recursive", action="store_true",
+                   help="download every file under a directory listing")
+    g.add_argument("--timeout", type=float, default=0.0, help="seconds (0: none)")
+    g.add_argument("--endpoint", help="daemon API: a unix socket path or http://host:port")
+    g.add_argument("--no-progress", action="store_true")
+    g.set_defaults(run=_get)
+
+
+def _daemon(args: argparse.Namespace) -> int:
+    from services.peer.daemon import DaemonConfig, read_secret, serve
+    from services.peer.downloader import Settings
+
+    cfg = DaemonConfig(
+        nats_url=args.nats, data_dir=args.data_dir.resolve(),
+        secret=read_secret(args.secret_file), cluster=args.cluster, seed=args.seed,
+        api_socket=args.api_socket, api_port=args.api_port, upload_port=args.upload_port,
+        idc=args.idc, location=args.location, ready_file=args.ready_file,
+        upload_limit=args.upload_limit, upload_rate=args.upload_rate, quota=args.disk_quota,
+        gc_high=args.gc_high, gc_low=args.gc_low, ttl=args.task_ttl,
+        settings=Settings(concurrency=args.concurrency, schedule_timeout=args.schedule_timeout,
+                          stall_timeout=args.stall_timeout))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        await serve(cfg, stop)
+
+    anyio.run(main)
+    return 0
+
+
+def _get(args: argparse.Namespace) -> int:
+    from services.peer.get import run
+
+    return anyio.run(run, args)

@@ -1,0 +1,240 @@
+"""The peer daemon's bootstrap: storage, NATS, the upload server, the local API, the host's
+announcements, seed triggers, GC, and resuming unfinished tasks after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+from aiohttp import web
+from anyio.abc import TaskGroup
+from nats.aio.msg import Msg
+
+from events.bus import Publisher
+from events.codec import EventDecodeError, decode
+from events.hosts import HostAnnounced, HostKeepalive, HostLeft
+from events.ids import new_id
+from events.sched import SeedPeerTriggered
+from events.streams import ensure_streams
+from events.subjects import safe_token
+from services.natsconn import connect
+from services.peer.api import api_app
+from services.peer.downloader import Download, PeerContext, Settings
+from services.peer.parents import ParentClient
+from services.peer.request import DownloadRequest
+from services.peer.sources import Sources
+from services.peer.storage import Storage
+from services.peer.upload import TransferStats, upload_app
+from services.procs import write_ready
+
+log = logging.getLogger("damselfly.daemon")
+
+SECRET_ENV = "DAMSELFLY_CLUSTER_SECRET"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    nats_url: str
+    data_dir: Path
+    secret: str
+    cluster: str = "default"
+    seed: bool = False
+    api_socket: Path | None = None
+    api_port: int | None = None
+    upload_port: int = 0
+    idc: str = ""
+    location: str = ""
+    ready_file: Path | None = None
+    upload_limit: int = 50
+    upload_rate: float = 0.0
+    keepalive: float = 5.0
+    quota: int = 0
+    gc_high: int = 0
+    gc_low: int = 0
+    ttl: float = 0.0
+    gc_interval: float = 60.0
+    settings: Settings = field(default_factory=Settings)
+
+
+def read_secret(secret_file: Path | None) -> str:
+    """The cluster secret from ``--secret-file`` or the environment. Raises ``RuntimeError``."""
+    if secret_file is not None:
+        value = secret_file.read_text().strip()
+    else:
+        value = os.environ.get(SECRET_ENV, "").strip()
+    if not value:
+        raise RuntimeError(f"no cluster secret: set {SECRET_ENV} or pass --secret-file")
+    return value
+
+
+def host_id_for(data_dir: Path) -> str:
+    """This daemon's id, kept in the data dir so that a restart keeps it."""
+    path = data_dir / "host_id"
+    if not path.exists():
+        path.write_text(f"{safe_token(socket.gethostname())}-{secrets.token_hex(4)}")
+    return path.read_text().strip()
+
+
+class Downloads:
+    """The daemon's downloads by task: a second request for a running task joins it."""
+
+    def __init__(self, ctx: PeerContext, tg: TaskGroup) -> None:
+        self.ctx = ctx
+        self._tg = tg
+        self._by_task: dict[str, Download] = {}
+
+    def start(self, request: DownloadRequest, *, task_id: str = "",
+              straight_to_source: str = "") -> Download:
+        task_id = task_id or request.task_id()
+        current = self._by_task.get(task_id)
+        if current is not None and not current.finished.is_set():
+            return current
+        download = Download(self.ctx, request, task_id, straight_to_source=straight_to_source)
+        self._by_task[task_id] = download
+        self._tg.start_soon(download.run)
+        return download
+
+    def get(self, task_id: str) -> Download | None:
+        return self._by_task.get(task_id)
+
+    def active(self) -> set[str]:
+        return {t for t, d in self._by_task.items() if not d.finished.is_set()}
+
+    async def cancel(self, task_id: str) -> bool:
+        """Stop a running download (if any) and drop the task's files; False if unknown."""
+        download = self._by_task.pop(task_id, None)
+        if download is not None:
+            download.cancel()
+            await download.finished.wait()
+        meta = self.ctx.storage.remove(task_id)
+        if meta is not None:
+            await self.ctx.forget([meta])
+        return download is not None or meta is not None
+
+    def cancel_all(self) -> None:
+        for download in self._by_task.values():
+            download.cancel()
+
+
+async def _site(app: web.Application, *, host: str | None = None, port: int | None = None,
+                path: Path | None = None) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    if path is not None:
+        path.unlink(missing_ok=True)
+        await web.UnixSite(runner, str(path)).start()
+        return runner, 0
+    site = web.TCPSite(runner, host, port or 0)
+    await site.start()
+    server = site._server
+    assert server is not None
+    return runner, server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+
+async def serve(cfg: DaemonConfig, stop: asyncio.Event) -> None:
+    """Run the daemon until ``stop`` is set; then say HostLeft and close everything.
+    Raises ``OSError`` (ports, sockets, data dir) or NATS errors when it cannot start."""
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    storage = Storage(cfg.data_dir, quota=cfg.quota, gc_high=cfg.gc_high, gc_low=cfg.gc_low,
+                      ttl=cfg.ttl)
+    host_id = host_id_for(cfg.data_dir)
+    nc = await connect(cfg.nats_url, f"damselfly-daemon-{host_id}")
+    runners: list[web.AppRunner] = []
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        stats = TransferStats()
+        runner, upload_port = await _site(
+            upload_app(storage, cfg.secret, stats, max_uploads=cfg.upload_limit,
+                       rate_limit=cfg.upload_rate), host="127.0.0.1", port=cfg.upload_port)
+        runners.append(runner)
+        upload_url = f"http://127.0.0.1:{upload_port}"
+        ctx = PeerContext(cluster=cfg.cluster, host_id=host_id, secret=cfg.secret, nc=nc, js=js,
+                          publisher=Publisher(js), storage=storage, sources=Sources.default(),
+                          parents=ParentClient(), stats=stats, settings=cfg.settings)
+        async with anyio.create_task_group() as tg:
+            downloads = Downloads(ctx, tg)
+            ctx.active = downloads.active
+            app = api_app(downloads, stats)
+            api_socket = cfg.api_socket or cfg.data_dir / "api.sock"
+            runners.append((await _site(app, path=api_socket))[0])
+            api_url = ""
+            if cfg.api_port is not None:
+                runner, api_port = await _site(app, host="127.0.0.1", port=cfg.api_port)
+                runners.append(runner)
+                api_url = f"http://127.0.0.1:{api_port}"
+            await ctx.publish(HostAnnounced(
+                id=new_id(), at=time.time(), cluster=cfg.cluster, host_id=host_id,
+                hostname=socket.gethostname(), ip="127.0.0.1", upload_url=upload_url,
+                seed=cfg.seed, idc=cfg.idc, location=cfg.location,
+                upload_limit=cfg.upload_limit))
+            if cfg.seed:
+                await nc.subscribe(f"df.sched.{cfg.cluster}.*.{host_id}",
+                                   cb=lambda msg: _on_seed_trigger(msg, downloads, host_id))
+            for tf in storage.tasks():
+                if not tf.complete:
+                    log.info("resuming task %s", tf.task_id[:12])
+                    downloads.start(tf.meta.request, task_id=tf.task_id)
+            tg.start_soon(_keepalive, ctx, cfg, stats)
+            tg.start_soon(_collect_garbage, ctx, cfg, downloads)
+            if cfg.ready_file is not None:
+                write_ready(cfg.ready_file, {"host_id": host_id, "api_socket": str(api_socket),
+                                             "api_url": api_url, "upload_url": upload_url})
+            log.info("daemon %s ready: upload %s, api %s %s", host_id, upload_url, api_socket,
+                     api_url)
+            await stop.wait()
+            downloads.cancel_all()
+            tg.cancel_scope.cancel()
+        with anyio.move_on_after(5, shield=True):
+            await ctx.publish(HostLeft(id=new_id(), at=time.time(), cluster=cfg.cluster,
+                                       host_id=host_id, reason="stopped"))
+    finally:
+        with anyio.CancelScope(shield=True):
+            for runner in reversed(runners):
+                await runner.cleanup()
+            for tf in storage.tasks():
+                tf.close()
+            await nc.drain()
+
+
+async def _on_seed_trigger(msg: Msg, downloads: Downloads, host_id: str) -> None:
+    try:
+        event = decode(msg.data)
+    except EventDecodeError as exc:
+        log.warning("undecodable message on %s: %s", msg.subject, exc)
+        return
+    if not isinstance(event, SeedPeerTriggered) or event.host_id != host_id:
+        return
+    request = DownloadRequest(url=event.url, headers=event.headers, tag=event.tag,
+                              application=event.application, piece_length=event.piece_length,
+                              filtered_query_params=event.filtered_query_params)
+    downloads.start(request, task_id=event.task_id,
+                    straight_to_source="seed peer triggered by the scheduler")
+
+
+async def _keepalive(ctx: PeerContext, cfg: DaemonConfig, stats: TransferStats) -> None:
+    while True:
+        await anyio.sleep(cfg.keepalive)
+        try:
+            await ctx.publish(HostKeepalive(id=new_id(), at=time.time(), cluster=cfg.cluster,
+                                            host_id=ctx.host_id,
+                                            uploads_running=stats.uploads_running,
+                                            upload_limit=cfg.upload_limit))
+        except Exception as exc:  # noqa: BLE001 - NATS down: keep serving, say it next time
+            log.warning("keepalive not published: %r", exc)
+
+
+async def _collect_garbage(ctx: PeerContext, cfg: DaemonConfig, downloads: Downloads) -> None:
+    while True:
+        await anyio.sleep(cfg.gc_interval)
+        removed = ctx.storage.collect(downloads.active())
+        if removed:
+            log.info("collected %d tasks", len(removed))
+            await ctx.forget(removed)

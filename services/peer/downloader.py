@@ -1,0 +1,557 @@
+"""One peer's download of one task, following the protocol in ``docs/protocol.md``.
+
+Register, wait for the scheduler's decision, then either fetch pieces from the parents it
+names (rarest first, several in flight, each verified against the source peers' digests) or
+fetch from the origin. No decision in time means back to source. Bytes are streamed to the
+task file in worker threads, so memory stays flat and the event loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import Final
+
+import anyio
+from anyio import from_thread, to_thread
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+
+from events.base import Event
+from events.bus import Publisher
+from events.codec import EventDecodeError, decode
+from events.ids import new_id
+from events.sched import (
+    BackToSourceOrdered,
+    ParentInfo,
+    ParentsAssigned,
+    ScheduleFailed,
+)
+from events.secrets import public_headers
+from events.subjects import partition, sched_subject, task_filter
+from events.tasks import (
+    BackToSourceStarted,
+    PeerFailed,
+    PeerLeft,
+    PeerRegistered,
+    PeerStarted,
+    PeerSucceeded,
+    PieceFailed,
+    PieceFinished,
+    RescheduleRequested,
+    TaskMetadataReported,
+)
+from services.peer.bitmap import Bitmap
+from services.peer.digests import file_digest, parse_digest, same_digest
+from services.peer.parents import ParentClient, PieceError
+from services.peer.request import DownloadRequest
+from services.peer.sources import Source, SourceError, Sources, SourceStream
+from services.peer.storage import Storage, TaskFile, TaskMeta
+from services.peer.taskid import piece_length_for, piece_range
+from services.peer.upload import TransferStats, mint_token
+
+log = logging.getLogger("damselfly.peer")
+
+CHUNK: Final = 1 << 20
+Decision = ParentsAssigned | BackToSourceOrdered | ScheduleFailed
+
+
+class DownloadFailed(Exception):
+    """The download cannot finish; the message is the one-line reason a user sees."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    concurrency: int = 8
+    schedule_timeout: float = 10.0
+    stall_timeout: float = 5.0
+    source_attempts: int = 5
+    source_backoff: float = 0.2
+    parent_failure_limit: int = 3
+    busy_backoff: float = 0.2
+
+
+@dataclass
+class PeerContext:
+    """Everything a download needs from its daemon (built once, in ``daemon.py``)."""
+
+    cluster: str
+    host_id: str
+    secret: str
+    nc: Client
+    js: JetStreamContext
+    publisher: Publisher
+    storage: Storage
+    sources: Sources
+    parents: ParentClient
+    stats: TransferStats
+    settings: Settings = field(default_factory=Settings)
+    active: Callable[[], Collection[str]] = frozenset
+
+    async def publish(self, event: Event) -> None:
+        await self.publisher.publish(event)
+
+    async def forget(self, metas: list[TaskMeta]) -> None:
+        """Say that this daemon no longer serves tasks it collected."""
+        for meta in metas:
+            if meta.peer_id:
+                await self.publish(PeerLeft(id=new_id(), at=time.time(), cluster=self.cluster,
+                                            task_id=meta.task_id, peer_id=meta.peer_id,
+                                            reason="garbage-collected"))
+
+
+class Download:
+    """Run with ``run()``; ``status()`` at any time; cancel through ``cancel()``."""
+
+    def __init__(self, ctx: PeerContext, request: DownloadRequest, task_id: str, *,
+                 straight_to_source: str = "") -> None:
+        """``straight_to_source`` (a reason) skips waiting for a decision: a seed peer the
+        scheduler triggered, or a local file being imported."""
+        self.ctx = ctx
+        self.request = request
+        self.task_id = task_id
+        self.peer_id = f"{ctx.host_id}-{new_id()[:8]}"
+        self.straight_to_source = straight_to_source
+        self.state = "pending"
+        self.error = ""
+        self.bytes_from_origin = 0
+        self.bytes_from_peers = 0
+        self.finished = anyio.Event()
+        self.tf: TaskFile | None = None
+        self._scope = anyio.CancelScope()
+        self._stop = threading.Event()
+        self._started = time.monotonic()
+        self._decisions: asyncio.Queue[Decision] = asyncio.Queue()
+        self._wake = asyncio.Event()
+        self._subs: list[Subscription] = []
+        self._followed: set[str] = set()
+        # What the parents hold and the authoritative digests (from source peers only).
+        self._parents: dict[str, ParentInfo] = {}
+        self._holdings: dict[str, set[int]] = {}
+        self._digests: dict[int, str] = {}
+        self._source_peers: set[str] = set()
+        self._bad: set[str] = set()
+        self._failures: Counter[str] = Counter()
+        self._busy_until: dict[str, float] = {}
+        self._in_flight: dict[int, str] = {}
+        self._progressed = False
+        self._rank: dict[str, float] = {}
+
+    # ---- life cycle -------------------------------------------------------------------
+    def status(self) -> dict[str, object]:
+        tf = self.tf
+        return {
+            "task_id": self.task_id, "peer_id": self.peer_id, "state": self.state,
+            "error": self.error, "url": self.request.url,
+            "content_length": tf.meta.content_length if tf else -1,
+            "completed_length": tf.completed_length() if tf else 0,
+            "bytes_from_origin": self.bytes_from_origin,
+            "bytes_from_peers": self.bytes_from_peers,
+        }
+
+    def cancel(self) -> None:
+        self._stop.set()
+        self._scope.cancel()
+
+    async def run(self) -> None:
+        """Never raises for a failed download: the reason lands in ``error``."""
+        with self._scope:
+            try:
+                await self._run()
+            except (DownloadFailed, SourceError, OSError, ValueError) as exc:
+                await self._fail(str(exc) or repr(exc))
+            finally:
+                self._stop.set()
+                with anyio.CancelScope(shield=True):
+                    for sub in self._subs:
+                        await sub.unsubscribe()
+        if self._scope.cancelled_caught:
+            self.state, self.error = "cancelled", "cancelled"
+        self.finished.set()
+
+    async def _fail(self, reason: str) -> None:
+        self.state, self.error = "failed", reason.splitlines()[0] if reason else "failed"
+        log.warning("task %s failed: %s", self.task_id[:12], self.error)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await self.ctx.publish(PeerFailed(**self._ids(), reason=self.error))
+
+    def _ids(self) -> dict[str, object]:
+        return {"id": new_id(), "at": time.time(), "cluster": self.ctx.cluster,
+                "task_id": self.task_id, "peer_id": self.peer_id}
+
+    async def _run(self) -> None:
+        if self.request.digest:
+            parse_digest(self.request.digest)
+        self.tf = tf = self.ctx.storage.create(self.task_id, self.request)
+        tf.meta.peer_id = self.peer_id
+        tf.touch()
+        if tf.complete:
+            if self.straight_to_source:
+                await self._announce_held(tf)
+            self.state = "succeeded"
+            return
+        self.state = "running"
+        if self.straight_to_source:
+            await self._register()
+            await self._from_source(self.straight_to_source)
+        else:
+            self._subs.append(await self.ctx.nc.subscribe(
+                sched_subject(self.ctx.cluster, self.task_id, self.peer_id), cb=self._on_decision))
+            await self._register()
+            decision = await self._next_decision()
+            while not tf.complete:
+                match decision:
+                    case None:
+                        await self._from_source(
+                            f"no scheduler answered within {self.ctx.settings.schedule_timeout:g}s")
+                    case BackToSourceOrdered():
+                        await self._from_source(decision.reason or "ordered by the scheduler")
+                    case ScheduleFailed():
+                        raise DownloadFailed(f"the scheduler gave up: {decision.reason}")
+                    case ParentsAssigned():
+                        decision = await self._from_parents(decision)
+        await self._succeed(tf)
+
+    async def _announce_held(self, tf: TaskFile) -> None:
+        """Tell the swarm (again) that this peer holds a whole task it fetched earlier."""
+        await self._register()
+        await self._report_metadata(tf)
+        await self.ctx.publisher.publish_many(
+            PieceFinished(**self._ids(), piece=piece, length=piece_range(
+                piece, tf.meta.content_length, tf.meta.piece_length)[1], digest=digest)
+            for piece, digest in enumerate(tf.meta.piece_digests))
+        await self._succeed(tf)
+
+    async def _register(self) -> None:
+        r = self.request
+        await self.ctx.publish(PeerRegistered(
+            **self._ids(), host_id=self.ctx.host_id, url=r.url, tag=r.tag,
+            application=r.application, priority=r.priority, piece_length=r.piece_length,
+            headers=public_headers(r.headers), filtered_query_params=r.filtered_query_params,
+            disable_back_to_source=r.disable_back_to_source))
+
+    async def _succeed(self, tf: TaskFile) -> None:
+        if self.request.digest:
+            algorithm, _ = parse_digest(self.request.digest)
+            actual = await to_thread.run_sync(file_digest, tf.data_path, algorithm)
+            if not same_digest(self.request.digest, actual):
+                self.ctx.storage.remove(self.task_id)
+                self.tf = None
+                raise DownloadFailed(f"digest mismatch: expected {self.request.digest}, "
+                                     f"got {actual}")
+        tf.meta.done = True
+        tf.touch()
+        await self.ctx.publish(PeerSucceeded(
+            **self._ids(), content_length=tf.meta.content_length, piece_count=tf.piece_count,
+            bytes_from_origin=self.bytes_from_origin, bytes_from_peers=self.bytes_from_peers,
+            cost_ms=(time.monotonic() - self._started) * 1000))
+        self.state = "succeeded"
+
+    async def _shape(self, content_length: int, piece_length: int) -> None:
+        tf = self.tf
+        assert tf is not None
+        if not tf.shaped:
+            active = {*self.ctx.active(), self.task_id}
+            await self.ctx.forget(self.ctx.storage.reserve(tf, content_length, active))
+        tf.shape(content_length, piece_length)
+
+    # ---- decisions --------------------------------------------------------------------
+    async def _on_decision(self, msg: Msg) -> None:
+        try:
+            event = decode(msg.data)
+        except EventDecodeError as exc:
+            log.warning("undecodable decision on %s: %s", msg.subject, exc)
+            return
+        if isinstance(event, ParentsAssigned | BackToSourceOrdered | ScheduleFailed) \
+                and event.peer_id == self.peer_id:
+            self._decisions.put_nowait(event)
+            self._wake.set()
+
+    async def _next_decision(self) -> Decision | None:
+        with anyio.move_on_after(self.ctx.settings.schedule_timeout):
+            return await self._decisions.get()
+        return None
+
+    # ---- back to source ---------------------------------------------------------------
+    async def _from_source(self, reason: str) -> None:
+        if self.request.disable_back_to_source:
+            raise DownloadFailed(f"back-to-source is disabled and {reason}")
+        source = self.ctx.sources.for_url(self.request.url)
+        await self.ctx.publish(BackToSourceStarted(**self._ids(), reason=reason))
+        tf = self.tf
+        assert tf is not None
+        if tf.shaped:
+            await self._report_metadata(tf)
+        await to_thread.run_sync(self._pump, source, tf)
+        await self._report_metadata(tf)
+
+    async def _report_metadata(self, tf: TaskFile) -> None:
+        await self.ctx.publish(TaskMetadataReported(
+            **self._ids(), content_length=tf.meta.content_length,
+            piece_length=tf.meta.piece_length, piece_count=tf.piece_count,
+            piece_digests=tf.meta.piece_digests if tf.complete else [],
+            digest=self.request.digest))
+
+    def _pump(self, source: Source, tf: TaskFile) -> None:
+        """Fetch every missing run of pieces from the origin, retrying transient failures
+        with exponential backoff; an attempt that made progress resets the count."""
+        settings = self.ctx.settings
+        failures = 0
+        while not tf.shaped or not tf.complete:
+            held = len(tf.bitmap)
+            try:
+                self._pump_run(source, tf)
+                failures = 0
+            except SourceError as exc:
+                failures = 0 if len(tf.bitmap) > held else failures + 1
+                if not exc.transient or failures >= settings.source_attempts:
+                    tries = f" after {failures} attempts" if exc.transient else ""
+                    raise DownloadFailed(f"back-to-source failed{tries}: {exc}") from exc
+                if self._stop.wait(settings.source_backoff * 2 ** (failures - 1)):
+                    raise DownloadFailed("cancelled")
+
+    def _pump_run(self, source: Source, tf: TaskFile) -> None:
+        first = 0
+        end = -1
+        if tf.shaped:
+            missing = tf.bitmap.missing()
+            first = missing[0]
+            last = first
+            while last + 1 < tf.piece_count and last + 1 not in tf.bitmap:
+                last += 1
+            end = -1 if last == tf.piece_count - 1 else (last + 1) * tf.meta.piece_length
+        stream = source.open(self.request.url, self.request.headers,
+                             first * tf.meta.piece_length if tf.shaped else 0, end)
+        try:
+            if not tf.shaped:
+                if stream.total_length < 0:
+                    raise DownloadFailed("the origin did not say the content length")
+                length = stream.total_length
+                from_thread.run(self._shape, length,
+                                piece_length_for(length, self.request.piece_length))
+                from_thread.run(self._report_metadata, tf)
+            start = first * tf.meta.piece_length
+            stop = tf.meta.content_length if end < 0 else end
+            buf = memoryview(bytearray(CHUNK))
+            self._skip(stream, start - stream.start, buf)
+            piece = first
+            while piece < tf.piece_count and piece * tf.meta.piece_length < stop:
+                offset, length = piece_range(piece, tf.meta.content_length, tf.meta.piece_length)
+                digest = hashlib.sha256()
+                done = 0
+                while done < length:
+                    if self._stop.is_set():
+                        raise DownloadFailed("cancelled")
+                    n = stream.readinto(buf[: min(CHUNK, length - done)])
+                    if n == 0:
+                        raise SourceError(f"the origin closed the connection at byte "
+                                          f"{offset + done} of {tf.meta.content_length}",
+                                          transient=True)
+                    digest.update(buf[:n])
+                    tf.write(offset + done, buf[:n])
+                    done += n
+                from_thread.run(self._source_piece_done, piece, length,
+                                f"sha256:{digest.hexdigest()}")
+                piece += 1
+        finally:
+            stream.close()
+
+    @staticmethod
+    def _skip(stream: SourceStream, nbytes: int, buf: memoryview) -> None:
+        """Discard bytes an origin sent although the range did not ask for them."""
+        if nbytes < 0:
+            raise SourceError("the origin answered with bytes before the range asked for",
+                              transient=False)
+        while nbytes:
+            n = stream.readinto(buf[: min(len(buf), nbytes)])
+            if n == 0:
+                raise SourceError("the origin closed the connection early", transient=True)
+            nbytes -= n
+
+    async def _source_piece_done(self, piece: int, length: int, digest: str) -> None:
+        assert self.tf is not None
+        self.tf.mark(piece, digest)
+        self.bytes_from_origin += length
+        self.ctx.stats.download_bytes_origin += length
+        await self.ctx.publish(PieceFinished(**self._ids(), piece=piece, length=length,
+                                             digest=digest))
+
+    # ---- from parents -----------------------------------------------------------------
+    async def _from_parents(self, decision: ParentsAssigned) -> Decision | None:
+        """Fetch from parents until done (returns None), until a decision other than new
+        parents arrives (returns it), or until a reschedule goes unanswered (None)."""
+        tf = self.tf
+        assert tf is not None
+        settings = self.ctx.settings
+        await self._adopt(decision)
+        await self.ctx.publish(PeerStarted(**self._ids()))
+        last_progress = time.monotonic()
+        asked_at: float | None = None
+        async with anyio.create_task_group() as tg:
+            while not (tf.shaped and tf.complete):
+                while not self._decisions.empty():
+                    next_decision = self._decisions.get_nowait()
+                    if not isinstance(next_decision, ParentsAssigned):
+                        await self._drain()
+                        return next_decision
+                    await self._adopt(next_decision)
+                    asked_at, last_progress = None, time.monotonic()
+                if tf.shaped:
+                    for piece, parent in self._plan(tf):
+                        self._in_flight[piece] = parent
+                        tg.start_soon(self._fetch, tf, piece, parent)
+                now = time.monotonic()
+                if self._progressed:
+                    self._progressed, last_progress = False, now
+                if not self._in_flight:
+                    usable = [p for p in self._parents if p not in self._bad]
+                    if asked_at is None and (not usable
+                                             or now - last_progress > settings.stall_timeout):
+                        asked_at = now
+                        await self.ctx.publish(RescheduleRequested(
+                            **self._ids(), blocklist=sorted(self._bad),
+                            reason="no usable parent" if not usable else "parents stalled"))
+                    elif asked_at is not None and now - asked_at > settings.schedule_timeout:
+                        return None
+                self._wake.clear()
+                with anyio.move_on_after(0.5):
+                    await self._wake.wait()
+        return None
+
+    async def _drain(self) -> None:
+        while self._in_flight:
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def _adopt(self, decision: ParentsAssigned) -> None:
+        if decision.content_length >= 0 and decision.piece_length > 0:
+            await self._shape(decision.content_length, decision.piece_length)
+        self._source_peers |= set(decision.source_peers)
+        if decision.source_peers:
+            for piece, digest in enumerate(decision.piece_digests):
+                if digest:
+                    self._digests.setdefault(piece, digest)
+        self._parents = {p.peer_id: p for p in decision.parents if p.peer_id != self.peer_id}
+        count = self.tf.piece_count if self.tf else 0
+        for p in self._parents.values():
+            self._rank.setdefault(p.peer_id, random.random())
+            held = self._holdings.setdefault(p.peer_id, set())
+            if p.bitmap and count:
+                held.update(Bitmap(count, p.bitmap).held())
+        for peer in {*self._parents, *self._source_peers}:
+            await self._follow(peer)
+
+    async def _follow(self, peer_id: str) -> None:
+        """Replay and follow one peer's events of this task (never the whole task's)."""
+        if peer_id in self._followed:
+            return
+        self._followed.add(peer_id)
+        subject = task_filter(self.ctx.cluster, partition(self.task_id), self.task_id, peer_id,
+                              ">")
+        self._subs.append(await self.ctx.js.subscribe(
+            subject, cb=self._on_peer_event, ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL))
+
+    async def _on_peer_event(self, msg: Msg) -> None:
+        try:
+            event = decode(msg.data)
+        except EventDecodeError:
+            return
+        match event:
+            case PieceFinished():
+                self._holdings.setdefault(event.peer_id, set()).add(event.piece)
+                if event.peer_id in self._source_peers and not event.parent_id:
+                    self._digests.setdefault(event.piece, event.digest)
+                self._progressed = True
+            case TaskMetadataReported() if event.peer_id in self._source_peers:
+                if self.tf is not None and not self.tf.shaped and event.content_length >= 0:
+                    await self._shape(event.content_length, event.piece_length)
+                for piece, digest in enumerate(event.piece_digests):
+                    if digest:
+                        self._digests.setdefault(piece, digest)
+            case PeerLeft() | PeerFailed() if event.peer_id in self._parents:
+                self._holdings[event.peer_id] = set()
+            case _:
+                return
+        self._wake.set()
+
+    def _plan(self, tf: TaskFile) -> list[tuple[int, str]]:
+        """Which missing pieces to fetch now and from whom: rarest first, then the parent
+        with the fewest requests in flight."""
+        slots = self.ctx.settings.concurrency - len(self._in_flight)
+        if slots <= 0:
+            return []
+        now = time.monotonic()
+        usable = {p: self._holdings.get(p, set()) for p in self._parents
+                  if p not in self._bad and self._busy_until.get(p, 0.0) <= now}
+        candidates = []
+        for piece in tf.bitmap.missing():
+            if piece in self._in_flight or piece not in self._digests:
+                continue
+            holders = [p for p, held in usable.items() if piece in held]
+            if holders:
+                candidates.append((len(holders), piece, holders))
+        candidates.sort(key=lambda c: (c[0], c[1]))
+        load = Counter(self._in_flight.values())
+        chosen = []
+        for _, piece, holders in candidates[:slots]:
+            parent = min(holders, key=lambda p: (load[p], self._rank[p]))
+            load[parent] += 1
+            chosen.append((piece, parent))
+        return chosen
+
+    async def _fetch(self, tf: TaskFile, piece: int, parent: str) -> None:
+        offset, length = piece_range(piece, tf.meta.content_length, tf.meta.piece_length)
+        info = self._parents.get(parent)
+        started = time.monotonic()
+        try:
+            if info is None:
+                return
+            try:
+                digest = await to_thread.run_sync(
+                    self.ctx.parents.fetch, info.upload_url, self.task_id,
+                    mint_token(self.ctx.secret, self.task_id), offset, length, tf)
+            except PieceError as exc:
+                await self._parent_failed(piece, parent, exc)
+                return
+            if digest != self._digests.get(piece):
+                self._bad.add(parent)
+                self.ctx.stats.pieces_corrupt += 1
+                await self.ctx.publish(PieceFailed(
+                    **self._ids(), piece=piece, parent_id=parent, corrupt=True,
+                    reason=f"digest mismatch: expected {self._digests.get(piece)}, got {digest}"))
+                return
+            tf.mark(piece, digest)
+            self._failures[parent] = 0
+            self.bytes_from_peers += length
+            self.ctx.stats.download_bytes_peers += length
+            self._progressed = True
+            await self.ctx.publish(PieceFinished(
+                **self._ids(), piece=piece, length=length, digest=digest, parent_id=parent,
+                cost_ms=(time.monotonic() - started) * 1000))
+        finally:
+            self._in_flight.pop(piece, None)
+            self._wake.set()
+
+    async def _parent_failed(self, piece: int, parent: str, exc: PieceError) -> None:
+        if exc.kind == "missing":
+            self._holdings.get(parent, set()).discard(piece)
+            return
+        if exc.kind == "busy":
+            self._busy_until[parent] = time.monotonic() + self.ctx.settings.busy_backoff
+            return
+        self._failures[parent] += 1
+        if self._failures[parent] >= self.ctx.settings.parent_failure_limit:
+            self._bad.add(parent)
+        await self.ctx.publish(PieceFailed(**self._ids(), piece=piece, parent_id=parent,
+                                           reason=str(exc)))

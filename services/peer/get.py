@@ -1,0 +1,241 @@
+"""``damselfly get URL -O PATH``: download through the local daemon, dfget-style.
+
+The client asks a daemon's local API (``--endpoint``, else the default socket, else a
+daemon it starts) to download, draws its progress, and has it export the result to the
+output path atomically. Any failure is a non-zero exit with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import unquote, urljoin, urlsplit
+
+import aiohttp
+import anyio
+import msgspec
+
+from services.peer.digests import parse_digest
+from services.peer.request import DownloadRequest
+from services.procs import wait_ready
+
+
+def damselfly_home() -> Path:
+    return Path(os.environ.get("DAMSELFLY_HOME", Path.home() / ".local/share/damselfly"))
+
+
+def default_endpoint() -> str:
+    return os.environ.get("DAMSELFLY_ENDPOINT", str(damselfly_home() / "daemon" / "api.sock"))
+
+
+class ApiClient:
+    """The daemon's local API over a unix socket path or an ``http://`` URL."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        if endpoint.startswith(("http://", "https://")):
+            self._base, connector = endpoint.rstrip("/"), None
+        else:
+            self._base, connector = "http://daemon", aiohttp.UnixConnector(path=endpoint)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def healthy(self) -> bool:
+        try:
+            async with self._session.get(f"{self._base}/healthz",
+                                         timeout=aiohttp.ClientTimeout(total=5)) as r:
+                return r.status == 200
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
+
+    async def _json(self, method: str, path: str, body: object = None) -> dict[str, Any]:
+        data = None if body is None else msgspec.json.encode(body)
+        async with self._session.request(method, f"{self._base}{path}", data=data,
+                                         headers={"Content-Type": "application/json"}) as r:
+            payload = await r.json(content_type=None)
+            if r.status >= 400:
+                raise RuntimeError(payload.get("error", f"daemon answered {r.status}"))
+            assert isinstance(payload, dict)
+            return payload
+
+    async def start(self, request: DownloadRequest) -> dict[str, Any]:
+        return await self._json("POST", "/v1/tasks", request)
+
+    async def export(self, task_id: str, path: Path) -> dict[str, Any]:
+        return await self._json("POST", f"/v1/tasks/{task_id}/export", {"path": str(path)})
+
+    async def progress(self, task_id: str) -> AsyncIterator[dict[str, Any]]:
+        async with self._session.get(f"{self._base}/v1/tasks/{task_id}/progress") as r:
+            if r.status >= 400:
+                raise RuntimeError((await r.json(content_type=None)).get("error", r.reason))
+            async for line in r.content:
+                if line.strip():
+                    yield msgspec.json.decode(line)
+
+
+def start_daemon(home: Path) -> str:
+    """Start a daemon in its own session (it outlives this command); returns its socket.
+    Raises ``RuntimeError`` naming its log when it does not come up."""
+    data_dir = home / "daemon"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    ready = data_dir / "ready.json"
+    ready.unlink(missing_ok=True)
+    log_path = data_dir / "daemon.log"
+    argv = [sys.executable, "-m", "services.cli", "daemon", "--data-dir", str(data_dir),
+            "--nats", os.environ.get("DAMSELFLY_NATS_URL", "nats://127.0.0.1:4222"),
+            "--ready-file", str(ready)]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        endpoints = wait_ready(ready, proc)
+    except RuntimeError as exc:
+        raise RuntimeError(f"no daemon answered and starting one failed ({exc}); "
+                           f"see {log_path}") from None
+    return str(endpoints["api_socket"])
+
+
+class ProgressBar:
+    """One line on a terminal: percentage, bytes, rate and ETA."""
+
+    def __init__(self, name: str, out: TextIO, enabled: bool) -> None:
+        self.name, self.out, self.enabled = name, out, enabled
+        self._started = time.monotonic()
+
+    def update(self, status: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        total, done = int(status.get("content_length", -1)), int(status.get("completed_length", 0))
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        rate = done / elapsed
+        if total > 0:
+            width = 24
+            filled = width * done // total
+            eta = (total - done) / rate if rate > 0 else 0.0
+            line = (f"\r{self.name[:30]:<30} [{'#' * filled}{'-' * (width - filled)}] "
+                    f"{100 * done // total:3d}% {_size(done)}/{_size(total)} "
+                    f"{_size(rate)}/s ETA {eta:4.0f}s")
+        else:
+            line = f"\r{self.name[:30]:<30} {status.get('state', '')} {_size(done)}"
+        self.out.write(line)
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.out.write("\n")
+            self.out.flush()
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:6.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+async def fetch_one(client: ApiClient, request: DownloadRequest, output: Path,
+                    show_progress: bool) -> dict[str, Any]:
+    """Download one URL to ``output``. Raises ``RuntimeError`` with the daemon's reason."""
+    status = await client.start(request)
+    bar = ProgressBar(output.name, sys.stderr, show_progress)
+    try:
+        async for status in client.progress(status["task_id"]):
+            bar.update(status)
+    finally:
+        bar.close()
+    if status.get("state") != "succeeded":
+        raise RuntimeError(f"{request.url}: {status.get('error') or status.get('state')}")
+    await client.export(status["task_id"], output)
+    return status
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self.hrefs.extend(v for k, v in attrs if k == "href" and v)
+
+
+def list_directory(url: str, headers: dict[str, str]) -> Iterator[tuple[str, str]]:
+    """``(file URL, relative path)`` for every file under a directory listing, recursively.
+    Only links below ``url`` count (no parents, no sort links). Raises ``OSError``."""
+    base = url if url.endswith("/") else url + "/"
+    request = urllib.request.Request(base, headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        parser = _Links()
+        parser.feed(response.read().decode(errors="replace"))
+    for href in dict.fromkeys(parser.hrefs):
+        target = urljoin(base, href)
+        if not target.startswith(base) or target == base or urlsplit(target).query:
+            continue
+        relative = unquote(target[len(base):])
+        if target.endswith("/"):
+            for child, child_path in list_directory(target, headers):
+                yield child, f"{relative}{child_path}"
+        else:
+            yield target, relative
+
+
+def parse_headers(values: list[str]) -> dict[str, str]:
+    headers = {}
+    for value in values:
+        name, sep, content = value.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"bad header {value!r}: want 'Name: value'")
+        headers[name.strip()] = content.strip()
+    return headers
+
+
+async def run(args: Any) -> int:
+    if args.digest:
+        parse_digest(args.digest)
+    filtered = [p for value in args.filtered_query_param for p in value.split("&") if p]
+    headers = parse_headers(args.header)
+    base = DownloadRequest(url=args.url, headers=headers, tag=args.tag,
+                           application=args.application, priority=args.priority,
+                           piece_length=args.piece_length, filtered_query_params=filtered,
+                           disable_back_to_source=args.disable_back_to_source,
+                           digest=args.digest)
+    output = Path(args.output).resolve()
+    jobs = [(base, output)]
+    if args.recursive:
+        if args.digest:
+            raise ValueError("--digest cannot be used with --recursive")
+        listing = await anyio.to_thread.run_sync(lambda: list(list_directory(args.url, headers)))
+        jobs = [(msgspec.structs.replace(base, url=url), output / relative)
+                for url, relative in listing]
+    elif output.is_dir():
+        output = output / (Path(urlsplit(args.url).path).name or "index.html")
+        jobs = [(base, output)]
+    client = ApiClient(args.endpoint or default_endpoint())
+    try:
+        if not await client.healthy():
+            if args.endpoint:
+                raise RuntimeError(f"no daemon answers at {args.endpoint}")
+            await client.close()
+            client = ApiClient(await anyio.to_thread.run_sync(start_daemon, damselfly_home()))
+        with anyio.fail_after(args.timeout or None):
+            for request, target in jobs:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                await fetch_one(client, request, target, not args.no_progress)
+    except TimeoutError:
+        raise RuntimeError(f"timed out after {args.timeout:g}s") from None
+    except aiohttp.ClientError as exc:
+        raise RuntimeError(f"the daemon at {client.endpoint} failed: {exc}") from None
+    finally:
+        await client.close()
+    return 0

@@ -1,0 +1,83 @@
+"""Fetching one piece from a parent's upload server (blocking; run in worker threads).
+
+Each worker thread keeps one keep-alive connection per parent and one reusable buffer, and
+streams the piece to the task file while hashing it, so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import threading
+from typing import Final, Literal
+from urllib.parse import urlsplit
+
+from services.peer.storage import DiskFullError, TaskFile
+
+CHUNK: Final = 1 << 20
+
+FailureKind = Literal["missing", "busy", "failed"]
+
+
+class PieceError(Exception):
+    """A parent could not serve a piece: it lacks it (416/404), is busy (503) or failed."""
+
+    def __init__(self, kind: FailureKind, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+
+
+class ParentClient:
+    def __init__(self, timeout: float = 10.0) -> None:
+        self.timeout = timeout
+        self._local = threading.local()
+
+    def _connection(self, netloc: str) -> http.client.HTTPConnection:
+        conns: dict[str, http.client.HTTPConnection] = self._local.__dict__.setdefault("conns", {})
+        if netloc not in conns:
+            conns[netloc] = http.client.HTTPConnection(netloc, timeout=self.timeout)
+        return conns[netloc]
+
+    def _drop(self, netloc: str) -> None:
+        conn = self._local.__dict__.get("conns", {}).pop(netloc, None)
+        if conn is not None:
+            conn.close()
+
+    def fetch(self, upload_url: str, task_id: str, token: str, offset: int, length: int,
+              tf: TaskFile) -> str:
+        """Write bytes ``[offset, offset+length)`` from the parent into ``tf``; return their
+        ``sha256:<hex>``. Raises ``PieceError``, or ``DiskFullError`` when the disk is full."""
+        parts = urlsplit(upload_url)
+        buf = self._local.__dict__.setdefault("buf", memoryview(bytearray(CHUNK)))
+        conn = self._connection(parts.netloc)
+        try:
+            conn.request("GET", f"{parts.path.rstrip('/')}/v1/tasks/{task_id}/content",
+                         headers={"Range": f"bytes={offset}-{offset + length - 1}",
+                                  "Authorization": f"Bearer {token}"})
+            resp = conn.getresponse()
+            if resp.status != 206:
+                resp.read()
+                kind: FailureKind = ("missing" if resp.status in (404, 416)
+                                     else "busy" if resp.status == 503 else "failed")
+                raise PieceError(kind, f"parent answered {resp.status} {resp.reason}")
+            digest = hashlib.sha256()
+            done = 0
+            while done < length:
+                n = resp.readinto(buf[: min(CHUNK, length - done)])
+                if n == 0:
+                    raise PieceError("failed", f"parent closed the connection after {done} "
+                                               f"of {length} bytes")
+                digest.update(buf[:n])
+                tf.write(offset + done, buf[:n])
+                done += n
+            return f"sha256:{digest.hexdigest()}"
+        except DiskFullError:
+            self._drop(parts.netloc)
+            raise
+        except PieceError as exc:
+            if exc.kind == "failed":
+                self._drop(parts.netloc)
+            raise
+        except (OSError, http.client.HTTPException) as exc:
+            self._drop(parts.netloc)
+            raise PieceError("failed", f"parent {parts.netloc}: {exc!r}") from exc

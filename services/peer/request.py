@@ -1,0 +1,25 @@
+"""What a client asks the daemon to download (the local API's request body, also kept with
+the task on disk so that a restarted daemon can resume it)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from services.peer.taskid import task_id
+
+
+class DownloadRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    url: str
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    tag: str = ""
+    application: str = ""
+    priority: int = 0
+    piece_length: int = 0
+    filtered_query_params: list[str] = msgspec.field(default_factory=list)
+    disable_back_to_source: bool = False
+    digest: str = ""
+
+    def task_id(self) -> str:
+        return task_id(self.url, tag=self.tag, application=self.application,
+                       piece_length=self.piece_length,
+                       filtered_query_params=self.filtered_query_params)

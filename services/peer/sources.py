@@ -1,0 +1,168 @@
+"""Back-to-source: where the bytes come from when no peer has them.
+
+A ``Source`` opens a byte range of a URL and returns a blocking stream (the downloader runs
+it in a worker thread, so plug-ins for s3://, hdfs:// or oci:// may use blocking SDKs).
+``Sources`` maps URL schemes to sources; later issues register more.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+from collections.abc import Mapping
+from typing import Final, Protocol
+from urllib.parse import unquote, urljoin, urlsplit
+
+MAX_REDIRECTS: Final = 5
+_CONTENT_RANGE: Final = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+class SourceError(Exception):
+    """The origin failed. ``transient`` errors (5xx, 429, resets, timeouts) are worth a retry."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class SourceStream(Protocol):
+    total_length: int
+    """The whole content's length, -1 when the origin did not say."""
+    start: int
+    """Offset of the first byte this stream yields (0 when the origin ignored the range)."""
+
+    def readinto(self, buf: memoryview) -> int:
+        """Fill ``buf`` with the next bytes; 0 at the end. Raises ``SourceError``."""
+
+    def close(self) -> None: ...
+
+
+class Source(Protocol):
+    def open(self, url: str, headers: Mapping[str, str], start: int = 0,
+             end: int = -1) -> SourceStream:
+        """Bytes ``[start, end)`` of ``url`` (``end`` -1: to the end). Raises ``SourceError``."""
+
+
+class _HttpStream:
+    def __init__(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse,
+                 total_length: int, start: int, url: str) -> None:
+        self._conn, self._resp, self._url = conn, resp, url
+        self.total_length, self.start = total_length, start
+
+    def readinto(self, buf: memoryview) -> int:
+        try:
+            return self._resp.readinto(buf)
+        except (OSError, http.client.HTTPException) as exc:
+            raise SourceError(f"reading {self._url} failed: {exc!r}", transient=True) from exc
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class HttpSource:
+    """http:// and https:// with request headers, Range and redirects."""
+
+    def __init__(self, timeout: float = 30.0) -> None:
+        self.timeout = timeout
+
+    def open(self, url: str, headers: Mapping[str, str], start: int = 0,
+             end: int = -1) -> SourceStream:
+        request_headers = dict(headers)
+        if start > 0 or end >= 0:
+            request_headers["Range"] = f"bytes={start}-{end - 1 if end >= 0 else ''}"
+        for _ in range(MAX_REDIRECTS + 1):
+            conn, resp = self._get(url, request_headers)
+            if resp.status in (301, 302, 303, 307, 308) and resp.getheader("Location"):
+                conn.close()
+                url = urljoin(url, resp.getheader("Location", ""))
+                continue
+            return self._stream(conn, resp, url)
+        raise SourceError(f"more than {MAX_REDIRECTS} redirects from {url}", transient=False)
+
+    def _get(self, url: str, headers: dict[str, str]
+             ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        parts = urlsplit(url)
+        kind = {"http": http.client.HTTPConnection, "https": http.client.HTTPSConnection}.get(
+            parts.scheme)
+        if kind is None or not parts.hostname:
+            raise SourceError(f"not an http(s) URL: {url}", transient=False)
+        conn = kind(parts.hostname, parts.port, timeout=self.timeout)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        try:
+            conn.request("GET", path, headers=headers)
+            return conn, conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise SourceError(f"origin {parts.netloc} failed: {exc!r}", transient=True) from exc
+
+    @staticmethod
+    def _stream(conn: http.client.HTTPConnection, resp: http.client.HTTPResponse,
+                url: str) -> SourceStream:
+        if resp.status == 206:
+            match = _CONTENT_RANGE.match(resp.getheader("Content-Range", ""))
+            if match is None:
+                conn.close()
+                raise SourceError(f"origin sent 206 without a Content-Range for {url}",
+                                  transient=False)
+            total = -1 if match[3] == "*" else int(match[3])
+            return _HttpStream(conn, resp, total, int(match[1]), url)
+        if resp.status == 200:
+            length = resp.getheader("Content-Length")
+            return _HttpStream(conn, resp, int(length) if length else -1, 0, url)
+        conn.close()
+        transient = resp.status >= 500 or resp.status == 429
+        raise SourceError(f"origin answered {resp.status} {resp.reason} for {url}",
+                          transient=transient)
+
+
+class _FileStream:
+    def __init__(self, path: str, start: int, end: int) -> None:
+        self._file = open(path, "rb")
+        self.total_length = os.fstat(self._file.fileno()).st_size
+        self.start = start
+        self._left = (self.total_length if end < 0 else min(end, self.total_length)) - start
+        self._file.seek(start)
+
+    def readinto(self, buf: memoryview) -> int:
+        n = self._file.readinto(buf[: max(0, min(len(buf), self._left))])
+        self._left -= n
+        return n
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class FileSource:
+    """file:// URLs: how a local file is imported into the swarm."""
+
+    def open(self, url: str, headers: Mapping[str, str], start: int = 0,
+             end: int = -1) -> SourceStream:
+        path = unquote(urlsplit(url).path)
+        try:
+            return _FileStream(path, start, end)
+        except OSError as exc:
+            raise SourceError(f"cannot read {path}: {exc.strerror}", transient=False) from exc
+
+
+class Sources:
+    """The sources this daemon knows, by URL scheme."""
+
+    def __init__(self, by_scheme: Mapping[str, Source]) -> None:
+        self._by_scheme = dict(by_scheme)
+
+    @classmethod
+    def default(cls, timeout: float = 30.0) -> Sources:
+        http_source = HttpSource(timeout)
+        return cls({"http": http_source, "https": http_source, "file": FileSource()})
+
+    def register(self, scheme: str, source: Source) -> None:
+        self._by_scheme[scheme] = source
+
+    def for_url(self, url: str) -> Source:
+        """Raises ``ValueError`` for a scheme nobody registered."""
+        scheme = urlsplit(url).scheme
+        if scheme not in self._by_scheme:
+            raise ValueError(f"unsupported URL scheme {scheme!r} in {url} "
+                             f"(supported: {', '.join(sorted(self._by_scheme))})")
+        return self._by_scheme[scheme]

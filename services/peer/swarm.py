@@ -1,0 +1,162 @@
+"""A local swarm's moving parts for demos, benchmarks and tests: an origin HTTP server that
+counts the bytes it serves (and can misbehave on purpose), and daemons run as child
+processes of ``damselfly daemon``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+from aiohttp import web
+
+from services.peer.daemon import DaemonConfig, serve
+from services.procs import spawn, stop, wait_ready
+
+
+@dataclass
+class OriginFaults:
+    """Misbehaviour on purpose: answer ``fail_status`` to the first ``fail_first`` requests
+    (all of them when ``fail_always``), drop the connection once after ``reset_after`` bytes,
+    and serve at most ``rate`` bytes/s (0: unthrottled)."""
+
+    fail_first: int = 0
+    fail_always: bool = False
+    fail_status: int = 503
+    reset_after: int = 0
+    rate: float = 0.0
+
+
+@dataclass
+class Origin:
+    """Serves files from ``root`` with Range support on 127.0.0.1, counting bytes sent."""
+
+    root: Path
+    faults: OriginFaults = field(default_factory=OriginFaults)
+    bytes_served: int = 0
+    requests: list[str] = field(default_factory=list)
+    url: str = ""
+    _runner: web.AppRunner | None = None
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_get("/{name:.+}", self._serve)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(request.headers.get("Range", ""))
+        if self.faults.fail_always or len(self.requests) <= self.faults.fail_first:
+            return web.Response(status=self.faults.fail_status, text="injected failure\n")
+        path = (self.root / request.match_info["name"]).resolve()
+        if not path.is_relative_to(self.root.resolve()) or not path.is_file():
+            return web.Response(status=404)
+        size = path.stat().st_size
+        start, stop_at = 0, size
+        try:
+            asked = request.http_range
+        except ValueError:
+            return web.Response(status=416)
+        if asked.start is not None:
+            start, stop_at = asked.start, min(asked.stop or size, size)
+        ranged = request.headers.get("Range") is not None
+        response = web.StreamResponse(status=206 if ranged else 200)
+        response.content_length = stop_at - start
+        if ranged:
+            response.headers["Content-Range"] = f"bytes {start}-{stop_at - 1}/{size}"
+        await response.prepare(request)
+        chunk = 64 << 10
+        with open(path, "rb") as f:
+            f.seek(start)
+            sent = 0
+            while sent < stop_at - start:
+                data = f.read(min(chunk, stop_at - start - sent))
+                if self.faults.reset_after and self.bytes_served + len(data) > self.faults.reset_after:
+                    self.faults.reset_after = 0
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return response
+                await response.write(data)
+                sent += len(data)
+                self.bytes_served += len(data)
+                if self.faults.rate:
+                    await asyncio.sleep(len(data) / self.faults.rate)
+        return response
+
+
+class DaemonProcess:
+    """``damselfly daemon`` as a child process; its endpoints come from its ready file."""
+
+    def __init__(self, name: str, nats_url: str, data_dir: Path, secret: str, *extra: str,
+                 seed: bool = False) -> None:
+        self.name, self.data_dir, self.secret = name, data_dir, secret
+        self.argv = [sys.executable, "-m", "services.cli", "daemon", "--nats", nats_url,
+                     "--data-dir", str(data_dir), "--api-port", "0",
+                     *(["--seed"] if seed else []), *extra]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.endpoints: dict[str, object] = {}
+
+    def start(self) -> dict[str, object]:
+        """Start and wait until serving. Raises ``RuntimeError`` naming its log."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ready = self.data_dir / "ready.json"
+        ready.unlink(missing_ok=True)
+        log_path = self.data_dir / "daemon.log"
+        with open(log_path, "ab") as log:
+            self.proc = spawn([*self.argv, "--ready-file", str(ready)], log,
+                              {"DAMSELFLY_CLUSTER_SECRET": self.secret})
+        try:
+            self.endpoints = wait_ready(ready, self.proc)
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f"{self.name}: {exc}; see {log_path}") from exc
+        return self.endpoints
+
+    @property
+    def api(self) -> str:
+        return str(self.endpoints["api_url"])
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop([self.proc])
+
+
+@asynccontextmanager
+async def daemon_in_process(cfg: DaemonConfig) -> AsyncIterator[dict[str, object]]:
+    """Run a daemon in this event loop (lighter than a process); yields its endpoints and
+    stops it, HostLeft and all, on exit. ``cfg.ready_file`` must be set."""
+    assert cfg.ready_file is not None
+    cfg.ready_file.unlink(missing_ok=True)
+    stopping = asyncio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(serve, cfg, stopping)
+        with anyio.fail_after(20):
+            while not cfg.ready_file.exists():
+                await anyio.sleep(0.02)
+        try:
+            yield json.loads(cfg.ready_file.read_text())
+        finally:
+            stopping.set()

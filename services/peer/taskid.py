@@ -1,0 +1,55 @@
+"""Task ids and piece geometry, computed the way Dragonfly does. Pure: no I/O."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+MIN_PIECE: Final = 4 << 20
+MAX_PIECE: Final = 64 << 20
+TARGET_PIECES: Final = 500
+
+
+def filter_query(url: str, filtered: Iterable[str]) -> str:
+    """The URL without the filtered query parameters (re-encoded sorted, as Go's
+    ``url.Values.Encode`` does); unchanged when nothing is filtered."""
+    names = set(filtered)
+    if not names:
+        return url
+    parts = urlsplit(url)
+    kept = sorted((k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                  if k not in names)
+    return urlunsplit(parts._replace(query=urlencode(kept)))
+
+
+def task_id(url: str, *, tag: str = "", application: str = "", piece_length: int = 0,
+            filtered_query_params: Iterable[str] = ()) -> str:
+    """Dragonfly's ``TaskIDV2`` without the digest: sha256 of the filtered URL, tag,
+    application and (when one was asked for) the piece length, concatenated."""
+    params = [filter_query(url, filtered_query_params), tag, application]
+    if piece_length:
+        params.append(str(piece_length))
+    h = hashlib.sha256()
+    for p in params:
+        h.update(p.encode())
+    return h.hexdigest()
+
+
+def piece_length_for(content_length: int, requested: int = 0) -> int:
+    """The requested length, else the next power of two of length/500 clamped to 4–64 MiB."""
+    if requested > 0:
+        return requested
+    wanted = max(1, content_length // TARGET_PIECES)
+    return min(max(1 << (wanted - 1).bit_length(), MIN_PIECE), MAX_PIECE)
+
+
+def piece_count(content_length: int, piece_length: int) -> int:
+    return -(-content_length // piece_length)
+
+
+def piece_range(piece: int, content_length: int, piece_length: int) -> tuple[int, int]:
+    """``(offset, length)`` of one piece; the last one may be short."""
+    offset = piece * piece_length
+    return offset, min(piece_length, content_length - offset)

@@ -1,0 +1,132 @@
+"""The upload server: other peers fetch piece bytes here over HTTP Range.
+
+``GET /v1/tasks/<task>/content`` answers 206 by sendfile for a range of pieces this peer
+holds, 416 for a range it does not hold, 404 for a task it does not know, 401 without the
+cluster's token and 503 when the concurrent-upload limit is reached. Also ``/healthz`` and
+Prometheus ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from services.peer.storage import Storage
+
+
+def mint_token(secret: str, task_id: str) -> str:
+    """The bearer token for one task: an HMAC only holders of the cluster secret can make."""
+    return hmac.new(secret.encode(), task_id.encode(), hashlib.sha256).hexdigest()
+
+
+class Pacer:
+    """Paces uploads to ``rate`` bytes/s on average (0: unlimited) by delaying each
+    transfer's start until the bytes before it have had their time."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._free_at = 0.0
+
+    def delay(self, nbytes: int) -> float:
+        """Reserve ``nbytes`` and return how long to wait before sending them."""
+        if self.rate <= 0:
+            return 0.0
+        now = self._clock()
+        start = max(now, self._free_at)
+        self._free_at = start + nbytes / self.rate
+        return start - now
+
+
+@dataclass
+class TransferStats:
+    """Counters the metrics endpoint exposes."""
+
+    uploads_running: int = 0
+    upload_bytes: int = 0
+    upload_responses: Counter[int] = field(default_factory=Counter)
+    download_bytes_origin: int = 0
+    download_bytes_peers: int = 0
+    pieces_corrupt: int = 0
+
+
+def metrics_text(stats: TransferStats, tasks: int) -> str:
+    lines = [
+        "# TYPE damselfly_uploads_running gauge",
+        f"damselfly_uploads_running {stats.uploads_running}",
+        "# TYPE damselfly_upload_bytes_total counter",
+        f"damselfly_upload_bytes_total {stats.upload_bytes}",
+        "# TYPE damselfly_upload_responses_total counter",
+        *(f'damselfly_upload_responses_total{{code="{code}"}} {n}'
+          for code, n in sorted(stats.upload_responses.items())),
+        "# TYPE damselfly_download_bytes_total counter",
+        f'damselfly_download_bytes_total{{from="origin"}} {stats.download_bytes_origin}',
+        f'damselfly_download_bytes_total{{from="peers"}} {stats.download_bytes_peers}',
+        "# TYPE damselfly_pieces_corrupt_total counter",
+        f"damselfly_pieces_corrupt_total {stats.pieces_corrupt}",
+        "# TYPE damselfly_tasks gauge",
+        f"damselfly_tasks {tasks}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploads: int = 50,
+               rate_limit: float = 0.0) -> web.Application:
+    pacer = Pacer(rate_limit)
+
+    def refuse(status: int, reason: str, **headers: str) -> web.Response:
+        stats.upload_responses[status] += 1
+        return web.Response(status=status, text=reason + "\n", headers=headers)
+
+    async def content(request: web.Request) -> web.StreamResponse:
+        task_id = request.match_info["task_id"]
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if not hmac.compare_digest(given, mint_token(secret, task_id)):
+            return refuse(401, "missing or wrong upload token")
+        tf = storage.get(task_id)
+        if tf is None or not tf.shaped:
+            return refuse(404, f"unknown task {task_id}")
+        size = tf.meta.content_length
+        try:
+            asked = request.http_range
+        except ValueError:
+            return refuse(416, "malformed Range", **{"Content-Range": f"bytes */{size}"})
+        start = 0 if asked.start is None else (asked.start if asked.start >= 0
+                                               else max(size + asked.start, 0))
+        stop = size if asked.stop is None else min(asked.stop, size)
+        pl = tf.meta.piece_length
+        if start >= stop or not all(p in tf.bitmap for p in range(start // pl, (stop - 1) // pl + 1)):
+            return refuse(416, "range not held", **{"Content-Range": f"bytes */{size}"})
+        if stats.uploads_running >= max_uploads:
+            return refuse(503, "too many uploads", **{"Retry-After": "1"})
+        stats.uploads_running += 1
+        try:
+            if wait := pacer.delay(stop - start):
+                await asyncio.sleep(wait)
+            response = web.FileResponse(tf.data_path, chunk_size=1 << 20)
+            await response.prepare(request)
+            stats.upload_bytes += stop - start
+            stats.upload_responses[response.status] += 1
+            return response
+        finally:
+            stats.uploads_running -= 1
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(text=metrics_text(stats, len(storage.tasks())),
+                            content_type="text/plain", charset="utf-8")
+
+    app = web.Application()
+    app.router.add_get("/v1/tasks/{task_id}/content", content)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
