@@ -7,13 +7,15 @@ used by the manager itself. Times are derived from ``start`` so two calls give e
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from events.base import Event
+from events.codec import AnyEvent
 from events.hosts import HostAnnounced, HostKeepalive
 from events.jobs import JobProgressed, JobStarted, JobSucceeded, PreheatRequested
 from events.sched import BackToSourceOrdered, ParentInfo, ParentsAssigned, SeedPeerTriggered
+from events.subjects import subject_for
 from events.tasks import (
     BackToSourceStarted,
     PeerFailed,
@@ -127,3 +129,17 @@ def events(swarm: Swarm) -> Iterator[Event]:
     yield JobProgressed(id=f"prog-{job}", at=t + 0.5, job_id=job, host_id=seed_host,
                         task_id=_task_id(0), state="succeeded")
     yield JobSucceeded(id=f"done-{job}", at=t + 0.6, job_id=job)
+
+
+_STREAM_OF_FAMILY = {"host": "DF_HOSTS", "task": "DF_TASKS", "sched": "DF_SCHED", "job": "DF_JOBS",
+                     "config": "DF_CONFIG"}
+
+
+def by_stream(stream_events: Iterable[Event]) -> dict[str, list[tuple[int, AnyEvent]]]:
+    """Events grouped by the stream they land in, numbered 1, 2, … as a stream would."""
+    out: dict[str, list[tuple[int, AnyEvent]]] = {}
+    for event in stream_events:
+        stream = _STREAM_OF_FAMILY[subject_for(event).split(".")[1]]
+        items = out.setdefault(stream, [])
+        items.append((len(items) + 1, event))  # type: ignore[arg-type]
+    return out

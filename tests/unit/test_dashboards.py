@@ -1,0 +1,114 @@
+"""Dashboard panels: every shipped panel parses and runs over projected events with the
+figures the events imply; results print as a table, CSV or JSON."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+
+import dashboards
+from projections import store
+from projections.synthetic import Swarm, by_stream, events
+from services.manager.output import render
+
+SWARM = Swarm(tasks=3, peers_per_task=4, pieces=5, failing_peers=1)
+REQUIRED = {"back_to_source_ratio", "p2p_vs_origin", "active_peers", "download_duration",
+            "scheduling_latency", "top_tasks", "job_outcomes"}
+
+
+@pytest.fixture(scope="module")
+def con(tmp_path_factory: pytest.TempPathFactory) -> duckdb.DuckDBPyConnection:
+    con = store.connect(tmp_path_factory.mktemp("dash") / "p.duckdb")
+    for stream, items in by_stream(events(SWARM)).items():
+        store.apply_batch(con, stream, items)
+    yield con
+    con.close()
+
+
+def run(con: duckdb.DuckDBPyConnection, name: str) -> list[dict[str, object]]:
+    result = store.query(con, dashboards.panel(name).sql)
+    return [dict(zip(result.columns, row)) for row in result.rows]
+
+
+def test_every_required_panel_ships_with_a_title_and_chart() -> None:
+    panels = dashboards.panels()
+    assert REQUIRED <= {p.name for p in panels}
+    assert all(p.title and p.chart in dashboards.CHARTS for p in panels)
+    assert [p.order for p in panels] == sorted(p.order for p in panels)
+
+
+def test_every_panel_returns_rows(con: duckdb.DuckDBPyConnection) -> None:
+    for panel in dashboards.panels():
+        assert run(con, panel.name), panel.name
+
+
+def test_traffic_panels_split_origin_and_peer_bytes(con: duckdb.DuckDBPyConnection) -> None:
+    # per task the seed fetches the file from the origin once, succeeding peers from the seed
+    from_origin = SWARM.tasks
+    from_peers = SWARM.tasks * (SWARM.peers_per_task - SWARM.failing_peers)
+    mib = SWARM.pieces * SWARM.piece_length / 1048576
+    traffic = run(con, "p2p_vs_origin")
+    assert sum(r["origin_mib"] for r in traffic) == pytest.approx(from_origin * mib)
+    assert sum(r["p2p_mib"] for r in traffic) == pytest.approx(from_peers * mib)
+    ratio = run(con, "back_to_source_ratio")
+    assert len(ratio) == len(traffic)
+    assert all(0 <= r["back_to_source_ratio"] <= 1 for r in ratio)
+
+
+def test_top_tasks_and_job_outcomes(con: duckdb.DuckDBPyConnection) -> None:
+    top = run(con, "top_tasks")
+    assert len(top) == SWARM.tasks
+    assert {r["peers"] for r in top} == {SWARM.peers_per_task + 1}
+    assert {r["failed_peers"] for r in top} == {SWARM.failing_peers}
+    assert run(con, "job_outcomes") == [
+        {"outcome": "preheat succeeded", "jobs": 1, "host_outcomes": 1}]
+
+
+def test_duration_and_latency_percentiles_are_ordered(con: duckdb.DuckDBPyConnection) -> None:
+    (durations,) = run(con, "download_duration")
+    assert 0 < durations["p50_ms"] <= durations["p90_ms"] <= durations["p99_ms"]
+    latency = {r["kind"]: r for r in run(con, "scheduling_latency")}
+    assert latency["parents_assigned"]["decisions"] == SWARM.tasks * SWARM.peers_per_task
+    assert latency["parents_assigned"]["p50_ms"] <= latency["parents_assigned"]["p99_ms"]
+
+
+def test_active_peers_counts_alive_hosts(con: duckdb.DuckDBPyConnection) -> None:
+    (row,) = run(con, "active_peers")
+    assert row["cluster"] == SWARM.cluster
+    assert row["alive_hosts"] == SWARM.peers_per_task + 1
+
+
+def test_results_render_as_table_csv_and_json(con: duckdb.DuckDBPyConnection) -> None:
+    result = store.query(con, "SELECT task_id, peers, created_at FROM tasks ORDER BY task_id")
+    rows = json.loads(render(result, "json"))
+    assert [r["peers"] for r in rows] == [SWARM.peers_per_task + 1] * SWARM.tasks
+    assert rows[0]["created_at"].startswith("20")
+    parsed = list(csv.reader(io.StringIO(render(result, "csv"))))
+    assert parsed[0] == ["task_id", "peers", "created_at"]
+    assert [r[0] for r in parsed[1:]] == [r["task_id"] for r in rows]
+    table = render(result, "table").splitlines()
+    assert table[0].split() == ["task_id", "peers", "created_at"]
+    assert table[-1] == f"({SWARM.tasks} rows)"
+
+
+def test_a_panel_without_a_header_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "bad.sql").write_text("SELECT 1\n")
+    with pytest.raises(ValueError, match="panel bad: no '-- title:'"):
+        dashboards.panels(tmp_path)
+    (tmp_path / "bad.sql").write_text("-- title: Bad\n-- chart: pie\nSELECT 1\n")
+    with pytest.raises(ValueError, match="must be one of line, bar, table"):
+        dashboards.panels(tmp_path)
+    with pytest.raises(ValueError, match="no dashboard panel 'nope'"):
+        dashboards.panel("nope", tmp_path)
+
+
+def test_only_one_select_may_run_through_the_sql_door() -> None:
+    store.check_read_only("WITH x AS (SELECT 1) SELECT * FROM x")
+    for bad in ("DROP TABLE peers", "SELECT 1; DELETE FROM peers", "SELEC 1"):
+        with pytest.raises(store.NotReadOnly):
+            store.check_read_only(bad)
