@@ -25,6 +25,9 @@ from services.peer.taskid import piece_count
 class DiskFullError(OSError):
     """No room for a task: the disk (or the daemon's quota) cannot hold it."""
 
+    def __str__(self) -> str:
+        return str(self.strerror)
+
 
 class TaskMeta(msgspec.Struct, kw_only=True):
     task_id: str

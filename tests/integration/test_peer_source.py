@@ -1,0 +1,201 @@
+"""A daemon going back to source: no scheduler, a flaky origin, a full disk, imports and
+exports — a real nats-server, a real origin on loopback, the daemon in this event loop."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from events.bus import Consumer
+from events.codec import AnyEvent
+from events.tasks import (
+    BackToSourceStarted,
+    PeerFailed,
+    PeerRegistered,
+    PeerSucceeded,
+    PieceFinished,
+    TaskMetadataReported,
+)
+from services.natsconn import connect
+from services.peer.daemon import DaemonConfig
+from services.peer.downloader import Settings
+from services.peer.get import ApiClient
+from services.peer.request import DownloadRequest
+from services.peer.swarm import Origin, OriginFaults, daemon_in_process
+
+pytestmark = pytest.mark.anyio
+PIECE = 16 << 10
+SIZE = 10 * PIECE + 1234
+
+
+@asynccontextmanager
+async def setup(tmp_path: Path, nats_url: str, faults: OriginFaults | None = None,
+                **config: Any) -> AsyncIterator[tuple[Origin, ApiClient, str]]:
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "f.bin").write_bytes(os.urandom(SIZE))
+    origin = Origin(tmp_path / "www", faults or OriginFaults())
+    await origin.start()
+    cluster = f"c{secrets.token_hex(4)}"
+    cfg = DaemonConfig(nats_url=nats_url, data_dir=tmp_path / "d", secret="s", cluster=cluster,
+                       api_port=0, ready_file=tmp_path / "ready.json",
+                       settings=Settings(schedule_timeout=0.5, source_backoff=0.05), **config)
+    try:
+        async with daemon_in_process(cfg) as endpoints:
+            client = ApiClient(str(endpoints["api_url"]))
+            try:
+                yield origin, client, cluster
+            finally:
+                await client.close()
+    finally:
+        await origin.stop()
+
+
+async def download(client: ApiClient, request: DownloadRequest) -> dict[str, Any]:
+    status = await client.start(request)
+    async for status in client.progress(status["task_id"]):
+        pass
+    return status
+
+
+async def task_events(nats_url: str, cluster: str) -> list[AnyEvent]:
+    nc = await connect(nats_url, "test")
+    try:
+        consumer = Consumer(nc.jetstream(), stream="DF_TASKS", filter_subject=f"df.task.{cluster}.>")
+        return [d.event for d in await consumer.fetch(timeout=1)]
+    finally:
+        await nc.close()
+
+
+async def test_no_scheduler_means_back_to_source_after_the_timeout(
+        tmp_path: Path, nats_url: str) -> None:
+    async with setup(tmp_path, nats_url) as (origin, client, cluster):
+        url = f"{origin.url}/f.bin"
+        status = await download(client, DownloadRequest(url=url, piece_length=PIECE))
+        assert status["state"] == "succeeded", status
+        out = tmp_path / "out.bin"
+        await client.export(status["task_id"], out)
+    body = (tmp_path / "www" / "f.bin").read_bytes()
+    assert out.read_bytes() == body
+    assert origin.bytes_served == SIZE and status["bytes_from_origin"] == SIZE
+    events = await task_events(nats_url, cluster)
+    kinds = [type(e) for e in events]
+    assert kinds[:3] == [PeerRegistered, BackToSourceStarted, TaskMetadataReported]
+    assert kinds[-2:] == [TaskMetadataReported, PeerSucceeded]
+    started = next(e for e in events if isinstance(e, BackToSourceStarted))
+    assert "no scheduler answered" in started.reason
+    pieces = [e for e in events if isinstance(e, PieceFinished)]
+    assert [p.piece for p in pieces] == list(range(11))
+    for p in pieces:
+        chunk = body[p.piece * PIECE:(p.piece + 1) * PIECE]
+        assert p.digest == f"sha256:{hashlib.sha256(chunk).hexdigest()}" and p.parent_id == ""
+    final = events[-2]
+    assert isinstance(final, TaskMetadataReported)
+    assert final.piece_digests == [p.digest for p in pieces] and final.content_length == SIZE
+
+
+async def test_origin_5xx_is_retried(tmp_path: Path, nats_url: str) -> None:
+    async with setup(tmp_path, nats_url, OriginFaults(fail_first=2)) as (origin, client, _):
+        status = await download(client, DownloadRequest(url=f"{origin.url}/f.bin",
+                                                        piece_length=PIECE))
+    assert status["state"] == "succeeded", status
+    assert len(origin.requests) == 3 and origin.bytes_served == SIZE
+
+
+async def test_origin_reset_resumes_from_the_first_missing_piece(
+        tmp_path: Path, nats_url: str) -> None:
+    faults = OriginFaults(reset_after=4 * PIECE + 100)
+    async with setup(tmp_path, nats_url, faults) as (origin, client, _):
+        status = await download(client, DownloadRequest(url=f"{origin.url}/f.bin",
+                                                        piece_length=PIECE))
+        out = tmp_path / "out.bin"
+        await client.export(status["task_id"], out)
+    assert status["state"] == "succeeded", status
+    assert out.read_bytes() == (tmp_path / "www" / "f.bin").read_bytes()
+    assert len(origin.requests) == 2
+    assert origin.requests[1].startswith(f"bytes={4 * PIECE}-")
+
+
+async def test_origin_failing_for_good_is_a_clear_error(tmp_path: Path, nats_url: str) -> None:
+    faults = OriginFaults(fail_always=True, fail_status=500)
+    async with setup(tmp_path, nats_url, faults) as (origin, client, cluster):
+        status = await download(client, DownloadRequest(url=f"{origin.url}/f.bin"))
+    assert status["state"] == "failed"
+    assert status["error"].startswith("back-to-source failed after 5 attempts: origin answered "
+                                      "500 Internal Server Error")
+    assert len(origin.requests) == 5
+    failed = [e for e in await task_events(nats_url, cluster) if isinstance(e, PeerFailed)]
+    assert [f.reason for f in failed] == [status["error"]]
+
+
+async def test_origin_404_fails_at_once(tmp_path: Path, nats_url: str) -> None:
+    async with setup(tmp_path, nats_url) as (origin, client, _):
+        status = await download(client, DownloadRequest(url=f"{origin.url}/missing"))
+    assert status["state"] == "failed" and "404" in status["error"]
+    assert len(origin.requests) == 1
+
+
+async def test_disabled_back_to_source_without_scheduler_fails(
+        tmp_path: Path, nats_url: str) -> None:
+    async with setup(tmp_path, nats_url) as (origin, client, _):
+        status = await download(client, DownloadRequest(url=f"{origin.url}/f.bin",
+                                                        disable_back_to_source=True))
+    assert status["state"] == "failed"
+    assert status["error"] == "back-to-source is disabled and no scheduler answered within 0.5s"
+    assert origin.bytes_served == 0
+
+
+async def test_a_full_disk_fails_that_task_only(tmp_path: Path, nats_url: str) -> None:
+    async with setup(tmp_path, nats_url, quota=SIZE + 1000) as (origin, client, _):
+        (tmp_path / "www" / "small.bin").write_bytes(b"s" * 1000)
+        first = await download(client, DownloadRequest(url=f"{origin.url}/f.bin"))
+        second = await download(client, DownloadRequest(url=f"{origin.url}/f.bin", tag="again"))
+        small = await download(client, DownloadRequest(url=f"{origin.url}/small.bin"))
+    assert first["state"] == "succeeded"
+    assert second["state"] == "failed" and second["error"].startswith("disk full: task ")
+    assert small["state"] == "succeeded"
+
+
+async def test_digest_mismatch_fails_and_keeps_nothing(tmp_path: Path, nats_url: str) -> None:
+    async with setup(tmp_path, nats_url) as (origin, client, _):
+        status = await download(client, DownloadRequest(url=f"{origin.url}/f.bin",
+                                                        digest="sha256:" + "0" * 64))
+        assert status["state"] == "failed" and status["error"].startswith("digest mismatch")
+        with pytest.raises(RuntimeError, match="unknown task"):
+            await client.export(status["task_id"], tmp_path / "out.bin")
+    assert not (tmp_path / "out.bin").exists()
+
+
+async def test_import_then_export_a_local_file(tmp_path: Path, nats_url: str) -> None:
+    async with setup(tmp_path, nats_url) as (_, client, cluster):
+        local = tmp_path / "www" / "f.bin"
+        status = await client._json("POST", "/v1/imports", {"path": str(local),
+                                                           "piece_length": PIECE})
+        async for status in client.progress(status["task_id"]):
+            pass
+        assert status["state"] == "succeeded", status
+        out = tmp_path / "exported.bin"
+        await client.export(status["task_id"], out)
+        cancelled = await client._json("DELETE", f"/v1/tasks/{status['task_id']}")
+        with pytest.raises(RuntimeError, match="unknown task"):
+            await client._json("GET", f"/v1/tasks/{status['task_id']}")
+    assert out.read_bytes() == local.read_bytes() and cancelled["state"] == "cancelled"
+    events = await task_events(nats_url, cluster)
+    assert any(isinstance(e, PeerSucceeded) and e.content_length == SIZE for e in events)
+
+
+async def test_api_describes_itself_and_rejects_bad_requests(
+        tmp_path: Path, nats_url: str) -> None:
+    async with setup(tmp_path, nats_url) as (_, client, _):
+        doc = await client._json("GET", "/openapi.json")
+        with pytest.raises(RuntimeError, match="unsupported URL scheme 'ftp'"):
+            await client._json("POST", "/v1/tasks", {"url": "ftp://x/y"})
+        with pytest.raises(RuntimeError, match="Object missing required field `url`"):
+            await client._json("POST", "/v1/tasks", {})
+    assert {"/v1/tasks", "/v1/tasks/{task_id}/progress", "/v1/imports"} <= set(doc["paths"])
