@@ -1,0 +1,416 @@
+"""The scheduler's shell: partition leases, consumers, publishing decisions, snapshots.
+
+Each partition this scheduler owns has a ``PartitionWorker`` with its own core state. The
+worker folds the partition's task events *and* the cluster's host and config events in the
+order the log stored them — stream time, then stream name, then sequence, the order of
+``damselfly events dump`` — so that replaying a dump reproduces its decisions. It publishes
+what the core decided (ids derived from the trigger, so a replayed trigger is deduplicated
+by JetStream) and acks only after that. A periodic snapshot in a KV bucket keeps the replay
+of a new owner short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import msgspec
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from events.base import Event
+from events.bus import Consumer, Delivered, Publisher, dead_letter
+from events.codec import EventDecodeError, decode
+from events.hosts import HostAnnounced, HostKeepalive, HostLeft
+from events.ids import derived_id
+from events.streams import DEDUP_WINDOW, ensure_streams
+from events.subjects import PARTITIONS, task_filter
+from services.scheduler import core
+from services.scheduler.lease import LEASE_BUCKET, SNAPSHOT_BUCKET, Leases, lease_key, open_bucket
+
+log = logging.getLogger("damselfly.scheduler")
+
+# A decision for a trigger stored longer ago than this was published then (and is out of
+# the dedup window now) or came too late for a peer that already fell back to the origin.
+STALE_AFTER: Final = DEDUP_WINDOW - 20.0
+
+Key = tuple[float, str, int]
+
+
+class Snapshot(msgspec.Struct, kw_only=True):
+    """A partition's state and how far into each stream it has folded."""
+
+    seqs: dict[str, int]
+    state: core.State
+
+
+@dataclass(order=True)
+class _Side:
+    key: Key
+    event: Event = field(compare=False)
+
+
+class SideFeed:
+    """A stream every partition folds besides its task events (hosts, config), read on demand.
+
+    ``drain`` returns every message stored before it was called, so the worker knows which
+    host events precede a task event it fetched.
+    """
+
+    def __init__(self, js: JetStreamContext, stream: str, subject: str, after_seq: int) -> None:
+        self._js = js
+        self.stream = stream
+        self._subject = subject
+        self._after = after_seq
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    async def drain(self) -> list[_Side]:
+        if self._sub is None:
+            policy = DeliverPolicy.BY_START_SEQUENCE if self._after else DeliverPolicy.ALL
+            config = ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=policy,
+                                    opt_start_seq=self._after + 1 if self._after else None,
+                                    filter_subject=self._subject, inactive_threshold=60.0)
+            self._sub = await self._js.pull_subscribe(self._subject, stream=self.stream,
+                                                      config=config)
+        out: list[_Side] = []
+        while (pending := (await self._sub.consumer_info()).num_pending) > 0:
+            for msg in await self._sub.fetch(min(pending, 1024), timeout=5.0):
+                meta = msg.metadata
+                try:
+                    event = decode(msg.data)
+                except EventDecodeError as exc:
+                    log.error("skipped %s seq %s: %s", self.stream, meta.sequence.stream, exc)
+                    continue
+                out.append(_Side((meta.timestamp.timestamp(), self.stream, meta.sequence.stream),
+                                 event))
+        return out
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+
+class PartitionWorker:
+    """Folds one partition and publishes its decisions while this scheduler holds its lease."""
+
+    def __init__(self, js: JetStreamContext, publisher: Publisher, snapshots: KeyValue,
+                 cluster: str, part: int, *, batch: int = 256, poll: float = 0.5,
+                 snapshot_every: float = 5.0) -> None:
+        self._js = js
+        self._publisher = publisher
+        self._snapshots = snapshots
+        self.cluster = cluster
+        self.part = part
+        self._batch = batch
+        self._poll = poll
+        self._snapshot_every = snapshot_every
+        self.state = core.new_state(cluster)
+        self.seqs = {"DF_TASKS": 0, "DF_HOSTS": 0, "DF_CONFIG": 0}
+        self.folded = 0
+        self._side: list[_Side] = []
+        self._saved_seqs: dict[str, int] = {}
+
+    @property
+    def snapshot_key(self) -> str:
+        return lease_key(self.cluster, self.part)
+
+    async def restore(self) -> None:
+        """Start from the partition's last snapshot, if there is one."""
+        try:
+            entry = await self._snapshots.get(self.snapshot_key)
+        except KeyNotFoundError:
+            return
+        if entry.value:
+            snap = msgspec.msgpack.decode(entry.value, type=Snapshot)
+            self.state, self.seqs = snap.state, dict(snap.seqs)
+            self._saved_seqs = dict(self.seqs)
+            log.info("partition %d restored at %s", self.part, self.seqs)
+
+    async def save(self) -> None:
+        """Write a snapshot when anything was folded since the last one."""
+        if self.seqs == self._saved_seqs:
+            return
+        data = msgspec.msgpack.encode(Snapshot(seqs=self.seqs, state=self.state))
+        try:
+            await self._snapshots.put(self.snapshot_key, data)
+        except NatsError as exc:  # too big or the server is away: replay just runs longer
+            log.warning("partition %d: snapshot of %d bytes not saved: %s", self.part, len(data),
+                        exc)
+            return
+        self._saved_seqs = dict(self.seqs)
+
+    async def run(self, stop: asyncio.Event, *, on_stop_save: Callable[[], bool]) -> None:
+        """Fold and decide until ``stop``; then save a snapshot if ``on_stop_save()``."""
+        await self.restore()
+        tasks = Consumer(self._js, stream="DF_TASKS",
+                         filter_subject=task_filter(self.cluster, self.part),
+                         start_seq=self.seqs["DF_TASKS"] + 1, batch=self._batch, ack_wait=30.0)
+        feeds = [SideFeed(self._js, "DF_HOSTS", f"df.host.{self.cluster}.>",
+                          self.seqs["DF_HOSTS"]),
+                 SideFeed(self._js, "DF_CONFIG", f"df.config.cluster.{self.cluster}",
+                          self.seqs["DF_CONFIG"])]
+        last_save = time.monotonic()
+        try:
+            while not stop.is_set():
+                await self.round(tasks, feeds, stop)
+                if time.monotonic() - last_save >= self._snapshot_every:
+                    await self.save()
+                    last_save = time.monotonic()
+            if on_stop_save():
+                await self.save()
+        finally:
+            await tasks.close()
+            for feed in feeds:
+                await feed.close()
+
+    async def round(self, tasks: Consumer, feeds: list[SideFeed], stop: asyncio.Event) -> None:
+        """One fetch: fold task and side events in log order, publish, then ack."""
+        known = self._side[-1].key if self._side else None
+        try:
+            items = await tasks.fetch(timeout=self._poll)
+        except asyncio.TimeoutError:  # nats-py raises it bare when the poll expires mid-way
+            items = []
+        for feed in feeds:
+            for side in await feed.drain():
+                bisect.insort(self._side, side)
+        # Side events drained before the fetch were stored before any task event it did not
+        # return; those after the last fetched task event wait unless the fetch was partial.
+        horizon = known
+        if items:
+            last = _key(items[-1])
+            horizon = last if len(items) >= self._batch or known is None else max(last, known)
+        out: list[Event] = []
+        for item in items:
+            self._fold_side(_key(item), out, inclusive=False)
+            if item.seq > self.seqs["DF_TASKS"]:
+                out += await self._fold(item.event, _key(item)[0], item)
+                self.seqs["DF_TASKS"] = item.seq
+        if horizon is not None:
+            self._fold_side(horizon, out, inclusive=True)
+        await self._publish(out, stop)
+        for item in items:
+            await item.msg.ack()
+
+    def _fold_side(self, upto: Key, out: list[Event], *, inclusive: bool) -> None:
+        n = 0
+        for side in self._side:
+            if side.key > upto or (side.key == upto and not inclusive):
+                break
+            n += 1
+            stream, seq = side.key[1], side.key[2]
+            if seq > self.seqs[stream]:
+                out += self._step(side.event, side.key[0])
+                self.seqs[stream] = seq
+        del self._side[:n]
+
+    async def _fold(self, event: Event, stored: float, item: Delivered) -> list[Event]:
+        try:
+            return self._step(event, stored)
+        except Exception as exc:  # noqa: BLE001 - a bug on one event must not stop the partition
+            log.exception("partition %d: core failed on %s", self.part, type(event).__name__)
+            await dead_letter(self._js, item.msg, f"scheduler core: {type(exc).__name__}: {exc}")
+            return []
+
+    def _step(self, event: Event, stored: float) -> list[Event]:
+        self.folded += 1
+        decisions = core.step(self.state, event)
+        if decisions and time.time() - stored > STALE_AFTER:
+            return []
+        return decisions
+
+    async def _publish(self, out: list[Event], stop: asyncio.Event) -> None:
+        while out:
+            try:
+                await self._publisher.publish_many(out)
+                return
+            except (NatsError, asyncio.TimeoutError) as exc:
+                if stop.is_set():
+                    raise
+                log.warning("partition %d: publishing %d decisions failed (%s); retrying",
+                            self.part, len(out), exc)
+                await asyncio.sleep(0.5)
+
+
+def _key(item: Delivered) -> Key:
+    return (item.msg.metadata.timestamp.timestamp(), item.stream, item.seq)
+
+
+@dataclass
+class _Owned:
+    revision: int
+    renewed: float
+    stop: asyncio.Event
+    worker: PartitionWorker
+    task: asyncio.Task[None]
+    shutting_down: bool = False
+
+
+class Scheduler:
+    """Owns what partitions it can lease, runs a worker for each, declares silent hosts dead."""
+
+    def __init__(self, nc: Client, *, cluster: str, scheduler_id: str, lease_ttl: float = 6.0,
+                 keepalive_timeout: float = 30.0, data_dir: Path | None = None,
+                 poll: float = 0.5, snapshot_every: float = 5.0) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self.cluster = cluster
+        self.scheduler_id = scheduler_id
+        self._ttl = lease_ttl
+        self._keepalive_timeout = keepalive_timeout
+        self._data_dir = data_dir
+        self._poll = poll
+        self._snapshot_every = snapshot_every
+        self._publisher = Publisher(self._js)
+        self.owned: dict[int, _Owned] = {}
+        self._retired: list[asyncio.Task[None]] = []  # workers told to stop, still finishing
+
+    async def run(self, stop: asyncio.Event, on_ready: Callable[[], None] | None = None) -> None:
+        """Run until ``stop`` is set; then save snapshots and give the leases back.
+
+        Raises ``nats.js.errors.APIError`` when the streams or buckets cannot be set up.
+        """
+        await ensure_streams(self._js)
+        leases = Leases(await open_bucket(self._js, LEASE_BUCKET, ttl=self._ttl),
+                        self.scheduler_id)
+        snapshots = await open_bucket(self._js, SNAPSHOT_BUCKET)
+        watcher = asyncio.create_task(self._declare_silent_hosts_dead(stop))
+        try:
+            while not stop.is_set():
+                await self._tend_leases(leases, snapshots)
+                if on_ready is not None:
+                    self._write_status()
+                    on_ready()
+                    on_ready = None
+                try:
+                    await asyncio.wait_for(stop.wait(), self._ttl / 3)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            for owned in self.owned.values():
+                owned.shutting_down = True
+                owned.stop.set()
+            await asyncio.gather(*(o.task for o in self.owned.values()), *self._retired,
+                                 return_exceptions=True)
+            for part, owned in self.owned.items():
+                await leases.give_back(lease_key(self.cluster, part), owned.revision)
+            self.owned.clear()
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+    async def _tend_leases(self, leases: Leases, snapshots: KeyValue) -> None:
+        changed = False
+        for part in range(PARTITIONS):
+            try:
+                changed |= await self._tend(part, leases, snapshots)
+            except (NatsError, asyncio.TimeoutError) as exc:
+                log.warning("lease of partition %d: %s", part, exc)
+                owned = self.owned.get(part)
+                if owned is not None and time.monotonic() - owned.renewed > self._ttl:
+                    self._drop(part)  # not renewed within the TTL: someone else may own it
+                    changed = True
+        if changed:
+            self._write_status()
+
+    async def _tend(self, part: int, leases: Leases, snapshots: KeyValue) -> bool:
+        """Take, renew or give back one partition's lease; True when ownership changed."""
+        key = lease_key(self.cluster, part)
+        owned = self.owned.get(part)
+        if owned is None:
+            revision = await leases.take(key)
+            if revision is None:
+                return False
+            self._start(part, revision, snapshots)
+            return True
+        if owned.task.done():  # the worker died: give the partition back for a fresh start
+            await leases.give_back(key, owned.revision)
+            del self.owned[part]
+            return True
+        revision = await leases.renew(key, owned.revision)
+        if revision is None:
+            self._drop(part)
+            return True
+        owned.revision, owned.renewed = revision, time.monotonic()
+        return False
+
+    def _drop(self, part: int) -> None:
+        owned = self.owned.pop(part)
+        owned.stop.set()
+        self._retired = [t for t in self._retired if not t.done()] + [owned.task]
+
+    def _start(self, part: int, revision: int, snapshots: KeyValue) -> None:
+        worker = PartitionWorker(self._js, self._publisher, snapshots, self.cluster, part,
+                                 poll=self._poll, snapshot_every=self._snapshot_every)
+        stop = asyncio.Event()
+        owned: _Owned
+
+        async def run() -> None:
+            try:
+                await worker.run(stop, on_stop_save=lambda: owned.shutting_down)
+            except Exception:
+                log.exception("partition %d worker failed", part)
+                raise
+
+        owned = _Owned(revision, time.monotonic(), stop, worker, asyncio.create_task(run()))
+        self.owned[part] = owned
+        log.info("scheduler %s owns partition %d", self.scheduler_id, part)
+
+    def _write_status(self) -> None:
+        if self._data_dir is None:
+            return
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        path = self._data_dir / "partitions.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"scheduler_id": self.scheduler_id, "cluster": self.cluster,
+                                   "partitions": sorted(self.owned)}))
+        tmp.replace(path)
+
+    async def _declare_silent_hosts_dead(self, stop: asyncio.Event) -> None:
+        """Publish ``HostLeft`` for hosts silent past the keepalive timeout, into the log, so
+        that a replay sees the same departure at the same place."""
+        seen: dict[str, tuple[float, str]] = {}
+
+        async def on_host(msg) -> None:  # type: ignore[no-untyped-def]
+            try:
+                event = decode(msg.data)
+            except EventDecodeError:
+                return
+            if isinstance(event, HostAnnounced | HostKeepalive):
+                seen[event.host_id] = (time.monotonic(), event.id)
+            elif isinstance(event, HostLeft):
+                seen.pop(event.host_id, None)
+
+        sub = await self._nc.subscribe(f"df.host.{self.cluster}.*.*", cb=on_host)
+        try:
+            while not stop.is_set():
+                await asyncio.sleep(min(self._keepalive_timeout / 4, 2.0))
+                now = time.monotonic()
+                for owned in list(self.owned.values()):
+                    for host_id in owned.worker.state.hosts:
+                        seen.setdefault(host_id, (now, "unseen"))
+                if not self.owned:
+                    continue
+                for host_id, (last, last_id) in list(seen.items()):
+                    if now - last > self._keepalive_timeout:
+                        seen.pop(host_id)
+                        left = HostLeft(id=derived_id(host_id, "keepalive-timeout", last_id),
+                                        at=time.time(), cluster=self.cluster, host_id=host_id,
+                                        reason="keepalive timeout")
+                        try:
+                            await self._publisher.publish(left)
+                            log.info("declared host %s dead (keepalive timeout)", host_id)
+                        except (NatsError, asyncio.TimeoutError) as exc:
+                            log.warning("could not declare %s dead: %s", host_id, exc)
+        finally:
+            await sub.unsubscribe()

@@ -1,0 +1,250 @@
+"""The scheduler against a real nats-server, with scripted peers publishing their events."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+
+from events import (
+    BackToSourceOrdered,
+    BackToSourceStarted,
+    Event,
+    HostAnnounced,
+    HostLeft,
+    ParentsAssigned,
+    PeerRegistered,
+    PeerSucceeded,
+    PieceFinished,
+    TaskMetadataReported,
+    decode,
+)
+from events.bus import Publisher
+from events.ids import new_id
+from events.log import read_log
+from events.streams import ensure_streams
+from events.subjects import partition
+from services.eventlog import dump
+from services.natsconn import connect
+from services.procs import spawn, stop, wait_ready
+from services.scheduler.replay import replay
+from services.scheduler.shell import Scheduler
+
+PIECES = 6
+TIMEOUT = 20.0
+
+
+class Swarm:
+    """Scripted peers of one task in one cluster: they publish what a daemon would."""
+
+    def __init__(self, nc: Client, cluster: str) -> None:
+        self.nc = nc
+        self.cluster = cluster
+        self.pub = Publisher(nc.jetstream())
+        self.task = hashlib.sha256(f"{cluster}-{new_id()}".encode()).hexdigest()
+        self.n = itertools.count()
+
+    def meta(self) -> dict[str, object]:
+        return {"id": new_id(), "at": float(next(self.n)), "cluster": self.cluster}
+
+    async def hosts(self, *names: str, idc: dict[str, str] | None = None) -> None:
+        await self.pub.publish_many(
+            HostAnnounced(**self.meta(), host_id=h, hostname=h, ip="127.0.0.1",  # type: ignore[arg-type]
+                          upload_url=f"http://127.0.0.1:9/{h}", idc=(idc or {}).get(h, ""))
+            for h in names)
+
+    async def register(self, peer: str, host: str) -> Event:
+        """Subscribe to the peer's decisions first (as the protocol says), then register."""
+        sub = await self.nc.subscribe(f"df.sched.{self.cluster}.{partition(self.task)}.{peer}")
+        try:
+            await self.pub.publish(PeerRegistered(**self.meta(), task_id=self.task, peer_id=peer,  # type: ignore[arg-type]
+                                                  host_id=host, url="https://origin/blob"))
+            msg = await sub.next_msg(timeout=TIMEOUT)
+            return decode(msg.data)
+        finally:
+            await sub.unsubscribe()
+
+    async def fetch_from_origin(self, peer: str, pieces: range) -> None:
+        events: list[Event] = []
+        if pieces.start == 0:
+            events += [BackToSourceStarted(**self.meta(), task_id=self.task, peer_id=peer),  # type: ignore[arg-type]
+                       TaskMetadataReported(**self.meta(), task_id=self.task, peer_id=peer,  # type: ignore[arg-type]
+                                            content_length=PIECES * 4, piece_length=4,
+                                            piece_count=PIECES)]
+        events += [self.piece(peer, i) for i in pieces]
+        await self.pub.publish_many(events)
+
+    def piece(self, peer: str, i: int, parent: str = "") -> Event:
+        return PieceFinished(**self.meta(), task_id=self.task, peer_id=peer, piece=i,  # type: ignore[arg-type]
+                             length=4, digest=f"sha256:{i}", parent_id=parent, cost_ms=1.0)
+
+    async def fetch_from_parents(self, peer: str, decision: ParentsAssigned) -> None:
+        assert decision.piece_digests == [f"sha256:{i}" for i in range(PIECES)]
+        parents = [p.peer_id for p in decision.parents]
+        await self.pub.publish_many(
+            [self.piece(peer, i, parents[i % len(parents)]) for i in range(PIECES)]
+            + [self.succeeded(peer)])
+
+    def succeeded(self, peer: str) -> Event:
+        return PeerSucceeded(**self.meta(), task_id=self.task, peer_id=peer,  # type: ignore[arg-type]
+                             content_length=PIECES * 4, piece_count=PIECES)
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[Client]:
+    client = await connect(nats_url, "test-scheduler")
+    await ensure_streams(client.jetstream())
+    yield client
+    await client.drain()
+
+
+@asynccontextmanager
+async def running(nc: Client, cluster: str, **kw: float) -> AsyncIterator[Scheduler]:
+    stop_event = asyncio.Event()
+    ready = asyncio.Event()
+    scheduler = Scheduler(nc, cluster=cluster, scheduler_id=f"test-{new_id()[:6]}",
+                          poll=0.2, **kw)  # type: ignore[arg-type]
+    task = asyncio.create_task(scheduler.run(stop_event, ready.set))
+    try:
+        await asyncio.wait_for(ready.wait(), TIMEOUT)
+        yield scheduler
+    finally:
+        stop_event.set()
+        await asyncio.wait_for(task, TIMEOUT)
+
+
+async def decisions_in_log(nc: Client, cluster: str) -> list[Event]:
+    js = nc.jetstream()
+    sub = await js.pull_subscribe(f"df.sched.{cluster}.>", stream="DF_SCHED")
+    out: list[Event] = []
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(100, timeout=0.5)
+            except Exception:  # noqa: BLE001 - nats' fetch timeout: nothing more stored
+                break
+            for m in msgs:
+                await m.ack()
+                out.append(decode(m.data))
+    finally:
+        await sub.unsubscribe()
+    return out
+
+
+@pytest.mark.anyio
+async def test_a_swarm_download_is_scheduled_and_a_restart_decides_nothing_twice(
+        nc: Client, tmp_path: Path) -> None:
+    cluster = "c1"
+    swarm = Swarm(nc, cluster)
+    await swarm.hosts("h0", "h1", "h2", idc={"h1": "x", "h2": "x"})
+    async with running(nc, cluster, snapshot_every=0.2):
+        first = await swarm.register("p0", "h0")
+        assert isinstance(first, BackToSourceOrdered)
+        await swarm.fetch_from_origin("p0", range(PIECES))
+        d1 = await swarm.register("p1", "h1")
+        assert isinstance(d1, ParentsAssigned) and [p.peer_id for p in d1.parents] == ["p0"]
+        assert d1.parents[0].bitmap == bytes([0b11111100])
+        await swarm.fetch_from_parents("p1", d1)
+        await asyncio.sleep(0.5)  # let a snapshot land
+    # A new scheduler replays from the snapshot and from the stream: nothing is decided twice.
+    async with running(nc, cluster):
+        d2 = await swarm.register("p2", "h2")
+        assert isinstance(d2, ParentsAssigned)
+        assert [p.peer_id for p in d2.parents] == ["p1", "p0"]  # p1 shares p2's IDC
+    recorded = await decisions_in_log(nc, cluster)
+    assert sorted(type(e).__name__ for e in recorded) == [
+        "BackToSourceOrdered", "ParentsAssigned", "ParentsAssigned"]
+
+    log_file = tmp_path / "log.jsonl"
+    with open(log_file, "w") as f:
+        await dump(nc.connected_url.geturl(), None, f)  # type: ignore[union-attr]
+    result = replay(read_log(log_file), cluster)
+    differ, missing = result.mismatches()
+    assert (differ, missing) == ([], [])
+    assert [d.decision for d in result.decided] == sorted(
+        recorded, key=lambda e: [d.decision.id for d in result.decided].index(e.id))
+    cli = subprocess.run([sys.executable, "-m", "services.cli", "replay", str(log_file),
+                          "--cluster", cluster], capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0, cli.stderr
+    assert "3 of 3 recorded decisions reproduced" in cli.stdout
+    assert "p2 <- " in cli.stdout and "upload_success" in cli.stdout
+    changed = subprocess.run([sys.executable, "-m", "services.cli", "replay", str(log_file),
+                              "--cluster", cluster, "--weights", "idc=0"],
+                             capture_output=True, text=True, timeout=60)
+    assert changed.returncode == 0, changed.stderr
+    assert "p2 <- p1, p0  =>  p2 <- p0, p1" in changed.stdout
+    assert "1 of 3 decisions change" in changed.stdout
+
+
+@pytest.mark.anyio
+async def test_a_silent_host_is_declared_dead_in_the_log(nc: Client) -> None:
+    cluster = "c2"
+    swarm = Swarm(nc, cluster)
+    sub = await nc.subscribe(f"df.host.{cluster}.quiet.left")
+    async with running(nc, cluster, keepalive_timeout=1.0):
+        await swarm.hosts("quiet")
+        left = decode((await sub.next_msg(timeout=TIMEOUT)).data)
+    assert isinstance(left, HostLeft) and left.reason == "keepalive timeout"
+
+
+def _owned(ready: Path) -> list[int]:
+    status = json.loads((ready.parent / "scheduler" / "partitions.json").read_text())
+    return list(status["partitions"])
+
+
+def _owner(ready: list[Path], part: int) -> int:
+    owners = [i for i, path in enumerate(ready) if part in _owned(path)]
+    assert len(owners) == 1, owners
+    return owners[0]
+
+
+@pytest.mark.anyio
+async def test_killing_the_owner_mid_download_fails_no_download(
+        nc: Client, nats_url: str, tmp_path: Path) -> None:
+    cluster = "c3"
+    swarm = Swarm(nc, cluster)
+    await swarm.hosts(*(f"h{i}" for i in range(6)))
+    procs: list[subprocess.Popen[bytes]] = []
+    ready: list[Path] = []
+    try:
+        for i in range(2):
+            d = tmp_path / f"s{i}"
+            d.mkdir()
+            ready.append(d / "ready.json")
+            with open(d / "log", "wb") as log:
+                procs.append(spawn([sys.executable, "-m", "services.cli", "scheduler",
+                                    "--nats", nats_url, "--cluster", cluster,
+                                    "--data-dir", str(d / "scheduler"), "--lease-ttl", "2",
+                                    "--snapshot-every", "0.3", "--ready-file", str(ready[-1])],
+                                   log))
+            wait_ready(ready[-1], procs[-1])
+        owner = _owner(ready, partition(swarm.task))
+        assert isinstance(await swarm.register("p0", "h0"), BackToSourceOrdered)
+        await swarm.fetch_from_origin("p0", range(PIECES // 2))
+        d1 = await swarm.register("p1", "h1")
+        assert isinstance(d1, ParentsAssigned)
+        await asyncio.sleep(0.5)
+        procs[owner].send_signal(signal.SIGKILL)
+        procs[owner].wait()
+        # While nobody owns the partition the download goes on; decisions resume on takeover.
+        await swarm.fetch_from_origin("p0", range(PIECES // 2, PIECES))
+        await swarm.pub.publish(swarm.succeeded("p0"))
+        late = await asyncio.gather(*(swarm.register(f"p{i}", f"h{i}") for i in range(2, 6)))
+        assert all(isinstance(d, ParentsAssigned) for d in late), late
+        for i, d in enumerate(late, 2):
+            assert isinstance(d, ParentsAssigned)
+            await swarm.fetch_from_parents(f"p{i}", d)
+        assert partition(swarm.task) in _owned(ready[1 - owner])
+    finally:
+        stop(procs)
+    assert procs[1 - owner].returncode == 0  # the survivor ended cleanly on SIGTERM
