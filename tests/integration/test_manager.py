@@ -1,0 +1,175 @@
+"""The manager as a user runs it: a real process on a real nats-server, its REST API, the
+``sql``/``dashboards`` commands against it and against its file, and a clean SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from events.bus import Publisher
+from events.streams import ensure_streams
+from projections.synthetic import Swarm, events
+from services.natsconn import connect
+from services.procs import spawn, stop, wait_ready
+
+SWARM = Swarm(cluster="m1", tasks=2, peers_per_task=3, pieces=4)
+
+
+def publish(url: str, swarm: Swarm) -> None:
+    async def main() -> None:
+        nc = await connect(url, "test-manager")
+        try:
+            js = nc.jetstream()
+            await ensure_streams(js)
+            await Publisher(js).publish_many(list(events(swarm)))
+        finally:
+            await nc.drain()
+    asyncio.run(main())
+
+
+def get(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def post(url: str, body: object) -> tuple[int, object]:
+    req = urllib.request.Request(url, json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def wait_for(check, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def manager(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    data = tmp_path_factory.mktemp("manager")
+    publish(nats_url, SWARM)
+    with open(data / "manager.log", "wb") as log:
+        proc = spawn([sys.executable, "-m", "services.cli", "manager", "--nats", nats_url,
+                      "--data-dir", str(data), "--ready-file", str(data / "ready.json")], log)
+    try:
+        ready = wait_ready(data / "ready.json", proc)
+        endpoints = {"url": str(ready["url"]), "db": str(ready["db"]), "dir": str(data)}
+        wait_for(lambda: get(endpoints["url"] + "/api/v1/overview")["totals"]["peers"]
+                 == SWARM.tasks * (SWARM.peers_per_task + 1))
+        yield endpoints
+    finally:
+        stop([proc])
+    assert proc.returncode == 0, (data / "manager.log").read_text()[-2000:]
+
+
+def test_ready_file_names_a_loopback_url_and_the_db(manager: dict[str, str]) -> None:
+    assert manager["url"].startswith("http://127.0.0.1:")
+    assert manager["db"] == str(Path(manager["dir"]) / "damselfly.duckdb")
+    assert get(manager["url"] + "/healthz") == {"status": "ok"}
+
+
+def test_overview_tasks_and_drill_down(manager: dict[str, str]) -> None:
+    url = manager["url"] + "/api/v1"
+    (cluster,) = get(url + "/overview")["clusters"]
+    assert cluster["cluster"] == "m1"
+    assert (cluster["seed_peers"], cluster["hosts"], cluster["tasks"]) == (
+        1, SWARM.peers_per_task, SWARM.tasks)
+    found = get(url + "/tasks?q=files/1.bin")
+    assert [t["url"] for t in found] == ["http://origin.example/files/1.bin"]
+    task = get(url + "/tasks/" + found[0]["task_id"])
+    assert len(task["peers"]) == SWARM.peers_per_task + 1
+    assert {d["kind"] for d in task["decisions"]} == {"seed_triggered", "back_to_source",
+                                                      "parents_assigned"}
+    peer = get(url + f"/tasks/{found[0]['task_id']}/peers/m1-host1-t1")
+    assert peer["peer"]["bytes_from_peers"] == SWARM.pieces * SWARM.piece_length
+    assert sum(m["pieces_from_peers"] for m in peer["pieces_per_minute"]) == SWARM.pieces
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        get(url + "/tasks/nope")
+    assert missing.value.code == 404
+    (job,) = get(url + "/jobs")
+    assert get(url + "/jobs/" + job["job_id"])["hosts"][0]["state"] == "succeeded"
+
+
+def test_sql_endpoint_runs_selects_and_refuses_writes(manager: dict[str, str]) -> None:
+    status, body = post(manager["url"] + "/api/v1/sql", {"sql": "SELECT count(*) AS n FROM hosts"})
+    assert (status, body) == (200, {"columns": ["n"], "rows": [[SWARM.peers_per_task + 1]]})
+    status, body = post(manager["url"] + "/api/v1/sql", {"sql": "DELETE FROM hosts"})
+    assert status == 400 and "only one SELECT" in body["detail"]
+    status, body = post(manager["url"] + "/api/v1/sql", {"sql": "SELECT * FROM nowhere"})
+    assert status == 400 and "nowhere" in body["detail"]
+
+
+def test_cli_reaches_the_live_manager(manager: dict[str, str]) -> None:
+    done = cli("sql", "SELECT state, count(*) AS n FROM peers GROUP BY state ORDER BY state",
+               "--manager", manager["url"], "--format", "json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [
+        {"state": "failed", "n": SWARM.tasks},
+        {"state": "succeeded", "n": SWARM.tasks * SWARM.peers_per_task}]
+    done = cli("dashboards", "run", "top_tasks", "--manager", manager["url"], "--format", "csv")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "task,peers,succeeded_peers,failed_peers"
+    assert len(done.stdout.splitlines()) == 1 + SWARM.tasks
+    done = cli("sql", "SELECT 1", "--db", manager["db"])
+    assert done.returncode == 1 and "held by a running manager" in done.stderr
+    done = cli("dashboards", "run", "nope", "--manager", manager["url"])
+    assert done.returncode == 1 and "no dashboard panel 'nope'" in done.stderr
+
+
+def test_every_panel_is_served_with_rows(manager: dict[str, str]) -> None:
+    panels = get(manager["url"] + "/api/v1/dashboards")
+    for panel in panels:
+        body = get(manager["url"] + "/api/v1/dashboards/" + panel["name"])
+        assert body["rows"] and body["chart"] == panel["chart"], panel["name"]
+
+
+def test_live_rebuild_through_the_cli_restores_the_rows(manager: dict[str, str]) -> None:
+    query = "SELECT * FROM peers ORDER BY task_id, peer_id"
+    _, before = post(manager["url"] + "/api/v1/sql", {"sql": query})
+    done = cli("projections", "rebuild", "peers", "--manager", manager["url"])
+    assert done.returncode == 0, done.stderr
+    assert "rebuilding peers" in done.stdout
+    wait_for(lambda: post(manager["url"] + "/api/v1/sql", {"sql": query})[1] == before)
+
+
+def test_after_sigterm_the_file_opens_directly(nats_url: str, tmp_path: Path) -> None:
+    swarm = Swarm(cluster="m2", tasks=1, peers_per_task=2, pieces=2)
+    publish(nats_url, swarm)
+    with open(tmp_path / "manager.log", "wb") as log:
+        proc = spawn([sys.executable, "-m", "services.cli", "manager", "--nats", nats_url,
+                      "--data-dir", str(tmp_path), "--ready-file", str(tmp_path / "r.json")], log)
+    try:
+        url = str(wait_ready(tmp_path / "r.json", proc)["url"])
+        wait_for(lambda: get(url + "/api/v1/overview")["totals"]["tasks"] >= 1)
+    finally:
+        stop([proc])
+    assert proc.returncode == 0
+    done = cli("sql", "SELECT count(*) AS n FROM tasks WHERE cluster = 'm2'", "--db",
+               str(tmp_path / "damselfly.duckdb"), "--format", "csv")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["n", "1"]
+    (tmp_path / "cluster.json").write_text(json.dumps({"services": {"manager": {"url": url}}}))
+    (tmp_path / "manager").mkdir()
+    (tmp_path / "damselfly.duckdb").rename(tmp_path / "manager" / "damselfly.duckdb")
+    done = cli("dashboards", "run", "top_tasks", "--data-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "http://origin.example/files/0.bin" in done.stdout
