@@ -176,8 +176,10 @@ async def serve(cfg: DaemonConfig, stop: asyncio.Event) -> None:
                 seed=cfg.seed, idc=cfg.idc, location=cfg.location,
                 upload_limit=cfg.upload_limit))
             if cfg.seed:
-                await nc.subscribe(f"df.sched.{cfg.cluster}.*.{host_id}",
-                                   cb=lambda msg: _on_seed_trigger(msg, downloads, host_id))
+                async def on_trigger(msg: Msg) -> None:
+                    await _on_seed_trigger(msg, downloads, host_id)
+
+                await nc.subscribe(f"df.sched.{cfg.cluster}.*.{host_id}", cb=on_trigger)
             for tf in storage.tasks():
                 if not tf.complete:
                     log.info("resuming task %s", tf.task_id[:12])

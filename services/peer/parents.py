@@ -48,36 +48,53 @@ class ParentClient:
         """Write bytes ``[offset, offset+length)`` from the parent into ``tf``; return their
         ``sha256:<hex>``. Raises ``PieceError``, or ``DiskFullError`` when the disk is full."""
         parts = urlsplit(upload_url)
-        buf = self._local.__dict__.setdefault("buf", memoryview(bytearray(CHUNK)))
-        conn = self._connection(parts.netloc)
-        try:
-            conn.request("GET", f"{parts.path.rstrip('/')}/v1/tasks/{task_id}/content",
-                         headers={"Range": f"bytes={offset}-{offset + length - 1}",
-                                  "Authorization": f"Bearer {token}"})
-            resp = conn.getresponse()
-            if resp.status != 206:
-                resp.read()
-                kind: FailureKind = ("missing" if resp.status in (404, 416)
-                                     else "busy" if resp.status == 503 else "failed")
-                raise PieceError(kind, f"parent answered {resp.status} {resp.reason}")
-            digest = hashlib.sha256()
-            done = 0
-            while done < length:
-                n = resp.readinto(buf[: min(CHUNK, length - done)])
-                if n == 0:
-                    raise PieceError("failed", f"parent closed the connection after {done} "
-                                               f"of {length} bytes")
-                digest.update(buf[:n])
-                tf.write(offset + done, buf[:n])
-                done += n
-            return f"sha256:{digest.hexdigest()}"
-        except DiskFullError:
-            self._drop(parts.netloc)
-            raise
-        except PieceError as exc:
-            if exc.kind == "failed":
+        path = f"{parts.path.rstrip('/')}/v1/tasks/{task_id}/content"
+        headers = {"Range": f"bytes={offset}-{offset + length - 1}",
+                   "Authorization": f"Bearer {token}"}
+        for attempt in range(2):
+            conn = self._connection(parts.netloc)
+            reused = conn.sock is not None
+            try:
+                conn.request("GET", path, headers=headers)
+                resp = conn.getresponse()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
                 self._drop(parts.netloc)
-            raise
-        except (OSError, http.client.HTTPException) as exc:
-            self._drop(parts.netloc)
-            raise PieceError("failed", f"parent {parts.netloc}: {exc!r}") from exc
+                if reused and attempt == 0:
+                    continue  # the parent closed an idle keep-alive connection: reconnect once
+                raise PieceError("failed", f"parent {parts.netloc}: {exc!r}") from exc
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop(parts.netloc)
+                raise PieceError("failed", f"parent {parts.netloc}: {exc!r}") from exc
+            try:
+                return self._receive(resp, offset, length, tf)
+            except PieceError as exc:
+                if exc.kind == "failed":
+                    self._drop(parts.netloc)
+                raise
+            except DiskFullError:
+                self._drop(parts.netloc)
+                raise
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop(parts.netloc)
+                raise PieceError("failed", f"parent {parts.netloc}: {exc!r}") from exc
+        raise AssertionError("unreachable")
+
+    def _receive(self, resp: http.client.HTTPResponse, offset: int, length: int,
+                 tf: TaskFile) -> str:
+        if resp.status != 206:
+            resp.read()
+            kind: FailureKind = ("missing" if resp.status in (404, 416)
+                                 else "busy" if resp.status == 503 else "failed")
+            raise PieceError(kind, f"parent answered {resp.status} {resp.reason}")
+        buf = self._local.__dict__.setdefault("buf", memoryview(bytearray(CHUNK)))
+        digest = hashlib.sha256()
+        done = 0
+        while done < length:
+            n = resp.readinto(buf[: min(CHUNK, length - done)])
+            if n == 0:
+                raise PieceError("failed", f"parent closed the connection after {done} "
+                                           f"of {length} bytes")
+            digest.update(buf[:n])
+            tf.write(offset + done, buf[:n])
+            done += n
+        return f"sha256:{digest.hexdigest()}"

@@ -101,37 +101,37 @@ class Origin:
         return response
 
 
-class DaemonProcess:
-    """``damselfly daemon`` as a child process; its endpoints come from its ready file."""
+class ChildService:
+    """One ``damselfly`` subcommand as a child process; its endpoints come from its ready
+    file. ``spawn`` then ``wait`` lets several start at once."""
 
-    def __init__(self, name: str, nats_url: str, data_dir: Path, secret: str, *extra: str,
-                 seed: bool = False) -> None:
+    def __init__(self, name: str, argv: list[str], data_dir: Path, secret: str) -> None:
         self.name, self.data_dir, self.secret = name, data_dir, secret
-        self.argv = [sys.executable, "-m", "services.cli", "daemon", "--nats", nats_url,
-                     "--data-dir", str(data_dir), "--api-port", "0",
-                     *(["--seed"] if seed else []), *extra]
+        self.argv = [sys.executable, "-m", "services.cli", *argv]
         self.proc: subprocess.Popen[bytes] | None = None
         self.endpoints: dict[str, object] = {}
+        self._ready = data_dir / "ready.json"
+        self.log_path = data_dir / "service.log"
 
-    def start(self) -> dict[str, object]:
-        """Start and wait until serving. Raises ``RuntimeError`` naming its log."""
+    def spawn(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        ready = self.data_dir / "ready.json"
-        ready.unlink(missing_ok=True)
-        log_path = self.data_dir / "daemon.log"
-        with open(log_path, "ab") as log:
-            self.proc = spawn([*self.argv, "--ready-file", str(ready)], log,
+        self._ready.unlink(missing_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = spawn([*self.argv, "--ready-file", str(self._ready)], log,
                               {"DAMSELFLY_CLUSTER_SECRET": self.secret})
+
+    def wait(self, timeout: float = 30.0) -> dict[str, object]:
+        """Raises ``RuntimeError`` naming the log when it exits or stays silent."""
+        assert self.proc is not None
         try:
-            self.endpoints = wait_ready(ready, self.proc)
+            self.endpoints = wait_ready(self._ready, self.proc, timeout)
         except RuntimeError as exc:
-            self.stop()
-            raise RuntimeError(f"{self.name}: {exc}; see {log_path}") from exc
+            raise RuntimeError(f"{self.name}: {exc}; see {self.log_path}") from exc
         return self.endpoints
 
-    @property
-    def api(self) -> str:
-        return str(self.endpoints["api_url"])
+    def start(self) -> dict[str, object]:
+        self.spawn()
+        return self.wait()
 
     def kill(self) -> None:
         """SIGKILL: no goodbye, as a crash would."""
@@ -142,6 +142,57 @@ class DaemonProcess:
     def stop(self) -> None:
         if self.proc is not None:
             stop([self.proc])
+
+
+def daemon_service(name: str, nats_url: str, data_dir: Path, secret: str, *extra: str,
+                   cluster: str = "default", seed: bool = False) -> ChildService:
+    return ChildService(name, ["daemon", "--nats", nats_url, "--data-dir", str(data_dir),
+                               "--cluster", cluster, "--api-port", "0",
+                               *(["--seed"] if seed else []), *extra], data_dir, secret)
+
+
+@dataclass
+class Swarm:
+    """A scheduler, one seed peer and ``peers`` peers as child processes (NATS and the
+    origin are the caller's). Use as a context manager: every child ends with it."""
+
+    nats_url: str
+    data_dir: Path
+    peers: int
+    cluster: str = "default"
+    secret: str = "swarm-secret"
+    daemon_args: tuple[str, ...] = ()
+    services: list[ChildService] = field(default_factory=list)
+
+    def __enter__(self) -> Swarm:
+        d = self.data_dir
+        scheduler = ChildService("scheduler", ["scheduler", "--nats", self.nats_url,
+                                               "--cluster", self.cluster, "--data-dir",
+                                               str(d / "scheduler")], d / "scheduler",
+                                 self.secret)
+        self.services = [scheduler, *(
+            daemon_service(name, self.nats_url, d / name, self.secret, *self.daemon_args,
+                           cluster=self.cluster, seed=name == "seed-peer")
+            for name in ["seed-peer", *(f"peer-{i}" for i in range(1, self.peers + 1))])]
+        try:
+            for service in self.services:
+                service.spawn()
+            for service in self.services:
+                service.wait(60)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @property
+    def peer_services(self) -> list[ChildService]:
+        return [s for s in self.services if s.name.startswith("peer-")]
+
+    def stop(self) -> None:
+        stop([s.proc for s in reversed(self.services) if s.proc is not None])
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 @asynccontextmanager

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from services.peer.storage import Storage
 
@@ -43,6 +44,16 @@ class Pacer:
         start = max(now, self._free_at)
         self._free_at = start + nbytes / self.rate
         return start - now
+
+
+class _SentFile(web.FileResponse):
+    """A file response the handler sends itself (to hold the upload slot while it does);
+    aiohttp's second ``prepare`` after the handler returns must then do nothing."""
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:
+            return None
+        return await super().prepare(request)
 
 
 @dataclass
@@ -110,7 +121,7 @@ def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploa
         try:
             if wait := pacer.delay(stop - start):
                 await asyncio.sleep(wait)
-            response = web.FileResponse(tf.data_path, chunk_size=1 << 20)
+            response = _SentFile(tf.data_path, chunk_size=1 << 20)
             await response.prepare(request)
             stats.upload_bytes += stop - start
             stats.upload_responses[response.status] += 1

@@ -1,0 +1,67 @@
+"""The issue's "done when": a swarm on one machine — an origin that counts its bytes, a real
+scheduler, one seed peer and ten peers, all processes — fetches one file on every peer with
+identical digests while the origin serves it about once."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from services.peer.get import ApiClient
+from services.peer.request import DownloadRequest
+from services.peer.swarm import Origin, Swarm
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+PIECE = 32 << 10
+SIZE = 24 * PIECE + 777
+PEERS = 10
+
+
+async def fetch(api_url: str, request: DownloadRequest, out: Path) -> dict[str, Any]:
+    client = ApiClient(api_url)
+    try:
+        status = await client.start(request)
+        async for status in client.progress(status["task_id"]):
+            pass
+        if status["state"] == "succeeded":
+            await client.export(status["task_id"], out)
+        return status
+    finally:
+        await client.close()
+
+
+async def test_ten_peers_fetch_one_file_while_the_origin_serves_it_once(
+        tmp_path: Path, nats_url: str) -> None:
+    www = tmp_path / "www"
+    www.mkdir()
+    body = os.urandom(SIZE)
+    (www / "blob.bin").write_bytes(body)
+    origin = Origin(www)
+    await origin.start()
+    request = DownloadRequest(url=f"{origin.url}/blob.bin", piece_length=PIECE)
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        with Swarm(nats_url, tmp_path / "swarm", PEERS, cluster=f"c{secrets.token_hex(4)}") as swarm:
+            async def one(name: str, api_url: str) -> None:
+                results[name] = await fetch(api_url, request, tmp_path / f"{name}.out")
+
+            with anyio.fail_after(120):
+                async with anyio.create_task_group() as tg:
+                    for service in swarm.peer_services:
+                        tg.start_soon(one, service.name, str(service.endpoints["api_url"]))
+    finally:
+        await origin.stop()
+
+    assert sorted(results) == sorted(f"peer-{i}" for i in range(1, PEERS + 1))
+    assert all(r["state"] == "succeeded" for r in results.values()), results
+    want = hashlib.sha256(body).hexdigest()
+    digests = {hashlib.sha256((tmp_path / f"{n}.out").read_bytes()).hexdigest() for n in results}
+    assert digests == {want}
+    assert origin.bytes_served / SIZE <= 1.1, origin.bytes_served
+    assert sum(r["bytes_from_peers"] for r in results.values()) >= (PEERS - 1) * SIZE
