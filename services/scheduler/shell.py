@@ -84,7 +84,7 @@ class SideFeed:
             self._sub = await self._js.pull_subscribe(self._subject, stream=self.stream,
                                                       config=config)
         out: list[_Side] = []
-        while (pending := (await self._sub.consumer_info()).num_pending) > 0:
+        while (pending := (await self._sub.consumer_info()).num_pending or 0) > 0:
             for msg in await self._sub.fetch(min(pending, 1024), timeout=5.0):
                 meta = msg.metadata
                 try:
@@ -180,7 +180,7 @@ class PartitionWorker:
         known = self._side[-1].key if self._side else None
         try:
             items = await tasks.fetch(timeout=self._poll)
-        except asyncio.TimeoutError:  # nats-py raises it bare when the poll expires mid-way
+        except TimeoutError:  # nats-py raises it bare when the poll expires mid-way
             items = []
         for feed in feeds:
             for side in await feed.drain():
@@ -218,7 +218,7 @@ class PartitionWorker:
     async def _fold(self, event: Event, stored: float, item: Delivered) -> list[Event]:
         try:
             return self._step(event, stored)
-        except Exception as exc:  # noqa: BLE001 - a bug on one event must not stop the partition
+        except Exception as exc:
             log.exception("partition %d: core failed on %s", self.part, type(event).__name__)
             await dead_letter(self._js, item.msg, f"scheduler core: {type(exc).__name__}: {exc}")
             return []
@@ -235,7 +235,7 @@ class PartitionWorker:
             try:
                 await self._publisher.publish_many(out)
                 return
-            except (NatsError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, NatsError) as exc:
                 if stop.is_set():
                     raise
                 log.warning("partition %d: publishing %d decisions failed (%s); retrying",
@@ -295,7 +295,7 @@ class Scheduler:
                     on_ready = None
                 try:
                     await asyncio.wait_for(stop.wait(), self._ttl / 3)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         finally:
             for owned in self.owned.values():
@@ -314,7 +314,7 @@ class Scheduler:
         for part in range(PARTITIONS):
             try:
                 changed |= await self._tend(part, leases, snapshots)
-            except (NatsError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, NatsError) as exc:
                 log.warning("lease of partition %d: %s", part, exc)
                 owned = self.owned.get(part)
                 if owned is not None and time.monotonic() - owned.renewed > self._ttl:
@@ -410,7 +410,7 @@ class Scheduler:
                         try:
                             await self._publisher.publish(left)
                             log.info("declared host %s dead (keepalive timeout)", host_id)
-                        except (NatsError, asyncio.TimeoutError) as exc:
+                        except (TimeoutError, NatsError) as exc:
                             log.warning("could not declare %s dead: %s", host_id, exc)
         finally:
             await sub.unsubscribe()

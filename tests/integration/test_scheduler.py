@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import itertools
 import json
 import signal
@@ -141,6 +142,11 @@ async def decisions_in_log(nc: Client, cluster: str) -> list[Event]:
     return out
 
 
+async def damselfly(*argv: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "services.cli", *argv],
+                                   check=False, capture_output=True, text=True, timeout=60)
+
+
 @pytest.mark.anyio
 async def test_a_swarm_download_is_scheduled_and_a_restart_decides_nothing_twice(
         nc: Client, tmp_path: Path) -> None:
@@ -166,21 +172,19 @@ async def test_a_swarm_download_is_scheduled_and_a_restart_decides_nothing_twice
         "BackToSourceOrdered", "ParentsAssigned", "ParentsAssigned"]
 
     log_file = tmp_path / "log.jsonl"
-    with open(log_file, "w") as f:
-        await dump(nc.connected_url.geturl(), None, f)  # type: ignore[union-attr]
+    dumped = io.StringIO()
+    await dump(nc.connected_url.geturl(), None, dumped)  # type: ignore[union-attr]
+    log_file.write_text(dumped.getvalue())
     result = replay(read_log(log_file), cluster)
     differ, missing = result.mismatches()
     assert (differ, missing) == ([], [])
     assert [d.decision for d in result.decided] == sorted(
         recorded, key=lambda e: [d.decision.id for d in result.decided].index(e.id))
-    cli = subprocess.run([sys.executable, "-m", "services.cli", "replay", str(log_file),
-                          "--cluster", cluster], capture_output=True, text=True, timeout=60)
+    cli = await damselfly("replay", str(log_file), "--cluster", cluster)
     assert cli.returncode == 0, cli.stderr
     assert "3 of 3 recorded decisions reproduced" in cli.stdout
     assert "p2 <- " in cli.stdout and "upload_success" in cli.stdout
-    changed = subprocess.run([sys.executable, "-m", "services.cli", "replay", str(log_file),
-                              "--cluster", cluster, "--weights", "idc=0"],
-                             capture_output=True, text=True, timeout=60)
+    changed = await damselfly("replay", str(log_file), "--cluster", cluster, "--weights", "idc=0")
     assert changed.returncode == 0, changed.stderr
     assert "p2 <- p1, p0  =>  p2 <- p0, p1" in changed.stdout
     assert "1 of 3 decisions change" in changed.stdout
@@ -221,7 +225,7 @@ async def test_killing_the_owner_mid_download_fails_no_download(
             d = tmp_path / f"s{i}"
             d.mkdir()
             ready.append(d / "ready.json")
-            with open(d / "log", "wb") as log:
+            with (d / "log").open("wb") as log:
                 procs.append(spawn([sys.executable, "-m", "services.cli", "scheduler",
                                     "--nats", nats_url, "--cluster", cluster,
                                     "--data-dir", str(d / "scheduler"), "--lease-ttl", "2",
