@@ -39,7 +39,8 @@ def service_specs(nats_url: str, data_dir: Path, peers: int) -> list[ServiceSpec
     specs: list[ServiceSpec] = []
     specs.append(ServiceSpec("scheduler", ["scheduler", "--nats", nats_url, "--data-dir", str(data_dir / "scheduler")]))
     specs.append(ServiceSpec("manager", ["manager", "--nats", nats_url, "--data-dir", str(data_dir / "manager")]))
-    # seed peer and peer entries (issue 4) go here
+    specs.append(ServiceSpec("seed-peer", ["daemon", "--seed", "--nats", nats_url, "--data-dir", str(data_dir / "seed-peer"), "--api-port", "0"]))
+    specs.extend(ServiceSpec(f"peer-{i}", ["daemon", "--nats", nats_url, "--data-dir", str(data_dir / f"peer-{i}"), "--api-port", "0"]) for i in range(1, peers + 1))
     return specs
 
 
