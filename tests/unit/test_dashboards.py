@@ -73,8 +73,8 @@ def test_duration_and_latency_percentiles_are_ordered(con: duckdb.DuckDBPyConnec
     (durations,) = run(con, "download_duration")
     assert 0 < durations["p50_ms"] <= durations["p90_ms"] <= durations["p99_ms"]
     latency = {r["kind"]: r for r in run(con, "scheduling_latency")}
-    assert latency["parents_assigned"]["decisions"] == SWARM.tasks * SWARM.peers_per_task
-    assert latency["parents_assigned"]["p50_ms"] <= latency["parents_assigned"]["p99_ms"]
+    assigned = latency[f"parents_assigned ({SWARM.tasks * SWARM.peers_per_task})"]
+    assert 0 < assigned["p50_ms"] <= assigned["p95_ms"] <= assigned["p99_ms"]
 
 
 def test_active_peers_counts_alive_hosts(con: duckdb.DuckDBPyConnection) -> None:

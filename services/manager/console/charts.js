@@ -78,12 +78,13 @@ const Charts = (() => {
   function bar(data, series) {
     const { svg, y } = frame(series, 0);
     const n = data.rows.length, k = series.length;
-    const slot = (W - L - R) / n, width = Math.max(2, (slot * 0.8) / k);
+    const slot = (W - L - R) / n, width = Math.min(36, Math.max(2, (slot * 0.8) / k));
     data.rows.forEach((r, i) => {
+      const left = L + slot * (i + 0.5) - (width * k) / 2;
       series.forEach((s, j) => {
         const v = s.values[i];
         if (v === null) return;
-        const x0 = L + slot * i + slot * 0.1 + width * j;
+        const x0 = left + width * j;
         const rect = el("rect", { x: x0, y: y(v), width, height: Math.max(0, y(0) - y(v)),
                                   fill: s.color, class: "bar", "data-series": s.name }, svg);
         el("title", {}, rect).textContent = `${r[0]} · ${s.name}: ${v}`;

@@ -1,0 +1,113 @@
+"""The console in a real browser (Debian's chromium driven by Playwright) against a running
+swarm — scheduler, seed peer, two peers and the manager, all processes — that has just
+downloaded a file: every view loads offline and the dashboard charts draw the download."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import anyio
+import pytest
+
+from services.peer.swarm import Origin, Swarm
+from services.procs import spawn, stop, wait_ready
+
+pytestmark = pytest.mark.anyio
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+PIECE = 16 << 10
+SIZE = 12 * PIECE + 123
+# Panels a download feeds; jobs and back-to-source reasons may rightly be empty.
+FED_BY_A_DOWNLOAD = {"back_to_source_ratio", "p2p_vs_origin", "active_peers",
+                     "download_duration", "scheduling_latency", "top_tasks"}
+
+
+def get_json(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def browse(url: str, shot: Path) -> dict[str, object]:
+    """Open the console's views; returns what the page showed. Blocks (Playwright sync)."""
+    from playwright.sync_api import sync_playwright
+
+    seen: dict[str, object] = {"offsite": []}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page.on("request", lambda r: None if r.url.startswith(url)
+                    else seen["offsite"].append(r.url))  # type: ignore[union-attr]
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url + "/#/overview")
+            page.wait_for_selector(".card[data-key=peers]")
+            page.wait_for_selector("section[data-panel=p2p_vs_origin] polyline.series",
+                                   state="attached")
+            seen["overview_cards"] = page.locator(".card .n").all_inner_texts()
+            page.goto(url + "/#/dashboards")
+            page.wait_for_function("document.querySelectorAll('section.panel[data-rows]').length"
+                                   " === document.querySelectorAll('section.panel').length"
+                                   " && document.querySelectorAll('section.panel').length > 0")
+            seen["panels"] = page.eval_on_selector_all(
+                "section.panel", "els => els.map(e => ({name: e.dataset.panel, "
+                "rows: Number(e.dataset.rows), marks: e.querySelectorAll("
+                "'polyline.series, rect.bar').length}))")
+            page.screenshot(path=str(shot), full_page=True)
+            page.goto(url + "/#/tasks")
+            page.wait_for_selector("#list tr.link")
+            page.click("#list tr.link")
+            page.wait_for_selector("#peers tr.link")
+            seen["task_peers"] = page.locator("#peers tbody tr").count()
+            seen["errors"] = errors
+        finally:
+            browser.close()
+    return seen
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="apt-get install -y chromium")
+async def test_console_draws_a_real_download(nats_url: str, tmp_path: Path) -> None:
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "blob.bin").write_bytes(os.urandom(SIZE))
+    origin = Origin(www)
+    await origin.start()
+    with open(tmp_path / "manager.log", "wb") as log:
+        manager = spawn([sys.executable, "-m", "services.cli", "manager", "--nats", nats_url,
+                         "--data-dir", str(tmp_path / "manager"),
+                         "--ready-file", str(tmp_path / "manager.json")], log)
+    try:
+        url = str(wait_ready(tmp_path / "manager.json", manager)["url"])
+        with Swarm(nats_url, tmp_path / "swarm", 2, cluster="console") as swarm:
+            for n, peer in enumerate(swarm.peer_services):
+                done = await anyio.to_thread.run_sync(lambda: subprocess.run(
+                    [sys.executable, "-m", "services.cli", "get", f"{origin.url}/blob.bin",
+                     "-O", str(tmp_path / f"out{n}"), "--piece-length", str(PIECE),
+                     "--endpoint", str(peer.endpoints["api_url"]), "--no-progress",
+                     "--timeout", "60"], capture_output=True, text=True, timeout=90))
+                assert done.returncode == 0, done.stderr
+                assert (tmp_path / f"out{n}").read_bytes() == (www / "blob.bin").read_bytes()
+            with anyio.fail_after(30):
+                while get_json(url + "/api/v1/overview")["totals"]["peers"] < 3:  # type: ignore[index]
+                    await anyio.sleep(0.2)
+            shot = tmp_path / "console.png"
+            seen = await anyio.to_thread.run_sync(browse, url, shot)
+    finally:
+        stop([manager])
+        await origin.stop()
+    assert manager.returncode == 0
+    assert seen["offsite"] == [] and seen["errors"] == []
+    panels = {p["name"]: p for p in seen["panels"]}  # type: ignore[union-attr]
+    for name in FED_BY_A_DOWNLOAD:
+        assert panels[name]["rows"] > 0 and panels[name]["marks"] > 0, panels[name]
+    assert seen["task_peers"] >= 3  # the seed and both peers took part
+    assert shot.stat().st_size > 10_000
+    if keep := os.environ.get("DAMSELFLY_CONSOLE_SHOT"):
+        shutil.copy(shot, keep)
