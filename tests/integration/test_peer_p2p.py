@@ -1,0 +1,229 @@
+"""Fetching from parents, driven by decisions this test publishes itself (a scripted
+scheduler): the happy path, a parent serving corrupt bytes, a parent killed mid-transfer."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from aiohttp import web
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from events.bus import Consumer, Publisher
+from events.codec import AnyEvent, decode
+from events.ids import derived_id
+from events.sched import ParentInfo, ParentsAssigned
+from events.tasks import PeerRegistered, PieceFailed, PieceFinished
+from services.natsconn import connect
+from services.peer.daemon import DaemonConfig
+from services.peer.downloader import Settings
+from services.peer.get import ApiClient
+from services.peer.request import DownloadRequest
+from services.peer.swarm import ChildService, Origin, daemon_in_process, daemon_service
+
+pytestmark = pytest.mark.anyio
+PIECE = 32 << 10
+SIZE = 20 * PIECE + 99
+
+
+class ScriptedScheduler:
+    """Answers every registration from ``host_id`` with the parents ``decide`` returns."""
+
+    def __init__(self, nc: Client, cluster: str) -> None:
+        self.nc, self.cluster = nc, cluster
+        self.publisher = Publisher(nc.jetstream())
+        self.rules: dict[str, Callable[[PeerRegistered], list[ParentInfo]]] = {}
+        self.digests: list[str] = []
+        self.source_peers: list[str] = []
+
+    async def start(self) -> None:
+        await self.nc.subscribe(f"df.task.{self.cluster}.*.*.*.registered", cb=self._on)
+
+    async def _on(self, msg: Msg) -> None:
+        event = decode(msg.data)
+        assert isinstance(event, PeerRegistered)
+        if (rule := self.rules.get(event.host_id)) is None:
+            return
+        await self.publisher.publish(ParentsAssigned(
+            id=derived_id(event.id, "test"), cluster=self.cluster, task_id=event.task_id,
+            peer_id=event.peer_id, trigger_id=event.id, parents=rule(event),
+            content_length=SIZE, piece_length=PIECE, piece_digests=self.digests,
+            source_peers=self.source_peers))
+
+
+def piece_digests(body: bytes) -> list[str]:
+    return [f"sha256:{hashlib.sha256(body[i:i + PIECE]).hexdigest()}"
+            for i in range(0, len(body), PIECE)]
+
+
+async def download(api: str, request: DownloadRequest, out: Path | None = None) -> dict[str, Any]:
+    client = ApiClient(api)
+    try:
+        status = await client.start(request)
+        async for status in client.progress(status["task_id"]):
+            pass
+        if out is not None and status["state"] == "succeeded":
+            await client.export(status["task_id"], out)
+        return status
+    finally:
+        await client.close()
+
+
+async def task_events(nc: Client, cluster: str) -> list[AnyEvent]:
+    consumer = Consumer(nc.jetstream(), stream="DF_TASKS", filter_subject=f"df.task.{cluster}.>",
+                        batch=2000)
+    return [d.event for d in await consumer.fetch(timeout=1)]
+
+
+def config(tmp_path: Path, name: str, nats_url: str, cluster: str) -> DaemonConfig:
+    return DaemonConfig(nats_url=nats_url, data_dir=tmp_path / name, secret="s", cluster=cluster,
+                        api_port=0, ready_file=tmp_path / f"{name}.json",
+                        settings=Settings(schedule_timeout=1.0, stall_timeout=2.0))
+
+
+@pytest.fixture
+def body(tmp_path: Path) -> bytes:
+    (tmp_path / "www").mkdir()
+    data = os.urandom(SIZE)
+    (tmp_path / "www" / "f.bin").write_bytes(data)
+    return data
+
+
+async def test_child_fetches_every_piece_from_its_parent(
+        tmp_path: Path, nats_url: str, body: bytes) -> None:
+    cluster = f"c{secrets.token_hex(4)}"
+    origin = Origin(tmp_path / "www")
+    await origin.start()
+    request = DownloadRequest(url=f"{origin.url}/f.bin", piece_length=PIECE)
+    nc = await connect(nats_url, "test")
+    try:
+        async with daemon_in_process(config(tmp_path, "parent", nats_url, cluster)) as parent, \
+                daemon_in_process(config(tmp_path, "child", nats_url, cluster)) as child:
+            source = await download(str(parent["api_url"]), request)
+            scheduler = ScriptedScheduler(nc, cluster)
+            scheduler.source_peers = [source["peer_id"]]  # digests come from its events
+            scheduler.rules[str(child["host_id"])] = lambda e: [ParentInfo(
+                peer_id=source["peer_id"], host_id=str(parent["host_id"]),
+                upload_url=str(parent["upload_url"]))]
+            await scheduler.start()
+            status = await download(str(child["api_url"]), request, tmp_path / "out.bin")
+        events = await task_events(nc, cluster)
+    finally:
+        await nc.close()
+        await origin.stop()
+    assert status["state"] == "succeeded", status
+    assert (tmp_path / "out.bin").read_bytes() == body
+    assert origin.bytes_served == SIZE
+    assert status["bytes_from_peers"] == SIZE and status["bytes_from_origin"] == 0
+    from_parent = [e for e in events if isinstance(e, PieceFinished)
+                   and e.peer_id == status["peer_id"]]
+    assert sorted(e.piece for e in from_parent) == list(range(21))
+    assert {e.parent_id for e in from_parent} == {source["peer_id"]}
+    assert [e.digest for e in sorted(from_parent, key=lambda e: e.piece)] == piece_digests(body)
+
+
+async def test_a_corrupt_parent_is_detected_reported_and_avoided(
+        tmp_path: Path, nats_url: str, body: bytes) -> None:
+    cluster = f"c{secrets.token_hex(4)}"
+
+    async def garbage(request: web.Request) -> web.Response:
+        rng = request.http_range
+        return web.Response(status=206, body=os.urandom(rng.stop - rng.start))
+
+    liar = web.AppRunner(web.Application())
+    liar.app.router.add_get("/v1/tasks/{task}/content", garbage)
+    await liar.setup()
+    site = web.TCPSite(liar, "127.0.0.1", 0)
+    await site.start()
+    liar_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    origin = Origin(tmp_path / "www")
+    await origin.start()
+    request = DownloadRequest(url=f"{origin.url}/f.bin", piece_length=PIECE)
+    nc = await connect(nats_url, "test")
+    try:
+        async with daemon_in_process(config(tmp_path, "parent", nats_url, cluster)) as parent, \
+                daemon_in_process(config(tmp_path, "child", nats_url, cluster)) as child:
+            source = await download(str(parent["api_url"]), request)
+            everything = b"\xff" * 3
+            scheduler = ScriptedScheduler(nc, cluster)
+            scheduler.digests, scheduler.source_peers = piece_digests(body), [source["peer_id"]]
+            scheduler.rules[str(child["host_id"])] = lambda e: [
+                ParentInfo(peer_id="liar-1", host_id="liar", upload_url=liar_url,
+                           bitmap=everything),
+                ParentInfo(peer_id=source["peer_id"], host_id=str(parent["host_id"]),
+                           upload_url=str(parent["upload_url"]))]
+            await scheduler.start()
+            status = await download(str(child["api_url"]), request, tmp_path / "out.bin")
+        events = await task_events(nc, cluster)
+    finally:
+        await nc.close()
+        await origin.stop()
+        await liar.cleanup()
+    assert status["state"] == "succeeded", status
+    assert (tmp_path / "out.bin").read_bytes() == body
+    corrupt = [e for e in events if isinstance(e, PieceFailed) and e.corrupt]
+    assert corrupt and {e.parent_id for e in corrupt} == {"liar-1"}
+    assert all("digest mismatch" in e.reason for e in corrupt)
+    finished = [e for e in events if isinstance(e, PieceFinished) and e.peer_id == status["peer_id"]]
+    assert {e.parent_id for e in finished} == {source["peer_id"]}
+    assert len(corrupt) <= 8  # at most one batch in flight before the liar was dropped
+
+
+async def test_a_parent_killed_mid_transfer_leaves_the_child_to_finish_from_others(
+        tmp_path: Path, nats_url: str, body: bytes) -> None:
+    cluster = f"c{secrets.token_hex(4)}"
+    origin = Origin(tmp_path / "www")
+    await origin.start()
+    request = DownloadRequest(url=f"{origin.url}/f.bin", piece_length=PIECE)
+    slow = ("--upload-rate", "150000", "--schedule-timeout", "1")
+    parents: list[ChildService] = [
+        daemon_service(name, nats_url, tmp_path / name, "s", *slow, cluster=cluster)
+        for name in ("doomed", "steady")]
+    nc = await connect(nats_url, "test")
+    try:
+        for p in parents:
+            await anyio.to_thread.run_sync(p.start)
+        sources = [await download(str(p.endpoints["api_url"]), request) for p in parents]
+        scheduler = ScriptedScheduler(nc, cluster)
+        scheduler.source_peers = [s["peer_id"] for s in sources]
+        async with daemon_in_process(config(tmp_path, "child", nats_url, cluster)) as child:
+            scheduler.rules[str(child["host_id"])] = lambda e: [
+                ParentInfo(peer_id=s["peer_id"], host_id=str(p.endpoints["host_id"]),
+                           upload_url=str(p.endpoints["upload_url"]))
+                for s, p in zip(sources, parents)]
+            await scheduler.start()
+            doomed_peer = sources[0]["peer_id"]
+
+            async def kill_after_first_piece_from_doomed() -> None:
+                sub = await nc.subscribe(f"df.task.{cluster}.*.*.*.piece_finished")
+                async for msg in sub.messages:
+                    event = decode(msg.data)
+                    if isinstance(event, PieceFinished) and event.parent_id == doomed_peer:
+                        parents[0].kill()
+                        break
+                await sub.unsubscribe()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(kill_after_first_piece_from_doomed)
+                status = await download(str(child["api_url"]), request, tmp_path / "out.bin")
+                tg.cancel_scope.cancel()
+        events = await task_events(nc, cluster)
+    finally:
+        for p in parents:
+            p.stop()
+        await nc.close()
+        await origin.stop()
+    assert parents[0].proc is not None and parents[0].proc.returncode == -9
+    assert status["state"] == "succeeded", status
+    assert (tmp_path / "out.bin").read_bytes() == body
+    mine = [e for e in events if getattr(e, "peer_id", "") == status["peer_id"]]
+    finished = {e.parent_id for e in mine if isinstance(e, PieceFinished)}
+    assert finished == {doomed_peer, sources[1]["peer_id"]}
+    assert any(isinstance(e, PieceFailed) and e.parent_id == doomed_peer for e in mine)

@@ -1,0 +1,105 @@
+"""The upload server on a real loopback socket: ranges, refusals, limits and metrics."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import anyio
+import pytest
+from aiohttp import web
+
+from services.peer.request import DownloadRequest
+from services.peer.storage import Storage, TaskFile
+from services.peer.upload import TransferStats, mint_token, upload_app
+
+pytestmark = pytest.mark.anyio
+PIECE = 10_000
+
+
+def held_task(tmp_path: Path, pieces: int, holes: set[int]) -> tuple[Storage, TaskFile, bytes]:
+    storage = Storage(tmp_path / "d")
+    request = DownloadRequest(url="http://o/f")
+    tf = storage.create(request.task_id(), request)
+    body = os.urandom(pieces * PIECE - 10)
+    tf.shape(len(body), PIECE)
+    tf.write(0, body)
+    for piece in range(pieces):
+        if piece not in holes:
+            tf.mark(piece, "sha256:x")
+    return storage, tf, body
+
+
+@asynccontextmanager
+async def serving(storage: Storage, **limits: float) -> AsyncIterator[tuple[str, TransferStats]]:
+    stats = TransferStats()
+    runner = web.AppRunner(upload_app(storage, "secret", stats, **limits))  # type: ignore[arg-type]
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}", stats
+    finally:
+        await runner.cleanup()
+
+
+async def get(url: str, task_id: str, rng: str, token: str | None = None) -> tuple[int, bytes,
+                                                                                  dict[str, str]]:
+    headers = {"Range": rng, "Authorization": f"Bearer {token or mint_token('secret', task_id)}"}
+    async with aiohttp.ClientSession() as s, \
+            s.get(f"{url}/v1/tasks/{task_id}/content", headers=headers) as r:
+        return r.status, await r.read(), dict(r.headers)
+
+
+async def test_ranges_it_holds_and_refusals(tmp_path: Path) -> None:
+    storage, tf, body = held_task(tmp_path, 5, holes={3})
+    async with serving(storage) as (url, stats):
+        status, data, _ = await get(url, tf.task_id, f"bytes={PIECE}-{3 * PIECE - 1}")
+        assert (status, data) == (206, body[PIECE:3 * PIECE])
+        status, data, _ = await get(url, tf.task_id, "bytes=5-9")
+        assert (status, data) == (206, body[5:10])
+        status, _, headers = await get(url, tf.task_id, f"bytes={2 * PIECE}-{3 * PIECE}")
+        assert status == 416 and headers["Content-Range"] == f"bytes */{len(body)}"
+        assert (await get(url, "f" * 64, "bytes=0-1"))[0] == 404
+        assert (await get(url, tf.task_id, "bytes=0-1", token="forged"))[0] == 401
+        assert (await get(url, tf.task_id, "bytes=0-1", token=mint_token("other", tf.task_id)))[0] == 401
+        async with aiohttp.ClientSession() as s, s.get(f"{url}/metrics") as r:
+            metrics = await r.text()
+    assert stats.upload_bytes == 2 * PIECE + 5
+    assert f"damselfly_upload_bytes_total {2 * PIECE + 5}" in metrics
+    assert 'damselfly_upload_responses_total{code="206"} 2' in metrics
+    assert 'damselfly_upload_responses_total{code="401"} 2' in metrics
+
+
+async def test_concurrent_upload_limit_answers_503(tmp_path: Path) -> None:
+    storage, tf, _ = held_task(tmp_path, 5, holes=set())
+    # At 25 kB/s the second 50 kB transfer waits ~2 s for its turn, holding the only slot.
+    async with serving(storage, max_uploads=1, rate_limit=25_000) as (url, _):
+        codes: list[int] = []
+
+        async def one(rng: str) -> None:
+            codes.append((await get(url, tf.task_id, rng))[0])
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one, "bytes=0-49999")
+            await anyio.sleep(0.2)
+            tg.start_soon(one, "bytes=0-49999")
+            await anyio.sleep(0.5)
+            tg.start_soon(one, "bytes=0-9")
+    assert sorted(codes) == [206, 206, 503]
+
+
+async def test_bandwidth_limit_paces_uploads(tmp_path: Path) -> None:
+    storage, tf, _ = held_task(tmp_path, 5, holes=set())
+    async with serving(storage, rate_limit=100_000) as (url, _):
+        started = time.monotonic()
+        for _ in range(3):
+            assert (await get(url, tf.task_id, "bytes=0-49999"))[0] == 206
+        elapsed = time.monotonic() - started
+    # 150 kB at 100 kB/s: the last transfer cannot start before 1 s has passed.
+    assert elapsed >= 0.95
