@@ -97,6 +97,7 @@ def start_daemon(home: Path) -> str:
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
+    (data_dir / "daemon.pid").write_text(str(proc.pid))
     try:
         endpoints = wait_ready(ready, proc)
     except RuntimeError as exc:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import anyio
 from aiohttp import web
@@ -47,7 +48,7 @@ class Origin:
 
     async def start(self) -> str:
         app = web.Application()
-        app.router.add_get("/{name:.+}", self._serve)
+        app.router.add_get("/{name:.*}", self._serve)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -66,8 +67,13 @@ class Origin:
         if self.faults.fail_always or len(self.requests) <= self.faults.fail_first:
             return web.Response(status=self.faults.fail_status, text="injected failure\n")
         path = (self.root / request.match_info["name"]).resolve()
-        if not path.is_relative_to(self.root.resolve()) or not path.is_file():
+        if not path.is_relative_to(self.root.resolve()) or not path.exists():
             return web.Response(status=404)
+        if path.is_dir():  # a listing like ``python -m http.server`` writes
+            links = "".join(f'<li><a href="{quote(p.name)}{"/" if p.is_dir() else ""}">{p.name}</a>'
+                            for p in sorted(path.iterdir()))
+            return web.Response(text=f"<html><body><ul>{links}</ul></body></html>",
+                                content_type="text/html")
         size = path.stat().st_size
         start, stop_at = 0, size
         try:

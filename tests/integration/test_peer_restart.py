@@ -1,0 +1,71 @@
+"""A daemon killed mid-download resumes after a restart without refetching finished pieces,
+and serves what it holds."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from pathlib import Path
+
+import aiohttp
+import anyio
+import pytest
+
+from services.peer.get import ApiClient
+from services.peer.request import DownloadRequest
+from services.peer.swarm import Origin, OriginFaults, daemon_service
+from services.peer.upload import mint_token
+
+pytestmark = pytest.mark.anyio
+PIECE = 32 << 10
+SIZE = 24 * PIECE + 5
+
+
+async def test_restarted_daemon_resumes_from_its_first_missing_piece(
+        tmp_path: Path, nats_url: str) -> None:
+    (tmp_path / "www").mkdir()
+    body = os.urandom(SIZE)
+    (tmp_path / "www" / "f.bin").write_bytes(body)
+    origin = Origin(tmp_path / "www", OriginFaults(rate=200_000))
+    await origin.start()
+    daemon = daemon_service("peer", nats_url, tmp_path / "peer", "s", "--schedule-timeout",
+                            "0.5", cluster=f"c{secrets.token_hex(4)}")
+    request = DownloadRequest(url=f"{origin.url}/f.bin", piece_length=PIECE)
+    try:
+        await anyio.to_thread.run_sync(daemon.start)
+        client = ApiClient(str(daemon.endpoints["api_url"]))
+        status = await client.start(request)
+        async for status in client.progress(status["task_id"]):
+            if status["completed_length"] >= 4 * PIECE:
+                break
+        await client.close()
+        held_before = status["completed_length"]
+        daemon.kill()
+        assert held_before < SIZE
+
+        origin.faults.rate = 0
+        await anyio.to_thread.run_sync(daemon.start)
+        client = ApiClient(str(daemon.endpoints["api_url"]))
+        try:
+            async for status in client.progress(status["task_id"]):
+                pass
+            await client.export(status["task_id"], tmp_path / "out.bin")
+            async with aiohttp.ClientSession() as s, s.get(
+                    f"{daemon.endpoints['upload_url']}/v1/tasks/{status['task_id']}/content",
+                    headers={"Range": f"bytes=0-{PIECE - 1}",
+                             "Authorization": f"Bearer {mint_token('s', status['task_id'])}"}
+            ) as r:
+                served = (r.status, await r.read())
+        finally:
+            await client.close()
+    finally:
+        daemon.stop()
+        await origin.stop()
+    assert status["state"] == "succeeded", status
+    assert (tmp_path / "out.bin").read_bytes() == body
+    resumed_at = int(re.fullmatch(r"bytes=(\d+)-", origin.requests[-1])[1])  # type: ignore[index]
+    assert len(origin.requests) == 2 and origin.requests[0] == ""
+    assert resumed_at % PIECE == 0 and resumed_at >= held_before
+    assert status["bytes_from_origin"] == SIZE - resumed_at
+    assert served == (206, body[:PIECE])
