@@ -143,7 +143,12 @@ def api_app(downloads: Downloads, stats: TransferStats) -> web.Application:
             await response.write(json.dumps(status).encode() + b"\n")
             if status["state"] in (*TERMINAL, "paused"):
                 break
-            await anyio.sleep(PROGRESS_INTERVAL)
+            download = downloads.get(task_id)
+            with anyio.move_on_after(PROGRESS_INTERVAL):
+                if download is not None:
+                    await download.finished.wait()
+                else:
+                    await anyio.sleep(PROGRESS_INTERVAL)
         await response.write_eof()
         return response
 

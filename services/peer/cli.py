@@ -61,6 +61,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g.add_argument("--no-progress", action="store_true")
     g.set_defaults(run=_get)
 
+    if "demo" not in sub.choices:  # ``make demo``: the swarm, shown per peer
+        from services.peer.demo import register as register_demo
+
+        register_demo(sub)
+
 
 def _daemon(args: argparse.Namespace) -> int:
     from services.peer.daemon import DaemonConfig, read_secret, serve

@@ -1,0 +1,161 @@
+"""Peer data-plane benchmark: one child fetching a file from one parent on loopback, against
+curl fetching the same bytes from the same parent in the same run, and the child daemon's
+peak RSS while it downloads the file.
+
+Run: ``.venv/bin/python -m bench.bench_peer [--size-mib N]`` (default 2048 MiB: the peak-RSS
+figure is for a 2 GiB file; about a minute here). Writes ``bench/results/peer.json``.
+Not a test: nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from events.bus import Publisher
+from events.codec import decode
+from events.ids import derived_id
+from events.sched import BackToSourceOrdered, ParentInfo, ParentsAssigned
+from events.tasks import PeerRegistered
+from services.broker import start_broker
+from services.natsconn import connect
+from services.peer.get import ApiClient
+from services.peer.request import DownloadRequest
+from services.peer.swarm import ChildService, Origin, daemon_service
+from services.peer.taskid import piece_length_for
+from services.peer.upload import mint_token
+
+SECRET = "bench-secret"
+CLUSTER = "bench"
+
+
+def write_random_file(path: Path, size: int) -> None:
+    block = os.urandom(16 << 20)
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, len(block))
+            f.write(block[:n])
+            left -= n
+            block = block[1:] + block[:1]  # pieces differ, so no two digests repeat
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def download(api: str, request: DownloadRequest) -> tuple[dict[str, Any], float]:
+    client = ApiClient(api)
+    try:
+        started = time.perf_counter()
+        status = await client.start(request)
+        async for status in client.progress(status["task_id"]):
+            pass
+        return status, time.perf_counter() - started
+    finally:
+        await client.close()
+
+
+async def run(size: int, work: Path) -> dict[str, Any]:
+    www = work / "www"
+    www.mkdir()
+    write_random_file(www / "blob.bin", size)
+    broker = start_broker(work / "nats")
+    origin = Origin(www)
+    await origin.start()
+    parent = daemon_service("parent", broker.url, work / "parent", SECRET, cluster=CLUSTER)
+    child = daemon_service("child", broker.url, work / "child", SECRET, cluster=CLUSTER)
+    services: list[ChildService] = [parent, child]
+    nc = await connect(broker.url, "bench")
+    try:
+        for s in services:
+            s.spawn()
+        for s in services:
+            await asyncio.to_thread(s.wait)
+        publisher = Publisher(nc.jetstream())
+        source: dict[str, Any] = {}
+
+        async def scripted_scheduler(msg: Msg) -> None:
+            e = decode(msg.data)
+            assert isinstance(e, PeerRegistered)
+            if e.host_id == parent.endpoints["host_id"]:
+                decision: Any = BackToSourceOrdered(
+                    id=derived_id(e.id, "bench"), cluster=CLUSTER, task_id=e.task_id,
+                    peer_id=e.peer_id, trigger_id=e.id)
+            else:
+                decision = ParentsAssigned(
+                    id=derived_id(e.id, "bench"), cluster=CLUSTER, task_id=e.task_id,
+                    peer_id=e.peer_id, trigger_id=e.id, source_peers=[source["peer_id"]],
+                    parents=[ParentInfo(peer_id=source["peer_id"],
+                                        host_id=str(parent.endpoints["host_id"]),
+                                        upload_url=str(parent.endpoints["upload_url"]))])
+            await publisher.publish(decision)
+
+        await nc.subscribe(f"df.task.{CLUSTER}.*.*.*.registered", cb=scripted_scheduler)
+        request = DownloadRequest(url=f"{origin.url}/blob.bin")
+        source, origin_seconds = await download(str(parent.endpoints["api_url"]), request)
+        assert source["state"] == "succeeded", source
+        task_id = source["task_id"]
+
+        curl_out = work / "curl.out"
+        content = f"{parent.endpoints['upload_url']}/v1/tasks/{task_id}/content"
+        started = time.perf_counter()
+        subprocess.run(["curl", "-sf", "-o", str(curl_out), "-H", f"Range: bytes=0-{size - 1}",
+                        "-H", f"Authorization: Bearer {mint_token(SECRET, task_id)}", content],
+                       check=True)
+        curl_seconds = time.perf_counter() - started
+        curl_out.unlink()
+
+        status, child_seconds = await download(str(child.endpoints["api_url"]), request)
+        assert status["state"] == "succeeded" and status["bytes_from_peers"] == size, status
+        assert child.proc is not None and parent.proc is not None
+        child_rss, parent_rss = peak_rss_mib(child.proc.pid), peak_rss_mib(parent.proc.pid)
+    finally:
+        for s in reversed(services):
+            s.stop()
+        await nc.close()
+        await origin.stop()
+        broker.stop()
+    mib = 1 << 20
+    return {
+        "file_mib": size / mib,
+        "piece_length_mib": piece_length_for(size) / mib,
+        "child_from_parent_mib_s": round(size / mib / child_seconds, 1),
+        "curl_from_parent_mib_s": round(size / mib / curl_seconds, 1),
+        "ratio_child_to_curl": round(curl_seconds / child_seconds, 3),
+        "parent_back_to_source_mib_s": round(size / mib / origin_seconds, 1),
+        "child_peak_rss_mib": round(child_rss, 1),
+        "parent_peak_rss_mib": round(parent_rss, 1),
+        "origin_bytes": origin.bytes_served,
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_peer")
+    parser.add_argument("--size-mib", type=int, default=2048)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-peer-") as tmp:
+        results = asyncio.run(run(args.size_mib << 20, Path(tmp)))
+    out = Path(__file__).parent / "results" / "peer.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
