@@ -1,0 +1,144 @@
+"""Swarm efficiency against the theoretical bound: N peers fetch one file of size F from an
+origin capped at U_s, each peer's upload capped at U, side by side with BitTorrent (aria2c,
+opentracker) and with N plain clients of the origin (curl). Writes
+``bench/results/swarm.json`` and ``bench/results/swarm-N<n>.png``.
+
+Environment: ``BENCH_SWARM_PEERS`` (default ``10,50``), ``BENCH_SWARM_MIB`` (F, default 8).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+
+from bench.bt_swarm import run_bittorrent
+from bench.report import RESULTS, plot_completion, write_result
+from bench.swarm_lab import (
+    DaemonCaps,
+    Lab,
+    MiB,
+    curl_everywhere,
+    download_everywhere,
+    origin_bytes_sent,
+    start_damselfly,
+    start_origin,
+    write_random_file,
+)
+from bench.swarm_math import lower_bound, swarm_summary
+from events.config import ClusterConfig
+from services.peer.request import DownloadRequest
+
+PEERS: Final = [int(n) for n in os.environ.get("BENCH_SWARM_PEERS", "10,50").split(",")]
+SIZE: Final = int(float(os.environ.get("BENCH_SWARM_MIB", "8")) * MiB)
+UPLOAD: Final = 1 * MiB           # U: each peer's upload cap, bytes/s
+ORIGIN_UPLOAD: Final = 4 * MiB    # U_s: the origin's upload cap, bytes/s
+PIECE: Final = 256 << 10
+# No download cap: the daemon has none (D = inf), so BitTorrent and curl get none either.
+CAPS: Final = DaemonCaps(upload_rate=UPLOAD, upload_limit=4, concurrency=4)
+# One origin fetcher per task, so that the origin sends the file about once.
+CONFIG: Final = ClusterConfig(back_to_source_limit=1)
+
+
+def _timeout(bound: float) -> float:
+    return 60.0 + 20.0 * bound
+
+
+def damselfly(peers: int) -> tuple[list[float], int]:
+    with Lab(f"swarm{peers}") as lab:
+        files = lab.root / "files"
+        files.mkdir()
+        digest = write_random_file(files / "blob", SIZE)
+        origin = start_origin(lab, files, ORIGIN_UPLOAD)
+        endpoints = [e["api_socket"] for e in start_damselfly(lab, peers, CAPS, CONFIG)]
+        request = DownloadRequest(url=f"{origin}/files/blob", piece_length=PIECE, digest=digest)
+        results = anyio.run(download_everywhere, endpoints, request,
+                            _timeout(lower_bound(SIZE, peers, UPLOAD, ORIGIN_UPLOAD)))
+        return [r["seconds"] for r in results], origin_bytes_sent(origin)
+
+
+def bittorrent(peers: int) -> tuple[list[float], int]:
+    with Lab(f"bt{peers}") as lab:
+        write_random_file(lab.root / "blob", SIZE)
+        run = run_bittorrent(lab, lab.root / "blob", peers, UPLOAD, ORIGIN_UPLOAD, PIECE,
+                             _timeout(lower_bound(SIZE, peers, UPLOAD, ORIGIN_UPLOAD)))
+        return run.times, run.origin_bytes
+
+
+def client_server(peers: int) -> tuple[list[float], int]:
+    with Lab(f"cs{peers}") as lab:
+        files = lab.root / "files"
+        files.mkdir()
+        write_random_file(files / "blob", SIZE)
+        origin = start_origin(lab, files, ORIGIN_UPLOAD)
+        times = curl_everywhere(lab, f"{origin}/files/blob", peers,
+                                _timeout(lower_bound(SIZE, peers, 0, ORIGIN_UPLOAD)))
+        return times, origin_bytes_sent(origin)
+
+
+SYSTEMS: Final[dict[str, Callable[[int], tuple[list[float], int]]]] = {
+    "damselfly": damselfly, "bittorrent": bittorrent, "client/server": client_server}
+
+
+def measure(system: str, peers: int) -> tuple[dict[str, Any], list[float]]:
+    """One row of the table (an ``error`` instead of figures when the run failed)."""
+    bound = lower_bound(SIZE, peers, UPLOAD, ORIGIN_UPLOAD)
+    row: dict[str, Any] = {"system": system, "peers": peers}
+    print(f"-- {system}, N={peers} (bound {bound:.2f}s)", flush=True)
+    started = time.monotonic()
+    try:
+        times, origin_bytes = SYSTEMS[system](peers)
+    except (RuntimeError, OSError) as exc:
+        print(f"   failed: {exc}", flush=True)
+        return {**row, "error": str(exc)}, []
+    row.update({k: round(v, 3) for k, v in swarm_summary(times, bound, origin_bytes,
+                                                         SIZE).items()})
+    print(f"   slowest {row['slowest_s']}s, efficiency {row['eff_slowest']}, origin "
+          f"{row['origin_ratio']}xF ({time.monotonic() - started:.0f}s wall)", flush=True)
+    return row, times
+
+
+def compare(rows: list[dict[str, Any]]) -> None:
+    """Damselfly's slowest-peer time over BitTorrent's, on each Damselfly row."""
+    slowest = {(r["system"], r["peers"]): r.get("slowest_s") for r in rows}
+    for row in rows:
+        bt = slowest.get(("bittorrent", row["peers"]))
+        if row["system"] == "damselfly" and "slowest_s" in row and bt:
+            row["vs_bittorrent"] = round(row["slowest_s"] / bt, 3)
+
+
+def main() -> None:
+    rows, series = [], {}
+    for peers in PEERS:
+        for system in SYSTEMS:
+            row, times = measure(system, peers)
+            rows.append(row)
+            if times:
+                series[f"{system} N={peers}"] = times
+        plot_completion(RESULTS / f"swarm-N{peers}.png",
+                        f"Completion times, N={peers}, F={SIZE // MiB} MiB",
+                        {k.removesuffix(f" N={peers}"): v for k, v in series.items()
+                         if k.endswith(f" N={peers}")},
+                        lower_bound(SIZE, peers, UPLOAD, ORIGIN_UPLOAD))
+    compare(rows)
+    write_result("swarm", {
+        "title": "Swarm: completion time vs the theoretical bound",
+        "command": "make bench  (or: python -m bench swarm)",
+        "params": {"file_bytes": SIZE, "peer_upload_Bps": UPLOAD,
+                   "origin_upload_Bps": ORIGIN_UPLOAD, "download_cap": "none",
+                   "piece_bytes": PIECE, "daemon_upload_limit": CAPS.upload_limit,
+                   "daemon_concurrency": CAPS.concurrency,
+                   "back_to_source_limit": CONFIG.back_to_source_limit},
+        "columns": ["system", "peers", "bound_s", "p50_s", "p99_s", "slowest_s", "eff_p50",
+                    "eff_p99", "eff_slowest", "origin_ratio", "vs_bittorrent", "error"],
+        "rows": rows,
+        "series": series,
+    })
+
+
+if __name__ == "__main__":
+    main()

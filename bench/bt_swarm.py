@@ -1,0 +1,130 @@
+"""The BitTorrent side of the comparison: the same file, caps and peer count as the
+Damselfly swarm, with Debian's opentracker (whitelisting only our torrent), mktorrent and
+aria2c. The first seeder plays the origin (upload capped at U_s); each leecher's upload is
+capped at U and keeps seeding until the run ends, as a Damselfly daemon keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from bench.swarm_lab import Lab
+
+TOOLS: Final = ("aria2c", "mktorrent", "opentracker")
+# Each leecher records when it holds the whole file (before it goes on seeding).
+_HOOK: Final = '#!/bin/sh\ndate +%s.%N > "$3.done"\n'
+
+
+@dataclass(frozen=True)
+class TorrentRun:
+    times: list[float]
+    origin_bytes: int
+
+
+def missing_tools() -> list[str]:
+    return [tool for tool in TOOLS if shutil.which(tool) is None]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def info_hash(torrent: Path) -> str:
+    """The torrent's info hash in hex, as aria2c reports it. Raises ``RuntimeError``."""
+    shown = subprocess.run(["aria2c", "-S", str(torrent)], capture_output=True, text=True,
+                           timeout=30).stdout
+    found = re.search(r"Info Hash:\s*([0-9a-f]{40})", shown)
+    if found is None:
+        raise RuntimeError(f"aria2c -S {torrent} shows no info hash")
+    return found.group(1)
+
+
+def _aria2c(folder: Path, torrent: Path, upload: float, port: int, *extra: str) -> list[str]:
+    return ["aria2c", f"--dir={folder}", f"--listen-port={port}", "--interface=127.0.0.1",
+            f"--max-overall-upload-limit={int(upload)}", "--seed-ratio=0.0",
+            "--enable-dht=false", "--bt-enable-lpd=false", "--file-allocation=none",
+            "--summary-interval=0", "--console-log-level=warn", "--bt-tracker-interval=5",
+            *extra, str(torrent)]
+
+
+def _seeder_uploaded(rpc_port: int) -> int:
+    body = json.dumps({"jsonrpc": "2.0", "id": "bench", "method": "aria2.tellActive",
+                       "params": [["uploadLength"]]}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{rpc_port}/jsonrpc", data=body)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return sum(int(d["uploadLength"]) for d in json.load(response)["result"])
+
+
+def run_bittorrent(lab: Lab, source: Path, peers: int, upload: float, origin_upload: float,
+                   piece_length: int, timeout: float) -> TorrentRun:
+    """Seed ``source`` at ``origin_upload`` bytes/s to ``peers`` aria2c leechers started at
+    once; each one's completion seconds from the common start, and what the seeder sent.
+    Raises ``RuntimeError`` when a tool is missing or the swarm does not finish in time."""
+    if missing := missing_tools():
+        raise RuntimeError(f"missing {', '.join(missing)}: apt-get install aria2 mktorrent "
+                           "opentracker")
+    # opentracker drops privileges, so its whitelist and the folders above must be readable.
+    work = lab.root / "bt"
+    work.mkdir(mode=0o755)
+    os.chmod(lab.root, 0o755)
+    seed_dir = work / "seed"
+    seed_dir.mkdir()
+    shutil.copyfile(source, seed_dir / source.name)
+    tracker_port = free_port()
+    torrent = work / f"{source.name}.torrent"
+    subprocess.run(["mktorrent", "-a", f"http://127.0.0.1:{tracker_port}/announce",
+                    "-l", str(piece_length.bit_length() - 1), "-o", str(torrent),
+                    str(seed_dir / source.name)], check=True, capture_output=True, timeout=120)
+    whitelist = work / "whitelist"
+    whitelist.write_text(info_hash(torrent) + "\n")
+    whitelist.chmod(0o644)
+    lab.spawn("opentracker", ["opentracker", "-i", "127.0.0.1", "-p", str(tracker_port),
+                              "-P", str(tracker_port), "-w", str(whitelist)])
+    hook = work / "done.sh"
+    hook.write_text(_HOOK)
+    hook.chmod(0o755)
+    rpc_port = free_port()
+    lab.spawn("bt-seeder", _aria2c(seed_dir, torrent, origin_upload, free_port(),
+                                   "--check-integrity=true", "--enable-rpc=true",
+                                   f"--rpc-listen-port={rpc_port}"))
+    _wait_seeding(rpc_port, timeout=60.0)
+    targets = []
+    t0 = time.time()
+    for i in range(peers):
+        folder = work / f"leech{i}"
+        folder.mkdir()
+        targets.append(folder / f"{source.name}.done")
+        lab.spawn(f"bt-leech{i}", _aria2c(folder, torrent, upload, free_port(),
+                                          f"--on-bt-download-complete={hook}"))
+    deadline = time.monotonic() + timeout
+    while not all(t.exists() for t in targets):
+        if time.monotonic() > deadline:
+            done = sum(t.exists() for t in targets)
+            raise RuntimeError(f"BitTorrent: {done}/{peers} leechers finished in {timeout:.0f}s")
+        time.sleep(0.2)
+    times = [float(t.read_text()) - t0 for t in targets]
+    return TorrentRun(times=times, origin_bytes=_seeder_uploaded(rpc_port))
+
+
+def _wait_seeding(rpc_port: int, timeout: float) -> None:
+    """Wait until the seeder's RPC answers, i.e. it has checked the file and is serving."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _seeder_uploaded(rpc_port)
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"the BitTorrent seeder did not start in {timeout:.0f}s")

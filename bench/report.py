@@ -1,0 +1,153 @@
+"""Benchmark results: each benchmark writes ``bench/results/<name>.json``; this module
+renders them all as one Markdown report (printed, written to ``bench/results/REPORT.md``
+and between the markers of ``bench/README.md``), and draws completion-time plots.
+
+A result with ``columns`` and ``rows`` renders as a table of those columns; any other
+result (other benchmarks' own formats) renders its scalar fields, flattened, as name/value.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from services.procs import write_ready
+
+HERE: Final = Path(__file__).resolve().parent
+RESULTS: Final = Path(os.environ.get("BENCH_RESULTS", HERE / "results"))
+README: Final = HERE / "README.md"
+BEGIN: Final = "<!-- bench:begin -->"
+END: Final = "<!-- bench:end -->"
+
+
+def write_result(name: str, result: Mapping[str, Any]) -> Path:
+    """Write ``results/<name>.json`` atomically, stamped with when and where it ran."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    write_ready(path, {"name": name, "measured_at": time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                  time.gmtime()),
+                       "cpus": os.cpu_count(), **result})
+    return path
+
+
+def cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, object]]:
+    """Scalar leaves of nested mappings as ``(dotted.name, value)``; lists are skipped."""
+    out: list[tuple[str, object]] = []
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            out.extend(flatten(value, f"{prefix}{key}."))
+        elif not isinstance(value, list):
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render(result: Mapping[str, Any]) -> str:
+    """One result as a Markdown section."""
+    title = result.get("title") or result.get("name", "benchmark")
+    parts = [f"### {title}"]
+    if result.get("measured_at"):
+        parts.append(f"Measured {result['measured_at']} on {result.get('cpus', '?')} CPUs.")
+    if isinstance(result.get("params"), Mapping):
+        parts.append("Parameters: " + ", ".join(f"{k}={cell(v)}"
+                                                for k, v in result["params"].items()) + ".")
+    rows = result.get("rows")
+    if isinstance(rows, list) and rows and isinstance(result.get("columns"), list):
+        used = [c for c in result["columns"] if any(c in r for r in rows)]
+        parts.append(table(used, [[r.get(c) for c in used] for r in rows]))
+    else:
+        skip = {"name", "title", "measured_at", "cpus", "params", "command", "notes"}
+        parts.append(table(["figure", "value"],
+                           [(k, v) for k, v in flatten(result) if k not in skip]))
+    for note in result.get("notes", []):
+        parts.append(f"- {note}")
+    if result.get("command"):
+        parts.append(f"Reproduce: `{result['command']}`")
+    return "\n\n".join(parts)
+
+
+def render_all(results: Sequence[Mapping[str, Any]]) -> str:
+    return "\n\n".join(render(r) for r in results) + "\n"
+
+
+def load_results(folder: Path = RESULTS) -> list[dict[str, Any]]:
+    """Every ``*.json`` under ``folder``, by name; unreadable files become a note."""
+    results = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            data = {"name": path.stem, "notes": [f"unreadable: {exc}"]}
+        results.append(data if isinstance(data, dict) else {"name": path.stem, "value": data})
+    return results
+
+
+def splice(text: str, body: str) -> str:
+    """``text`` with what lies between the bench markers replaced by ``body`` (the markers
+    are appended when missing)."""
+    head, found, rest = text.partition(BEGIN)
+    if not found:
+        return f"{text.rstrip()}\n\n{BEGIN}\n{body}{END}\n"
+    _, found, tail = rest.partition(END)
+    return f"{head}{BEGIN}\n{body}{END}{tail if found else chr(10)}"
+
+
+def plot_completion(path: Path, title: str, series: Mapping[str, Sequence[float]],
+                    bound: float) -> None:
+    """Completion-time CDF of each system with the theoretical bound; skipped (with a
+    line saying so) when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"matplotlib not installed: no plot {path.name} (pip install -e '.[bench]')")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, times in series.items():
+        ordered = sorted(times)
+        ax.step(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], where="post",
+                label=name)
+    ax.axvline(bound, color="black", linestyle="--", label=f"bound {bound:.1f}s")
+    ax.set_xlabel("completion time (s)")
+    ax.set_ylabel("fraction of peers done")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def main() -> None:
+    results = load_results()
+    if not results:
+        print(f"no results under {RESULTS}")
+        return
+    body = render_all(results)
+    print(body)
+    (RESULTS / "REPORT.md").write_text(body)
+    if README.exists():
+        README.write_text(splice(README.read_text(), body))
+
+
+if __name__ == "__main__":
+    main()

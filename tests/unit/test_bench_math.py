@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench.swarm_math import lower_bound, percentile, swarm_summary
+
+MiB = 1 << 20
+
+
+def test_the_swarm_term_binds_when_peers_upload_little() -> None:
+    # 10 peers x 8 MiB must cross 2 MiB/s of origin + 10 x 1 MiB/s of peers.
+    assert lower_bound(8 * MiB, 10, 1 * MiB, 2 * MiB) == pytest.approx(80 / 12)
+
+
+def test_the_origin_term_binds_when_peers_upload_a_lot() -> None:
+    assert lower_bound(8 * MiB, 4, 100 * MiB, 2 * MiB) == pytest.approx(4.0)
+
+
+def test_the_download_term_binds_when_peers_download_slowly() -> None:
+    assert lower_bound(8 * MiB, 4, 100 * MiB, 100 * MiB, download=1 * MiB) == pytest.approx(8.0)
+
+
+def test_without_peer_upload_the_bound_is_client_server() -> None:
+    assert lower_bound(8 * MiB, 5, 0, 2 * MiB) == pytest.approx(20.0)
+
+
+@pytest.mark.parametrize("args", [(0, 1, 1, 1), (1, 0, 1, 1), (1, 1, -1, 1), (1, 1, 1, 0)])
+def test_nonsense_inputs_are_refused(args: tuple[int, int, int, int]) -> None:
+    with pytest.raises(ValueError):
+        lower_bound(*args)
+    with pytest.raises(ValueError):
+        lower_bound(1, 1, 1, 1, download=0)
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile([3.0], 99) == 3.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    with pytest.raises(ValueError):
+        percentile([1.0], 0)
+
+
+def test_summary_reports_efficiency_against_the_bound() -> None:
+    summary = swarm_summary([2.0, 4.0, 5.0, 8.0], bound=4.0, origin_bytes=3 * MiB, size=2 * MiB)
+    assert summary["slowest_s"] == 8.0
+    assert summary["eff_slowest"] == 0.5
+    assert summary["eff_p50"] == 1.0
+    assert summary["origin_ratio"] == 1.5
+    assert math.isclose(summary["eff_p99"], 0.5)
