@@ -37,17 +37,24 @@ PEERS = Table(
 def fold(events: Sequence[AnyEvent]) -> list[Patches]:
     peers = Patches(PEERS)
     put = peers.put
+    # Piece events only add up and move ``updated_at`` forward, which commutes with every
+    # other event, so they are summed in plain lists and merged once per peer at the end.
+    pieces: dict[tuple[str, str], list[float]] = {}
     for e in events:
         match e:
             case PieceFinished():
-                if e.parent_id:
-                    put((e.task_id, e.peer_id), pieces=1, bytes_from_peers=e.length,
-                        updated_at=e.at)
-                else:
-                    put((e.task_id, e.peer_id), pieces=1, bytes_from_origin=e.length,
-                        updated_at=e.at)
+                acc = pieces.get((e.task_id, e.peer_id))
+                if acc is None:
+                    acc = pieces[(e.task_id, e.peer_id)] = [0, 0, 0, 0, e.at]
+                acc[0] += 1
+                acc[2 if e.parent_id else 1] += e.length
+                acc[4] = max(acc[4], e.at)
             case PieceFailed():
-                put((e.task_id, e.peer_id), failed_pieces=1, updated_at=e.at)
+                acc = pieces.get((e.task_id, e.peer_id))
+                if acc is None:
+                    acc = pieces[(e.task_id, e.peer_id)] = [0, 0, 0, 0, e.at]
+                acc[3] += 1
+                acc[4] = max(acc[4], e.at)
             case PeerRegistered():
                 put((e.task_id, e.peer_id), cluster=e.cluster, host_id=e.host_id,
                     priority=e.priority, state="registered", registered_at=e.at, updated_at=e.at)
@@ -66,6 +73,9 @@ def fold(events: Sequence[AnyEvent]) -> list[Patches]:
                     finished_at=e.at, updated_at=e.at)
             case PeerLeft():
                 put((e.task_id, e.peer_id), cluster=e.cluster, state="left", updated_at=e.at)
+    for key, (count, origin, from_peers, failed, last) in pieces.items():
+        put(key, pieces=count, bytes_from_origin=origin, bytes_from_peers=from_peers,
+            failed_pieces=failed, updated_at=last)
     return [peers]
 
 

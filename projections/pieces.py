@@ -26,18 +26,31 @@ PIECE_MINUTES = Table(
 
 def fold(events: Sequence[AnyEvent]) -> list[Patches]:
     minutes = Patches(PIECE_MINUTES)
-    put = minutes.put
+    # The hot path: every column here adds up, so sum piece events per key in plain lists
+    # and hand each key to ``Patches`` once.
+    sums: dict[tuple[float, str, str, str], list[float]] = {}
     for e in events:
         match e:
             case PieceFinished():
                 key = (e.at // 60 * 60, e.cluster, e.task_id, e.peer_id)
-                if e.parent_id:
-                    put(key, pieces_from_peers=1, bytes_from_peers=e.length, cost_ms=e.cost_ms)
-                else:
-                    put(key, pieces_from_origin=1, bytes_from_origin=e.length, cost_ms=e.cost_ms)
+                acc = sums.get(key)
+                if acc is None:
+                    acc = sums[key] = [0, 0, 0, 0, 0, 0, 0.0]
+                column = 2 if e.parent_id else 0
+                acc[column] += 1
+                acc[column + 1] += e.length
+                acc[6] += e.cost_ms
             case PieceFailed():
-                put((e.at // 60 * 60, e.cluster, e.task_id, e.peer_id), failed_pieces=1,
-                    corrupt_pieces=int(e.corrupt))
+                key = (e.at // 60 * 60, e.cluster, e.task_id, e.peer_id)
+                acc = sums.get(key)
+                if acc is None:
+                    acc = sums[key] = [0, 0, 0, 0, 0, 0, 0.0]
+                acc[4] += 1
+                acc[5] += int(e.corrupt)
+    for key, (po, bo, pp, bp, failed, corrupt, cost) in sums.items():
+        minutes.put(key, pieces_from_origin=po, bytes_from_origin=bo, pieces_from_peers=pp,
+                    bytes_from_peers=bp, failed_pieces=failed, corrupt_pieces=corrupt,
+                    cost_ms=cost)
     return [minutes]
 
 

@@ -30,14 +30,27 @@ async def _fetch(consumer: Consumer, timeout: float = 1.0) -> list[Delivered]:
         return []
 
 
+async def _gather(consumer: Consumer, max_events: int) -> list[Delivered]:
+    """One fetch when caught up; while behind, up to ``max_events`` for one transaction
+    (DuckDB's cost is per statement, whatever its size, so big batches make replays fast)."""
+    items = await _fetch(consumer)
+    while items and len(items) < max_events and items[-1].msg.metadata.num_pending > 0:
+        more = await _fetch(consumer, 0.2)
+        if not more:
+            break
+        items += more
+    return items
+
+
 class Projector:
     """Keeps every projection up to date with the streams until stopped."""
 
     def __init__(self, js: JetStreamContext, con: duckdb.DuckDBPyConnection, *,
-                 batch: int = 1024, retry_delay: float = 1.0) -> None:
+                 batch: int = 4096, max_events: int = 16384, retry_delay: float = 1.0) -> None:
         self._js = js
         self._con = con
         self._batch = batch
+        self._max_events = max_events
         self._lock = asyncio.Lock()
         self._generation = 0
         self._retry_delay = retry_delay
@@ -65,7 +78,7 @@ class Projector:
             log.info("projecting %s from sequence %d", stream, first)
             try:
                 while not stop.is_set() and generation == self._generation:
-                    items = await _fetch(consumer)
+                    items = await _gather(consumer, self._max_events)
                     if items and not await self._apply(stream, generation, items):
                         break
             except (duckdb.Error, NatsError, OSError) as exc:
@@ -91,7 +104,7 @@ class Projector:
 
 
 async def replay(js: JetStreamContext, con: duckdb.DuckDBPyConnection, *,
-                 batch: int = 1024, idle: float = 1.0) -> int:
+                 batch: int = 4096, max_events: int = 16384) -> int:
     """Apply everything stored so far, stream by stream, then return how many (projection,
     event) pairs were applied. For a manager that is not running (``projections rebuild
     --db``)."""
@@ -100,7 +113,7 @@ async def replay(js: JetStreamContext, con: duckdb.DuckDBPyConnection, *,
         first = await asyncio.to_thread(store.start_seq, con, stream)
         consumer = Consumer(js, stream=stream, start_seq=first, batch=batch)
         try:
-            while items := await _fetch(consumer, idle):
+            while items := await _gather(consumer, max_events):
                 pairs = [(item.seq, item.event) for item in items]
                 applied += await asyncio.to_thread(store.apply_batch, con, stream, pairs)
                 for item in items:
