@@ -59,10 +59,12 @@ def openapi() -> dict[str, Any]:
     status = {"type": "object", "description": "task_id, peer_id, state (pending, running, "
               "succeeded, failed, cancelled), error, url, content_length, completed_length, "
               "bytes_from_origin, bytes_from_peers"}
-    json_body = lambda schema: {"required": True,  # noqa: E731
-                                "content": {"application/json": {"schema": schema}}}
-    ok = lambda text, schema=status: {"description": text,  # noqa: E731
-                                      "content": {"application/json": {"schema": schema}}}
+    def json_body(schema: dict[str, Any]) -> dict[str, Any]:
+        return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+    def ok(text: str, schema: dict[str, Any] = status) -> dict[str, Any]:
+        return {"description": text, "content": {"application/json": {"schema": schema}}}
+
     task = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
     return {
         "openapi": "3.1.0",

@@ -26,7 +26,7 @@ class Bitmap:
         return [i for i in range(self.count) if i not in self]
 
     def __len__(self) -> int:
-        return sum(bin(b).count("1") for b in self._bits)
+        return sum(b.bit_count() for b in self._bits)
 
     def complete(self) -> bool:
         return len(self) == self.count

@@ -27,9 +27,7 @@ async def _fetch(api: str, request: DownloadRequest, out: Path) -> dict[str, Any
     client = ApiClient(api)
     started = time.perf_counter()
     try:
-        status = await client.start(request)
-        async for status in client.progress(status["task_id"]):
-            pass
+        status = await client.download(request)
         status["seconds"] = time.perf_counter() - started
         if status["state"] == "succeeded":
             await client.export(status["task_id"], out)

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, TypedDict
 
 import anyio
 from anyio import from_thread, to_thread
@@ -64,6 +64,16 @@ log = logging.getLogger("damselfly.peer")
 
 CHUNK: Final = 1 << 20
 Decision = ParentsAssigned | BackToSourceOrdered | ScheduleFailed
+
+
+class _Ids(TypedDict):
+    """The fields every task event of this download shares."""
+
+    id: str
+    at: float
+    cluster: str
+    task_id: str
+    peer_id: str
 
 
 class DownloadFailed(Exception):
@@ -185,7 +195,7 @@ class Download:
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             await self.ctx.publish(PeerFailed(**self._ids(), reason=self.error))
 
-    def _ids(self) -> dict[str, object]:
+    def _ids(self) -> _Ids:
         return {"id": new_id(), "at": time.time(), "cluster": self.ctx.cluster,
                 "task_id": self.task_id, "peer_id": self.peer_id}
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, TextIO
@@ -73,6 +73,19 @@ class ApiClient:
 
     async def export(self, task_id: str, path: Path) -> dict[str, Any]:
         return await self._json("POST", f"/v1/tasks/{task_id}/export", {"path": str(path)})
+
+    async def finish(self, task_id: str,
+                     on_status: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Follow a task's progress to its end; returns the last status."""
+        last: dict[str, Any] = {}
+        async for last in self.progress(task_id):
+            if on_status is not None:
+                on_status(last)
+        return last
+
+    async def download(self, request: DownloadRequest) -> dict[str, Any]:
+        """Start (or join) a download and wait for its end; returns the last status."""
+        return await self.finish((await self.start(request))["task_id"])
 
     async def progress(self, task_id: str) -> AsyncIterator[dict[str, Any]]:
         async with self._session.get(f"{self._base}/v1/tasks/{task_id}/progress") as r:
@@ -148,11 +161,9 @@ def _size(n: float) -> str:
 async def fetch_one(client: ApiClient, request: DownloadRequest, output: Path,
                     show_progress: bool) -> dict[str, Any]:
     """Download one URL to ``output``. Raises ``RuntimeError`` with the daemon's reason."""
-    status = await client.start(request)
     bar = ProgressBar(output.name, sys.stderr, show_progress)
     try:
-        async for status in client.progress(status["task_id"]):
-            bar.update(status)
+        status = await client.finish((await client.start(request))["task_id"], bar.update)
     finally:
         bar.close()
     if status.get("state") != "succeeded":

@@ -118,7 +118,7 @@ class HttpSource:
 
 class _FileStream:
     def __init__(self, path: str, start: int, end: int) -> None:
-        self._file = open(path, "rb")
+        self._file = open(path, "rb")  # noqa: SIM115 - the stream owns it until close()
         self.total_length = os.fstat(self._file.fileno()).st_size
         self.start = start
         self._left = (self.total_length if end < 0 else min(end, self.total_length)) - start

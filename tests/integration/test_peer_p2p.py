@@ -66,9 +66,7 @@ def piece_digests(body: bytes) -> list[str]:
 async def download(api: str, request: DownloadRequest, out: Path | None = None) -> dict[str, Any]:
     client = ApiClient(api)
     try:
-        status = await client.start(request)
-        async for status in client.progress(status["task_id"]):
-            pass
+        status = await client.download(request)
         if out is not None and status["state"] == "succeeded":
             await client.export(status["task_id"], out)
         return status

@@ -35,8 +35,8 @@ async def test_restarted_daemon_resumes_from_its_first_missing_piece(
     try:
         await anyio.to_thread.run_sync(daemon.start)
         client = ApiClient(str(daemon.endpoints["api_url"]))
-        status = await client.start(request)
-        async for status in client.progress(status["task_id"]):
+        task_id = (await client.start(request))["task_id"]
+        async for status in client.progress(task_id):
             if status["completed_length"] >= 4 * PIECE:
                 break
         await client.close()
@@ -48,8 +48,7 @@ async def test_restarted_daemon_resumes_from_its_first_missing_piece(
         await anyio.to_thread.run_sync(daemon.start)
         client = ApiClient(str(daemon.endpoints["api_url"]))
         try:
-            async for status in client.progress(status["task_id"]):
-                pass
+            status = await client.finish(task_id)
             await client.export(status["task_id"], tmp_path / "out.bin")
             async with aiohttp.ClientSession() as s, s.get(
                     f"{daemon.endpoints['upload_url']}/v1/tasks/{status['task_id']}/content",

@@ -58,10 +58,7 @@ async def setup(tmp_path: Path, nats_url: str, faults: OriginFaults | None = Non
 
 
 async def download(client: ApiClient, request: DownloadRequest) -> dict[str, Any]:
-    status = await client.start(request)
-    async for status in client.progress(status["task_id"]):
-        pass
-    return status
+    return await client.download(request)
 
 
 async def task_events(nats_url: str, cluster: str) -> list[AnyEvent]:
@@ -177,8 +174,7 @@ async def test_import_then_export_a_local_file(tmp_path: Path, nats_url: str) ->
         local = tmp_path / "www" / "f.bin"
         status = await client._json("POST", "/v1/imports", {"path": str(local),
                                                            "piece_length": PIECE})
-        async for status in client.progress(status["task_id"]):
-            pass
+        status = await client.finish(status["task_id"])
         assert status["state"] == "succeeded", status
         out = tmp_path / "exported.bin"
         await client.export(status["task_id"], out)

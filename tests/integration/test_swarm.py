@@ -26,9 +26,7 @@ PEERS = 10
 async def fetch(api_url: str, request: DownloadRequest, out: Path) -> dict[str, Any]:
     client = ApiClient(api_url)
     try:
-        status = await client.start(request)
-        async for status in client.progress(status["task_id"]):
-            pass
+        status = await client.download(request)
         if status["state"] == "succeeded":
             await client.export(status["task_id"], out)
         return status
