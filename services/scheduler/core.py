@@ -12,6 +12,7 @@ encoded whole for snapshots.
 
 from __future__ import annotations
 
+import operator
 import random
 from collections.abc import Callable
 from typing import Final
@@ -547,12 +548,13 @@ def _wake_waiting(state: State, task: Task, trigger: Event, out: list[Event],
 def _record_cost(state: State, task: Task, parent: Peer, cost: float, trigger: Event,
                  out: list[Event], trace: Trace) -> None:
     window = parent.costs
-    if len(window) >= MIN_COST_SAMPLES:
-        n = len(window)
+    n = len(window)
+    if n >= MIN_COST_SAMPLES:
         mean = sum(window) / n
-        sigma = (sum((c - mean) ** 2 for c in window) / n) ** 0.5
-        if cost > mean + 3 * sigma and sigma > 0:
-            _mark_bad(state, task, parent, trigger, out, trace)
+        if cost > mean:
+            variance = max(0.0, sum(map(operator.mul, window, window)) / n - mean * mean)
+            if variance > 0 and cost > mean + 3 * variance ** 0.5:
+                _mark_bad(state, task, parent, trigger, out, trace)
     window.append(cost)
     if len(window) > COST_WINDOW:
         del window[0]

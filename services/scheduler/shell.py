@@ -5,8 +5,9 @@ worker folds the partition's task events *and* the cluster's host and config eve
 order the log stored them — stream time, then stream name, then sequence, the order of
 ``damselfly events dump`` — so that replaying a dump reproduces its decisions. It publishes
 what the core decided (ids derived from the trigger, so a replayed trigger is deduplicated
-by JetStream) and acks only after that. A periodic snapshot in a KV bucket keeps the replay
-of a new owner short.
+by JetStream). Its position in each stream is saved with the state in a periodic snapshot
+(a KV bucket), never acked to the server: a new owner resumes from the snapshot, replays the
+rest, and republishes decisions that JetStream then drops as duplicates.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Final
 
 import msgspec
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -30,7 +32,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from events.base import Event
-from events.bus import Consumer, Delivered, Publisher, dead_letter
+from events.bus import Publisher, dead_letter
 from events.codec import EventDecodeError, decode
 from events.hosts import HostAnnounced, HostKeepalive, HostLeft
 from events.ids import derived_id
@@ -56,16 +58,20 @@ class Snapshot(msgspec.Struct, kw_only=True):
 
 
 @dataclass(order=True)
-class _Side:
+class Logged:
+    """An event with its place in the log: (stream time, stream, sequence) orders the log."""
+
     key: Key
     event: Event = field(compare=False)
+    msg: Msg = field(compare=False, repr=False)
 
 
-class SideFeed:
-    """A stream every partition folds besides its task events (hosts, config), read on demand.
+class Feed:
+    """One stream's events for a partition, from a sequence on, without server-side acks.
 
-    ``drain`` returns every message stored before it was called, so the worker knows which
-    host events precede a task event it fetched.
+    The position lives in the partition's snapshot next to the state it produced (a new owner
+    resumes there), so the server need not track acks; it only hands out what is asked for.
+    Undecodable messages are copied to the dead-letter subject and skipped.
     """
 
     def __init__(self, js: JetStreamContext, stream: str, subject: str, after_seq: int) -> None:
@@ -75,7 +81,7 @@ class SideFeed:
         self._after = after_seq
         self._sub: JetStreamContext.PullSubscription | None = None
 
-    async def drain(self) -> list[_Side]:
+    async def _subscription(self) -> JetStreamContext.PullSubscription:
         if self._sub is None:
             policy = DeliverPolicy.BY_START_SEQUENCE if self._after else DeliverPolicy.ALL
             config = ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=policy,
@@ -83,17 +89,84 @@ class SideFeed:
                                     filter_subject=self._subject, inactive_threshold=60.0)
             self._sub = await self._js.pull_subscribe(self._subject, stream=self.stream,
                                                       config=config)
-        out: list[_Side] = []
-        while (pending := (await self._sub.consumer_info()).num_pending or 0) > 0:
-            for msg in await self._sub.fetch(min(pending, 1024), timeout=5.0):
-                meta = msg.metadata
-                try:
-                    event = decode(msg.data)
-                except EventDecodeError as exc:
-                    log.error("skipped %s seq %s: %s", self.stream, meta.sequence.stream, exc)
-                    continue
-                out.append(_Side((meta.timestamp.timestamp(), self.stream, meta.sequence.stream),
-                                 event))
+        return self._sub
+
+    async def fetch(self, batch: int, timeout: float) -> list[Logged]:
+        """Up to ``batch`` events; waits up to ``timeout`` when none is stored yet."""
+        sub = await self._subscription()
+        try:
+            msgs = await sub.fetch(batch, timeout=timeout)
+        except TimeoutError:  # nats' own TimeoutError subclasses it
+            return []
+        out: list[Logged] = []
+        for msg in msgs:
+            meta = msg.metadata
+            try:
+                event = decode(msg.data)
+            except EventDecodeError as exc:
+                await dead_letter(self._js, msg, f"undecodable: {exc}")
+                continue
+            out.append(Logged((meta.timestamp.timestamp(), self.stream, meta.sequence.stream),
+                              event, msg))
+        return out
+
+    async def drain(self) -> list[Logged]:
+        """Every event stored before this call (and not yet returned)."""
+        sub = await self._subscription()
+        out: list[Logged] = []
+        while (pending := (await sub.consumer_info()).num_pending or 0) > 0:
+            out += await self.fetch(min(pending, 1024), timeout=5.0)
+        return out
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+
+class LiveFeed:
+    """A partition's task events pushed as they are stored (an ordered consumer, no acks).
+
+    Push delivery, because nats-py's pull ``fetch`` costs a task and a timer per message and
+    would cap the fold rate well below what the core can do.
+    """
+
+    def __init__(self, js: JetStreamContext, subject: str, after_seq: int) -> None:
+        self._js = js
+        self._subject = subject
+        self._after = after_seq
+        self._buffer: list[Logged] = []
+        self._arrived = asyncio.Event()
+        self._sub: JetStreamContext.PushSubscription | None = None
+
+    async def _on_msg(self, msg: Msg) -> None:
+        meta = msg.metadata
+        try:
+            event = decode(msg.data)
+        except EventDecodeError as exc:
+            await dead_letter(self._js, msg, f"undecodable: {exc}")
+            return
+        self._buffer.append(Logged((meta.timestamp.timestamp(), "DF_TASKS", meta.sequence.stream),
+                                   event, msg))
+        self._arrived.set()
+
+    async def fetch(self, batch: int, timeout: float) -> list[Logged]:
+        """Up to ``batch`` events; waits up to ``timeout`` when none has arrived."""
+        if self._sub is None:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                    opt_start_seq=self._after + 1) if self._after else None
+            self._sub = await self._js.subscribe(self._subject, stream="DF_TASKS", cb=self._on_msg,
+                                                 ordered_consumer=True, config=config,
+                                                 pending_msgs_limit=1 << 20)
+        if not self._buffer:
+            try:
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+            except TimeoutError:
+                return []
+        out = self._buffer[:batch]
+        del self._buffer[:batch]
+        if not self._buffer:
+            self._arrived.clear()
         return out
 
     async def close(self) -> None:
@@ -119,7 +192,7 @@ class PartitionWorker:
         self.state = core.new_state(cluster)
         self.seqs = {"DF_TASKS": 0, "DF_HOSTS": 0, "DF_CONFIG": 0}
         self.folded = 0
-        self._side: list[_Side] = []
+        self._side: list[Logged] = []
         self._saved_seqs: dict[str, int] = {}
 
     @property
@@ -154,13 +227,10 @@ class PartitionWorker:
     async def run(self, stop: asyncio.Event, *, on_stop_save: Callable[[], bool]) -> None:
         """Fold and decide until ``stop``; then save a snapshot if ``on_stop_save()``."""
         await self.restore()
-        tasks = Consumer(self._js, stream="DF_TASKS",
-                         filter_subject=task_filter(self.cluster, self.part),
-                         start_seq=self.seqs["DF_TASKS"] + 1, batch=self._batch, ack_wait=30.0)
-        feeds = [SideFeed(self._js, "DF_HOSTS", f"df.host.{self.cluster}.>",
-                          self.seqs["DF_HOSTS"]),
-                 SideFeed(self._js, "DF_CONFIG", f"df.config.cluster.{self.cluster}",
-                          self.seqs["DF_CONFIG"])]
+        tasks = LiveFeed(self._js, task_filter(self.cluster, self.part), self.seqs["DF_TASKS"])
+        feeds = [Feed(self._js, "DF_HOSTS", f"df.host.{self.cluster}.>", self.seqs["DF_HOSTS"]),
+                 Feed(self._js, "DF_CONFIG", f"df.config.cluster.{self.cluster}",
+                      self.seqs["DF_CONFIG"])]
         last_save = time.monotonic()
         try:
             while not stop.is_set():
@@ -175,33 +245,24 @@ class PartitionWorker:
             for feed in feeds:
                 await feed.close()
 
-    async def round(self, tasks: Consumer, feeds: list[SideFeed], stop: asyncio.Event) -> None:
-        """One fetch: fold task and side events in log order, publish, then ack."""
+    async def round(self, tasks: LiveFeed, feeds: list[Feed], stop: asyncio.Event) -> None:
+        """One fetch: fold task and side events in log order, then publish the decisions."""
         known = self._side[-1].key if self._side else None
-        try:
-            items = await tasks.fetch(timeout=self._poll)
-        except TimeoutError:  # nats-py raises it bare when the poll expires mid-way
-            items = []
-        for feed in feeds:
-            for side in await feed.drain():
+        items = await tasks.fetch(self._batch, self._poll)
+        for drained in await asyncio.gather(*(feed.drain() for feed in feeds)):
+            for side in drained:
                 bisect.insort(self._side, side)
-        # Side events drained before the fetch were stored before any task event it did not
-        # return; those after the last fetched task event wait unless the fetch was partial.
-        horizon = known
-        if items:
-            last = _key(items[-1])
-            horizon = last if len(items) >= self._batch or known is None else max(last, known)
+        # Side events stored after the last task event fetched wait for a later task event,
+        # or for a poll that found none: by then every task event stored before the side
+        # events drained last round has been pushed to us.
+        horizon = items[-1].key if items else known
         out: list[Event] = []
         for item in items:
-            self._fold_side(_key(item), out, inclusive=False)
-            if item.seq > self.seqs["DF_TASKS"]:
-                out += await self._fold(item.event, _key(item)[0], item)
-                self.seqs["DF_TASKS"] = item.seq
+            self._fold_side(item.key, out, inclusive=False)
+            out += await self._fold(item)
         if horizon is not None:
             self._fold_side(horizon, out, inclusive=True)
         await self._publish(out, stop)
-        for item in items:
-            await item.msg.ack()
 
     def _fold_side(self, upto: Key, out: list[Event], *, inclusive: bool) -> None:
         n = 0
@@ -209,23 +270,25 @@ class PartitionWorker:
             if side.key > upto or (side.key == upto and not inclusive):
                 break
             n += 1
-            stream, seq = side.key[1], side.key[2]
-            if seq > self.seqs[stream]:
-                out += self._step(side.event, side.key[0])
-                self.seqs[stream] = seq
+            if side.key[2] > self.seqs[side.key[1]]:
+                out += self._step(side)
         del self._side[:n]
 
-    async def _fold(self, event: Event, stored: float, item: Delivered) -> list[Event]:
+    async def _fold(self, item: Logged) -> list[Event]:
+        if item.key[2] <= self.seqs[item.key[1]]:
+            return []
         try:
-            return self._step(event, stored)
-        except Exception as exc:
-            log.exception("partition %d: core failed on %s", self.part, type(event).__name__)
+            return self._step(item)
+        except Exception as exc:  # a bug on one event must not stop the partition
+            log.exception("partition %d: core failed on %s", self.part, type(item.event).__name__)
             await dead_letter(self._js, item.msg, f"scheduler core: {type(exc).__name__}: {exc}")
             return []
 
-    def _step(self, event: Event, stored: float) -> list[Event]:
+    def _step(self, item: Logged) -> list[Event]:
+        stored, stream, seq = item.key
+        self.seqs[stream] = seq
         self.folded += 1
-        decisions = core.step(self.state, event)
+        decisions = core.step(self.state, item.event)
         if decisions and time.time() - stored > STALE_AFTER:
             return []
         return decisions
@@ -241,10 +304,6 @@ class PartitionWorker:
                 log.warning("partition %d: publishing %d decisions failed (%s); retrying",
                             self.part, len(out), exc)
                 await asyncio.sleep(0.5)
-
-
-def _key(item: Delivered) -> Key:
-    return (item.msg.metadata.timestamp.timestamp(), item.stream, item.seq)
 
 
 @dataclass

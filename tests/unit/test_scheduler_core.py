@@ -388,7 +388,7 @@ def test_replay_is_deterministic_and_survives_a_snapshot() -> None:
 
 def test_the_core_imports_nothing_but_events_msgspec_and_the_standard_library() -> None:
     source = Path(core.__file__).read_text()
-    allowed = {"__future__", "random", "collections", "typing", "msgspec", "events"}
+    allowed = {"__future__", "operator", "random", "collections", "typing", "msgspec", "events"}
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom):
             assert (node.module or "").split(".")[0] in allowed, node.module
