@@ -5,7 +5,8 @@
    a raw DuckDB bulk insert of one flat row per event (the same list-parameter insert the
    projections use, no folding, no upserts), and against ``executemany`` on a sample.
 2. End to end: the same kind of log published to an embedded nats-server and projected by
-   the real ``Projector`` until its watermarks reach the streams' ends.
+   the real ``Projector`` until its watermarks reach the streams' ends, against pulling,
+   decoding and acking the same messages with no DuckDB at all.
 3. Panels: every dashboard panel run 20 times over projections holding the rows of
    ``PIECE_EVENTS`` piece events (10 million: 1,000 tasks x 100 peers x 100 pieces over a
    day). Those rows are built with SQL that aggregates a generated 10M-row piece table the
@@ -25,9 +26,10 @@ import time
 from pathlib import Path
 
 import duckdb
+from nats.js import JetStreamContext
 
 import dashboards
-from events.bus import Publisher
+from events.bus import Consumer, Publisher
 from events.codec import decode, encode
 from events.streams import ensure_streams
 from projections import store
@@ -118,10 +120,30 @@ async def nats_rate(tmp: Path) -> dict[str, float]:
         stop.set()
         await runner
         con.close()
+        raw = await raw_consume(js, last)
         await nc.drain()
     finally:
         broker.stop()
-    return {"events": len(log), "nats_to_duckdb_per_s": len(log) / elapsed}
+    return {"events": len(log), "nats_to_duckdb_per_s": len(log) / elapsed,
+            "raw_consume_and_ack_per_s": len(log) / raw, "projector_vs_raw": raw / elapsed}
+
+
+async def raw_consume(js: JetStreamContext, last: dict[str, int]) -> float:
+    """Seconds to pull, decode and ack every message with the same consumer settings."""
+    started = time.perf_counter()
+    for stream, end in last.items():
+        consumer = Consumer(js, stream=stream, start_seq=1, batch=4096)
+        seen = 0
+        while seen < end:
+            try:
+                items = await consumer.fetch(1.0)
+            except TimeoutError:
+                continue
+            for item in items:
+                await item.msg.ack()
+            seen = items[-1].seq if items else seen
+        await consumer.close()
+    return time.perf_counter() - started
 
 
 def build_large(con: duckdb.DuckDBPyConnection) -> dict[str, float]:
