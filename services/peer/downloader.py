@@ -80,6 +80,13 @@ class DownloadFailed(Exception):
     """The download cannot finish; the message is the one-line reason a user sees."""
 
 
+def _first_leaf(exc: BaseException) -> BaseException:
+    """The first real exception inside (possibly nested) task-group exception groups."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
 @dataclass(frozen=True)
 class Settings:
     concurrency: int = 8
@@ -178,8 +185,11 @@ class Download:
         with self._scope:
             try:
                 await self._run()
-            except (DownloadFailed, SourceError, OSError, ValueError) as exc:
-                await self._fail(str(exc) or repr(exc))
+            except Exception as exc:  # one task's failure never stops the daemon
+                leaf = _first_leaf(exc)
+                if not isinstance(leaf, DownloadFailed | SourceError | OSError | ValueError):
+                    log.error("task %s: unexpected failure", self.task_id[:12], exc_info=exc)
+                await self._fail(str(leaf) or repr(leaf))
             finally:
                 self._stop.set()
                 with anyio.CancelScope(shield=True):

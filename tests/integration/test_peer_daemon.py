@@ -1,0 +1,60 @@
+"""``damselfly daemon`` as a process: its secret, its ready file, its announcements, and a
+clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from events.bus import Consumer
+from events.hosts import HostAnnounced, HostLeft
+from services.natsconn import connect
+from services.peer.swarm import ChildService
+
+pytestmark = pytest.mark.anyio
+
+
+def test_refuses_to_start_without_a_secret(tmp_path: Path, nats_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DAMSELFLY_CLUSTER_SECRET"}
+    result = subprocess.run([sys.executable, "-m", "services.cli", "daemon", "--nats", nats_url,
+                             "--data-dir", str(tmp_path / "d")], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "damselfly daemon: no cluster secret: set DAMSELFLY_CLUSTER_SECRET or pass --secret-file"]
+
+
+async def test_announces_itself_and_leaves_cleanly_on_sigterm(
+        tmp_path: Path, nats_url: str) -> None:
+    cluster = f"c{secrets.token_hex(4)}"
+    (tmp_path / "secret").write_text("from-a-file\n")
+    daemon = ChildService("seed", ["daemon", "--nats", nats_url, "--data-dir",
+                                   str(tmp_path / "d"), "--cluster", cluster, "--seed",
+                                   "--api-port", "0", "--secret-file",
+                                   str(tmp_path / "secret"), "--idc", "idc1"], tmp_path / "d", "")
+    await anyio.to_thread.run_sync(daemon.start)
+    endpoints = daemon.endpoints
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGTERM)
+    returncode = await anyio.to_thread.run_sync(daemon.proc.wait, 30)
+    nc = await connect(nats_url, "test")
+    try:
+        consumer = Consumer(nc.jetstream(), stream="DF_HOSTS", filter_subject=f"df.host.{cluster}.>")
+        events = [d.event for d in await consumer.fetch(timeout=1)]
+    finally:
+        await nc.close()
+    assert returncode == 0
+    assert set(endpoints) == {"host_id", "api_socket", "api_url", "upload_url"}
+    assert endpoints["api_socket"] == str(tmp_path / "d" / "api.sock")
+    announced = [e for e in events if isinstance(e, HostAnnounced)]
+    assert len(announced) == 1 and announced[0].seed and announced[0].idc == "idc1"
+    assert announced[0].upload_url == endpoints["upload_url"]
+    assert announced[0].host_id == endpoints["host_id"]
+    assert isinstance(events[-1], HostLeft) and events[-1].host_id == endpoints["host_id"]
