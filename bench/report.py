@@ -129,6 +129,7 @@ def plot_completion(path: Path, title: str, series: Mapping[str, Sequence[float]
     ax.axvline(bound, color="black", linestyle="--", label=f"bound {bound:.1f}s")
     ax.set_xlabel("completion time (s)")
     ax.set_ylabel("fraction of peers done")
+    ax.set_ylim(0, 1.02)
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from bench.report import BEGIN, END, flatten, render, render_all, splice
+
+
+def test_a_result_with_rows_renders_its_columns_that_have_values() -> None:
+    text = render({"name": "swarm", "title": "Swarm", "params": {"file_bytes": 8},
+                   "columns": ["system", "peers", "eff_slowest", "error"],
+                   "rows": [{"system": "damselfly", "peers": 10, "eff_slowest": 0.81234},
+                            {"system": "bittorrent", "peers": 10, "eff_slowest": 0.5}],
+                   "command": "make bench"})
+    assert text.startswith("### Swarm")
+    assert "Parameters: file_bytes=8." in text
+    assert "| system | peers | eff_slowest |" in text
+    assert "| damselfly | 10 | 0.8123 |" in text
+    assert "error" not in text
+    assert text.endswith("Reproduce: `make bench`")
+
+
+def test_another_benchmarks_nested_figures_render_as_name_value() -> None:
+    text = render({"fold": {"events": 72120, "per_s": 12851.6}, "machine": "2 cpus",
+                   "samples": [1, 2, 3]})
+    assert "| fold.events | 72120 |" in text
+    assert "| fold.per_s | 1.285e+04 |" in text
+    assert "| machine | 2 cpus |" in text
+    assert "samples" not in text
+
+
+def test_flatten_keeps_scalars_only() -> None:
+    assert flatten({"a": {"b": 1, "c": [1]}, "d": None}) == [("a.b", 1), ("d", None)]
+
+
+def test_cells_cannot_break_the_table() -> None:
+    text = render({"name": "x", "columns": ["error"], "rows": [{"error": "a|b\nc"}]})
+    assert "| a\\|b c |" in text
+
+
+def test_splice_replaces_only_between_the_markers() -> None:
+    readme = f"# Bench\n\nintro\n\n{BEGIN}\nold table\n{END}\n\nafter\n"
+    out = splice(readme, "new table\n")
+    assert out == f"# Bench\n\nintro\n\n{BEGIN}\nnew table\n{END}\n\nafter\n"
+    assert splice(out, "new table\n") == out
+
+
+def test_splice_appends_markers_when_missing() -> None:
+    out = splice("# Bench\n", render_all([{"name": "a", "value": 1}]))
+    assert out.startswith("# Bench\n\n" + BEGIN + "\n### a")
+    assert out.endswith(END + "\n")
