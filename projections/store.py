@@ -25,6 +25,9 @@ from projections.model import ADD, FIRST, LAST, MAX, MIN, Column, Patches, Proje
 WATERMARKS: Final = ("CREATE TABLE IF NOT EXISTS projection_watermarks (projection VARCHAR, "
                      "stream VARCHAR, last_seq BIGINT NOT NULL, PRIMARY KEY (projection, stream))")
 
+# Queries typed by users reach these connections; none may read or write other files.
+SEALED: Final = {"enable_external_access": False}
+
 _ON_CONFLICT: Final = {
     LAST: "{c} = COALESCE(excluded.{c}, {t}.{c})",
     FIRST: "{c} = COALESCE({t}.{c}, excluded.{c})",
@@ -40,9 +43,9 @@ def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection
     Raises ``duckdb.IOException`` when another process holds the file for writing.
     """
     if read_only:
-        return duckdb.connect(str(path), read_only=True)
+        return duckdb.connect(str(path), read_only=True, config=SEALED)
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(path))
+    con = duckdb.connect(str(path), config=SEALED)
     create_schema(con, PROJECTIONS)
     return con
 

@@ -73,8 +73,16 @@ def manager(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     try:
         ready = wait_ready(data / "ready.json", proc)
         endpoints = {"url": str(ready["url"]), "db": str(ready["db"]), "dir": str(data)}
-        wait_for(lambda: get(endpoints["url"] + "/api/v1/overview")["totals"]["peers"]
-                 == SWARM.tasks * (SWARM.peers_per_task + 1))
+        # every stream is projected on its own: wait for the last fact of each
+        everything = {"seed_peers": 1, "hosts": SWARM.peers_per_task, "active_peers": 0,
+                      "peers": SWARM.tasks * (SWARM.peers_per_task + 1), "tasks": SWARM.tasks,
+                      "decisions": SWARM.tasks * (SWARM.peers_per_task + 2)}
+        def projected() -> bool:
+            seen = get(endpoints["url"] + "/api/v1/overview")
+            return seen["totals"] == everything and seen["jobs"] == [  # type: ignore[index]
+                {"state": "succeeded", "jobs": 1}]
+
+        wait_for(projected)
         yield endpoints
     finally:
         stop([proc])
@@ -116,6 +124,9 @@ def test_sql_endpoint_runs_selects_and_refuses_writes(manager: dict[str, str]) -
     assert status == 400 and "only one SELECT" in body["detail"]
     status, body = post(manager["url"] + "/api/v1/sql", {"sql": "SELECT * FROM nowhere"})
     assert status == 400 and "nowhere" in body["detail"]
+    status, body = post(manager["url"] + "/api/v1/sql",
+                        {"sql": "SELECT * FROM read_text('/etc/hostname')"})
+    assert status == 400 and "disabled by configuration" in body["detail"]
 
 
 def test_cli_reaches_the_live_manager(manager: dict[str, str]) -> None:
