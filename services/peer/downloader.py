@@ -54,6 +54,7 @@ from events.tasks import (
 from services.peer.bitmap import Bitmap
 from services.peer.digests import file_digest, parse_digest, same_digest
 from services.peer.parents import ParentClient, PieceError
+from services.peer.planner import choose_pieces
 from services.peer.request import DownloadRequest
 from services.peer.sources import Source, SourceError, Sources, SourceStream
 from services.peer.storage import Storage, TaskFile, TaskMeta
@@ -506,29 +507,13 @@ class Download:
         self._wake.set()
 
     def _plan(self, tf: TaskFile) -> list[tuple[int, str]]:
-        """Which missing pieces to fetch now and from whom: rarest first, then the parent
-        with the fewest requests in flight."""
-        slots = self.ctx.settings.concurrency - len(self._in_flight)
-        if slots <= 0:
-            return []
         now = time.monotonic()
         usable = {p: self._holdings.get(p, set()) for p in self._parents
                   if p not in self._bad and self._busy_until.get(p, 0.0) <= now}
-        candidates = []
-        for piece in tf.bitmap.missing():
-            if piece in self._in_flight or piece not in self._digests:
-                continue
-            holders = [p for p, held in usable.items() if piece in held]
-            if holders:
-                candidates.append((len(holders), piece, holders))
-        candidates.sort(key=lambda c: (c[0], c[1]))
-        load = Counter(self._in_flight.values())
-        chosen = []
-        for _, piece, holders in candidates[:slots]:
-            parent = min(holders, key=lambda p: (load[p], self._rank[p]))
-            load[parent] += 1
-            chosen.append((piece, parent))
-        return chosen
+        return choose_pieces(tf.bitmap.missing(),
+                             slots=self.ctx.settings.concurrency - len(self._in_flight),
+                             in_flight=self._in_flight, verifiable=self._digests,
+                             holdings=usable, tie_break=self._rank)
 
     async def _fetch(self, tf: TaskFile, piece: int, parent: str) -> None:
         offset, length = piece_range(piece, tf.meta.content_length, tf.meta.piece_length)
