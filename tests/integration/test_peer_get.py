@@ -78,6 +78,7 @@ async def test_failures_are_one_line_and_leave_no_output(tmp_path: Path, nats_ur
             "404 Not Found": [],
             "bad digest": ["--digest", "md5:00"],
             "bad header": ["-H", "nocolon"],
+            "timed out": ["--timeout", "0.001"],
         }
         results = {}
         for reason, flags in cases.items():
@@ -92,6 +93,7 @@ async def test_failures_are_one_line_and_leave_no_output(tmp_path: Path, nats_ur
     assert "digest mismatch" in results["digest mismatch"][1]
     assert "404 Not Found" in results["404 Not Found"][1]
     assert "no daemon answers at" in results["no daemon"][1]
+    assert "timed out after 0.001s" in results["timed out"][1]
     assert not out.exists()
 
 

@@ -18,6 +18,7 @@ from events.codec import AnyEvent
 from events.tasks import (
     BackToSourceStarted,
     PeerFailed,
+    PeerLeft,
     PeerRegistered,
     PeerSucceeded,
     PieceFinished,
@@ -195,3 +196,23 @@ async def test_api_describes_itself_and_rejects_bad_requests(
         with pytest.raises(RuntimeError, match="Object missing required field `url`"):
             await client._json("POST", "/v1/tasks", {})
     assert {"/v1/tasks", "/v1/tasks/{task_id}/progress", "/v1/imports"} <= set(doc["paths"])
+
+
+async def test_cancel_stops_a_running_download_and_drops_its_files(
+        tmp_path: Path, nats_url: str) -> None:
+    async with setup(tmp_path, nats_url, OriginFaults(rate=50_000)) as (origin, client, cluster):
+        started = await client.start(DownloadRequest(url=f"{origin.url}/f.bin",
+                                                     piece_length=PIECE))
+        task_id = started["task_id"]
+        async for status in client.progress(task_id):
+            if status["completed_length"] > 0:
+                break
+        cancelled = await client._json("DELETE", f"/v1/tasks/{task_id}")
+        served_at_cancel = origin.bytes_served
+        with pytest.raises(RuntimeError, match="unknown task"):
+            await client._json("GET", f"/v1/tasks/{task_id}")
+    assert cancelled == {"task_id": task_id, "state": "cancelled"}
+    assert not (tmp_path / "d" / "tasks" / task_id).exists()
+    assert served_at_cancel < SIZE
+    left = [e for e in await task_events(nats_url, cluster) if isinstance(e, PeerLeft)]
+    assert [e.task_id for e in left] == [task_id]
