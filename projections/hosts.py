@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from events.codec import AnyEvent
 from events.hosts import HostAnnounced, HostKeepalive, HostLeft
-from projections.model import LAST, MAX, MIN, Column, Patches, Projection, Table
+from projections.model import MAX, MIN, Column, Patches, Projection, Table
 
 HOSTS = Table(
     "hosts",

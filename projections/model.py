@@ -67,8 +67,8 @@ def _merge(rule: str, old: Value, new: Value) -> Value:
     if rule == FIRST:
         return old
     if rule == MIN:
-        return min(old, new)  # type: ignore[type-var]
-    return max(old, new)  # type: ignore[type-var]
+        return min(old, new)
+    return max(old, new)
 
 
 class Patches:

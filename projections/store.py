@@ -26,7 +26,8 @@ WATERMARKS: Final = ("CREATE TABLE IF NOT EXISTS projection_watermarks (projecti
                      "stream VARCHAR, last_seq BIGINT NOT NULL, PRIMARY KEY (projection, stream))")
 
 # Queries typed by users reach these connections; none may read or write other files.
-SEALED: Final = {"enable_external_access": False}
+SEALED: Final[dict[str, str | bool | int | float | list[str]]] = {
+    "enable_external_access": False}
 
 _ON_CONFLICT: Final = {
     LAST: "{c} = COALESCE(excluded.{c}, {t}.{c})",

@@ -52,8 +52,8 @@ def post(url: str, body: object) -> tuple[int, object]:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], check=False,
+                          capture_output=True, text=True, timeout=60)
 
 
 def wait_for(check, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
