@@ -211,6 +211,9 @@ def _on_registered(state: State, e: PeerRegistered, out: list[Event], trace: Tra
             piece_length_hint=e.piece_length, headers=dict(e.headers),
             filtered_query_params=list(e.filtered_query_params))
     peer = task.peers.get(e.peer_id)
+    if peer is not None and peer.state == FAILED:  # trying again from scratch
+        _drop_peer(state, task, peer, LEFT, e, out, trace)
+        peer = None
     if peer is None:
         peer = task.peers[e.peer_id] = Peer(peer_id=e.peer_id, host_id=e.host_id,
                                             priority=e.priority,

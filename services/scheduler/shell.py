@@ -17,6 +17,7 @@ import bisect
 import json
 import logging
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,10 +75,11 @@ class Feed:
     Undecodable messages are copied to the dead-letter subject and skipped.
     """
 
-    def __init__(self, js: JetStreamContext, stream: str, subject: str, after_seq: int) -> None:
+    def __init__(self, js: JetStreamContext, stream: str, subjects: list[str],
+                 after_seq: int) -> None:
         self._js = js
         self.stream = stream
-        self._subject = subject
+        self._subjects = subjects
         self._after = after_seq
         self._sub: JetStreamContext.PullSubscription | None = None
 
@@ -86,9 +88,8 @@ class Feed:
             policy = DeliverPolicy.BY_START_SEQUENCE if self._after else DeliverPolicy.ALL
             config = ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=policy,
                                     opt_start_seq=self._after + 1 if self._after else None,
-                                    filter_subject=self._subject, inactive_threshold=60.0)
-            self._sub = await self._js.pull_subscribe(self._subject, stream=self.stream,
-                                                      config=config)
+                                    filter_subjects=self._subjects, inactive_threshold=60.0)
+            self._sub = await self._js.pull_subscribe("", stream=self.stream, config=config)
         return self._sub
 
     async def fetch(self, batch: int, timeout: float) -> list[Logged]:
@@ -206,7 +207,7 @@ class PartitionWorker:
         except KeyNotFoundError:
             return
         if entry.value:
-            snap = msgspec.msgpack.decode(entry.value, type=Snapshot)
+            snap = msgspec.msgpack.decode(zlib.decompress(entry.value), type=Snapshot)
             self.state, self.seqs = snap.state, dict(snap.seqs)
             self._saved_seqs = dict(self.seqs)
             log.info("partition %d restored at %s", self.part, self.seqs)
@@ -215,7 +216,7 @@ class PartitionWorker:
         """Write a snapshot when anything was folded since the last one."""
         if self.seqs == self._saved_seqs:
             return
-        data = msgspec.msgpack.encode(Snapshot(seqs=self.seqs, state=self.state))
+        data = zlib.compress(msgspec.msgpack.encode(Snapshot(seqs=self.seqs, state=self.state)))
         try:
             await self._snapshots.put(self.snapshot_key, data)
         except NatsError as exc:  # too big or the server is away: replay just runs longer
@@ -228,8 +229,10 @@ class PartitionWorker:
         """Fold and decide until ``stop``; then save a snapshot if ``on_stop_save()``."""
         await self.restore()
         tasks = LiveFeed(self._js, task_filter(self.cluster, self.part), self.seqs["DF_TASKS"])
-        feeds = [Feed(self._js, "DF_HOSTS", f"df.host.{self.cluster}.>", self.seqs["DF_HOSTS"]),
-                 Feed(self._js, "DF_CONFIG", f"df.config.cluster.{self.cluster}",
+        # Keepalives are left out: the core ignores them and they are most of DF_HOSTS.
+        hosts = [f"df.host.{self.cluster}.*.announced", f"df.host.{self.cluster}.*.left"]
+        feeds = [Feed(self._js, "DF_HOSTS", hosts, self.seqs["DF_HOSTS"]),
+                 Feed(self._js, "DF_CONFIG", [f"df.config.cluster.{self.cluster}"],
                       self.seqs["DF_CONFIG"])]
         last_save = time.monotonic()
         try:
@@ -369,18 +372,17 @@ class Scheduler:
             await asyncio.gather(watcher, return_exceptions=True)
 
     async def _tend_leases(self, leases: Leases, snapshots: KeyValue) -> None:
-        changed = False
         for part in range(PARTITIONS):
             try:
-                changed |= await self._tend(part, leases, snapshots)
+                changed = await self._tend(part, leases, snapshots)
             except (TimeoutError, NatsError) as exc:
                 log.warning("lease of partition %d: %s", part, exc)
                 owned = self.owned.get(part)
-                if owned is not None and time.monotonic() - owned.renewed > self._ttl:
+                changed = owned is not None and time.monotonic() - owned.renewed > self._ttl
+                if changed:
                     self._drop(part)  # not renewed within the TTL: someone else may own it
-                    changed = True
-        if changed:
-            self._write_status()
+            if changed:
+                self._write_status()
 
     async def _tend(self, part: int, leases: Leases, snapshots: KeyValue) -> bool:
         """Take, renew or give back one partition's lease; True when ownership changed."""

@@ -221,6 +221,13 @@ def test_priority_1_is_forbidden() -> None:
     assert isinstance(d, ScheduleFailed) and "priority 1" in d.reason
 
 
+def test_a_failed_peer_that_registers_again_is_scheduled_afresh() -> None:
+    s = swarm_with_source()
+    only(s.register("p2", "h2", priority=1), ScheduleFailed)
+    d = only(s.register("p2", "h2", priority=3), ParentsAssigned)
+    assert [p.peer_id for p in d.parents] == ["p1"]  # type: ignore[attr-defined]
+
+
 def test_priority_2_never_goes_to_the_origin() -> None:
     s = Script()
     s.host("h1")
