@@ -12,7 +12,11 @@ from events.base import Event
 
 
 class ParentInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything a child needs to fetch from one parent without asking anyone."""
+    """Everything a child needs to fetch from one parent without asking anyone.
+
+    ``bitmap`` is the pieces the parent held when the decision was made, most significant
+    bit first: piece ``i`` is held when ``bitmap[i // 8] & (0x80 >> (i % 8))``.
+    """
 
     peer_id: str
     host_id: str
@@ -26,6 +30,7 @@ class ParentsAssigned(Event, frozen=True, kw_only=True, tag="sched.parents_assig
 
     ``source_peers`` are the peers that fetched this task from the origin: only their
     ``PieceFinished`` digests (and ``TaskMetadataReported``) are authoritative.
+    ``piece_digests[i]`` is piece ``i``'s digest, ``""`` while no source has reported it.
     """
 
     cluster: str
