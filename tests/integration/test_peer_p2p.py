@@ -20,7 +20,7 @@ from events.bus import Consumer, Publisher
 from events.codec import AnyEvent, decode
 from events.ids import derived_id
 from events.sched import ParentInfo, ParentsAssigned
-from events.tasks import PeerRegistered, PieceFailed, PieceFinished
+from events.tasks import PeerRegistered, PieceFailed, PieceFinished, RescheduleRequested
 from services.natsconn import connect
 from services.peer.daemon import DaemonConfig
 from services.peer.downloader import Settings
@@ -34,22 +34,28 @@ SIZE = 20 * PIECE + 99
 
 
 class ScriptedScheduler:
-    """Answers every registration from ``host_id`` with the parents ``decide`` returns."""
+    """Answers every registration (and reschedule request) of a peer on a host in
+    ``rules`` with the parents that rule returns for it."""
 
     def __init__(self, nc: Client, cluster: str) -> None:
         self.nc, self.cluster = nc, cluster
         self.publisher = Publisher(nc.jetstream())
-        self.rules: dict[str, Callable[[PeerRegistered], list[ParentInfo]]] = {}
+        self.rules: dict[str, Callable[[PeerRegistered | RescheduleRequested],
+                                       list[ParentInfo]]] = {}
+        self.hosts: dict[str, str] = {}  # peer → host, learnt from registrations
         self.digests: list[str] = []
         self.source_peers: list[str] = []
 
     async def start(self) -> None:
-        await self.nc.subscribe(f"df.task.{self.cluster}.*.*.*.registered", cb=self._on)
+        for name in ("registered", "reschedule_requested"):
+            await self.nc.subscribe(f"df.task.{self.cluster}.*.*.*.{name}", cb=self._on)
 
     async def _on(self, msg: Msg) -> None:
         event = decode(msg.data)
-        assert isinstance(event, PeerRegistered)
-        if (rule := self.rules.get(event.host_id)) is None:
+        assert isinstance(event, PeerRegistered | RescheduleRequested)
+        if isinstance(event, PeerRegistered):
+            self.hosts[event.peer_id] = event.host_id
+        if (rule := self.rules.get(self.hosts.get(event.peer_id, ""))) is None:
             return
         await self.publisher.publish(ParentsAssigned(
             id=derived_id(event.id, "test"), cluster=self.cluster, task_id=event.task_id,
@@ -225,3 +231,42 @@ async def test_a_parent_killed_mid_transfer_leaves_the_child_to_finish_from_othe
     finished = {e.parent_id for e in mine if isinstance(e, PieceFinished)}
     assert finished == {doomed_peer, sources[1]["peer_id"]}
     assert any(isinstance(e, PieceFailed) and e.parent_id == doomed_peer for e in mine)
+
+
+async def test_stalled_parents_lead_to_a_reschedule_and_new_parents(
+        tmp_path: Path, nats_url: str, body: bytes) -> None:
+    cluster = f"c{secrets.token_hex(4)}"
+    origin = Origin(tmp_path / "www")
+    await origin.start()
+    request = DownloadRequest(url=f"{origin.url}/f.bin", piece_length=PIECE)
+    nc = await connect(nats_url, "test")
+    try:
+        async with daemon_in_process(config(tmp_path, "parent", nats_url, cluster)) as parent, \
+                daemon_in_process(config(tmp_path, "empty", nats_url, cluster)) as empty, \
+                daemon_in_process(config(tmp_path, "child", nats_url, cluster)) as child:
+            source = await download(str(parent["api_url"]), request)
+            scheduler = ScriptedScheduler(nc, cluster)
+            scheduler.digests, scheduler.source_peers = piece_digests(body), [source["peer_id"]]
+            claims_all = b"\xff" * 3  # it claims every piece yet holds none (answers 404)
+
+            def rule(event: PeerRegistered | RescheduleRequested) -> list[ParentInfo]:
+                if isinstance(event, PeerRegistered):
+                    return [ParentInfo(peer_id="empty-1", host_id=str(empty["host_id"]),
+                                       upload_url=str(empty["upload_url"]), bitmap=claims_all)]
+                return [ParentInfo(peer_id=source["peer_id"], host_id=str(parent["host_id"]),
+                                   upload_url=str(parent["upload_url"]))]
+
+            scheduler.rules[str(child["host_id"])] = rule
+            await scheduler.start()
+            status = await download(str(child["api_url"]), request, tmp_path / "out.bin")
+        events = await task_events(nc, cluster)
+    finally:
+        await nc.close()
+        await origin.stop()
+    assert status["state"] == "succeeded", status
+    assert (tmp_path / "out.bin").read_bytes() == body
+    mine = [e for e in events if getattr(e, "peer_id", "") == status["peer_id"]]
+    asked = [e for e in mine if isinstance(e, RescheduleRequested)]
+    assert len(asked) == 1 and asked[0].reason == "parents stalled"
+    assert {e.parent_id for e in mine if isinstance(e, PieceFinished)} == {source["peer_id"]}
+    assert origin.bytes_served == SIZE
