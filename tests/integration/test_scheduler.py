@@ -149,7 +149,7 @@ async def damselfly(*argv: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.anyio
 async def test_a_swarm_download_is_scheduled_and_a_restart_decides_nothing_twice(
-        nc: Client, tmp_path: Path) -> None:
+        nc: Client, nats_url: str, tmp_path: Path) -> None:
     cluster = "c1"
     swarm = Swarm(nc, cluster)
     await swarm.hosts("h0", "h1", "h2", idc={"h1": "x", "h2": "x"})
@@ -173,7 +173,7 @@ async def test_a_swarm_download_is_scheduled_and_a_restart_decides_nothing_twice
 
     log_file = tmp_path / "log.jsonl"
     dumped = io.StringIO()
-    await dump(nc.connected_url.geturl(), None, dumped)  # type: ignore[union-attr]
+    await dump(nats_url, None, dumped)
     log_file.write_text(dumped.getvalue())
     result = replay(read_log(log_file), cluster)
     differ, missing = result.mismatches()
@@ -184,6 +184,9 @@ async def test_a_swarm_download_is_scheduled_and_a_restart_decides_nothing_twice
     assert cli.returncode == 0, cli.stderr
     assert "3 of 3 recorded decisions reproduced" in cli.stdout
     assert "p2 <- " in cli.stdout and "upload_success" in cli.stdout
+    live = await damselfly("replay", "--from-stream", "--nats", nats_url, "--cluster", cluster)
+    assert live.returncode == 0, live.stderr
+    assert "3 of 3 recorded decisions reproduced" in live.stdout
     changed = await damselfly("replay", str(log_file), "--cluster", cluster, "--weights", "idc=0")
     assert changed.returncode == 0, changed.stderr
     assert "p2 <- p1, p0  =>  p2 <- p0, p1" in changed.stdout
