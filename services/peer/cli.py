@@ -58,7 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="download every file under a directory listing")
     g.add_argument("--timeout", type=float, default=0.0, help="seconds (0: none)")
     g.add_argument("--endpoint", help="daemon API: a unix socket path or http://host:port")
-    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (there is none when stderr is not a terminal)")
     g.set_defaults(run=_get)
 
     if "demo" not in sub.choices:  # ``make demo``: the swarm, shown per peer

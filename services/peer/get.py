@@ -243,7 +243,8 @@ async def run(args: Any) -> int:
         with anyio.fail_after(args.timeout or None):
             for request, target in jobs:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                await fetch_one(client, request, target, not args.no_progress)
+                await fetch_one(client, request, target,
+                                not args.no_progress and sys.stderr.isatty())
     except TimeoutError:
         raise RuntimeError(f"timed out after {args.timeout:g}s") from None
     except aiohttp.ClientError as exc:

@@ -101,3 +101,20 @@ def test_tokens_differ_by_task_and_secret() -> None:
     assert mint_token("s", "t1") != mint_token("s", "t2")
     assert mint_token("s", "t1") != mint_token("other", "t1")
     assert mint_token("s", "t1") == mint_token("s", "t1")
+
+
+def test_progress_bar_shows_percentage_rate_and_eta() -> None:
+    import io
+
+    from services.peer.get import ProgressBar
+
+    out = io.StringIO()
+    bar = ProgressBar("blob.bin", out, enabled=True)
+    bar.update({"state": "running", "content_length": 4 << 20, "completed_length": 1 << 20})
+    bar.close()
+    line = out.getvalue()
+    assert line.startswith("\rblob.bin") and line.endswith("\n")
+    assert " 25% " in line and "1.0 MiB/   4.0 MiB" in line and "/s ETA" in line
+    quiet = io.StringIO()
+    ProgressBar("x", quiet, enabled=False).update({"content_length": 1, "completed_length": 1})
+    assert quiet.getvalue() == ""
