@@ -12,6 +12,7 @@ from pydantic import BaseModel
 import dashboards
 from projections import store
 from services.manager.reader import Reader
+from services.manager.schedulers import live_schedulers
 
 router = APIRouter(prefix="/api/v1")
 
@@ -58,15 +59,17 @@ ORDER BY c.cluster
 
 @router.get("/overview")
 async def overview(request: Request) -> dict[str, object]:
-    """Per scheduler cluster: seed peers and hosts alive, active and all peers, tasks, and
-    scheduling decisions (schedulers themselves are not announced in the log)."""
+    """Per scheduler cluster: seed peers and hosts alive, active and all peers, tasks and
+    scheduling decisions; the live schedulers (from their leases) and jobs by state."""
     reader = _reader(request)
     clusters = await reader.records(OVERVIEW_SQL)
     keys = ("seed_peers", "hosts", "active_peers", "peers", "tasks", "decisions")
     totals = {k: sum(int(str(c[k])) for c in clusters) for k in keys}
+    schedulers = await live_schedulers(request.app.state.js)
+    totals["schedulers"] = len({s["scheduler"] for s in schedulers})
     jobs = await reader.records("SELECT state, count(*) AS jobs FROM jobs GROUP BY state "
                                 "ORDER BY state")
-    return {"clusters": clusters, "totals": totals, "jobs": jobs}
+    return {"clusters": clusters, "schedulers": schedulers, "totals": totals, "jobs": jobs}
 
 
 @router.get("/hosts")

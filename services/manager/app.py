@@ -2,7 +2,8 @@
 
 Routers are listed in ``ROUTERS``; another part of the manager adds its own there (the
 control side: clusters, jobs, users). Shared state lives on ``app.state``: ``reader``
-(DuckDB reads), ``projector`` (rebuilds) and ``publisher`` (commands as events).
+(DuckDB reads), ``projector`` (rebuilds), ``publisher`` (commands as events) and ``js``
+(the JetStream context).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -42,8 +43,9 @@ def start_manager(nats_url: str, tmp_path: Path) -> subprocess.Popen[bytes]:
                       "--ready-file", str(tmp_path / "manager.json")], log)
 
 
-def browse(url: str, shot: Path) -> dict[str, object]:
-    """Open the console's views; returns what the page showed. Blocks (Playwright sync)."""
+def browse(url: str, shot: Path, download_another: Callable[[], None]) -> dict[str, object]:
+    """Open the console's views, with a download happening while the overview is open;
+    returns what the page showed. Blocks (Playwright sync)."""
     from playwright.sync_api import sync_playwright
 
     seen: dict[str, object] = {"offsite": []}
@@ -59,7 +61,12 @@ def browse(url: str, shot: Path) -> dict[str, object]:
             page.wait_for_selector(".card[data-key=peers]")
             page.wait_for_selector("section[data-panel=p2p_vs_origin] polyline.series",
                                    state="attached")
-            seen["overview_cards"] = page.locator(".card .n").all_inner_texts()
+            seen["schedulers"] = page.locator("#schedulers tbody tr").count()
+            page.screenshot(path=str(shot.with_name("overview.png")), full_page=True)
+            download_another()
+            # no reload: the overview's live refresh shows the second task
+            page.wait_for_function(
+                "document.querySelector('.card[data-key=tasks] .n').textContent === '2'")
             page.goto(url + "/#/dashboards")
             page.wait_for_function("document.querySelectorAll('section.panel[data-rows]').length"
                                    " === document.querySelectorAll('section.panel').length"
@@ -71,7 +78,7 @@ def browse(url: str, shot: Path) -> dict[str, object]:
             page.screenshot(path=str(shot), full_page=True)
             page.goto(url + "/#/tasks")
             page.wait_for_selector("#list tr.link")
-            page.click("#list tr.link")
+            page.click("#list tr.link:has-text('blob.bin')")
             page.wait_for_selector("#peers tr.link")
             seen["task_peers"] = page.locator("#peers tbody tr").count()
             seen["errors"] = errors
@@ -84,29 +91,34 @@ def browse(url: str, shot: Path) -> dict[str, object]:
 async def test_console_draws_a_real_download(nats_url: str, tmp_path: Path) -> None:
     www = tmp_path / "www"
     www.mkdir()
-    (www / "blob.bin").write_bytes(os.urandom(SIZE))
+    for name in ("blob.bin", "other.bin"):
+        (www / name).write_bytes(os.urandom(SIZE))
     origin = Origin(www)
     await origin.start()
     manager = start_manager(nats_url, tmp_path)
     try:
         url = str(wait_ready(tmp_path / "manager.json", manager)["url"])
         with Swarm(nats_url, tmp_path / "swarm", 2, cluster="console") as swarm:
-            for n, peer in enumerate(swarm.peer_services):
-                done = await anyio.to_thread.run_sync(functools.partial(
-                    subprocess.run,
-                    [sys.executable, "-m", "services.cli", "get", f"{origin.url}/blob.bin",
-                     "-O", str(tmp_path / f"out{n}"), "--piece-length", str(PIECE),
-                     "--endpoint", str(peer.endpoints["api_url"]), "--no-progress",
+            def download(name: str, peer: int) -> None:
+                out = tmp_path / f"{name}.{peer}"
+                done = subprocess.run(
+                    [sys.executable, "-m", "services.cli", "get", f"{origin.url}/{name}",
+                     "-O", str(out), "--piece-length", str(PIECE), "--endpoint",
+                     str(swarm.peer_services[peer].endpoints["api_url"]), "--no-progress",
                      "--timeout", "60"], check=False, capture_output=True, text=True,
-                    timeout=90))
+                    timeout=90)
                 assert done.returncode == 0, done.stderr
-                assert (tmp_path / f"out{n}").read_bytes() == (www / "blob.bin").read_bytes()
+                assert out.read_bytes() == (www / name).read_bytes()
+
+            for peer in range(len(swarm.peer_services)):
+                await anyio.to_thread.run_sync(download, "blob.bin", peer)
             with anyio.fail_after(30):  # each stream is projected on its own
                 while not all(get_json(f"{url}/api/v1/dashboards/{name}")["rows"]  # type: ignore[index]
                               for name in FED_BY_A_DOWNLOAD):
                     await anyio.sleep(0.2)
             shot = tmp_path / "console.png"
-            seen = await anyio.to_thread.run_sync(browse, url, shot)
+            seen = await anyio.to_thread.run_sync(
+                browse, url, shot, functools.partial(download, "other.bin", 0))
     finally:
         stop([manager])
         await origin.stop()
@@ -116,6 +128,8 @@ async def test_console_draws_a_real_download(nats_url: str, tmp_path: Path) -> N
     for name in FED_BY_A_DOWNLOAD:
         assert panels[name]["rows"] > 0 and panels[name]["marks"] > 0, panels[name]
     assert seen["task_peers"] >= 3  # the seed and both peers took part
+    assert seen["schedulers"] == 1
     assert shot.stat().st_size > 10_000
-    if keep := os.environ.get("DAMSELFLY_CONSOLE_SHOT"):
-        shutil.copy(shot, keep)
+    if keep := os.environ.get("DAMSELFLY_CONSOLE_SHOTS"):  # a folder to look at them in
+        for taken in (shot, shot.with_name("overview.png")):
+            shutil.copy(taken, Path(keep) / taken.name)

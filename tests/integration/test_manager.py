@@ -19,6 +19,7 @@ from events.bus import Publisher
 from events.streams import ensure_streams
 from projections.synthetic import Swarm, events
 from services.natsconn import connect
+from services.scheduler.lease import LEASE_BUCKET, Leases, lease_key, open_bucket
 from services.procs import spawn, stop, wait_ready
 
 SWARM = Swarm(cluster="m1", tasks=2, peers_per_task=3, pieces=4)
@@ -76,7 +77,7 @@ def manager(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         # every stream is projected on its own: wait for the last fact of each
         everything = {"seed_peers": 1, "hosts": SWARM.peers_per_task, "active_peers": 0,
                       "peers": SWARM.tasks * (SWARM.peers_per_task + 1), "tasks": SWARM.tasks,
-                      "decisions": SWARM.tasks * (SWARM.peers_per_task + 2)}
+                      "decisions": SWARM.tasks * (SWARM.peers_per_task + 2), "schedulers": 0}
         def projected() -> bool:
             seen = get(endpoints["url"] + "/api/v1/overview")
             return seen["totals"] == everything and seen["jobs"] == [  # type: ignore[index]
@@ -184,3 +185,19 @@ def test_after_sigterm_the_file_opens_directly(nats_url: str, tmp_path: Path) ->
     done = cli("dashboards", "run", "top_tasks", "--data-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr
     assert "http://origin.example/files/0.bin" in done.stdout
+
+
+def test_overview_lists_schedulers_by_their_leases(manager: dict[str, str], nats_url: str) -> None:
+    async def hold() -> None:
+        nc = await connect(nats_url, "test-scheduler-leases")
+        try:
+            leases = Leases(await open_bucket(nc.jetstream(), LEASE_BUCKET, ttl=60), "sched-a")
+            for part in (3, 1):
+                assert await leases.take(lease_key("m1", part)) is not None
+        finally:
+            await nc.drain()
+    asyncio.run(hold())
+    overview = get(manager["url"] + "/api/v1/overview")
+    assert overview["schedulers"] == [{"cluster": "m1", "scheduler": "sched-a",
+                                       "partitions": [1, 3]}]
+    assert overview["totals"]["schedulers"] == 1

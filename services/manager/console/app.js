@@ -65,7 +65,7 @@ const enc = encodeURIComponent;
 const views = {
   overview() {
     $view.replaceChildren(...section("Totals", "totals"), ...section("Clusters", "clusters"),
-      ...section("Jobs", "jobstates"), h("h2", {}, "Traffic"), h("div", { class: "grid", id: "ovpanels" }));
+      ...section("Schedulers", "schedulers"), ...section("Jobs", "jobstates"), h("h2", {}, "Traffic"), h("div", { class: "grid", id: "ovpanels" }));
     const boxes = [];
     let panels;
     return async () => {
@@ -73,6 +73,7 @@ const views = {
       fill("totals", cards(o.totals));
       fill("clusters", records(o.clusters, ["cluster", "seed_peers", "hosts", "active_peers", "peers",
         "tasks", "decisions", "last_decision_at"]));
+      fill("schedulers", records(o.schedulers, ["cluster", "scheduler", "partitions"]));
       fill("jobstates", records(o.jobs, ["state", "jobs"]));
       if (!panels) {
         panels = (await api("/dashboards")).filter(p => ["p2p_vs_origin", "active_peers"].includes(p.name));
