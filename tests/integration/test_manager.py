@@ -19,8 +19,8 @@ from events.bus import Publisher
 from events.streams import ensure_streams
 from projections.synthetic import Swarm, events
 from services.natsconn import connect
-from services.scheduler.lease import LEASE_BUCKET, Leases, lease_key, open_bucket
 from services.procs import spawn, stop, wait_ready
+from services.scheduler.lease import LEASE_BUCKET, Leases, lease_key, open_bucket
 
 SWARM = Swarm(cluster="m1", tasks=2, peers_per_task=3, pieces=4)
 
