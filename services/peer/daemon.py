@@ -20,7 +20,8 @@ from nats.aio.msg import Msg
 from events.bus import Publisher
 from events.codec import EventDecodeError, decode
 from events.hosts import HostAnnounced, HostKeepalive, HostLeft
-from events.ids import new_id
+from events.ids import derived_id, new_id
+from events.jobs import DeleteTaskRequested, JobProgressed
 from events.sched import SeedPeerTriggered
 from events.streams import ensure_streams
 from events.subjects import safe_token
@@ -180,6 +181,10 @@ async def serve(cfg: DaemonConfig, stop: asyncio.Event) -> None:
                     await _on_seed_trigger(msg, downloads, host_id)
 
                 await nc.subscribe(f"df.sched.{cfg.cluster}.*.{host_id}", cb=on_trigger)
+            async def on_delete(msg: Msg) -> None:
+                await _on_delete_requested(msg, downloads, cfg.cluster)
+
+            await nc.subscribe("df.job.*.delete_task_requested", cb=on_delete)
             for tf in storage.tasks():
                 if not tf.complete:
                     log.info("resuming task %s", tf.task_id[:12])
@@ -219,6 +224,24 @@ async def _on_seed_trigger(msg: Msg, downloads: Downloads, host_id: str) -> None
                               filtered_query_params=event.filtered_query_params)
     downloads.start(request, task_id=event.task_id,
                     straight_to_source="seed peer triggered by the scheduler")
+
+
+async def _on_delete_requested(msg: Msg, downloads: Downloads, cluster: str) -> None:
+    """Drop a task when a delete job asks this daemon's cluster to, and say so."""
+    try:
+        event = decode(msg.data)
+    except EventDecodeError as exc:
+        log.warning("undecodable message on %s: %s", msg.subject, exc)
+        return
+    if not isinstance(event, DeleteTaskRequested) or (
+            event.scheduler_cluster_ids and cluster not in event.scheduler_cluster_ids):
+        return
+    if await downloads.cancel(event.task_id):
+        ctx = downloads.ctx
+        await ctx.publish(JobProgressed(id=derived_id(event.id, ctx.host_id), at=time.time(),
+                                        job_id=event.job_id, host_id=ctx.host_id,
+                                        task_id=event.task_id, state="succeeded",
+                                        reason="deleted"))
 
 
 async def _keepalive(ctx: PeerContext, cfg: DaemonConfig, stats: TransferStats) -> None:

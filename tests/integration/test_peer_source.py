@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
-from events.bus import Consumer
-from events.codec import AnyEvent
+from events.bus import Consumer, Publisher
+from events.codec import AnyEvent, decode
+from events.ids import new_id
+from events.jobs import DeleteTaskRequested, JobProgressed
 from events.tasks import (
     BackToSourceStarted,
     PeerFailed,
@@ -216,3 +218,26 @@ async def test_cancel_stops_a_running_download_and_drops_its_files(
     assert served_at_cancel < SIZE
     left = [e for e in await task_events(nats_url, cluster) if isinstance(e, PeerLeft)]
     assert [e.task_id for e in left] == [task_id]
+
+
+async def test_a_delete_job_drops_the_task_on_this_cluster_only(
+        tmp_path: Path, nats_url: str) -> None:
+    async with setup(tmp_path, nats_url) as (origin, client, cluster):
+        status = await client.download(DownloadRequest(url=f"{origin.url}/f.bin"))
+        task_id = status["task_id"]
+        nc = await connect(nats_url, "test")
+        try:
+            progressed = await nc.subscribe("df.job.*.progressed")
+            publisher = Publisher(nc.jetstream())
+            await publisher.publish(DeleteTaskRequested(
+                id=new_id(), job_id="other", task_id=task_id, scheduler_cluster_ids=["elsewhere"]))
+            await publisher.publish(DeleteTaskRequested(
+                id=new_id(), job_id="job1", task_id=task_id, scheduler_cluster_ids=[cluster]))
+            reply = decode((await progressed.next_msg(timeout=10)).data)
+        finally:
+            await nc.close()
+        with pytest.raises(RuntimeError, match="unknown task"):
+            await client._json("GET", f"/v1/tasks/{task_id}")
+    assert isinstance(reply, JobProgressed)
+    assert (reply.job_id, reply.task_id, reply.state) == ("job1", task_id, "succeeded")
+    assert not (tmp_path / "d" / "tasks" / task_id).exists()
