@@ -130,7 +130,10 @@ class TaskFile:
         with self._lock:
             self.meta.bitmap = self.bitmap.to_bytes()
             tmp = self.dir / "meta.json.tmp"
-            tmp.write_bytes(_encoder.encode(self.meta))
+            # 0600: the request's headers may carry credentials for the origin.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(_encoder.encode(self.meta))
             os.replace(tmp, self.dir / "meta.json")
 
     def close(self) -> None:

@@ -44,6 +44,8 @@ class Origin:
     faults: OriginFaults = field(default_factory=OriginFaults)
     bytes_served: int = 0
     requests: list[str] = field(default_factory=list)
+    """The Range header of every request ("" for none), in order."""
+    headers: list[dict[str, str]] = field(default_factory=list)
     url: str = ""
     _runner: web.AppRunner | None = None
 
@@ -65,6 +67,7 @@ class Origin:
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(request.headers.get("Range", ""))
+        self.headers.append(dict(request.headers))
         if self.faults.fail_always or len(self.requests) <= self.faults.fail_first:
             return web.Response(status=self.faults.fail_status, text="injected failure\n")
         path = (self.root / request.match_info["name"]).resolve()

@@ -77,7 +77,9 @@ async def test_no_scheduler_means_back_to_source_after_the_timeout(
         tmp_path: Path, nats_url: str) -> None:
     async with setup(tmp_path, nats_url) as (origin, client, cluster):
         url = f"{origin.url}/f.bin"
-        status = await download(client, DownloadRequest(url=url, piece_length=PIECE))
+        headers = {"Authorization": "Bearer origin-secret", "X-Trace": "t1"}
+        status = await download(client, DownloadRequest(url=url, piece_length=PIECE,
+                                                        headers=headers))
         assert status["state"] == "succeeded", status
         out = tmp_path / "out.bin"
         await client.export(status["task_id"], out)
@@ -88,6 +90,11 @@ async def test_no_scheduler_means_back_to_source_after_the_timeout(
     kinds = [type(e) for e in events]
     assert kinds[:3] == [PeerRegistered, BackToSourceStarted, TaskMetadataReported]
     assert kinds[-2:] == [TaskMetadataReported, PeerSucceeded]
+    assert origin.headers[0]["Authorization"] == "Bearer origin-secret"
+    registered = events[0]
+    assert isinstance(registered, PeerRegistered) and registered.headers == {"X-Trace": "t1"}
+    meta = next((tmp_path / "d" / "tasks").glob("*/meta.json"))
+    assert meta.stat().st_mode & 0o077 == 0  # the credential on disk is for this user only
     started = next(e for e in events if isinstance(e, BackToSourceStarted))
     assert "no scheduler answered" in started.reason
     pieces = [e for e in events if isinstance(e, PieceFinished)]
