@@ -3,10 +3,12 @@ the projections' watermarks. Every handler reads DuckDB through the ``Reader``."
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import duckdb
 from fastapi import APIRouter, HTTPException, Query, Request
+from nats.errors import Error as NatsError
 from pydantic import BaseModel
 
 import dashboards
@@ -14,6 +16,7 @@ from projections import store
 from services.manager.reader import Reader
 from services.manager.schedulers import live_schedulers
 
+log = logging.getLogger("damselfly.manager.api")
 router = APIRouter(prefix="/api/v1")
 
 ACTIVE_STATES = "('registered', 'running', 'back_to_source')"
@@ -65,7 +68,11 @@ async def overview(request: Request) -> dict[str, object]:
     clusters = await reader.records(OVERVIEW_SQL)
     keys = ("seed_peers", "hosts", "active_peers", "peers", "tasks", "decisions")
     totals = {k: sum(int(str(c[k])) for c in clusters) for k in keys}
-    schedulers = await live_schedulers(request.app.state.js)
+    try:
+        schedulers = await live_schedulers(request.app.state.js)
+    except (NatsError, TimeoutError) as exc:  # the projections still answer without NATS
+        log.warning("cannot read scheduler leases: %s", exc)
+        schedulers = []
     totals["schedulers"] = len({s["scheduler"] for s in schedulers})
     jobs = await reader.records("SELECT state, count(*) AS jobs FROM jobs GROUP BY state "
                                 "ORDER BY state")

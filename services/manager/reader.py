@@ -4,6 +4,7 @@ blocking the projection writer (each read gets its own cursor, i.e. its own MVCC
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import duckdb
 
@@ -12,10 +13,13 @@ from projections import store
 
 class Reader:
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
-        self._con = con
+        # A connection of its own, so cursors are never made on the one the writer is using.
+        self._con = con.cursor()
+        self._lock = threading.Lock()
 
     def _run(self, sql: str, params: list[object] | None) -> store.Result:
-        cursor = self._con.cursor()
+        with self._lock:
+            cursor = self._con.cursor()
         try:
             return store.query(cursor, sql, params)
         finally:
@@ -28,3 +32,6 @@ class Reader:
     async def records(self, sql: str, params: list[object] | None = None) -> list[dict[str, object]]:
         result = await self.query(sql, params)
         return [{c: store.plain(v) for c, v in zip(result.columns, row)} for row in result.rows]
+
+    def close(self) -> None:
+        self._con.close()

@@ -45,8 +45,8 @@ async def serve(nats_url: str, data_dir: Path, port: int, ready_file: Path | Non
             js = nc.jetstream()
             await ensure_streams(js)
             projector = Projector(js, con)
-            app = create_app(reader=Reader(con), projector=projector, publisher=Publisher(js),
-                             js=js)
+            reader = Reader(con)
+            app = create_app(reader=reader, projector=projector, publisher=Publisher(js), js=js)
             sock = socket.create_server((host, port))
             server = _Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
             async with asyncio.TaskGroup() as group:
@@ -60,6 +60,7 @@ async def serve(nats_url: str, data_dir: Path, port: int, ready_file: Path | Non
                     write_ready(ready_file, {"url": url, "db": str(db)})
                 await stop.wait()
                 server.should_exit = True
+            reader.close()
         finally:
             await nc.drain()
     finally:
