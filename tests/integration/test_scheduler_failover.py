@@ -1,0 +1,86 @@
+"""Failover with real daemons: the owning scheduler is killed in the middle of a swarm
+download, a standby takes the partitions over by replaying them, and no download fails."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from events.subjects import partition
+from services.peer.get import ApiClient
+from services.peer.request import DownloadRequest
+from services.peer.swarm import ChildService, Origin, OriginFaults, Swarm
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+PIECE = 32 << 10
+SIZE = 16 * PIECE + 123
+PEERS = 4
+
+
+def owned(service: ChildService) -> list[int]:
+    status = json.loads((service.data_dir / "partitions.json").read_text())
+    return list(status["partitions"])
+
+
+async def test_killing_the_owning_scheduler_mid_download_fails_no_download(
+        tmp_path: Path, nats_url: str) -> None:
+    www = tmp_path / "www"
+    www.mkdir()
+    body = os.urandom(SIZE)
+    (www / "blob.bin").write_bytes(body)
+    origin = Origin(www, OriginFaults(rate=SIZE / 2))  # the origin fetch takes ~2 s
+    await origin.start()
+    request = DownloadRequest(url=f"{origin.url}/blob.bin", piece_length=PIECE)
+    cluster = f"f{secrets.token_hex(4)}"
+    results: dict[str, dict[str, Any]] = {}
+    clients: list[ApiClient] = []
+    try:
+        with Swarm(nats_url, tmp_path / "swarm", PEERS, cluster=cluster) as swarm:
+            owner = swarm.services[0]
+            assert owner.name == "scheduler" and len(owned(owner)) == 16
+            standby = ChildService("standby", ["scheduler", "--nats", nats_url, "--cluster",
+                                               cluster, "--data-dir", str(tmp_path / "standby")],
+                                   tmp_path / "standby", swarm.secret)
+            swarm.services.append(standby)  # stopped with the swarm
+            standby.start()
+            assert owned(standby) == []
+            peers = swarm.peer_services
+            clients = [ApiClient(str(p.endpoints["api_url"])) for p in peers]
+
+            async def finish(i: int, task_id: str) -> None:
+                results[peers[i].name] = await clients[i].finish(task_id)
+                await clients[i].export(task_id, tmp_path / f"{peers[i].name}.out")
+
+            with anyio.fail_after(90):
+                async with anyio.create_task_group() as tg:
+                    first = [await clients[i].start(request) for i in range(PEERS // 2)]
+                    for i, status in enumerate(first):
+                        tg.start_soon(finish, i, status["task_id"])
+                    await anyio.sleep(0.5)  # the seed is fetching from the throttled origin
+                    owner.kill()
+                    task_id = str(first[0]["task_id"])
+                    for i in range(PEERS // 2, PEERS):  # these register while nobody owns it
+                        status = await clients[i].start(request)
+                        tg.start_soon(finish, i, status["task_id"])
+            assert partition(task_id) in owned(standby)
+    finally:
+        for client in clients:
+            await client.close()
+        await origin.stop()
+
+    assert sorted(results) == [f"peer-{i}" for i in range(1, PEERS + 1)]
+    assert all(r["state"] == "succeeded" for r in results.values()), results
+    want = hashlib.sha256(body).hexdigest()
+    assert {hashlib.sha256((tmp_path / f"{n}.out").read_bytes()).hexdigest()
+            for n in results} == {want}
+    # The late peers were scheduled onto parents by the standby, not left to time out and
+    # fetch from the origin themselves.
+    late = [results[f"peer-{i}"] for i in range(PEERS // 2 + 1, PEERS + 1)]
+    assert all(r["bytes_from_peers"] > 0 for r in late), late
