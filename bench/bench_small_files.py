@@ -68,6 +68,10 @@ def ms(values: Sequence[float], q: float) -> float:
     return round(1000 * percentile(values, q), 1)
 
 
+def label(size: int) -> str:
+    return f"{size >> 10} KiB" if size < 1 << 20 else f"{size >> 20} MiB"
+
+
 def main() -> None:
     with Lab("small") as lab:
         files = lab.root / "files"
@@ -93,8 +97,8 @@ def main() -> None:
         from_origin = origin_bytes_sent(origin) - origin_before
     by_size = {size: one_by_one[k * COUNT:(k + 1) * COUNT] for k, size in enumerate(SIZES)}
     rows: list[dict[str, Any]] = [
-        {"files": f"{size >> 10} KiB", "in_flight": 1, "tasks": len(lat),
-         "p50_ms": ms(lat, 50), "p99_ms": ms(lat, 99)} for size, lat in by_size.items()]
+        {"files": label(size), "in_flight": 1, "tasks": len(lat), "p50_ms": ms(lat, 50),
+         "p99_ms": ms(lat, 99)} for size, lat in by_size.items()]
     rows.append({"files": "all sizes", "in_flight": 1, "tasks": len(one_by_one),
                  "p50_ms": ms(one_by_one, 50), "p99_ms": ms(one_by_one, 99),
                  "tasks_per_s": round(len(one_by_one) / sum(one_by_one), 1)})
@@ -106,12 +110,12 @@ def main() -> None:
     write_result("small_files", {
         "title": "Small files already in the swarm, through the local API",
         "command": "make bench  (or: python -m bench small_files)",
-        "params": {"sizes": "1 KiB, 16 KiB, 256 KiB, 1 MiB", "files_per_size": COUNT,
+        "params": {"sizes": ", ".join(label(s) for s in SIZES), "files_per_size": COUNT,
                    "holders": 2, "origin_bytes_during_measurement": from_origin},
         "columns": ["files", "in_flight", "tasks", "p50_ms", "p99_ms", "tasks_per_s"],
         "rows": rows,
-        "notes": ["Latency: POST /v1/tasks, follow /progress to the end, POST /export; "
-                  "Dragonfly's own benchmark shows about 650-900 ms per small task."],
+        "notes": [("Latency: POST /v1/tasks, follow /progress to the end, POST /export; "
+                   "Dragonfly's own benchmark shows about 650-900 ms per small task.")],
     })
 
 

@@ -44,7 +44,7 @@ def free_port() -> int:
 def info_hash(torrent: Path) -> str:
     """The torrent's info hash in hex, as aria2c reports it. Raises ``RuntimeError``."""
     shown = subprocess.run(["aria2c", "-S", str(torrent)], capture_output=True, text=True,
-                           timeout=30).stdout
+                           timeout=30, check=False).stdout
     found = re.search(r"Info Hash:\s*([0-9a-f]{40})", shown)
     if found is None:
         raise RuntimeError(f"aria2c -S {torrent} shows no info hash")

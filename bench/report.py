@@ -22,6 +22,7 @@ RESULTS: Final = Path(os.environ.get("BENCH_RESULTS", HERE / "results"))
 README: Final = HERE / "README.md"
 BEGIN: Final = "<!-- bench:begin -->"
 END: Final = "<!-- bench:end -->"
+FIRST: Final = ("swarm", "small_files")
 
 
 def write_result(name: str, result: Mapping[str, Any]) -> Path:
@@ -88,14 +89,16 @@ def render_all(results: Sequence[Mapping[str, Any]]) -> str:
 
 
 def load_results(folder: Path = RESULTS) -> list[dict[str, Any]]:
-    """Every ``*.json`` under ``folder``, by name; unreadable files become a note."""
+    """Every ``*.json`` under ``folder``, the headline ones first, then by name; unreadable
+    files become a note."""
     results = []
-    for path in sorted(folder.glob("*.json")):
+    for path in sorted(folder.glob("*.json"), key=lambda p: (p.stem not in FIRST, p.stem)):
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             data = {"name": path.stem, "notes": [f"unreadable: {exc}"]}
-        results.append(data if isinstance(data, dict) else {"name": path.stem, "value": data})
+        results.append({"name": path.stem, **data} if isinstance(data, dict)
+                       else {"name": path.stem, "value": data})
     return results
 
 

@@ -20,7 +20,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import anyio
 
@@ -80,7 +80,7 @@ class Lab:
         stop(list(reversed(self._procs)))
         self._procs.clear()
 
-    def __enter__(self) -> Lab:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
@@ -165,8 +165,8 @@ async def _download(endpoint: str, request: DownloadRequest, t0: float) -> dict[
     client = ApiClient(endpoint)
     try:
         status = await client.start(request)
-        async for status in client.progress(status["task_id"]):
-            pass
+        async for update in client.progress(status["task_id"]):
+            status = update
     finally:
         await client.close()
     if status.get("state") != "succeeded":

@@ -53,3 +53,13 @@ def test_summary_reports_efficiency_against_the_bound() -> None:
     assert summary["eff_p50"] == 1.0
     assert summary["origin_ratio"] == 1.5
     assert math.isclose(summary["eff_p99"], 0.5)
+
+
+def test_origin_byte_ranges_follow_http_semantics() -> None:
+    from bench.swarm_origin import byte_range
+
+    assert byte_range(slice(0, 10), 100) == (0, 10)
+    assert byte_range(slice(90, 200), 100) == (90, 100)
+    assert byte_range(slice(-10, None), 100) == (90, 100)
+    assert byte_range(slice(5, None), 100) == (5, 100)
+    assert byte_range(slice(100, None), 100) is None
