@@ -4,6 +4,7 @@ download, a standby takes the partitions over by replaying them, and no download
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -11,17 +12,25 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
+from events.log import LogRecord
 from events.subjects import partition
+from services.eventlog import dump
 from services.peer.get import ApiClient
 from services.peer.request import DownloadRequest
 from services.peer.swarm import ChildService, Origin, OriginFaults, Swarm
+from services.scheduler.replay import replay
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 PIECE = 32 << 10
 SIZE = 16 * PIECE + 123
 PEERS = 4
+
+
+def decode_record(line: str) -> LogRecord:
+    return msgspec.json.decode(line, type=LogRecord)
 
 
 def owned(service: ChildService) -> list[int]:
@@ -84,3 +93,11 @@ async def test_killing_the_owning_scheduler_mid_download_fails_no_download(
     # fetch from the origin themselves.
     late = [results[f"peer-{i}"] for i in range(PEERS // 2 + 1, PEERS + 1)]
     assert all(r["bytes_from_peers"] > 0 for r in late), late
+
+    # Both schedulers' decisions come out of an offline replay of the log, exactly.
+    dumped = io.StringIO()
+    await dump(nats_url, None, dumped)
+    records = [decode_record(line) for line in dumped.getvalue().splitlines()]
+    result = replay(records, cluster)
+    assert len(result.recorded) >= PEERS + 1
+    assert result.mismatches() == ([], [])
