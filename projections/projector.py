@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import Final
 
 import duckdb
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
-from events.bus import Consumer, Delivered
+from events.bus import Consumer, Delivered, dead_letter
 from projections import by_name, store
 
 log = logging.getLogger("damselfly.projections")
@@ -42,6 +43,31 @@ async def _gather(consumer: Consumer, max_events: int) -> list[Delivered]:
     return items
 
 
+# Errors in the data rather than the machine (a value out of a column's range, say): the
+# same event fails on every retry, so it is dead-lettered instead of retried.
+POISON: Final = (duckdb.DataError, duckdb.IntegrityError)
+
+
+async def apply_and_ack(js: JetStreamContext, con: duckdb.DuckDBPyConnection, stream: str,
+                        items: Sequence[Delivered]) -> int:
+    """Apply a batch in one transaction and ack it. If an event in it can never be applied,
+    apply the events one by one instead: the culprit is dead-lettered and stepped over, the
+    rest land. Raises ``duckdb.Error`` for other failures (nothing of the batch is kept)."""
+    try:
+        applied = await asyncio.to_thread(store.apply_batch, con, stream,
+                                          [(item.seq, item.event) for item in items])
+    except POISON as exc:
+        if len(items) > 1:
+            return sum([await apply_and_ack(js, con, stream, [item]) for item in items])
+        (item,) = items
+        await asyncio.to_thread(store.skip, con, stream, item.seq)
+        await dead_letter(js, item.msg, f"cannot be projected: {type(exc).__name__}: {exc}")
+        return 0
+    for item in items:
+        await item.msg.ack()
+    return applied
+
+
 class Projector:
     """Keeps every projection up to date with the streams until stopped."""
 
@@ -61,10 +87,7 @@ class Projector:
         async with self._lock:
             if generation != self._generation:
                 return False  # read before a rebuild; the new consumer reads it again
-            batch = [(item.seq, item.event) for item in items]
-            self.applied += await asyncio.to_thread(store.apply_batch, self._con, stream, batch)
-        for item in items:
-            await item.msg.ack()
+            self.applied += await apply_and_ack(self._js, self._con, stream, items)
         return True
 
     async def _follow(self, stream: str, stop: asyncio.Event) -> None:
@@ -114,10 +137,7 @@ async def replay(js: JetStreamContext, con: duckdb.DuckDBPyConnection, *,
         consumer = Consumer(js, stream=stream, start_seq=first, batch=batch)
         try:
             while items := await _gather(consumer, max_events):
-                pairs = [(item.seq, item.event) for item in items]
-                applied += await asyncio.to_thread(store.apply_batch, con, stream, pairs)
-                for item in items:
-                    await item.msg.ack()
+                applied += await apply_and_ack(js, con, stream, items)
                 if items[-1].msg.metadata.num_pending == 0:
                     break
         finally:

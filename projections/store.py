@@ -138,6 +138,16 @@ def apply_batch(con: duckdb.DuckDBPyConnection, stream: str,
     return applied
 
 
+def skip(con: duckdb.DuckDBPyConnection, stream: str, seq: int) -> None:
+    """Move every projection of ``stream`` that stands before ``seq`` to it, leaving out an
+    event none of them can apply. Only for the next event in order after the watermarks."""
+    marks = watermarks(con)
+    behind = [p.name for p in readers(stream) if marks.get((p.name, stream), 0) < seq]
+    if behind:
+        con.execute("INSERT OR REPLACE INTO projection_watermarks "
+                    "SELECT unnest($1::VARCHAR[]), $2, $3", [behind, stream, seq])
+
+
 def reset(con: duckdb.DuckDBPyConnection, projections: Sequence[Projection]) -> None:
     """Drop the projections' tables, views and watermarks and create them empty, atomically."""
     con.execute("BEGIN TRANSACTION")

@@ -15,7 +15,10 @@ import duckdb
 import pytest
 from nats.js import JetStreamContext
 
-from events.bus import Publisher
+from events.bus import DEAD_REASON, Publisher
+from events.codec import decode
+from events.subjects import dlq_subject
+from events.tasks import PieceFinished
 from events.streams import ensure_streams
 from projections import PROJECTIONS, store
 from projections.projector import Projector
@@ -139,3 +142,23 @@ async def test_live_rebuild_of_one_projection_replays_to_identical_rows(
         assert before == expected(tmp_path, THIRD)
     finally:
         con.close()
+
+
+async def test_an_event_no_projection_can_hold_is_dead_lettered_and_stepped_over(
+        js: JetStreamContext, tmp_path: Path) -> None:
+    swarm = Swarm(cluster="c4", tasks=1, peers_per_task=2, pieces=3)
+    log = list(events(swarm))
+    task = next(e.task_id for e in log if isinstance(e, PieceFinished))
+    poison = PieceFinished(id="too-long", at=swarm.start, cluster="c4", task_id=task,
+                           peer_id="c4-host0-t0", piece=9, length=2**63 + 5, digest="d")
+    await Publisher(js).publish_many([*log[:20], poison, *log[20:]])
+    con = store.connect(tmp_path / "p.duckdb")
+    try:
+        async with running(js, con):
+            await caught_up(js, con)
+        assert rows(con) == expected(tmp_path, swarm)
+    finally:
+        con.close()
+    dead = await js.get_last_msg("DF_DLQ", dlq_subject("DF_TASKS"))
+    assert decode(dead.data) == poison
+    assert "cannot be projected: ConversionException" in dead.headers[DEAD_REASON]
