@@ -17,9 +17,9 @@ from nats.js import JetStreamContext
 
 from events.bus import DEAD_REASON, Publisher
 from events.codec import decode
+from events.streams import ensure_streams
 from events.subjects import dlq_subject
 from events.tasks import PieceFinished
-from events.streams import ensure_streams
 from projections import PROJECTIONS, store
 from projections.projector import Projector
 from projections.synthetic import Swarm, by_stream, events
