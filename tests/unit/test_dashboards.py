@@ -4,6 +4,7 @@ figures the events imply; results print as a table, CSV or JSON."""
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 from pathlib import Path
@@ -47,6 +48,15 @@ def test_every_panel_returns_rows(con: duckdb.DuckDBPyConnection) -> None:
         assert run(con, panel.name), panel.name
 
 
+def test_every_panel_runs_on_an_empty_database(tmp_path: Path) -> None:
+    empty = store.connect(tmp_path / "empty.duckdb")
+    try:
+        for panel in dashboards.panels():
+            assert store.query(empty, panel.sql).rows == [], panel.name
+    finally:
+        empty.close()
+
+
 def test_traffic_panels_split_origin_and_peer_bytes(con: duckdb.DuckDBPyConnection) -> None:
     # per task the seed fetches the file from the origin once, succeeding peers from the seed
     from_origin = SWARM.tasks
@@ -56,8 +66,26 @@ def test_traffic_panels_split_origin_and_peer_bytes(con: duckdb.DuckDBPyConnecti
     assert sum(r["origin_mib"] for r in traffic) == pytest.approx(from_origin * mib)
     assert sum(r["p2p_mib"] for r in traffic) == pytest.approx(from_peers * mib)
     ratio = run(con, "back_to_source_ratio")
-    assert len(ratio) == len(traffic)
+    assert [r["minute"] for r in ratio] == [r["minute"] for r in traffic]
     assert all(0 <= r["back_to_source_ratio"] <= 1 for r in ratio)
+
+
+def test_quiet_minutes_are_rows_too(tmp_path: Path) -> None:
+    early = Swarm(cluster="a", tasks=1, pieces=4)
+    late = Swarm(cluster="b", tasks=1, pieces=4, start=early.start + 300)
+    con = store.connect(tmp_path / "gap.duckdb")
+    try:
+        for stream, items in by_stream([*events(early), *events(late)]).items():
+            store.apply_batch(con, stream, items)
+        traffic = run(con, "p2p_vs_origin")
+        ratio = run(con, "back_to_source_ratio")
+    finally:
+        con.close()
+    minutes = [r["minute"] for r in traffic]
+    assert minutes == [minutes[0] + dt.timedelta(minutes=m) for m in range(6)]
+    assert [r["origin_mib"] > 0 for r in traffic] == [True, False, False, False, False, True]
+    assert [r["back_to_source_ratio"] is None for r in ratio] == [False, True, True, True,
+                                                                   True, False]
 
 
 def test_top_tasks_and_job_outcomes(con: duckdb.DuckDBPyConnection) -> None:

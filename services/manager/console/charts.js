@@ -4,7 +4,7 @@
 const Charts = (() => {
   const NS = "http://www.w3.org/2000/svg";
   const COLORS = ["#2f6fdb", "#e8743b", "#19a979", "#945ecf", "#ed4a7b", "#13a4b4", "#6c8893"];
-  const W = 500, H = 220, L = 48, R = 12, T = 10, B = 46;
+  const W = 500, H = 220, L = 48, R = 24, T = 10, B = 46;
 
   function el(name, attrs, parent) {
     const node = document.createElementNS(NS, name);
@@ -64,9 +64,15 @@ const Charts = (() => {
     const n = data.rows.length;
     const x = i => L + (n > 1 ? (W - L - R) * i / (n - 1) : (W - L - R) / 2);
     for (const s of series) {
-      const pts = s.values.map((v, i) => (v === null ? null : `${x(i)},${y(v)}`)).filter(Boolean);
-      el("polyline", { points: pts.join(" "), fill: "none", stroke: s.color, "stroke-width": 2,
-                       class: "series", "data-series": s.name }, svg);
+      // a missing value breaks the line rather than bridging the gap
+      const runs = [[]];
+      s.values.forEach((v, i) => {
+        if (v === null) { if (runs[runs.length - 1].length) runs.push([]); }
+        else runs[runs.length - 1].push(`${x(i)},${y(v)}`);
+      });
+      for (const run of runs.filter(r => r.length))
+        el("polyline", { points: run.join(" "), fill: "none", stroke: s.color, "stroke-width": 2,
+                         class: "series", "data-series": s.name }, svg);
       s.values.forEach((v, i) => {
         if (v !== null) el("circle", { cx: x(i), cy: y(v), r: n > 40 ? 1.5 : 3, fill: s.color }, svg);
       });
