@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import json
 import logging
 import time
@@ -51,6 +52,10 @@ STALE_AFTER: Final = DEDUP_WINDOW - 20.0
 Key = tuple[float, str, int]
 
 
+class Unpublished(Exception):
+    """Told to stop while decisions could not be published: the state is ahead of the log."""
+
+
 class Snapshot(msgspec.Struct, kw_only=True):
     """A partition's state and how far into each stream it has folded."""
 
@@ -81,6 +86,7 @@ class Feed:
         self.stream = stream
         self._subjects = subjects
         self._after = after_seq
+        self._held: list[Logged] = []  # fetched, not yet handed out
         self._sub: JetStreamContext.PullSubscription | None = None
 
     async def _subscription(self) -> JetStreamContext.PullSubscription:
@@ -92,37 +98,50 @@ class Feed:
             self._sub = await self._js.pull_subscribe("", stream=self.stream, config=config)
         return self._sub
 
-    async def fetch(self, batch: int, timeout: float) -> list[Logged]:
-        """Up to ``batch`` events; waits up to ``timeout`` when none is stored yet."""
-        sub = await self._subscription()
+    async def drain(self) -> list[Logged]:
+        """Every event stored before this call and not handed out yet.
+
+        Raises ``nats.errors.Error`` when the server is away; what was fetched is kept for
+        the next call and the consumer is made again from where it stopped.
+        """
         try:
-            msgs = await sub.fetch(batch, timeout=timeout)
-        except TimeoutError:  # nats' own TimeoutError subclasses it
-            return []
-        out: list[Logged] = []
-        for msg in msgs:
-            meta = msg.metadata
-            try:
-                event = decode(msg.data)
-            except EventDecodeError as exc:
-                await dead_letter(self._js, msg, f"undecodable: {exc}")
-                continue
-            out.append(Logged((meta.timestamp.timestamp(), self.stream, meta.sequence.stream),
-                              event, msg))
+            sub = await self._subscription()
+            while (pending := (await sub.consumer_info()).num_pending or 0) > 0:
+                for msg in await sub.fetch(min(pending, 1024), timeout=5.0):
+                    await self._hold(msg)
+        except (TimeoutError, NatsError):
+            await self.close()
+            raise
+        out, self._held = self._held, []
         return out
 
-    async def drain(self) -> list[Logged]:
-        """Every event stored before this call (and not yet returned)."""
-        sub = await self._subscription()
-        out: list[Logged] = []
-        while (pending := (await sub.consumer_info()).num_pending or 0) > 0:
-            out += await self.fetch(min(pending, 1024), timeout=5.0)
-        return out
+    async def _hold(self, msg: Msg) -> None:
+        meta = msg.metadata
+        self._after = meta.sequence.stream
+        try:
+            event = decode(msg.data)
+        except EventDecodeError as exc:
+            await _dead_letter_quietly(self._js, msg, exc)
+            return
+        self._held.append(Logged((meta.timestamp.timestamp(), self.stream, meta.sequence.stream),
+                                 event, msg))
 
     async def close(self) -> None:
         if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
+            sub, self._sub = self._sub, None
+            try:
+                await sub.unsubscribe()
+            except (TimeoutError, NatsError):
+                pass  # the server is away; it drops the inactive consumer by itself
+
+
+async def _dead_letter_quietly(js: JetStreamContext, msg: Msg, exc: Exception) -> None:
+    """Copy an undecodable message to the dead-letter subject if the server lets us; the
+    partition skips it either way."""
+    try:
+        await dead_letter(js, msg, f"undecodable: {exc}")
+    except (TimeoutError, NatsError) as err:
+        log.error("skipped %s (%s); no dead-letter copy: %s", msg.subject, exc, err)
 
 
 class LiveFeed:
@@ -145,7 +164,7 @@ class LiveFeed:
         try:
             event = decode(msg.data)
         except EventDecodeError as exc:
-            await dead_letter(self._js, msg, f"undecodable: {exc}")
+            await _dead_letter_quietly(self._js, msg, exc)
             return
         self._buffer.append(Logged((meta.timestamp.timestamp(), "DF_TASKS", meta.sequence.stream),
                                    event, msg))
@@ -169,6 +188,12 @@ class LiveFeed:
         if not self._buffer:
             self._arrived.clear()
         return out
+
+    def unread(self, items: list[Logged]) -> None:
+        """Put fetched events back, first in line, when the round could not use them."""
+        if items:
+            self._buffer[:0] = items
+            self._arrived.set()
 
     async def close(self) -> None:
         if self._sub is not None:
@@ -237,7 +262,15 @@ class PartitionWorker:
         last_save = time.monotonic()
         try:
             while not stop.is_set():
-                await self.round(tasks, feeds, stop)
+                try:
+                    await self.round(tasks, feeds, stop)
+                except Unpublished:
+                    return  # no snapshot past decisions that never went out
+                except (TimeoutError, NatsError) as exc:
+                    log.warning("partition %d: %s; retrying", self.part, exc or type(exc).__name__)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 1.0)
+                    continue
                 if time.monotonic() - last_save >= self._snapshot_every:
                     await self.save()
                     last_save = time.monotonic()
@@ -252,9 +285,17 @@ class PartitionWorker:
         """One fetch: fold task and side events in log order, then publish the decisions."""
         known = self._side[-1].key if self._side else None
         items = await tasks.fetch(self._batch, self._poll)
-        for drained in await asyncio.gather(*(feed.drain() for feed in feeds)):
+        failure: BaseException | None = None
+        for drained in await asyncio.gather(*(feed.drain() for feed in feeds),
+                                            return_exceptions=True):
+            if isinstance(drained, BaseException):
+                failure = drained
+                continue
             for side in drained:
                 bisect.insort(self._side, side)
+        if failure is not None:
+            tasks.unread(items)
+            raise failure
         # Side events stored after the last task event fetched wait for a later task event,
         # or for a poll that found none: by then every task event stored before the side
         # events drained last round has been pushed to us.
@@ -303,7 +344,7 @@ class PartitionWorker:
                 return
             except (TimeoutError, NatsError) as exc:
                 if stop.is_set():
-                    raise
+                    raise Unpublished(f"{len(out)} decisions") from exc
                 log.warning("partition %d: publishing %d decisions failed (%s); retrying",
                             self.part, len(out), exc)
                 await asyncio.sleep(0.5)
@@ -457,6 +498,10 @@ class Scheduler:
             while not stop.is_set():
                 await asyncio.sleep(min(self._keepalive_timeout / 4, 2.0))
                 now = time.monotonic()
+                if not self._nc.is_connected:  # their keepalives cannot reach us: not their fault
+                    for host_id, (_, last_id) in list(seen.items()):
+                        seen[host_id] = (now, last_id)
+                    continue
                 for owned in list(self.owned.values()):
                     for host_id in owned.worker.state.hosts:
                         seen.setdefault(host_id, (now, "unseen"))
