@@ -7,7 +7,7 @@
 2. End to end: the same kind of log published to an embedded nats-server and projected by
    the real ``Projector`` until its watermarks reach the streams' ends, against pulling,
    decoding and acking the same messages with no DuckDB at all.
-3. Panels: every dashboard panel run 20 times over projections holding the rows of
+3. Panels: every dashboard panel run 50 times over projections holding the rows of
    ``PIECE_EVENTS`` piece events (10 million: 1,000 tasks x 100 peers x 100 pieces over a
    day). Those rows are built with SQL that aggregates a generated 10M-row piece table the
    way ``projections.pieces`` folds events — pushing 10M events through Python would take
@@ -43,7 +43,7 @@ APPLY_SWARM = Swarm(cluster="bench", tasks=40, peers_per_task=50, pieces=100)  #
 NATS_SWARM = Swarm(cluster="nats", tasks=10, peers_per_task=40, pieces=100)  # ~41k events
 TASKS, PEERS, PIECES = 1000, 100, 100
 PIECE_EVENTS = TASKS * PEERS * PIECES
-RUNS = 20
+RUNS = 50
 
 
 def encoded_log(swarm: Swarm) -> dict[str, list[tuple[int, bytes]]]:

@@ -6,6 +6,7 @@ used by the manager itself. Times are derived from ``start`` so two calls give e
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -42,8 +43,9 @@ class Swarm:
     seed: int = 7
 
 
-def _task_id(n: int) -> str:
-    return f"{n:08x}" + "ab" * 28
+def task_id(cluster: str, n: int) -> str:
+    """The id of the swarm's ``n``-th task (hex, like a real one)."""
+    return hashlib.sha256(f"{cluster}/{n}".encode()).hexdigest()
 
 
 def events(swarm: Swarm) -> Iterator[Event]:
@@ -62,7 +64,7 @@ def events(swarm: Swarm) -> Iterator[Event]:
                             idc="idc-a" if i % 2 else "idc-b", location="eu|fr")
     length = swarm.pieces * swarm.piece_length
     for n in range(swarm.tasks):
-        task = _task_id(n)
+        task = task_id(c, n)
         url = f"http://origin.example/files/{n}.bin"
         seed_peer = f"{seed_host}-t{n}"
         reg = f"reg-{seed_peer}"
@@ -124,10 +126,10 @@ def events(swarm: Swarm) -> Iterator[Event]:
     t += 1.0
     yield PreheatRequested(id=f"req-{job}", at=t, job_id=job, url="http://origin.example/0.bin",
                            scheduler_cluster_ids=[c])
-    yield JobStarted(id=f"start-{job}", at=t + 0.1, job_id=job, task_ids=[_task_id(0)],
+    yield JobStarted(id=f"start-{job}", at=t + 0.1, job_id=job, task_ids=[task_id(c, 0)],
                      host_ids=[seed_host])
     yield JobProgressed(id=f"prog-{job}", at=t + 0.5, job_id=job, host_id=seed_host,
-                        task_id=_task_id(0), state="succeeded")
+                        task_id=task_id(c, 0), state="succeeded")
     yield JobSucceeded(id=f"done-{job}", at=t + 0.6, job_id=job)
 
 

@@ -11,7 +11,7 @@ import pytest
 from events.tasks import PeerRegistered, PieceFinished
 from projections import PROJECTIONS, by_name, store
 from projections.model import ADD, LAST, MAX, MIN, Column, Patches, Table
-from projections.synthetic import Swarm, by_stream, events
+from projections.synthetic import Swarm, by_stream, events, task_id
 
 SWARM = Swarm(tasks=2, peers_per_task=3, pieces=4, failing_peers=1)
 
@@ -39,8 +39,8 @@ def con(tmp_path: Path) -> duckdb.DuckDBPyConnection:
 def test_peers_count_bytes_by_where_they_came_from(con: duckdb.DuckDBPyConnection) -> None:
     length = SWARM.pieces * SWARM.piece_length
     rows = con.execute("SELECT peer_id, state, bytes_from_origin, bytes_from_peers, pieces, "
-                       "back_to_source FROM peers WHERE task_id LIKE '00000000%' "
-                       "ORDER BY peer_id").fetchall()
+                       "back_to_source FROM peers WHERE task_id = ? ORDER BY peer_id",
+                       [task_id(SWARM.cluster, 0)]).fetchall()
     assert rows == [
         ("c1-host0-t0", "failed", 0, 0, 0, None),
         ("c1-host1-t0", "succeeded", 0, length, SWARM.pieces, None),
@@ -70,8 +70,8 @@ def test_decisions_and_their_latency_from_registration(con: duckdb.DuckDBPyConne
     assert kinds == {"seed_triggered": SWARM.tasks, "back_to_source": SWARM.tasks,
                      "parents_assigned": SWARM.tasks * SWARM.peers_per_task}
     parents = con.execute("SELECT DISTINCT parents, parent_count, seed_parents FROM decisions "
-                          "WHERE kind = 'parents_assigned' AND task_id LIKE '00000000%'"
-                          ).fetchall()
+                          "WHERE kind = 'parents_assigned' AND task_id = ?",
+                          [task_id(SWARM.cluster, 0)]).fetchall()
     assert parents == [(["c1-seed-t0"], 1, 1)]
     latencies = con.execute("SELECT kind, min(latency_ms), max(latency_ms) FROM decision_latency "
                             "WHERE kind != 'seed_triggered' GROUP BY kind ORDER BY kind").fetchall()
@@ -150,3 +150,21 @@ def test_patches_merge_each_column_by_its_rule() -> None:
     patches.put(("a",), n=2, s=None, lo=3.0, hi=9.0)
     patches.put(("a",), n=4, s="y", lo=None, hi=1.0)
     assert patches.rows == {("a",): {"n": 7, "s": "y", "lo": 3.0, "hi": 9.0}}
+
+
+def test_an_open_read_never_blocks_the_writer(con: duckdb.DuckDBPyConnection) -> None:
+    reader = con.cursor()
+    try:
+        reader.execute("BEGIN TRANSACTION")
+        (before,) = reader.execute("SELECT count(*) FROM tasks").fetchone()  # type: ignore[misc]
+        more = Swarm(cluster="c9", tasks=1, peers_per_task=1, pieces=1, failing_peers=0)
+        for stream, items in by_stream(events(more)).items():
+            after = store.start_seq(con, stream) - 1
+            store.apply_batch(con, stream, [(after + seq, e) for seq, e in items])
+        assert con.execute("SELECT count(*) FROM tasks").fetchone() == (before + 1,)
+        # the reader keeps its snapshot until it ends its transaction
+        assert reader.execute("SELECT count(*) FROM tasks").fetchone() == (before,)
+        reader.execute("COMMIT")
+        assert reader.execute("SELECT count(*) FROM tasks").fetchone() == (before + 1,)
+    finally:
+        reader.close()
