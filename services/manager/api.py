@@ -80,7 +80,7 @@ async def overview(request: Request) -> dict[str, object]:
 
 
 @router.get("/hosts")
-async def hosts(request: Request, q: str = "", limit: Annotated[int, Query(le=1000)] = 200
+async def hosts(request: Request, q: str = "", limit: Annotated[int, Query(ge=1, le=1000)] = 200
                 ) -> list[dict[str, object]]:
     return await _reader(request).records(
         "SELECT * FROM hosts WHERE host_id ILIKE ? OR hostname ILIKE ? OR ip ILIKE ? "
@@ -88,7 +88,7 @@ async def hosts(request: Request, q: str = "", limit: Annotated[int, Query(le=10
 
 
 @router.get("/tasks")
-async def tasks(request: Request, q: str = "", limit: Annotated[int, Query(le=1000)] = 200
+async def tasks(request: Request, q: str = "", limit: Annotated[int, Query(ge=1, le=1000)] = 200
                 ) -> list[dict[str, object]]:
     return await _reader(request).records(
         "SELECT * FROM tasks WHERE task_id ILIKE ? OR url ILIKE ? "
@@ -111,7 +111,7 @@ async def task(request: Request, task_id: str) -> dict[str, object]:
 
 @router.get("/peers")
 async def peers(request: Request, q: str = "", state: str = "",
-                limit: Annotated[int, Query(le=1000)] = 200) -> list[dict[str, object]]:
+                limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[dict[str, object]]:
     return await _reader(request).records(
         "SELECT * FROM peers WHERE (peer_id ILIKE ? OR host_id ILIKE ? OR task_id ILIKE ?) "
         "AND (? = '' OR state = ?) ORDER BY updated_at DESC NULLS LAST, peer_id LIMIT ?",
@@ -134,7 +134,7 @@ async def peer(request: Request, task_id: str, peer_id: str) -> dict[str, object
 
 
 @router.get("/jobs")
-async def jobs(request: Request, limit: Annotated[int, Query(le=1000)] = 200
+async def jobs(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 200
                ) -> list[dict[str, object]]:
     return await _reader(request).records(
         "SELECT * FROM jobs ORDER BY requested_at DESC NULLS LAST, job_id LIMIT ?", [limit])
@@ -191,8 +191,21 @@ async def sql(request: Request, body: SqlBody) -> dict[str, object]:
 
 @router.get("/projections")
 async def projections(request: Request) -> list[dict[str, object]]:
-    return await _reader(request).records(
+    """Each projection's watermark per stream, and how far behind the stream's end it is."""
+    marks = await _reader(request).records(
         "SELECT * FROM projection_watermarks ORDER BY projection, stream")
+    have = {(m["projection"], m["stream"]): m["last_seq"] for m in marks}
+    out = []
+    for stream in store.streams():
+        try:
+            last: int | None = (await request.app.state.js.stream_info(stream)).state.last_seq
+        except (NatsError, TimeoutError):
+            last = None
+        for p in store.readers(stream):
+            seq = int(str(have.get((p.name, stream), 0)))
+            out.append({"projection": p.name, "stream": stream, "last_seq": seq,
+                        "stream_last_seq": last, "lag": None if last is None else last - seq})
+    return out
 
 
 class RebuildBody(BaseModel):

@@ -17,6 +17,7 @@ import pytest
 
 from events.bus import Publisher
 from events.streams import ensure_streams
+from projections import PROJECTIONS
 from projections.synthetic import Swarm, events
 from services.natsconn import connect
 from services.procs import spawn, stop, wait_ready
@@ -152,6 +153,12 @@ def test_every_panel_is_served_with_rows(manager: dict[str, str]) -> None:
     for panel in panels:
         body = get(manager["url"] + "/api/v1/dashboards/" + panel["name"])
         assert body["rows"] and body["chart"] == panel["chart"], panel["name"]
+
+
+def test_projections_report_their_lag(manager: dict[str, str]) -> None:
+    marks = get(manager["url"] + "/api/v1/projections")
+    assert {m["projection"] for m in marks} == {p.name for p in PROJECTIONS}
+    assert all(m["lag"] == 0 and m["last_seq"] == m["stream_last_seq"] for m in marks), marks
 
 
 def test_live_rebuild_through_the_cli_restores_the_rows(manager: dict[str, str]) -> None:
