@@ -65,7 +65,9 @@ const enc = encodeURIComponent;
 const views = {
   overview() {
     $view.replaceChildren(...section("Totals", "totals"), ...section("Clusters", "clusters"),
-      ...section("Schedulers", "schedulers"), ...section("Jobs", "jobstates"), h("h2", {}, "Traffic"), h("div", { class: "grid", id: "ovpanels" }));
+      ...section("Schedulers", "schedulers"), ...section("Jobs", "jobstates"),
+      h("h2", {}, "Traffic"), h("div", { class: "grid", id: "ovpanels" }),
+      ...section("Projections", "projections"));
     const boxes = [];
     let panels;
     return async () => {
@@ -80,6 +82,8 @@ const views = {
         for (const p of panels) { const b = panelBox(p); boxes.push(b); document.getElementById("ovpanels").append(b.box); }
       }
       await Promise.all(boxes.map(b => b.refresh()));
+      fill("projections", records(await api("/projections"), ["projection", "stream", "last_seq",
+        "stream_last_seq", "lag"]));
     };
   },
   tasks() {
