@@ -28,6 +28,9 @@ def _reader(request: Request) -> Reader:
     return reader
 
 
+LIKE = "ILIKE ? ESCAPE '\\'"  # with _like(q): a search for "a_b" matches only "a_b"
+
+
 def _like(q: str) -> str:
     return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
@@ -83,7 +86,7 @@ async def overview(request: Request) -> dict[str, object]:
 async def hosts(request: Request, q: str = "", limit: Annotated[int, Query(ge=1, le=1000)] = 200
                 ) -> list[dict[str, object]]:
     return await _reader(request).records(
-        "SELECT * FROM hosts WHERE host_id ILIKE ? OR hostname ILIKE ? OR ip ILIKE ? "
+        f"SELECT * FROM hosts WHERE host_id {LIKE} OR hostname {LIKE} OR ip {LIKE} "
         "ORDER BY cluster, seed DESC, host_id LIMIT ?", [_like(q)] * 3 + [limit])
 
 
@@ -91,7 +94,7 @@ async def hosts(request: Request, q: str = "", limit: Annotated[int, Query(ge=1,
 async def tasks(request: Request, q: str = "", limit: Annotated[int, Query(ge=1, le=1000)] = 200
                 ) -> list[dict[str, object]]:
     return await _reader(request).records(
-        "SELECT * FROM tasks WHERE task_id ILIKE ? OR url ILIKE ? "
+        f"SELECT * FROM tasks WHERE task_id {LIKE} OR url {LIKE} "
         "ORDER BY updated_at DESC NULLS LAST, task_id LIMIT ?", [_like(q), _like(q), limit])
 
 
@@ -113,7 +116,7 @@ async def task(request: Request, task_id: str) -> dict[str, object]:
 async def peers(request: Request, q: str = "", state: str = "",
                 limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[dict[str, object]]:
     return await _reader(request).records(
-        "SELECT * FROM peers WHERE (peer_id ILIKE ? OR host_id ILIKE ? OR task_id ILIKE ?) "
+        f"SELECT * FROM peers WHERE (peer_id {LIKE} OR host_id {LIKE} OR task_id {LIKE}) "
         "AND (? = '' OR state = ?) ORDER BY updated_at DESC NULLS LAST, peer_id LIMIT ?",
         [_like(q)] * 3 + [state, state, limit])
 

@@ -115,6 +115,9 @@ def test_overview_tasks_and_drill_down(manager: dict[str, str]) -> None:
     with pytest.raises(urllib.error.HTTPError) as missing:
         get(url + "/tasks/nope")
     assert missing.value.code == 404
+    assert [p["peer_id"] for p in get(url + "/peers?q=host1-t1")] == ["m1-host1-t1"]
+    assert get(url + "/peers?q=%25") == []  # a literal "%", not a wildcard
+    assert len(get(url + "/peers?state=failed")) == SWARM.tasks
     (job,) = get(url + "/jobs")
     assert get(url + "/jobs/" + job["job_id"])["hosts"][0]["state"] == "succeeded"
 
