@@ -49,6 +49,9 @@ log = logging.getLogger("damselfly.scheduler")
 # the dedup window now) or came too late for a peer that already fell back to the origin.
 STALE_AFTER: Final = DEDUP_WINDOW - 20.0
 
+# Missed heartbeats are how an ordered consumer notices that a restarted server lost it.
+HEARTBEAT: Final = 1.0
+
 Key = tuple[float, str, int]
 
 
@@ -177,7 +180,8 @@ class LiveFeed:
                                     opt_start_seq=self._after + 1) if self._after else None
             self._sub = await self._js.subscribe(self._subject, stream="DF_TASKS", cb=self._on_msg,
                                                  ordered_consumer=True, config=config,
-                                                 pending_msgs_limit=1 << 20)
+                                                 pending_msgs_limit=1 << 20,
+                                                 idle_heartbeat=HEARTBEAT)
         if not self._buffer:
             try:
                 await asyncio.wait_for(self._arrived.wait(), timeout)

@@ -8,11 +8,14 @@ import io
 import itertools
 import json
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 from nats.aio.client import Client
@@ -35,6 +38,7 @@ from events.ids import new_id
 from events.log import read_log
 from events.streams import ensure_streams
 from events.subjects import partition
+from services.broker import Broker, nats_server_binary, start_broker
 from services.eventlog import dump
 from services.natsconn import connect
 from services.procs import spawn, stop, wait_ready
@@ -202,6 +206,52 @@ async def test_a_silent_host_is_declared_dead_in_the_log(nc: Client) -> None:
         await swarm.hosts("quiet")
         left = decode((await sub.next_msg(timeout=TIMEOUT)).data)
     assert isinstance(left, HostLeft) and left.reason == "keepalive timeout"
+
+
+def _restart_on_same_port(broker: Broker, data_dir: Path) -> subprocess.Popen[bytes]:
+    """Stop the server and start it again on its port and store, as a restarted node would."""
+    port = urlparse(broker.url).port
+    broker.stop()
+    with (data_dir / "restarted.log").open("wb") as log:
+        proc = spawn([nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port),
+                      "-sd", str(data_dir / "store")], log)
+    for _ in range(200):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        time.sleep(0.05)
+    stop([proc])
+    raise RuntimeError("nats-server did not come back")
+
+
+@pytest.mark.anyio
+async def test_the_scheduler_rides_out_a_nats_restart(tmp_path: Path) -> None:
+    broker = start_broker(tmp_path / "nats")
+    restarted: subprocess.Popen[bytes] | None = None
+    try:
+        sched_nc = await connect(broker.url, "test-restart-scheduler")
+        peers_nc = await connect(broker.url, "test-restart-peers")
+        await ensure_streams(peers_nc.jetstream())
+        swarm = Swarm(peers_nc, "r1")
+        await swarm.hosts("h0", "h1")
+        try:
+            async with running(sched_nc, "r1"):
+                assert isinstance(await swarm.register("p0", "h0"), BackToSourceOrdered)
+                await swarm.fetch_from_origin("p0", range(PIECES))
+                restarted = await asyncio.to_thread(_restart_on_same_port, broker, tmp_path / "nats")
+                for _ in range(400):
+                    if sched_nc.is_connected and peers_nc.is_connected:
+                        break
+                    await asyncio.sleep(0.05)
+                d = await swarm.register("p1", "h1")
+                assert isinstance(d, ParentsAssigned) and [p.peer_id for p in d.parents] == ["p0"]
+        finally:
+            await sched_nc.close()
+            await peers_nc.close()
+    finally:
+        broker.stop()
+        if restarted is not None:
+            stop([restarted])
 
 
 def _owned(ready: Path) -> list[int]:
