@@ -50,6 +50,12 @@ def write_random_file(path: Path, size: int) -> None:
             block = block[1:] + block[:1]  # pieces differ, so no two digests repeat
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -110,6 +116,9 @@ async def run(size: int, work: Path) -> dict[str, Any]:
 
         curl_out = work / "curl.out"
         content = f"{parent.endpoints['upload_url']}/v1/tasks/{task_id}/content"
+        # Both runs write the whole file to this disk: start each with no dirty pages
+        # pending, so that neither pays for the writeback of what came before it.
+        await asyncio.to_thread(os.sync)
         started = time.perf_counter()
         curl = ["curl", "-sf", "-o", str(curl_out), "-H", f"Range: bytes=0-{size - 1}",
                 "-H", f"Authorization: Bearer {mint_token(SECRET, task_id)}", content]
@@ -117,9 +126,13 @@ async def run(size: int, work: Path) -> dict[str, Any]:
         curl_seconds = time.perf_counter() - started
         curl_out.unlink()
 
+        assert child.proc is not None and parent.proc is not None
+        await asyncio.to_thread(os.sync)
+        cpu_before = cpu_seconds(child.proc.pid), cpu_seconds(parent.proc.pid)
         status, child_seconds = await download(str(child.endpoints["api_url"]), request)
         assert status["state"] == "succeeded" and status["bytes_from_peers"] == size, status
-        assert child.proc is not None and parent.proc is not None
+        child_cpu = cpu_seconds(child.proc.pid) - cpu_before[0]
+        parent_cpu = cpu_seconds(parent.proc.pid) - cpu_before[1]
         child_rss, parent_rss = peak_rss_mib(child.proc.pid), peak_rss_mib(parent.proc.pid)
     finally:
         for s in reversed(services):
@@ -135,6 +148,8 @@ async def run(size: int, work: Path) -> dict[str, Any]:
         "curl_from_parent_mib_s": round(size / mib / curl_seconds, 1),
         "ratio_child_to_curl": round(curl_seconds / child_seconds, 3),
         "parent_back_to_source_mib_s": round(size / mib / origin_seconds, 1),
+        "child_cpu_s_during_p2p": round(child_cpu, 2),
+        "parent_cpu_s_during_p2p": round(parent_cpu, 2),
         "child_peak_rss_mib": round(child_rss, 1),
         "parent_peak_rss_mib": round(parent_rss, 1),
         "origin_bytes": origin.bytes_served,

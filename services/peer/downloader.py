@@ -63,7 +63,7 @@ from services.peer.upload import TransferStats, mint_token
 
 log = logging.getLogger("damselfly.peer")
 
-CHUNK: Final = 1 << 20
+CHUNK: Final = 1 << 16
 Decision = ParentsAssigned | BackToSourceOrdered | ScheduleFailed
 
 

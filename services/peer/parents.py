@@ -1,7 +1,7 @@
 """Fetching one piece from a parent's upload server (blocking; run in worker threads).
 
-Each worker thread keeps one keep-alive connection per parent and one reusable buffer, and
-streams the piece to the task file while hashing it, so memory stays flat.
+Each worker thread keeps one keep-alive connection per parent and one small reusable buffer,
+and streams the piece to the task file while hashing it, so memory stays flat.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from urllib.parse import urlsplit
 
 from services.peer.storage import DiskFullError, TaskFile
 
-CHUNK: Final = 1 << 20
+CHUNK: Final = 1 << 16
+"""Small enough that the buffer stays in the CPU cache between recv, hash and write: with
+1 MiB buffers the child spent twice the CPU per byte (measured with bench_peer)."""
 
 FailureKind = Literal["missing", "busy", "failed"]
 
@@ -86,7 +88,9 @@ class ParentClient:
             kind: FailureKind = ("missing" if resp.status in (404, 416)
                                  else "busy" if resp.status == 503 else "failed")
             raise PieceError(kind, f"parent answered {resp.status} {resp.reason}")
-        buf = self._local.__dict__.setdefault("buf", memoryview(bytearray(CHUNK)))
+        buf: memoryview | None = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = memoryview(bytearray(CHUNK))
         digest = hashlib.sha256()
         done = 0
         while done < length:
