@@ -17,6 +17,7 @@ import pytest
 
 from events.bus import Publisher
 from events.streams import ensure_streams
+from events.tasks import PieceFinished
 from projections import PROJECTIONS
 from projections.synthetic import Swarm, events
 from services.natsconn import connect
@@ -211,3 +212,43 @@ def test_overview_lists_schedulers_by_their_leases(manager: dict[str, str], nats
     assert overview["schedulers"] == [{"cluster": "m1", "scheduler": "sched-a",
                                        "partitions": [1, 3]}]
     assert overview["totals"]["schedulers"] == 1
+
+
+def test_a_killed_manager_resumes_without_counting_twice(nats_url: str, tmp_path: Path) -> None:
+    before = Swarm(cluster="k1", tasks=3, peers_per_task=6, pieces=20)
+    after = Swarm(cluster="k2", tasks=2, peers_per_task=5, pieces=30)
+    argv = [sys.executable, "-m", "services.cli", "manager", "--nats", nats_url,
+            "--data-dir", str(tmp_path), "--ready-file", str(tmp_path / "r.json")]
+    query = ("SELECT count(*), sum(pieces), sum(bytes_from_peers) FROM peers "
+             "WHERE cluster IN ('k1', 'k2')")
+
+    def totals(url: str) -> list[object]:
+        return post(url + "/api/v1/sql", {"sql": query})[1]["rows"][0]  # type: ignore[index]
+
+    def expected(*swarms: Swarm) -> list[object]:
+        log = [e for s in swarms for e in events(s)]
+        finished = [e for e in log if isinstance(e, PieceFinished)]
+        return [sum(s.tasks * (s.peers_per_task + 1) for s in swarms), len(finished),
+                sum(e.length for e in finished if e.parent_id)]
+
+    publish(nats_url, before)
+    with open(tmp_path / "first.log", "wb") as out:
+        first = spawn(argv, out)
+    try:
+        url = str(wait_ready(tmp_path / "r.json", first)["url"])
+        wait_for(lambda: totals(url) == expected(before))
+    finally:
+        first.kill()  # no goodbye, no clean shutdown
+        first.wait()
+    publish(nats_url, after)
+    (tmp_path / "r.json").unlink()
+    with open(tmp_path / "second.log", "wb") as out:
+        second = spawn(argv, out)
+    try:
+        url = str(wait_ready(tmp_path / "r.json", second)["url"])
+        wait_for(lambda: totals(url) == expected(before, after))
+    finally:
+        stop([second])
+    assert second.returncode == 0
+    log = (tmp_path / "second.log").read_text()
+    assert "projecting DF_TASKS from sequence 1\n" not in log  # it resumed, not replayed
