@@ -16,7 +16,6 @@ from typing import Final
 from events.codec import AnyEvent
 
 LAST: Final = "last"  # the latest non-null value wins
-FIRST: Final = "first"  # the first non-null value stays
 ADD: Final = "add"  # counters: summed
 MIN: Final = "min"
 MAX: Final = "max"
@@ -64,8 +63,6 @@ def _merge(rule: str, old: Value, new: Value) -> Value:
         return old + new  # type: ignore[operator]
     if rule == LAST:
         return new
-    if rule == FIRST:
-        return old
     if rule == MIN:
         return min(old, new)
     return max(old, new)

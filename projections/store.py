@@ -20,7 +20,7 @@ import duckdb
 
 from events.codec import AnyEvent
 from projections import PROJECTIONS
-from projections.model import ADD, FIRST, LAST, MAX, MIN, Column, Patches, Projection, Table
+from projections.model import ADD, LAST, MAX, MIN, Column, Patches, Projection, Table
 
 WATERMARKS: Final = ("CREATE TABLE IF NOT EXISTS projection_watermarks (projection VARCHAR, "
                      "stream VARCHAR, last_seq BIGINT NOT NULL, PRIMARY KEY (projection, stream))")
@@ -31,7 +31,6 @@ SEALED: Final[dict[str, str | bool | int | float | list[str]]] = {
 
 _ON_CONFLICT: Final = {
     LAST: "{c} = COALESCE(excluded.{c}, {t}.{c})",
-    FIRST: "{c} = COALESCE({t}.{c}, excluded.{c})",
     ADD: "{c} = {t}.{c} + excluded.{c}",
     MIN: "{c} = LEAST({t}.{c}, excluded.{c})",
     MAX: "{c} = GREATEST({t}.{c}, excluded.{c})",
