@@ -168,6 +168,7 @@ def reset(con: duckdb.DuckDBPyConnection, projections: Sequence[Projection]) -> 
 class Result:
     columns: list[str]
     rows: list[tuple[object, ...]]
+    truncated: bool = False  # more rows than asked for were left out
 
 
 class NotReadOnly(ValueError):
@@ -184,11 +185,16 @@ def check_read_only(sql: str) -> None:
         raise NotReadOnly("only one SELECT statement is allowed")
 
 
-def query(con: duckdb.DuckDBPyConnection, sql: str, params: list[object] | None = None) -> Result:
-    """Run one query. Raises ``duckdb.Error`` with DuckDB's message."""
+def query(con: duckdb.DuckDBPyConnection, sql: str, params: list[object] | None = None,
+          max_rows: int | None = None) -> Result:
+    """Run one query, keeping at most ``max_rows`` rows. Raises ``duckdb.Error`` with
+    DuckDB's message."""
     cursor = con.execute(sql, params)
     columns = [d[0] for d in cursor.description or []]
-    return Result(columns, cursor.fetchall())
+    if max_rows is None:
+        return Result(columns, cursor.fetchall())
+    rows = cursor.fetchmany(max_rows + 1)
+    return Result(columns, rows[:max_rows], truncated=len(rows) > max_rows)
 
 
 def plain(value: object) -> object:

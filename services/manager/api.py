@@ -9,7 +9,7 @@ from typing import Annotated
 import duckdb
 from fastapi import APIRouter, HTTPException, Query, Request
 from nats.errors import Error as NatsError
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 import dashboards
 from projections import store
@@ -20,6 +20,7 @@ log = logging.getLogger("damselfly.manager.api")
 router = APIRouter(prefix="/api/v1")
 
 ACTIVE_STATES = "('registered', 'running', 'back_to_source')"
+MAX_ROWS = 100_000  # per answer of the SQL door; the DuckDB file has them all
 
 
 def _reader(request: Request) -> Reader:
@@ -161,7 +162,8 @@ async def dashboard_list() -> list[dict[str, object]]:
 
 
 def _table(result: store.Result) -> dict[str, object]:
-    return {"columns": result.columns, "rows": [[store.plain(v) for v in r] for r in result.rows]}
+    return {"columns": result.columns, "rows": [[store.plain(v) for v in r] for r in result.rows],
+            "truncated": result.truncated}
 
 
 @router.get("/dashboards/{name}")
@@ -177,6 +179,7 @@ async def dashboard(request: Request, name: str) -> dict[str, object]:
 
 class SqlBody(BaseModel):
     sql: str
+    max_rows: Annotated[int, Field(ge=1, le=MAX_ROWS)] = MAX_ROWS
 
 
 @router.post("/sql")
@@ -186,7 +189,7 @@ async def sql(request: Request, body: SqlBody) -> dict[str, object]:
     text = body.sql
     try:
         store.check_read_only(text)
-        result = await _reader(request).query(text)
+        result = await _reader(request).query(text, max_rows=body.max_rows)
     except (store.NotReadOnly, duckdb.Error) as exc:
         raise HTTPException(400, str(exc).splitlines()[0]) from None
     return _table(result)

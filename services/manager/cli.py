@@ -80,6 +80,9 @@ def _run_manager(args: argparse.Namespace) -> int:
 def _run_sql(args: argparse.Namespace) -> int:
     result = resolve(args.db, args.manager, args.data_dir).query(args.sql)
     sys.stdout.write(render(result, args.format))
+    if result.truncated:
+        print(f"damselfly sql: only the first {len(result.rows)} rows; add a LIMIT or read the "
+              "file of a stopped manager for all", file=sys.stderr)
     return 0
 
 

@@ -17,17 +17,19 @@ class Reader:
         self._con = con.cursor()
         self._lock = threading.Lock()
 
-    def _run(self, sql: str, params: list[object] | None) -> store.Result:
+    def _run(self, sql: str, params: list[object] | None, max_rows: int | None
+             ) -> store.Result:
         with self._lock:
             cursor = self._con.cursor()
         try:
-            return store.query(cursor, sql, params)
+            return store.query(cursor, sql, params, max_rows)
         finally:
             cursor.close()
 
-    async def query(self, sql: str, params: list[object] | None = None) -> store.Result:
+    async def query(self, sql: str, params: list[object] | None = None,
+                    max_rows: int | None = None) -> store.Result:
         """Run one query in a worker thread. Raises ``duckdb.Error``."""
-        return await asyncio.to_thread(self._run, sql, params)
+        return await asyncio.to_thread(self._run, sql, params, max_rows)
 
     async def records(self, sql: str, params: list[object] | None = None) -> list[dict[str, object]]:
         result = await self.query(sql, params)

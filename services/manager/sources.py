@@ -80,7 +80,7 @@ class ManagerSource:
     def query(self, sql: str) -> Result:
         reply = self.call("POST", "/api/v1/sql", {"sql": sql})
         assert isinstance(reply, dict)
-        return Result(reply["columns"], [tuple(r) for r in reply["rows"]])
+        return Result(reply["columns"], [tuple(r) for r in reply["rows"]], reply["truncated"])
 
 
 def manager_url(data_dir: Path) -> str | None:

@@ -125,7 +125,11 @@ def test_overview_tasks_and_drill_down(manager: dict[str, str]) -> None:
 
 def test_sql_endpoint_runs_selects_and_refuses_writes(manager: dict[str, str]) -> None:
     status, body = post(manager["url"] + "/api/v1/sql", {"sql": "SELECT count(*) AS n FROM hosts"})
-    assert (status, body) == (200, {"columns": ["n"], "rows": [[SWARM.peers_per_task + 1]]})
+    assert (status, body) == (200, {"columns": ["n"], "rows": [[SWARM.peers_per_task + 1]],
+                                    "truncated": False})
+    status, body = post(manager["url"] + "/api/v1/sql",
+                        {"sql": "SELECT * FROM range(10)", "max_rows": 3})
+    assert (status, body["rows"], body["truncated"]) == (200, [[0], [1], [2]], True)
     status, body = post(manager["url"] + "/api/v1/sql", {"sql": "DELETE FROM hosts"})
     assert status == 400 and "only one SELECT" in body["detail"]
     status, body = post(manager["url"] + "/api/v1/sql", {"sql": "SELECT * FROM nowhere"})
