@@ -256,3 +256,11 @@ def test_a_killed_manager_resumes_without_counting_twice(nats_url: str, tmp_path
     assert second.returncode == 0
     log = (tmp_path / "second.log").read_text()
     assert "projecting DF_TASKS from sequence 1\n" not in log  # it resumed, not replayed
+
+
+def test_a_second_manager_on_the_same_file_is_refused(manager: dict[str, str],
+                                                       nats_url: str) -> None:
+    done = cli("manager", "--nats", nats_url, "--data-dir", manager["dir"])
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("damselfly manager: IO Error: Could not set lock on file")
