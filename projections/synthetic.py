@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from events.base import Event
 from events.codec import AnyEvent
+from events.config import ClusterConfig, ClusterConfigSet
 from events.hosts import HostAnnounced, HostKeepalive
 from events.jobs import JobProgressed, JobStarted, JobSucceeded, PreheatRequested
 from events.sched import BackToSourceOrdered, ParentInfo, ParentsAssigned, SeedPeerTriggered
@@ -55,6 +56,8 @@ def events(swarm: Swarm) -> Iterator[Event]:
     c = swarm.cluster
     seed_host = f"{c}-seed"
     hosts = [f"{c}-host{i}" for i in range(swarm.peers_per_task)]
+    yield ClusterConfigSet(id=f"cfg-{c}", at=t, cluster=c,
+                           config=ClusterConfig(candidate_parent_limit=4, weights={"load": 0.4}))
     yield HostAnnounced(id=f"ann-{seed_host}", at=t, cluster=c, host_id=seed_host,
                         hostname=seed_host, ip="127.0.0.1", upload_url="http://127.0.0.1:1",
                         seed=True, idc="idc-a", location="eu|fr")

@@ -8,6 +8,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from events.config import ClusterConfig, ClusterConfigSet
 from events.tasks import PeerRegistered, PieceFinished
 from projections import PROJECTIONS, by_name, store
 from projections.model import ADD, LAST, MAX, MIN, Column, Patches, Table
@@ -78,6 +79,16 @@ def test_decisions_and_their_latency_from_registration(con: duckdb.DuckDBPyConne
     # synthetic decisions come 5 ms (back to source) and 1–20 ms (parents) after registration
     assert latencies[0] == ("back_to_source", 5, 5)
     assert latencies[1][0] == "parents_assigned" and 1 <= latencies[1][1] <= latencies[1][2] <= 20
+
+
+def test_cluster_configs_keep_the_latest(con: duckdb.DuckDBPyConnection) -> None:
+    assert con.execute("SELECT cluster, candidate_parent_limit, retry_limit, weights->>'load' "
+                       "FROM cluster_configs").fetchall() == [("c1", 4, 5, "0.4")]
+    newer = ClusterConfigSet(id="cfg2", at=SWARM.start + 9, cluster="c1",
+                             config=ClusterConfig(retry_limit=9))
+    store.apply_batch(con, "DF_CONFIG", [(store.start_seq(con, "DF_CONFIG"), newer)])
+    assert con.execute("SELECT candidate_parent_limit, retry_limit, weights "
+                       "FROM cluster_configs").fetchall() == [(3, 9, "{}")]
 
 
 def test_jobs_and_per_host_outcomes(con: duckdb.DuckDBPyConnection) -> None:
