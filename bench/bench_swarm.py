@@ -47,7 +47,7 @@ DEFAULTS: Final = (DaemonCaps(upload_rate=UPLOAD), ClusterConfig())
 
 
 def _timeout(bound: float) -> float:
-    return 60.0 + 20.0 * bound
+    return 60.0 + 5.0 * bound
 
 
 def damselfly(settings: tuple[DaemonCaps, ClusterConfig], peers: int

@@ -77,22 +77,57 @@ def render(result: Mapping[str, Any]) -> str:
         skip = {"name", "title", "measured_at", "cpus", "params", "command", "notes"}
         parts.append(table(["figure", "value"],
                            [(k, v) for k, v in flatten(result) if k not in skip]))
-    for note in result.get("notes", []):
-        parts.append(f"- {note}")
+    if result.get("notes"):
+        parts.append("\n".join(f"- {note}" for note in result["notes"]))
     if result.get("command"):
         parts.append(f"Reproduce: `{result['command']}`")
     return "\n\n".join(parts)
 
 
+def aims(results: Sequence[Mapping[str, Any]]) -> list[tuple[str, object, str, str]]:
+    """The issue's aims against the measured figures: ``(figure, value, aim, met)``; the
+    swarm's at its largest peer count."""
+    by_name = {r.get("name"): r for r in results}
+    out: list[tuple[str, object, str, str]] = []
+
+    def check(figure: str, value: object, aim: str, ok: bool) -> None:
+        out.append((figure, value, aim, "yes" if ok else "no"))
+
+    swarm = [r for r in by_name.get("swarm", {}).get("rows", [])
+             if r.get("system") == "damselfly" and "slowest_s" in r]
+    if swarm:
+        row = max(swarm, key=lambda r: r["peers"])
+        n = row["peers"]
+        check(f"slowest-peer efficiency, N={n}", row["eff_slowest"], ">= 0.8",
+              row["eff_slowest"] >= 0.8)
+        check(f"origin bytes / F, N={n}", row["origin_ratio"], "<= 1.05",
+              row["origin_ratio"] <= 1.05)
+        if "vs_bittorrent" in row:
+            check(f"slowest peer vs BitTorrent, N={n}", row["vs_bittorrent"], "<= 0.8",
+                  row["vs_bittorrent"] <= 0.8)
+    small = [r for r in by_name.get("small_files", {}).get("rows", [])
+             if r.get("files") == "all sizes" and r.get("in_flight") == 1]
+    if small:
+        check("small files p50 latency (ms)", small[0]["p50_ms"], "<= 50",
+              small[0]["p50_ms"] <= 50)
+    return out
+
+
 def render_all(results: Sequence[Mapping[str, Any]]) -> str:
-    return "\n\n".join(render(r) for r in results) + "\n"
+    parts = [render(r) for r in results]
+    if met := aims(results):
+        parts.insert(0, "### Aims\n\n" + table(["figure", "measured", "aim", "met"], met))
+    return "\n\n".join(parts) + "\n"
 
 
 def load_results(folder: Path = RESULTS) -> list[dict[str, Any]]:
     """Every ``*.json`` under ``folder``, the headline ones first, then by name; unreadable
     files become a note."""
     results = []
-    for path in sorted(folder.glob("*.json"), key=lambda p: (p.stem not in FIRST, p.stem)):
+    def order(path: Path) -> tuple[int, str]:
+        return (FIRST.index(path.stem) if path.stem in FIRST else len(FIRST), path.stem)
+
+    for path in sorted(folder.glob("*.json"), key=order):
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from bench.report import BEGIN, END, flatten, render, render_all, splice
+from bench.report import BEGIN, END, aims, flatten, render, render_all, splice
 
 
 def test_a_result_with_rows_renders_its_columns_that_have_values() -> None:
@@ -46,3 +46,30 @@ def test_splice_appends_markers_when_missing() -> None:
     out = splice("# Bench\n", render_all([{"name": "a", "value": 1}]))
     assert out.startswith("# Bench\n\n" + BEGIN + "\n### a")
     assert out.endswith(END + "\n")
+
+
+def test_the_aims_table_judges_the_largest_swarm_and_small_files() -> None:
+    swarm = {"name": "swarm", "columns": ["system"], "rows": [
+        {"system": "damselfly", "peers": 10, "slowest_s": 9.0, "eff_slowest": 0.6,
+         "origin_ratio": 1.0, "vs_bittorrent": 0.75},
+        {"system": "damselfly", "peers": 50, "slowest_s": 9.0, "eff_slowest": 0.81,
+         "origin_ratio": 1.2, "vs_bittorrent": 0.5},
+        {"system": "damselfly", "peers": 100, "error": "timed out"},
+        {"system": "bittorrent", "peers": 50, "slowest_s": 18.0, "eff_slowest": 0.4,
+         "origin_ratio": 6.5}]}
+    small = {"name": "small_files", "columns": ["files"], "rows": [
+        {"files": "1 KiB", "in_flight": 1, "p50_ms": 20.0},
+        {"files": "all sizes", "in_flight": 1, "p50_ms": 60.0},
+        {"files": "all sizes", "in_flight": 16, "p50_ms": 400.0}]}
+    assert aims([swarm, small]) == [
+        ("slowest-peer efficiency, N=50", 0.81, ">= 0.8", "yes"),
+        ("origin bytes / F, N=50", 1.2, "<= 1.05", "no"),
+        ("slowest peer vs BitTorrent, N=50", 0.5, "<= 0.8", "yes"),
+        ("small files p50 latency (ms)", 60.0, "<= 50", "no"),
+    ]
+    assert render_all([swarm, small]).startswith("### Aims\n\n| figure | measured | aim | met |")
+
+
+def test_no_aims_without_headline_results() -> None:
+    assert aims([{"name": "peer", "file_mib": 1}]) == []
+    assert not render_all([{"name": "peer", "file_mib": 1}]).startswith("### Aims")
