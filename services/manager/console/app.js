@@ -26,6 +26,7 @@ function cell(v) {
 function records(rows, columns, href) {
   if (!rows.length) return h("div", { class: "empty" }, "nothing yet");
   const t = h("table");
+  const box = h("div", { class: "scroll" }, t);
   const head = t.createTHead().insertRow();
   for (const c of columns) head.appendChild(h("th", {}, c));
   const body = t.createTBody();
@@ -34,7 +35,12 @@ function records(rows, columns, href) {
     if (href) { tr.className = "link"; tr.addEventListener("click", () => { location.hash = href(r); }); }
     for (const c of columns) { const td = tr.insertCell(); td.textContent = cell(r[c]); td.title = cell(r[c]); }
   }
-  return t;
+  return box;
+}
+// One record as name/value pairs, laid out in columns.
+function details(record) {
+  return h("dl", { class: "details" }, ...Object.entries(record).flatMap(([k, v]) =>
+    [h("dt", {}, k.replaceAll("_", " ")), h("dd", { title: cell(v) }, cell(v))]));
 }
 function cards(values) {
   return h("div", { class: "cards" }, ...Object.entries(values).map(([k, v]) =>
@@ -99,7 +105,7 @@ const views = {
       ...section("Peers", "peers"), ...section("Scheduling decisions", "decisions"));
     return async () => {
       const t = await api("/tasks/" + enc(id));
-      fill("task", records([t.task], Object.keys(t.task)));
+      fill("task", details(t.task));
       fill("peers", records(t.peers, ["peer_id", "host_id", "state", "pieces", "bytes_from_origin",
         "bytes_from_peers", "failed_pieces", "reschedules", "duration_ms", "reason"],
         r => `#/tasks/${enc(id)}/peers/${enc(r.peer_id)}`));
@@ -112,7 +118,7 @@ const views = {
       ...section("Pieces per minute", "minutes"), ...section("Scheduling decisions", "decisions"));
     return async () => {
       const p = await api(`/tasks/${enc(task)}/peers/${enc(id)}`);
-      fill("peer", records([p.peer], Object.keys(p.peer), () => "#/tasks/" + enc(task)));
+      fill("peer", h("div", {}, details(p.peer), h("a", { href: "#/tasks/" + enc(task) }, "← task")));
       fill("minutes", records(p.pieces_per_minute, ["minute", "pieces_from_origin", "bytes_from_origin",
         "pieces_from_peers", "bytes_from_peers", "failed_pieces", "corrupt_pieces", "cost_ms"]));
       fill("decisions", records(p.decisions, ["decided_at", "kind", "parents", "latency_ms", "reason"]));
@@ -147,7 +153,7 @@ const views = {
     $view.replaceChildren(h("h2", {}, "Job " + id), h("div", { id: "job" }), ...section("Hosts", "hosts"));
     return async () => {
       const j = await api("/jobs/" + enc(id));
-      fill("job", records([j.job], Object.keys(j.job)));
+      fill("job", details(j.job));
       fill("hosts", records(j.hosts, ["host_id", "task_id", "state", "reason", "updated_at"]));
     };
   },
