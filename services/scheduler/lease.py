@@ -4,6 +4,9 @@ A lease is a key ``<cluster>-<partition>`` holding the owner's id. Taking it is 
 (fails while someone holds it); keeping it is ``update`` against the revision we wrote, every
 third of the TTL; the bucket's TTL removes the key of an owner that stopped renewing, so a
 killed owner's partitions are free again after at most one TTL.
+
+Members of a cluster say they are alive the same way (``<cluster>.<scheduler>`` in another
+bucket with the same TTL), so that each can keep to its fair share of the partitions.
 """
 
 from __future__ import annotations
@@ -11,12 +14,20 @@ from __future__ import annotations
 import logging
 
 from nats.js import JetStreamContext
-from nats.js.errors import BadRequestError, BucketNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import (
+    BadRequestError,
+    BucketNotFoundError,
+    KeyWrongLastSequenceError,
+    NoKeysError,
+)
 from nats.js.kv import KeyValue
 
 log = logging.getLogger("damselfly.scheduler.lease")
 
+from events.subjects import safe_token
+
 LEASE_BUCKET = "df_sched_leases"
+MEMBER_BUCKET = "df_sched_members"
 SNAPSHOT_BUCKET = "df_sched_snapshots"
 
 
@@ -64,3 +75,24 @@ class Leases:
             await self._kv.delete(key, last=revision)
         except KeyWrongLastSequenceError:
             pass
+
+
+class Members:
+    """The live schedulers of one cluster."""
+
+    def __init__(self, kv: KeyValue, cluster: str, member: str) -> None:
+        self._kv = kv
+        self._cluster = cluster
+        self._key = f"{cluster}.{safe_token(member)}"
+
+    async def heartbeat(self) -> int:
+        """Say this member is alive; returns how many members are (at least 1)."""
+        await self._kv.put(self._key, b"")
+        try:
+            keys = await self._kv.keys()  # nats-py 2.16 returns one key when given filters
+        except NoKeysError:
+            keys = []
+        return max(1, sum(k.startswith(f"{self._cluster}.") for k in keys))
+
+    async def leave(self) -> None:
+        await self._kv.delete(self._key)

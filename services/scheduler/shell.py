@@ -41,7 +41,15 @@ from events.ids import derived_id
 from events.streams import DEDUP_WINDOW, ensure_streams
 from events.subjects import PARTITIONS, task_filter
 from services.scheduler import core
-from services.scheduler.lease import LEASE_BUCKET, SNAPSHOT_BUCKET, Leases, lease_key, open_bucket
+from services.scheduler.lease import (
+    LEASE_BUCKET,
+    MEMBER_BUCKET,
+    SNAPSHOT_BUCKET,
+    Leases,
+    Members,
+    lease_key,
+    open_bucket,
+)
 
 log = logging.getLogger("damselfly.scheduler")
 
@@ -365,7 +373,8 @@ class _Owned:
 
 
 class Scheduler:
-    """Owns what partitions it can lease, runs a worker for each, declares silent hosts dead."""
+    """Leases its fair share of the partitions (all of them when alone, a ``1/n`` share of
+    ``n`` live schedulers), runs a worker for each, and declares silent hosts dead."""
 
     def __init__(self, nc: Client, *, cluster: str, scheduler_id: str, lease_ttl: float = 6.0,
                  keepalive_timeout: float = 30.0, data_dir: Path | None = None,
@@ -381,6 +390,7 @@ class Scheduler:
         self._snapshot_every = snapshot_every
         self._publisher = Publisher(self._js)
         self.owned: dict[int, _Owned] = {}
+        self._share = PARTITIONS
         self._retired: list[asyncio.Task[None]] = []  # workers told to stop, still finishing
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[], None] | None = None) -> None:
@@ -391,10 +401,16 @@ class Scheduler:
         await ensure_streams(self._js)
         leases = Leases(await open_bucket(self._js, LEASE_BUCKET, ttl=self._ttl),
                         self.scheduler_id)
+        members = Members(await open_bucket(self._js, MEMBER_BUCKET, ttl=self._ttl),
+                          self.cluster, self.scheduler_id)
         snapshots = await open_bucket(self._js, SNAPSHOT_BUCKET)
         watcher = asyncio.create_task(self._declare_silent_hosts_dead(stop))
         try:
             while not stop.is_set():
+                try:
+                    self._share = -(-PARTITIONS // await members.heartbeat())
+                except (TimeoutError, NatsError) as exc:
+                    log.warning("membership heartbeat: %s", exc)
                 await self._tend_leases(leases, snapshots)
                 if on_ready is not None:
                     self._write_status()
@@ -411,8 +427,11 @@ class Scheduler:
             await asyncio.gather(*(o.task for o in self.owned.values()), *self._retired,
                                  return_exceptions=True)
             for part, owned in self.owned.items():
-                await leases.give_back(lease_key(self.cluster, part), owned.revision)
+                with contextlib.suppress(TimeoutError, NatsError):
+                    await leases.give_back(lease_key(self.cluster, part), owned.revision)
             self.owned.clear()
+            with contextlib.suppress(TimeoutError, NatsError):
+                await members.leave()
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
 
@@ -428,12 +447,27 @@ class Scheduler:
                     self._drop(part)  # not renewed within the TTL: someone else may own it
             if changed:
                 self._write_status()
+        for part in sorted(self.owned)[self._share:]:
+            await self._hand_over(part, leases)
+
+    async def _hand_over(self, part: int, leases: Leases) -> None:
+        """Give a partition beyond our share back, with a fresh snapshot for the next owner."""
+        owned = self.owned.pop(part)
+        owned.shutting_down = True
+        owned.stop.set()
+        await asyncio.gather(owned.task, return_exceptions=True)
+        with contextlib.suppress(TimeoutError, NatsError):
+            await leases.give_back(lease_key(self.cluster, part), owned.revision)
+        log.info("scheduler %s handed partition %d over", self.scheduler_id, part)
+        self._write_status()
 
     async def _tend(self, part: int, leases: Leases, snapshots: KeyValue) -> bool:
         """Take, renew or give back one partition's lease; True when ownership changed."""
         key = lease_key(self.cluster, part)
         owned = self.owned.get(part)
         if owned is None:
+            if len(self.owned) >= self._share:
+                return False
             revision = await leases.take(key)
             if revision is None:
                 return False

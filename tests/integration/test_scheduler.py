@@ -259,6 +259,18 @@ def _owned(ready: Path) -> list[int]:
     return list(status["partitions"])
 
 
+async def _shared_evenly(ready: list[Path]) -> None:
+    """Wait until the schedulers split the 16 partitions evenly between them."""
+    for _ in range(400):
+        owned = [_owned(r) if (r.parent / "scheduler" / "partitions.json").exists() else []
+                 for r in ready]
+        if sorted(p for o in owned for p in o) == list(range(16)) and \
+                {len(o) for o in owned} == {16 // len(ready)}:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"partitions not shared evenly: {owned}")
+
+
 def _owner(ready: list[Path], part: int) -> int:
     owners = [i for i, path in enumerate(ready) if part in _owned(path)]
     assert len(owners) == 1, owners
@@ -285,6 +297,7 @@ async def test_killing_the_owner_mid_download_fails_no_download(
                                     "--snapshot-every", "0.3", "--ready-file", str(ready[-1])],
                                    log))
             wait_ready(ready[-1], procs[-1])
+        await _shared_evenly(ready)
         owner = _owner(ready, partition(swarm.task))
         assert isinstance(await swarm.register("p0", "h0"), BackToSourceOrdered)
         await swarm.fetch_from_origin("p0", range(PIECES // 2))

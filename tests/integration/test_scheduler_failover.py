@@ -1,5 +1,6 @@
-"""Failover with real daemons: the owning scheduler is killed in the middle of a swarm
-download, a standby takes the partitions over by replaying them, and no download fails."""
+"""Failover with real daemons: two schedulers share the partitions, the one owning the
+task's is killed in the middle of a swarm download, the other takes its partitions over by
+replaying them, and no download fails."""
 
 from __future__ import annotations
 
@@ -52,14 +53,17 @@ async def test_killing_the_owning_scheduler_mid_download_fails_no_download(
     clients: list[ApiClient] = []
     try:
         with Swarm(nats_url, tmp_path / "swarm", PEERS, cluster=cluster) as swarm:
-            owner = swarm.services[0]
-            assert owner.name == "scheduler" and len(owned(owner)) == 16
-            standby = ChildService("standby", ["scheduler", "--nats", nats_url, "--cluster",
-                                               cluster, "--data-dir", str(tmp_path / "standby")],
-                                   tmp_path / "standby", swarm.secret)
-            swarm.services.append(standby)  # stopped with the swarm
-            standby.start()
-            assert owned(standby) == []
+            first_scheduler = swarm.services[0]
+            assert first_scheduler.name == "scheduler" and len(owned(first_scheduler)) == 16
+            second = ChildService("scheduler-2", ["scheduler", "--nats", nats_url, "--cluster",
+                                                  cluster, "--data-dir", str(tmp_path / "s2")],
+                                  tmp_path / "s2", swarm.secret)
+            swarm.services.append(second)  # stopped with the swarm
+            second.start()
+            schedulers = [first_scheduler, second]
+            with anyio.fail_after(30):  # the first hands half of the partitions over
+                while sorted(len(owned(s)) for s in schedulers) != [8, 8]:
+                    await anyio.sleep(0.05)
             peers = swarm.peer_services
             clients = [ApiClient(str(p.endpoints["api_url"])) for p in peers]
 
@@ -72,13 +76,15 @@ async def test_killing_the_owning_scheduler_mid_download_fails_no_download(
                     first = [await clients[i].start(request) for i in range(PEERS // 2)]
                     for i, status in enumerate(first):
                         tg.start_soon(finish, i, status["task_id"])
+                    task_id = str(first[0]["task_id"])
+                    owner = next(s for s in schedulers if partition(task_id) in owned(s))
+                    survivor = next(s for s in schedulers if s is not owner)
                     await anyio.sleep(0.5)  # the seed is fetching from the throttled origin
                     owner.kill()
-                    task_id = str(first[0]["task_id"])
                     for i in range(PEERS // 2, PEERS):  # these register while nobody owns it
                         status = await clients[i].start(request)
                         tg.start_soon(finish, i, status["task_id"])
-            assert partition(task_id) in owned(standby)
+            assert partition(task_id) in owned(survivor)
     finally:
         for client in clients:
             await client.close()
