@@ -18,7 +18,10 @@ from urllib.parse import quote
 
 import anyio
 from aiohttp import web
+from nats.js import JetStreamContext
 
+from events.bus import Consumer
+from events.codec import AnyEvent
 from services.peer.daemon import DaemonConfig, serve
 from services.procs import spawn, stop, wait_ready
 
@@ -221,3 +224,16 @@ async def daemon_in_process(cfg: DaemonConfig) -> AsyncIterator[dict[str, object
             yield json.loads(cfg.ready_file.read_text())
         finally:
             stopping.set()
+
+
+async def read_events(js: JetStreamContext, stream: str, filter_subject: str) -> list[AnyEvent]:
+    """Every event stored so far on ``filter_subject``, in order (a fetch returns only what
+    is ready at once, so fetch until one comes back empty)."""
+    consumer = Consumer(js, stream=stream, filter_subject=filter_subject, batch=1000)
+    events: list[AnyEvent] = []
+    try:
+        while batch := await consumer.fetch(timeout=0.5):
+            events.extend(d.event for d in batch)
+    finally:
+        await consumer.close()
+    return events

@@ -13,10 +13,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from events.bus import Consumer
 from events.hosts import HostAnnounced, HostLeft
 from services.natsconn import connect
-from services.peer.swarm import ChildService
+from services.peer.swarm import ChildService, read_events
 
 pytestmark = pytest.mark.anyio
 
@@ -46,8 +45,7 @@ async def test_announces_itself_and_leaves_cleanly_on_sigterm(
     returncode = await anyio.to_thread.run_sync(daemon.proc.wait, 30)
     nc = await connect(nats_url, "test")
     try:
-        consumer = Consumer(nc.jetstream(), stream="DF_HOSTS", filter_subject=f"df.host.{cluster}.>")
-        events = [d.event for d in await consumer.fetch(timeout=1)]
+        events = await read_events(nc.jetstream(), "DF_HOSTS", f"df.host.{cluster}.>")
     finally:
         await nc.close()
     assert returncode == 0

@@ -16,7 +16,7 @@ from aiohttp import web
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from events.bus import Consumer, Publisher
+from events.bus import Publisher
 from events.codec import AnyEvent, decode
 from events.ids import derived_id
 from events.sched import ParentInfo, ParentsAssigned
@@ -26,7 +26,13 @@ from services.peer.daemon import DaemonConfig
 from services.peer.downloader import Settings
 from services.peer.get import ApiClient
 from services.peer.request import DownloadRequest
-from services.peer.swarm import ChildService, Origin, daemon_in_process, daemon_service
+from services.peer.swarm import (
+    ChildService,
+    Origin,
+    daemon_in_process,
+    daemon_service,
+    read_events,
+)
 
 pytestmark = pytest.mark.anyio
 PIECE = 32 << 10
@@ -81,9 +87,7 @@ async def download(api: str, request: DownloadRequest, out: Path | None = None) 
 
 
 async def task_events(nc: Client, cluster: str) -> list[AnyEvent]:
-    consumer = Consumer(nc.jetstream(), stream="DF_TASKS", filter_subject=f"df.task.{cluster}.>",
-                        batch=2000)
-    return [d.event for d in await consumer.fetch(timeout=1)]
+    return await read_events(nc.jetstream(), "DF_TASKS", f"df.task.{cluster}.>")
 
 
 def config(tmp_path: Path, name: str, nats_url: str, cluster: str) -> DaemonConfig:
@@ -205,8 +209,9 @@ async def test_a_parent_killed_mid_transfer_leaves_the_child_to_finish_from_othe
             await scheduler.start()
             doomed_peer = sources[0]["peer_id"]
 
+            sub = await nc.subscribe(f"df.task.{cluster}.*.*.*.piece_finished")
+
             async def kill_after_first_piece_from_doomed() -> None:
-                sub = await nc.subscribe(f"df.task.{cluster}.*.*.*.piece_finished")
                 async for msg in sub.messages:
                     event = decode(msg.data)
                     if isinstance(event, PieceFinished) and event.parent_id == doomed_peer:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from events.bus import Consumer, Publisher
+from events.bus import Publisher
 from events.codec import AnyEvent, decode
 from events.ids import new_id
 from events.jobs import DeleteTaskRequested, JobProgressed
@@ -31,7 +31,7 @@ from services.peer.daemon import DaemonConfig
 from services.peer.downloader import Settings
 from services.peer.get import ApiClient
 from services.peer.request import DownloadRequest
-from services.peer.swarm import Origin, OriginFaults, daemon_in_process
+from services.peer.swarm import Origin, OriginFaults, daemon_in_process, read_events
 
 pytestmark = pytest.mark.anyio
 PIECE = 16 << 10
@@ -67,8 +67,7 @@ async def download(client: ApiClient, request: DownloadRequest) -> dict[str, Any
 async def task_events(nats_url: str, cluster: str) -> list[AnyEvent]:
     nc = await connect(nats_url, "test")
     try:
-        consumer = Consumer(nc.jetstream(), stream="DF_TASKS", filter_subject=f"df.task.{cluster}.>")
-        return [d.event for d in await consumer.fetch(timeout=1)]
+        return await read_events(nc.jetstream(), "DF_TASKS", f"df.task.{cluster}.>")
     finally:
         await nc.close()
 
