@@ -20,7 +20,9 @@ function h(tag, attrs = {}, ...children) {
 function cell(v) {
   if (v === null || v === undefined) return "";
   if (typeof v === "object") return JSON.stringify(v);
-  return String(v);
+  const s = String(v);
+  // times to the second (UTC); the tooltip keeps the full value
+  return /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d/.test(s) ? s.slice(0, 19).replace("T", " ") : s;
 }
 // A table of records; `columns` picks and orders them; `href(row)` makes rows links.
 function records(rows, columns, href) {
@@ -33,7 +35,7 @@ function records(rows, columns, href) {
   for (const r of rows) {
     const tr = body.insertRow();
     if (href) { tr.className = "link"; tr.addEventListener("click", () => { location.hash = href(r); }); }
-    for (const c of columns) { const td = tr.insertCell(); td.textContent = cell(r[c]); td.title = cell(r[c]); }
+    for (const c of columns) { const td = tr.insertCell(); td.textContent = cell(r[c]); td.title = String(r[c] ?? ""); }
   }
   return box;
 }
