@@ -519,7 +519,14 @@ def _fail(state: State, task: Task, peer: Peer, trigger: Event, out: list[Event]
 
 
 def _seed_pending(state: State, task: Task) -> bool:
-    return bool(task.seed_host) and task.seed_host in state.hosts
+    """A seed host was asked to fetch the task, or one of its peers is fetching it."""
+    if task.seed_host and task.seed_host in state.hosts:
+        return True
+    for peer_id in task.origin_fetchers:
+        host = state.hosts.get(task.peers[peer_id].host_id)
+        if host is not None and host.seed:
+            return True
+    return False
 
 
 def _pick_seed(state: State, task: Task, peer: Peer) -> Host | None:

@@ -264,6 +264,16 @@ def test_priorities_0_and_4_to_6_trigger_a_seed_peer_first(priority: int) -> Non
                and x.parents[0].seed for x in out)
 
 
+def test_a_seed_peer_already_fetching_is_waited_for() -> None:
+    s = Script()
+    s.host("seed", seed=True)
+    s.host("h1")
+    only(s.register("seed-1", "seed", priority=0), BackToSourceOrdered)
+    assert s.register("p1", "h1", priority=0) == []
+    d = only(s.source("seed-1", range(1)), ParentsAssigned)
+    assert d.peer_id == "p1"  # type: ignore[attr-defined]
+
+
 def test_without_a_seed_host_priority_0_goes_to_the_origin() -> None:
     s = Script()
     s.host("h1")
