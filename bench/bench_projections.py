@@ -7,22 +7,23 @@
 2. End to end: the same kind of log published to an embedded nats-server and projected by
    the real ``Projector`` until its watermarks reach the streams' ends, against pulling,
    decoding and acking the same messages with no DuckDB at all.
-3. Panels: every dashboard panel run 50 times over projections holding the rows of
-   ``PIECE_EVENTS`` piece events (10 million: 1,000 tasks x 100 peers x 100 pieces over a
-   day). Those rows are built with SQL that aggregates a generated 10M-row piece table the
-   way ``projections.pieces`` folds events — pushing 10M events through Python would take
-   several minutes on this machine; part 1 measures that path.
+3. Panels: a day of traffic with 10 million piece events (1,000 tasks x 100 peers x 100
+   pieces, plus registrations, decisions and successes) is generated and projected through
+   ``store.apply_batch`` (about 2 minutes here; ``--piece-events N`` scales it), then every
+   dashboard panel runs 50 times: p50/p95 per panel.
 
 Run: ``.venv/bin/python -m bench.bench_projections``; writes ``bench/results/projections.json``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -30,8 +31,12 @@ from nats.js import JetStreamContext
 
 import dashboards
 from events.bus import Consumer, Publisher
-from events.codec import decode, encode
+from events.codec import AnyEvent, decode, encode
+from events.hosts import HostAnnounced
+from events.jobs import JobFailed, JobProgressed, JobStarted, JobSucceeded, PreheatRequested
+from events.sched import BackToSourceOrdered, ParentInfo, ParentsAssigned
 from events.streams import ensure_streams
+from events.tasks import PeerRegistered, PeerSucceeded, PieceFinished
 from projections import store
 from projections.projector import Projector
 from projections.synthetic import Swarm, by_stream, events
@@ -41,8 +46,9 @@ from services.natsconn import connect
 BATCH = 16384  # what the projector gathers per transaction while behind
 APPLY_SWARM = Swarm(cluster="bench", tasks=40, peers_per_task=50, pieces=100)  # ~206k events
 NATS_SWARM = Swarm(cluster="nats", tasks=10, peers_per_task=40, pieces=100)  # ~41k events
-TASKS, PEERS, PIECES = 1000, 100, 100
-PIECE_EVENTS = TASKS * PEERS * PIECES
+PEERS, PIECES = 100, 100  # per task; tasks follow from --piece-events
+PIECE_EVENTS = 10_000_000
+DAY_START = 1_800_000_000.0
 RUNS = 50
 
 
@@ -146,70 +152,81 @@ async def raw_consume(js: JetStreamContext, last: dict[str, int]) -> float:
     return time.perf_counter() - started
 
 
-def build_large(con: duckdb.DuckDBPyConnection) -> dict[str, float]:
-    """Projection rows of PIECE_EVENTS piece events over a day, built in SQL."""
+def large_log(tasks: int, peers: int, pieces: int
+              ) -> Iterator[tuple[str, list[tuple[int, AnyEvent]]]]:
+    """A day of traffic in chunks of (stream, numbered events): per task, the first peer
+    fetches every piece from the origin and the others from it; each peer registers, gets a
+    decision, finishes its pieces and succeeds. Generated lazily: 10M events do not fit."""
+    seqs = {"DF_HOSTS": 0, "DF_TASKS": 0, "DF_SCHED": 0, "DF_JOBS": 0}
+    chunks: dict[str, list[tuple[int, AnyEvent]]] = {s: [] for s in seqs}
+
+    def add(stream: str, event: AnyEvent) -> None:
+        seqs[stream] += 1
+        chunks[stream].append((seqs[stream], event))
+
+    for t in range(tasks):
+        task, cluster, url = f"{t:064x}", f"c{t % 4}", f"http://origin/{t}.bin"
+        source = f"peer-{t}-0"
+        if t % 10 == 0:  # a preheat job for every tenth task; one in five fails
+            job, at = f"job-{t}", DAY_START + t * 86.0
+            add("DF_JOBS", PreheatRequested(id=f"{job}-r", at=at, job_id=job, url=url))
+            add("DF_JOBS", JobStarted(id=f"{job}-s", at=at, job_id=job, task_ids=[task],
+                                      host_ids=["host-0"]))
+            ok = t % 50 != 0
+            add("DF_JOBS", JobProgressed(id=f"{job}-p", at=at + 1, job_id=job, host_id="host-0",
+                                         task_id=task, state="succeeded" if ok else "failed"))
+            add("DF_JOBS", JobSucceeded(id=f"{job}-d", at=at + 1, job_id=job) if ok else
+                JobFailed(id=f"{job}-d", at=at + 1, job_id=job, reason="origin said 404"))
+        for p in range(peers):
+            peer, began = f"peer-{t}-{p}", DAY_START + t * 86.0 + p * 0.8
+            host = f"host-{p}"
+            if t == 0:
+                add("DF_HOSTS", HostAnnounced(id=host, at=began, cluster=cluster, host_id=host,
+                                              hostname=host, ip="127.0.0.1",
+                                              upload_url="http://127.0.0.1:1", seed=p == 0))
+            add("DF_TASKS", PeerRegistered(id=f"r-{peer}", at=began, cluster=cluster,
+                                           task_id=task, peer_id=peer, host_id=host, url=url))
+            parent = "" if p == 0 else source
+            decided = began + 0.005 + (p % 40) / 1000
+            if parent:
+                add("DF_SCHED", ParentsAssigned(
+                    id=f"d-{peer}", at=decided, cluster=cluster, task_id=task, peer_id=peer,
+                    trigger_id=f"r-{peer}", parents=[ParentInfo(
+                        peer_id=source, host_id="host-0", upload_url="http://127.0.0.1:1")]))
+            else:
+                add("DF_SCHED", BackToSourceOrdered(
+                    id=f"d-{peer}", at=decided, cluster=cluster, task_id=task, peer_id=peer,
+                    trigger_id=f"r-{peer}", reason="no parent holds it"))
+            for i in range(pieces):
+                add("DF_TASKS", PieceFinished(
+                    id=f"p-{peer}-{i}", at=began + i * 0.01, cluster=cluster, task_id=task,
+                    peer_id=peer, piece=i, length=1 << 20, digest="d", parent_id=parent,
+                    cost_ms=3.0 + (p * 7 + i) % 40))
+            add("DF_TASKS", PeerSucceeded(
+                id=f"s-{peer}", at=began + pieces * 0.01, cluster=cluster, task_id=task,
+                peer_id=peer, content_length=pieces << 20, piece_count=pieces,
+                cost_ms=pieces * 10.0 + p % 50))
+            for stream, chunk in chunks.items():
+                if len(chunk) >= BATCH:
+                    yield stream, chunk
+                    chunks[stream] = []
+    yield from ((s, c) for s, c in chunks.items() if c)
+
+
+def project_large(con: duckdb.DuckDBPyConnection, piece_events: int) -> dict[str, float]:
+    """Project a day with ``piece_events`` piece events through ``store.apply_batch``."""
+    tasks = max(1, piece_events // (PEERS * PIECES))
     started = time.perf_counter()
-    con.execute(f"""
-        CREATE TEMP TABLE piece_events AS
-        SELECT 'c' || (t % 4) AS cluster, format('{{:064x}}', t) AS task_id,
-               'peer-' || t || '-' || p AS peer_id, p = 0 AS from_origin,
-               1048576 AS length, 3.0 + (p * 7 + i) % 40 AS cost_ms,
-               1800000000 + (t * 86 + p * 0.8 + i * 0.01) AS at_s
-        FROM range({TASKS}) a(t), range({PEERS}) b(p), range({PIECES}) c(i)""")
-    con.execute("""
-        INSERT INTO piece_minutes
-        SELECT make_timestamp(CAST(floor(at_s / 60) * 60 * 1000000 AS BIGINT)), cluster, task_id,
-               peer_id, count(*) FILTER (WHERE from_origin),
-               coalesce(sum(length) FILTER (WHERE from_origin), 0),
-               count(*) FILTER (WHERE NOT from_origin),
-               coalesce(sum(length) FILTER (WHERE NOT from_origin), 0), 0, 0, sum(cost_ms)
-        FROM piece_events GROUP BY ALL""")
-    con.execute("""
-        INSERT INTO peers (task_id, peer_id, cluster, host_id, priority, state, pieces,
-                           bytes_from_origin, bytes_from_peers, registered_at, updated_at,
-                           finished_at)
-        SELECT task_id, peer_id, any_value(cluster), peer_id, 0, 'succeeded', count(*),
-               coalesce(sum(length) FILTER (WHERE from_origin), 0),
-               coalesce(sum(length) FILTER (WHERE NOT from_origin), 0),
-               make_timestamp(CAST(min(at_s) * 1000000 AS BIGINT)),
-               make_timestamp(CAST(max(at_s) * 1000000 AS BIGINT)),
-               make_timestamp(CAST(max(at_s) * 1000000 AS BIGINT))
-        FROM piece_events GROUP BY task_id, peer_id""")
-    con.execute("""
-        INSERT INTO downloads
-        SELECT task_id, peer_id, cluster, true, '', pieces * 1048576, pieces,
-               bytes_from_origin, bytes_from_peers, epoch_ms(finished_at) - epoch_ms(registered_at),
-               finished_at FROM peers""")
-    con.execute("""
-        INSERT INTO tasks (task_id, cluster, url, peers, succeeded_peers, failed_peers,
-                           content_length, piece_count, created_at, updated_at)
-        SELECT task_id, any_value(cluster), 'http://origin/' || task_id, count(*), count(*), 0,
-               any_value(pieces) * 1048576, any_value(pieces), min(registered_at),
-               max(finished_at) FROM peers GROUP BY task_id""")
-    con.execute("""
-        INSERT INTO registrations SELECT task_id, peer_id, cluster, registered_at FROM peers""")
-    con.execute("""
-        INSERT INTO decisions (decision_id, cluster, task_id, addressee, kind, trigger_id,
-                               parents, seed_parents, reason, decided_at)
-        SELECT 'd-' || peer_id, cluster, task_id, peer_id,
-               CASE WHEN bytes_from_origin > 0 THEN 'back_to_source' ELSE 'parents_assigned' END,
-               'r-' || peer_id, [], 0,
-               CASE WHEN bytes_from_origin > 0 THEN 'no parent holds it' END,
-               registered_at + to_milliseconds(5 + hash(peer_id) % 50)
-        FROM peers""")
-    con.execute("""
-        INSERT INTO hosts (host_id, cluster, seed, state, upload_limit, uploads_running)
-        SELECT DISTINCT host_id, cluster, false, 'alive', 50, 1 FROM peers""")
-    con.execute("""
-        INSERT INTO jobs (job_id, kind, state, requested_at)
-        SELECT 'job-' || i, 'preheat', CASE WHEN i % 10 = 0 THEN 'failed' ELSE 'succeeded' END,
-               make_timestamp(CAST((1800000000 + i * 60) * 1000000 AS BIGINT))
-        FROM range(1000) r(i)""")
-    con.execute("DROP TABLE piece_events")
+    events_in = 0
+    for stream, chunk in large_log(tasks, PEERS, PIECES):
+        store.apply_batch(con, stream, chunk)
+        events_in += len(chunk)
     con.execute("CHECKPOINT")
+    elapsed = time.perf_counter() - started
     counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[index]
               for t in ("piece_minutes", "peers", "decisions")}
-    return {"build_s": time.perf_counter() - started, **counts}
+    return {"events": events_in, "piece_events": tasks * PEERS * PIECES, "seconds": elapsed,
+            "generated_and_projected_per_s": events_in / elapsed, **counts}
 
 
 def panel_latency(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, float]]:
@@ -227,6 +244,10 @@ def panel_latency(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, float]]
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--piece-events", type=int, default=PIECE_EVENTS,
+                        help=f"piece events behind the panel timings (default {PIECE_EVENTS:,})")
+    piece_events = parser.parse_args().piece_events
     with tempfile.TemporaryDirectory(prefix="bench-projections-") as d:
         tmp = Path(d)
         print("applying a synthetic log…", flush=True)
@@ -235,9 +256,9 @@ def main() -> None:
         print("projecting through nats-server…", flush=True)
         through_nats = asyncio.run(nats_rate(tmp))
         print(json.dumps(through_nats, indent=2), flush=True)
-        print(f"building projections of {PIECE_EVENTS:,} piece events…", flush=True)
+        print(f"projecting a day of {piece_events:,} piece events…", flush=True)
         con = store.connect(tmp / "large.duckdb")
-        large = build_large(con)
+        large = project_large(con, piece_events)
         print(json.dumps(large, indent=2), flush=True)
         panels = panel_latency(con)
         con.close()
@@ -245,7 +266,7 @@ def main() -> None:
     for name, p in panels.items():
         print(f"{name:<24} rows {p['rows']:>4}  p50 {p['p50_ms']:7.1f} ms  p95 {p['p95_ms']:7.1f} ms")
     result = {"apply": apply, "through_nats": through_nats,
-              "panels": {"piece_events": PIECE_EVENTS, "runs": RUNS, "tables": large,
+              "panels": {"runs": RUNS, "projected": large,
                          "worst_p95_ms": worst, "by_panel": panels}}
     out = Path(__file__).parent / "results" / "projections.json"
     out.parent.mkdir(exist_ok=True)
