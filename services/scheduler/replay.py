@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TextIO
 
+import msgspec
+
 from events.base import Event
 from events.log import LogRecord
 from events.sched import BackToSourceOrdered, ParentsAssigned, ScheduleFailed, SeedPeerTriggered
@@ -32,11 +34,17 @@ class Replay:
     decided: list[Decided] = field(default_factory=list)
     recorded: dict[str, Event] = field(default_factory=dict)
 
+    def as_recorded(self, d: Decided) -> bool:
+        """Whether the record holds this decision; ``at`` is when a live scheduler made it."""
+        recorded = self.recorded.get(d.decision.id)
+        return recorded is not None and msgspec.structs.replace(recorded, at=d.decision.at) \
+            == d.decision
+
     def mismatches(self) -> tuple[list[Decided], list[Event]]:
         """Replayed decisions that differ from (or are missing in) the record, and recorded
         decisions the replay did not produce."""
         produced = {d.decision.id for d in self.decided}
-        differ = [d for d in self.decided if self.recorded.get(d.decision.id) != d.decision]
+        differ = [d for d in self.decided if not self.as_recorded(d)]
         missing = [e for i, e in self.recorded.items() if i not in produced]
         return differ, missing
 
@@ -99,10 +107,10 @@ def describe(decision: Event) -> str:
 def print_decisions(result: Replay, out: TextIO) -> None:
     features = list(core.DEFAULT_WEIGHTS)
     for d in result.decided:
-        recorded = result.recorded.get(d.decision.id)
         mark = "" if not result.recorded else (
-            "  [as recorded]" if recorded == d.decision else
-            "  [NOT RECORDED]" if recorded is None else "  [DIFFERS FROM RECORD]")
+            "  [as recorded]" if result.as_recorded(d) else
+            "  [NOT RECORDED]" if d.decision.id not in result.recorded
+            else "  [DIFFERS FROM RECORD]")
         print(f"{d.trigger.stream} #{d.trigger.seq} {type(d.trigger.event).__name__}: "
               f"{type(d.decision).__name__} {describe(d.decision)}{mark}", file=out)
         for explained in d.explained:

@@ -350,6 +350,8 @@ class PartitionWorker:
         return decisions
 
     async def _publish(self, out: list[Event], stop: asyncio.Event) -> None:
+        now = time.time()  # a decision happens when it is made; replay ignores ``at``
+        out = [msgspec.structs.replace(d, at=now) for d in out]
         while out:
             try:
                 await self._publisher.publish_many(out)
