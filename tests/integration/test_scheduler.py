@@ -23,6 +23,8 @@ from nats.aio.client import Client
 from events import (
     BackToSourceOrdered,
     BackToSourceStarted,
+    ClusterConfig,
+    ClusterConfigSet,
     Event,
     HostAnnounced,
     HostLeft,
@@ -195,6 +197,23 @@ async def test_a_swarm_download_is_scheduled_and_a_restart_decides_nothing_twice
     assert changed.returncode == 0, changed.stderr
     assert "p2 <- p1, p0  =>  p2 <- p0, p1" in changed.stdout
     assert "1 of 3 decisions change" in changed.stdout
+
+
+@pytest.mark.anyio
+async def test_limits_come_from_the_clusters_configuration_events(nc: Client) -> None:
+    cluster = "c4"
+    swarm = Swarm(nc, cluster)
+    await swarm.hosts("h0", "h1", "h2")
+    await swarm.pub.publish(ClusterConfigSet(id=new_id(), cluster=cluster,
+                                             config=ClusterConfig(back_to_source_limit=1)))
+    async with running(nc, cluster):
+        assert isinstance(await swarm.register("p0", "h0"), BackToSourceOrdered)
+        waiting = asyncio.create_task(swarm.register("p1", "h1"))  # over the limit: it waits
+        await asyncio.sleep(0.5)
+        assert not waiting.done()
+        await swarm.fetch_from_origin("p0", range(1))
+        d = await waiting
+        assert isinstance(d, ParentsAssigned) and [p.peer_id for p in d.parents] == ["p0"]
 
 
 @pytest.mark.anyio
