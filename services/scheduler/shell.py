@@ -59,6 +59,7 @@ STALE_AFTER: Final = DEDUP_WINDOW - 20.0
 
 # Missed heartbeats are how an ordered consumer notices that a restarted server lost it.
 HEARTBEAT: Final = 1.0
+MAX_BUFFERED: Final = 4096  # task events pushed to a partition and not folded yet
 
 Key = tuple[float, str, int]
 
@@ -168,6 +169,8 @@ class LiveFeed:
         self._after = after_seq
         self._buffer: list[Logged] = []
         self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
         self._sub: JetStreamContext.PushSubscription | None = None
 
     async def _on_msg(self, msg: Msg) -> None:
@@ -180,6 +183,11 @@ class LiveFeed:
         self._buffer.append(Logged((meta.timestamp.timestamp(), "DF_TASKS", meta.sequence.stream),
                                    event, msg))
         self._arrived.set()
+        if len(self._buffer) >= MAX_BUFFERED:
+            # Holding the callback holds flow control: the server pauses instead of filling
+            # memory while a new owner replays a long backlog.
+            self._room.clear()
+            await self._room.wait()
 
     async def fetch(self, batch: int, timeout: float) -> list[Logged]:
         """Up to ``batch`` events; waits up to ``timeout`` when none has arrived."""
@@ -199,6 +207,8 @@ class LiveFeed:
         del self._buffer[:batch]
         if not self._buffer:
             self._arrived.clear()
+        if len(self._buffer) < MAX_BUFFERED:
+            self._room.set()
         return out
 
     def unread(self, items: list[Logged]) -> None:
