@@ -254,7 +254,12 @@ class PartitionWorker:
         except KeyNotFoundError:
             return
         if entry.value:
-            snap = msgspec.msgpack.decode(zlib.decompress(entry.value), type=Snapshot)
+            try:
+                snap = msgspec.msgpack.decode(zlib.decompress(entry.value), type=Snapshot)
+            except (zlib.error, msgspec.DecodeError) as exc:  # e.g. an older state layout
+                log.warning("partition %d: unusable snapshot (%s); replaying from the start",
+                            self.part, exc)
+                return
             self.state, self.seqs = snap.state, dict(snap.seqs)
             self._saved_seqs = dict(self.seqs)
             log.info("partition %d restored at %s", self.part, self.seqs)

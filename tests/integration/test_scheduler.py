@@ -44,6 +44,7 @@ from services.broker import Broker, nats_server_binary, start_broker
 from services.eventlog import dump
 from services.natsconn import connect
 from services.procs import spawn, stop, wait_ready
+from services.scheduler.lease import SNAPSHOT_BUCKET, lease_key, open_bucket
 from services.scheduler.replay import replay
 from services.scheduler.shell import Scheduler
 
@@ -197,6 +198,21 @@ async def test_a_swarm_download_is_scheduled_and_a_restart_decides_nothing_twice
     assert changed.returncode == 0, changed.stderr
     assert "p2 <- p1, p0  =>  p2 <- p0, p1" in changed.stdout
     assert "1 of 3 decisions change" in changed.stdout
+
+
+@pytest.mark.anyio
+async def test_an_unusable_snapshot_means_a_full_replay(nc: Client) -> None:
+    cluster = "c5"
+    swarm = Swarm(nc, cluster)
+    await swarm.hosts("h0", "h1")
+    async with running(nc, cluster):
+        assert isinstance(await swarm.register("p0", "h0"), BackToSourceOrdered)
+        await swarm.fetch_from_origin("p0", range(PIECES))
+    snapshots = await open_bucket(nc.jetstream(), SNAPSHOT_BUCKET)
+    await snapshots.put(lease_key(cluster, partition(swarm.task)), b"not a snapshot")
+    async with running(nc, cluster):
+        d = await swarm.register("p1", "h1")
+    assert isinstance(d, ParentsAssigned) and [p.peer_id for p in d.parents] == ["p0"]
 
 
 @pytest.mark.anyio
