@@ -22,7 +22,14 @@ from projections import PROJECTIONS
 from projections.synthetic import Swarm, events
 from services.natsconn import connect
 from services.procs import spawn, stop, wait_ready
-from services.scheduler.lease import LEASE_BUCKET, Leases, lease_key, open_bucket
+from services.scheduler.lease import (
+    LEASE_BUCKET,
+    MEMBER_BUCKET,
+    Leases,
+    Members,
+    lease_key,
+    open_bucket,
+)
 
 SWARM = Swarm(cluster="m1", tasks=2, peers_per_task=3, pieces=4)
 
@@ -208,16 +215,21 @@ def test_overview_lists_schedulers_by_their_leases(manager: dict[str, str], nats
     async def hold() -> None:
         nc = await connect(nats_url, "test-scheduler-leases")
         try:
-            leases = Leases(await open_bucket(nc.jetstream(), LEASE_BUCKET, ttl=60), "sched-a")
+            js = nc.jetstream()
+            leases = Leases(await open_bucket(js, LEASE_BUCKET, ttl=60), "sched-a")
             for part in (3, 1):
                 assert await leases.take(lease_key("m1", part)) is not None
+            for name in ("sched-a", "sched-b"):  # b is alive but owns nothing yet
+                await Members(await open_bucket(js, MEMBER_BUCKET, ttl=60), "m1",
+                              name).heartbeat()
         finally:
             await nc.drain()
     asyncio.run(hold())
     overview = get(manager["url"] + "/api/v1/overview")
-    assert overview["schedulers"] == [{"cluster": "m1", "scheduler": "sched-a",
-                                       "partitions": [1, 3]}]
-    assert overview["totals"]["schedulers"] == 1
+    assert overview["schedulers"] == [
+        {"cluster": "m1", "scheduler": "sched-a", "partitions": [1, 3]},
+        {"cluster": "m1", "scheduler": "sched-b", "partitions": []}]
+    assert overview["totals"]["schedulers"] == 2
 
 
 def test_a_killed_manager_resumes_without_counting_twice(nats_url: str, tmp_path: Path) -> None:
