@@ -22,6 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("--api-port", type=int, help="also serve the local API on 127.0.0.1:N "
                                                 "(0: any free port)")
     d.add_argument("--upload-port", type=int, default=0, help="upload server port (0: free)")
+    d.add_argument("--advertise-host", default="127.0.0.1",
+                   help="host name or IP other peers reach this daemon's uploads at (default "
+                        "127.0.0.1; any other value makes the upload server listen on every "
+                        "interface)")
     d.add_argument("--idc", default="")
     d.add_argument("--location", default="", help="location path such as a|b|c")
     d.add_argument("--ready-file", type=Path, help="write endpoints here once serving")
@@ -76,6 +80,7 @@ def _daemon(args: argparse.Namespace) -> int:
         nats_url=args.nats, data_dir=args.data_dir.resolve(),
         secret=read_secret(args.secret_file), cluster=args.cluster, seed=args.seed,
         api_socket=args.api_socket, api_port=args.api_port, upload_port=args.upload_port,
+        advertise_host=args.advertise_host,
         idc=args.idc, location=args.location, ready_file=args.ready_file,
         upload_limit=args.upload_limit, upload_rate=args.upload_rate, quota=args.disk_quota,
         gc_high=args.gc_high, gc_low=args.gc_low, ttl=args.task_ttl,

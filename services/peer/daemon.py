@@ -4,6 +4,7 @@ announcements, seed triggers, GC, and resuming unfinished tasks after a restart.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import secrets
@@ -50,6 +51,7 @@ class DaemonConfig:
     api_socket: Path | None = None
     api_port: int | None = None
     upload_port: int = 0
+    advertise_host: str = "127.0.0.1"
     idc: str = ""
     location: str = ""
     ready_file: Path | None = None
@@ -124,6 +126,15 @@ class Downloads:
             download.cancel()
 
 
+def _listen_host(advertised: str) -> str:
+    """Loopback when only this machine's peers need the uploads, else every interface."""
+    try:
+        loopback = ipaddress.ip_address(advertised).is_loopback
+    except ValueError:
+        loopback = advertised == "localhost"
+    return "127.0.0.1" if loopback else "0.0.0.0"  # peers on other hosts fetch from it
+
+
 async def _site(app: web.Application, *, host: str | None = None, port: int | None = None,
                 path: Path | None = None) -> tuple[web.AppRunner, int]:
     runner = web.AppRunner(app, access_log=None)
@@ -154,9 +165,10 @@ async def serve(cfg: DaemonConfig, stop: asyncio.Event) -> None:
         stats = TransferStats()
         runner, upload_port = await _site(
             upload_app(storage, cfg.secret, stats, max_uploads=cfg.upload_limit,
-                       rate_limit=cfg.upload_rate), host="127.0.0.1", port=cfg.upload_port)
+                       rate_limit=cfg.upload_rate), host=_listen_host(cfg.advertise_host),
+            port=cfg.upload_port)
         runners.append(runner)
-        upload_url = f"http://127.0.0.1:{upload_port}"
+        upload_url = f"http://{cfg.advertise_host}:{upload_port}"
         ctx = PeerContext(cluster=cfg.cluster, host_id=host_id, secret=cfg.secret, nc=nc, js=js,
                           publisher=Publisher(js), storage=storage, sources=Sources.default(),
                           parents=ParentClient(), stats=stats, settings=cfg.settings)
@@ -173,7 +185,7 @@ async def serve(cfg: DaemonConfig, stop: asyncio.Event) -> None:
                 api_url = f"http://127.0.0.1:{api_port}"
             await ctx.publish(HostAnnounced(
                 id=new_id(), at=time.time(), cluster=cfg.cluster, host_id=host_id,
-                hostname=socket.gethostname(), ip="127.0.0.1", upload_url=upload_url,
+                hostname=socket.gethostname(), ip=cfg.advertise_host, upload_url=upload_url,
                 seed=cfg.seed, idc=cfg.idc, location=cfg.location,
                 upload_limit=cfg.upload_limit))
             if cfg.seed:

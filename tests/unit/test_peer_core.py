@@ -118,3 +118,11 @@ def test_progress_bar_shows_percentage_rate_and_eta() -> None:
     quiet = io.StringIO()
     ProgressBar("x", quiet, enabled=False).update({"content_length": 1, "completed_length": 1})
     assert quiet.getvalue() == ""
+
+
+def test_uploads_listen_on_loopback_unless_advertised_elsewhere() -> None:
+    from services.peer.daemon import _listen_host
+
+    assert _listen_host("127.0.0.1") == "127.0.0.1" and _listen_host("localhost") == "127.0.0.1"
+    assert _listen_host("::1") == "127.0.0.1"
+    assert _listen_host("peer-1") == "0.0.0.0" and _listen_host("10.0.0.5") == "0.0.0.0"
