@@ -30,14 +30,20 @@ DECISIONS = Table(
 REGISTRATIONS = Table(
     "registrations",
     key=(Column("task_id", "VARCHAR"), Column("peer_id", "VARCHAR")),
-    columns=(Column("cluster", "VARCHAR"), Column("registered_at", "TIMESTAMP", MIN)),
+    columns=(Column("cluster", "VARCHAR"), Column("registration_id", "VARCHAR"),
+             Column("registered_at", "TIMESTAMP", MIN)),
 )
 
+# A decision about a peer counts from that peer's registration; one addressed to a seed host
+# (a seed trigger) from the registration that triggered it.
 LATENCY_VIEW = """
-SELECT d.*, r.registered_at,
-       epoch_ms(d.decided_at) - epoch_ms(r.registered_at) AS latency_ms
+SELECT d.*, coalesce(own.registered_at, cause.registered_at) AS registered_at,
+       epoch_ms(d.decided_at) - epoch_ms(coalesce(own.registered_at, cause.registered_at))
+           AS latency_ms
 FROM decisions d
-LEFT JOIN registrations r ON r.task_id = d.task_id AND r.peer_id = d.addressee
+LEFT JOIN registrations own ON own.task_id = d.task_id AND own.peer_id = d.addressee
+LEFT JOIN registrations cause ON cause.task_id = d.task_id
+                             AND cause.registration_id = d.trigger_id
 """
 
 
@@ -47,7 +53,8 @@ def fold(events: Sequence[AnyEvent]) -> list[Patches]:
     for e in events:
         match e:
             case PeerRegistered():
-                registrations.put((e.task_id, e.peer_id), cluster=e.cluster, registered_at=e.at)
+                registrations.put((e.task_id, e.peer_id), cluster=e.cluster,
+                                  registration_id=e.id, registered_at=e.at)
             case ParentsAssigned():
                 decisions.put((e.id,), cluster=e.cluster, task_id=e.task_id, addressee=e.peer_id,
                               kind="parents_assigned", trigger_id=e.trigger_id,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import hashlib
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +23,8 @@ import duckdb
 from events.codec import AnyEvent
 from projections import PROJECTIONS
 from projections.model import ADD, LAST, MAX, MIN, Column, Patches, Projection, Table
+
+log = logging.getLogger("damselfly.projections")
 
 WATERMARKS: Final = ("CREATE TABLE IF NOT EXISTS projection_watermarks (projection VARCHAR, "
                      "stream VARCHAR, last_seq BIGINT NOT NULL, PRIMARY KEY (projection, stream))")
@@ -37,8 +41,14 @@ _ON_CONFLICT: Final = {
 }
 
 
+SCHEMAS: Final = ("CREATE TABLE IF NOT EXISTS projection_schemas (projection VARCHAR "
+                  "PRIMARY KEY, fingerprint VARCHAR NOT NULL)")
+
+
 def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open the projection database; the writer also creates the schema.
+    """Open the projection database; the writer also creates the schema, and empties any
+    projection whose definition changed since the file was written, so that the projector
+    replays it from the start of the log.
 
     Raises ``duckdb.IOException`` when another process holds the file for writing.
     """
@@ -46,8 +56,26 @@ def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection
         return duckdb.connect(str(path), read_only=True, config=SEALED)
     path.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(path), config=SEALED)
+    con.execute(WATERMARKS)
+    con.execute(SCHEMAS)
+    stored = dict(con.execute("SELECT projection, fingerprint FROM projection_schemas").fetchall())
+    changed = [p for p in PROJECTIONS if stored.get(p.name, fingerprint(p)) != fingerprint(p)]
+    if changed:
+        log.warning("definition changed, rebuilding from the log: %s",
+                    ", ".join(p.name for p in changed))
+        reset(con, changed)
     create_schema(con, PROJECTIONS)
+    con.execute("INSERT OR REPLACE INTO projection_schemas SELECT unnest($1::VARCHAR[]), "
+                "unnest($2::VARCHAR[])", [[p.name for p in PROJECTIONS],
+                                          [fingerprint(p) for p in PROJECTIONS]])
     return con
+
+
+def fingerprint(projection: Projection) -> str:
+    """A digest of everything that shapes a projection's rows: streams, tables, views."""
+    text = repr((projection.streams, [t.ddl() for t in projection.tables],
+                 sorted(projection.views.items())))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def create_schema(con: duckdb.DuckDBPyConnection, projections: Sequence[Projection]) -> None:

@@ -75,10 +75,12 @@ def test_decisions_and_their_latency_from_registration(con: duckdb.DuckDBPyConne
                           [task_id(SWARM.cluster, 0)]).fetchall()
     assert parents == [(["c1-seed-t0"], 1, 1)]
     latencies = con.execute("SELECT kind, min(latency_ms), max(latency_ms) FROM decision_latency "
-                            "WHERE kind != 'seed_triggered' GROUP BY kind ORDER BY kind").fetchall()
-    # synthetic decisions come 5 ms (back to source) and 1–20 ms (parents) after registration
+                            "GROUP BY kind ORDER BY kind").fetchall()
+    # synthetic decisions come 4 ms (seed trigger, counted from the registration that caused
+    # it), 5 ms (back to source) and 1–20 ms (parents) after registration
     assert latencies[0] == ("back_to_source", 5, 5)
     assert latencies[1][0] == "parents_assigned" and 1 <= latencies[1][1] <= latencies[1][2] <= 20
+    assert latencies[2] == ("seed_triggered", 4, 4)
 
 
 def test_cluster_configs_keep_the_latest(con: duckdb.DuckDBPyConnection) -> None:
@@ -179,3 +181,28 @@ def test_an_open_read_never_blocks_the_writer(con: duckdb.DuckDBPyConnection) ->
         assert reader.execute("SELECT count(*) FROM tasks").fetchone() == (before + 1,)
     finally:
         reader.close()
+
+
+def test_a_projection_whose_definition_changed_is_emptied_for_replay(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    project(path).close()
+    old = duckdb.connect(str(path))
+    old.execute("UPDATE projection_schemas SET fingerprint = 'an older one' "
+                "WHERE projection = 'peers'")
+    old.close()
+    con = store.connect(path)
+    try:
+        assert con.execute("SELECT count(*) FROM peers").fetchone() == (0,)
+        assert ("peers", "DF_TASKS") not in store.watermarks(con)
+        assert store.start_seq(con, "DF_TASKS") == 1
+        assert con.execute("SELECT count(*) FROM tasks").fetchone() == (SWARM.tasks,)
+        for stream, items in by_stream(events(SWARM)).items():
+            store.apply_batch(con, stream, items)
+    finally:
+        con.close()
+    con = store.connect(path)  # the new definition was recorded: nothing is emptied again
+    try:
+        peers = SWARM.tasks * (SWARM.peers_per_task + 1)
+        assert con.execute("SELECT count(*) FROM peers").fetchone() == (peers,)
+    finally:
+        con.close()
