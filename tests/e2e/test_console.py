@@ -81,6 +81,11 @@ def browse(url: str, shot: Path, download_another: Callable[[], None]) -> dict[s
             page.click("#list tr.link:has-text('blob.bin')")
             page.wait_for_selector("#peers tr.link")
             seen["task_peers"] = page.locator("#peers tbody tr").count()
+            page.goto(url + "/#/sql")
+            page.fill("textarea", "SELECT count(*) AS n FROM downloads WHERE ok")
+            page.click("button")
+            page.wait_for_selector("#result td")
+            seen["sql"] = page.locator("#result td").inner_text()
             seen["errors"] = errors
         finally:
             browser.close()
@@ -129,6 +134,7 @@ async def test_console_draws_a_real_download(nats_url: str, tmp_path: Path) -> N
         assert panels[name]["rows"] > 0 and panels[name]["marks"] > 0, panels[name]
     assert seen["task_peers"] >= 3  # the seed and both peers took part
     assert seen["schedulers"] == 1
+    assert seen["sql"] == "5"  # three downloads of the first file, two of the other
     assert shot.stat().st_size > 10_000
     if keep := os.environ.get("DAMSELFLY_CONSOLE_SHOTS"):  # a folder to look at them in
         for taken in (shot, shot.with_name("overview.png")):

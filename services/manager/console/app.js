@@ -159,6 +159,22 @@ const views = {
       fill("hosts", records(j.hosts, ["host_id", "task_id", "state", "reason", "updated_at"]));
     };
   },
+  sql() {
+    const text = h("textarea", { rows: 6, spellcheck: "false" });
+    text.value = "SELECT state, count(*) AS peers FROM peers GROUP BY state ORDER BY peers DESC";
+    const out = h("div", { id: "result" });
+    const run = async () => {
+      const resp = await fetch("/api/v1/sql", { method: "POST",
+        headers: { "Content-Type": "application/json" }, body: JSON.stringify({ sql: text.value }) });
+      const body = await resp.json();
+      if (!resp.ok) { out.replaceChildren(h("p", { class: "error" }, body.detail)); return; }
+      const note = body.truncated ? h("p", {}, `first ${body.rows.length} rows only`) : "";
+      out.replaceChildren(Charts.table(body), note);
+    };
+    $view.replaceChildren(h("h2", {}, "SQL (read-only, over the live projections)"), text,
+      h("div", {}, h("button", { onclick: run }, "Run")), out);
+    return async () => {};  // results change only when asked
+  },
   dashboards() {
     const grid = h("div", { class: "grid" });
     $view.replaceChildren(h("h2", {}, "Dashboards"), grid);
