@@ -22,6 +22,7 @@ from bench.swarm_lab import (
     DaemonCaps,
     Lab,
     MiB,
+    SwarmRun,
     curl_everywhere,
     download_everywhere,
     origin_bytes_sent,
@@ -51,7 +52,7 @@ def _timeout(bound: float) -> float:
 
 
 def damselfly(settings: tuple[DaemonCaps, ClusterConfig], peers: int
-              ) -> tuple[list[float], int]:
+              ) -> SwarmRun:
     caps, config = settings
     with Lab(f"swarm{peers}") as lab:
         files = lab.root / "files"
@@ -60,20 +61,21 @@ def damselfly(settings: tuple[DaemonCaps, ClusterConfig], peers: int
         origin = start_origin(lab, files, ORIGIN_UPLOAD)
         endpoints = [e["api_socket"] for e in start_damselfly(lab, peers, caps, config)]
         request = DownloadRequest(url=f"{origin}/files/blob", piece_length=PIECE, digest=digest)
+        cpu0 = lab.cpu_seconds()
         results = anyio.run(download_everywhere, endpoints, request,
                             _timeout(lower_bound(SIZE, peers, UPLOAD, ORIGIN_UPLOAD)))
-        return [r["seconds"] for r in results], origin_bytes_sent(origin)
+        return SwarmRun([r["seconds"] for r in results], origin_bytes_sent(origin),
+                        lab.cpu_seconds() - cpu0)
 
 
-def bittorrent(peers: int) -> tuple[list[float], int]:
+def bittorrent(peers: int) -> SwarmRun:
     with Lab(f"bt{peers}") as lab:
         write_random_file(lab.root / "blob", SIZE)
-        run = run_bittorrent(lab, lab.root / "blob", peers, UPLOAD, ORIGIN_UPLOAD, PIECE,
-                             _timeout(lower_bound(SIZE, peers, UPLOAD, ORIGIN_UPLOAD)))
-        return run.times, run.origin_bytes
+        return run_bittorrent(lab, lab.root / "blob", peers, UPLOAD, ORIGIN_UPLOAD, PIECE,
+                              _timeout(lower_bound(SIZE, peers, UPLOAD, ORIGIN_UPLOAD)))
 
 
-def client_server(peers: int) -> tuple[list[float], int]:
+def client_server(peers: int) -> SwarmRun:
     with Lab(f"cs{peers}") as lab:
         files = lab.root / "files"
         files.mkdir()
@@ -81,10 +83,10 @@ def client_server(peers: int) -> tuple[list[float], int]:
         origin = start_origin(lab, files, ORIGIN_UPLOAD)
         times = curl_everywhere(lab, f"{origin}/files/blob", peers,
                                 _timeout(lower_bound(SIZE, peers, 0, ORIGIN_UPLOAD)))
-        return times, origin_bytes_sent(origin)
+        return SwarmRun(times, origin_bytes_sent(origin), cpu_s=None)
 
 
-SYSTEMS: Final[dict[str, Callable[[int], tuple[list[float], int]]]] = {
+SYSTEMS: Final[dict[str, Callable[[int], SwarmRun]]] = {
     "damselfly": partial(damselfly, TUNED), "damselfly, defaults": partial(damselfly, DEFAULTS),
     "bittorrent": bittorrent, "client/server": client_server}
 
@@ -92,19 +94,22 @@ SYSTEMS: Final[dict[str, Callable[[int], tuple[list[float], int]]]] = {
 def measure(system: str, peers: int) -> tuple[dict[str, Any], list[float]]:
     """One row of the table (an ``error`` instead of figures when the run failed)."""
     bound = lower_bound(SIZE, peers, UPLOAD, ORIGIN_UPLOAD)
-    row: dict[str, Any] = {"system": system, "peers": peers}
+    row: dict[str, Any] = {"system": system, "peers": peers,
+                           "load_1m": round(os.getloadavg()[0], 1)}
     print(f"-- {system}, N={peers} (bound {bound:.2f}s)", flush=True)
     started = time.monotonic()
     try:
-        times, origin_bytes = SYSTEMS[system](peers)
+        run = SYSTEMS[system](peers)
     except (RuntimeError, OSError) as exc:
         print(f"   failed: {exc}", flush=True)
         return {**row, "error": str(exc)}, []
-    row.update({k: round(v, 3) for k, v in swarm_summary(times, bound, origin_bytes,
+    row.update({k: round(v, 3) for k, v in swarm_summary(run.times, bound, run.origin_bytes,
                                                          SIZE).items()})
+    if run.cpu_s is not None:
+        row["cpu_s"] = round(run.cpu_s, 1)
     print(f"   slowest {row['slowest_s']}s, efficiency {row['eff_slowest']}, origin "
           f"{row['origin_ratio']}xF ({time.monotonic() - started:.0f}s wall)", flush=True)
-    return row, times
+    return row, run.times
 
 
 def compare(rows: list[dict[str, Any]]) -> None:
@@ -145,7 +150,8 @@ def main() -> None:
                    f"{DEFAULTS[1].back_to_source_limit} (the defaults), same caps."),
                   "No seed peer: the origin is the only server, as in the bound."],
         "columns": ["system", "peers", "bound_s", "p50_s", "p99_s", "slowest_s", "eff_p50",
-                    "eff_p99", "eff_slowest", "origin_ratio", "vs_bittorrent", "error"],
+                    "eff_p99", "eff_slowest", "origin_ratio", "vs_bittorrent", "cpu_s",
+                    "load_1m", "error"],
         "rows": rows,
         "series": series,
     })

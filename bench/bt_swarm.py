@@ -14,21 +14,14 @@ import socket
 import subprocess
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from bench.swarm_lab import Lab
+from bench.swarm_lab import Lab, SwarmRun
 
 TOOLS: Final = ("aria2c", "mktorrent", "opentracker")
 # Each leecher records when it holds the whole file (before it goes on seeding).
 _HOOK: Final = '#!/bin/sh\ndate +%s.%N > "$3.done"\n'
-
-
-@dataclass(frozen=True)
-class TorrentRun:
-    times: list[float]
-    origin_bytes: int
 
 
 def missing_tools() -> list[str]:
@@ -68,9 +61,9 @@ def _seeder_uploaded(rpc_port: int) -> int:
 
 
 def run_bittorrent(lab: Lab, source: Path, peers: int, upload: float, origin_upload: float,
-                   piece_length: int, timeout: float) -> TorrentRun:
+                   piece_length: int, timeout: float) -> SwarmRun:
     """Seed ``source`` at ``origin_upload`` bytes/s to ``peers`` aria2c leechers started at
-    once; each one's completion seconds from the common start, and what the seeder sent.
+    once; what the seeder sent stands for the origin's bytes.
     Raises ``RuntimeError`` when a tool is missing or the swarm does not finish in time."""
     if missing := missing_tools():
         raise RuntimeError(f"missing {', '.join(missing)}: apt-get install aria2 mktorrent "
@@ -101,6 +94,7 @@ def run_bittorrent(lab: Lab, source: Path, peers: int, upload: float, origin_upl
                                    f"--rpc-listen-port={rpc_port}"))
     _wait_seeding(rpc_port, timeout=60.0)
     targets = []
+    cpu0 = lab.cpu_seconds()
     t0 = time.time()
     for i in range(peers):
         folder = work / f"leech{i}"
@@ -115,7 +109,8 @@ def run_bittorrent(lab: Lab, source: Path, peers: int, upload: float, origin_upl
             raise RuntimeError(f"BitTorrent: {done}/{peers} leechers finished in {timeout:.0f}s")
         time.sleep(0.2)
     times = [float(t.read_text()) - t0 for t in targets]
-    return TorrentRun(times=times, origin_bytes=_seeder_uploaded(rpc_port))
+    return SwarmRun(times=times, origin_bytes=_seeder_uploaded(rpc_port),
+                    cpu_s=lab.cpu_seconds() - cpu0)
 
 
 def _wait_seeding(rpc_port: int, timeout: float) -> None:

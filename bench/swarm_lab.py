@@ -49,6 +49,7 @@ class Lab:
         self.logs = self.root / "logs"
         self.logs.mkdir()
         self._procs: list[subprocess.Popen[bytes]] = []
+        self._brokers: list[subprocess.Popen[bytes]] = []
         self._stack = ExitStack()
         self.env = {"DAMSELFLY_CLUSTER_SECRET": secrets.token_hex(32)}
 
@@ -75,6 +76,18 @@ class Lab:
         except RuntimeError as exc:
             raise RuntimeError(f"{name}: {exc}; see {self.logs / (name + '.log')}") from None
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the children still running (and the broker) have used."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for proc in [*self._procs, *self._brokers]:
+            try:
+                fields = Path(f"/proc/{proc.pid}/stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue  # it has exited: nothing left to read
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / ticks
+
     def ended(self) -> None:
         """End every child started so far (SIGTERM, then SIGKILL after a grace)."""
         stop(list(reversed(self._procs)))
@@ -95,6 +108,7 @@ class Lab:
         """A NATS server with the streams and the scheduler cluster's ``config`` in force."""
         broker = start_broker(self.root / "nats")
         self._stack.callback(broker.stop)
+        self._brokers.append(broker.proc)
         asyncio.run(_prepare_cluster(broker.url, config))
         return broker.url
 
@@ -130,6 +144,17 @@ def start_origin(lab: Lab, root: Path, rate: float) -> str:
 def origin_bytes_sent(origin_url: str) -> int:
     with urllib.request.urlopen(f"{origin_url}/stats", timeout=10) as response:
         return int(json.load(response)["bytes_sent"])
+
+
+@dataclass(frozen=True)
+class SwarmRun:
+    """One swarm's outcome: each peer's completion seconds from the common start, what the
+    origin sent, and the CPU seconds its processes used while the peers downloaded (None
+    where the clients exit when done, so their CPU time cannot be read)."""
+
+    times: list[float]
+    origin_bytes: int
+    cpu_s: float | None
 
 
 @dataclass(frozen=True)
