@@ -33,8 +33,9 @@ def fold(events: Sequence[AnyEvent]) -> list[Patches]:
                           upload_limit=e.upload_limit, state="alive", announced_at=e.at,
                           last_keepalive=e.at, uploads_running=0)
             case HostKeepalive():
+                # a keepalive after a HostLeft (declared dead, then heard from) is alive again
                 hosts.put((e.host_id,), cluster=e.cluster, uploads_running=e.uploads_running,
-                          upload_limit=e.upload_limit, last_keepalive=e.at)
+                          upload_limit=e.upload_limit, last_keepalive=e.at, state="alive")
             case HostLeft():
                 hosts.put((e.host_id,), cluster=e.cluster, state="left", left_reason=e.reason,
                           uploads_running=0)

@@ -9,6 +9,7 @@ import duckdb
 import pytest
 
 from events.config import ClusterConfig, ClusterConfigSet
+from events.hosts import HostKeepalive, HostLeft
 from events.tasks import PeerRegistered, PieceFinished
 from projections import PROJECTIONS, by_name, store
 from projections.model import ADD, LAST, MAX, MIN, Column, Patches, Table
@@ -64,6 +65,18 @@ def test_tasks_downloads_and_hosts(con: duckdb.DuckDBPyConnection) -> None:
     seeds = con.execute("SELECT host_id, uploads_running, load FROM hosts WHERE seed").fetchall()
     last_keepalive_load = 1 + (SWARM.tasks - 1) % 3
     assert seeds == [("c1-seed", last_keepalive_load, last_keepalive_load / 50)]
+
+
+def test_hosts_leave_and_come_back(con: duckdb.DuckDBPyConnection) -> None:
+    after = store.start_seq(con, "DF_HOSTS")
+    left = HostLeft(id="l", at=SWARM.start + 99, cluster="c1", host_id="c1-host1",
+                    reason="keepalive timeout")
+    store.apply_batch(con, "DF_HOSTS", [(after, left)])
+    query = "SELECT state, left_reason FROM hosts WHERE host_id = 'c1-host1'"
+    assert con.execute(query).fetchall() == [("left", "keepalive timeout")]
+    back = HostKeepalive(id="k", at=SWARM.start + 100, cluster="c1", host_id="c1-host1")
+    store.apply_batch(con, "DF_HOSTS", [(after + 1, back)])
+    assert con.execute(query).fetchall() == [("alive", "keepalive timeout")]
 
 
 def test_decisions_and_their_latency_from_registration(con: duckdb.DuckDBPyConnection) -> None:
