@@ -91,10 +91,15 @@ Fold = Callable[[Sequence[AnyEvent]], Iterable[Patches]]
 
 @dataclass(frozen=True)
 class Projection:
-    """One read model: the streams it reads, its tables and views, and its pure fold."""
+    """One read model: the streams it reads, its tables and views, and its pure fold.
+
+    Bump ``version`` when the fold changes what existing rows should hold: like a changed
+    table, it makes the manager rebuild the projection from the log on its next start.
+    """
 
     name: str
     streams: tuple[str, ...]
     tables: tuple[Table, ...]
     fold: Fold
     views: dict[str, str] = field(default_factory=dict)
+    version: int = 1

@@ -72,8 +72,9 @@ def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection
 
 
 def fingerprint(projection: Projection) -> str:
-    """A digest of everything that shapes a projection's rows: streams, tables, views."""
-    text = repr((projection.streams, [t.ddl() for t in projection.tables],
+    """A digest of everything that shapes a projection's rows: its version, streams,
+    tables and views."""
+    text = repr((projection.version, projection.streams, [t.ddl() for t in projection.tables],
                  sorted(projection.views.items())))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
