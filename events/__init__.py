@@ -1,5 +1,16 @@
 """Damselfly's event catalogue: every control fact of the system, versioned and typed."""
 
+from events.admin import (
+    AuditRecorded,
+    ClusterDeleted,
+    ClusterSaved,
+    ClusterScopes,
+    TenantDeleted,
+    TenantSaved,
+    TokenIssued,
+    TokenRevoked,
+    UserSaved,
+)
 from events.base import Event
 from events.codec import AnyEvent, EventDecodeError, decode, encode, event_types
 from events.config import ClusterConfig, ClusterConfigSet
@@ -34,6 +45,8 @@ from events.tasks import (
 )
 
 __all__ = [
+    "AuditRecorded", "ClusterDeleted", "ClusterSaved", "ClusterScopes", "TenantDeleted",
+    "TenantSaved", "TokenIssued", "TokenRevoked", "UserSaved",
     "AnyEvent", "BackToSourceOrdered", "BackToSourceStarted", "ClusterConfig",
     "ClusterConfigSet", "DeleteTaskRequested", "Event", "EventDecodeError", "GetTaskRequested",
     "HostAnnounced", "HostKeepalive", "HostLeft", "JobFailed", "JobProgressed", "JobStarted",

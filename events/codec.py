@@ -6,6 +6,7 @@ from typing import Final
 
 import msgspec
 
+from events.admin import AdminEvent
 from events.base import Event
 from events.config import ConfigEvent
 from events.hosts import HostEvent
@@ -13,7 +14,7 @@ from events.jobs import JobEvent
 from events.sched import SchedEvent
 from events.tasks import TaskEvent
 
-AnyEvent = HostEvent | TaskEvent | SchedEvent | JobEvent | ConfigEvent
+AnyEvent = HostEvent | TaskEvent | SchedEvent | JobEvent | ConfigEvent | AdminEvent
 
 
 class EventDecodeError(ValueError):

@@ -23,6 +23,7 @@ def stream_configs(*, task_max_age: float = DAY, task_max_bytes: int = 8 << 30) 
         StreamConfig(name="DF_SCHED", subjects=["df.sched.>"], max_age=task_max_age, **common),
         StreamConfig(name="DF_JOBS", subjects=["df.job.>"], max_age=7 * DAY, **common),
         StreamConfig(name="DF_CONFIG", subjects=["df.config.>"], max_msgs_per_subject=1, **common),
+        StreamConfig(name="DF_ADMIN", subjects=["df.admin.>"], **common),
         StreamConfig(name="DF_DLQ", subjects=["df.dlq.>"], max_age=7 * DAY, **common),
     ]
 

@@ -10,6 +10,7 @@ The family comes before the cluster so that no two streams' subjects overlap
 | DF_SCHED    | df.sched.<c>.<p>.<peer or host>                 |
 | DF_JOBS     | df.job.<job>.<name>                             |
 | DF_CONFIG   | df.config.<scope>                               |
+| DF_ADMIN    | df.admin.<family>.<key>.<name>                  |
 | DF_DLQ      | df.dlq.<stream>                                 |
 """
 
@@ -18,6 +19,16 @@ from __future__ import annotations
 import re
 from typing import Final, NamedTuple
 
+from events.admin import (
+    AuditRecorded,
+    ClusterDeleted,
+    ClusterSaved,
+    TenantDeleted,
+    TenantSaved,
+    TokenIssued,
+    TokenRevoked,
+    UserSaved,
+)
 from events.base import Event
 from events.config import ClusterConfigSet
 from events.hosts import HostAnnounced, HostKeepalive, HostLeft
@@ -95,6 +106,10 @@ def config_subject(scope: str) -> str:
     return f"df.config.{scope}"
 
 
+def admin_subject(family: str, key: str, name: str) -> str:
+    return f"df.admin.{family}.{token(key)}.{name}"
+
+
 def dlq_subject(stream: str) -> str:
     return f"df.dlq.{token(stream)}"
 
@@ -132,6 +147,16 @@ def subject_for(event: Event) -> str:
             return job_subject(event.job_id, _name(event))
         case ClusterConfigSet():
             return config_subject(f"cluster.{token(event.cluster)}")
+        case ClusterSaved() | ClusterDeleted():
+            return admin_subject(f"{event.kind}_cluster", event.cluster, _name(event))
+        case UserSaved():
+            return admin_subject("user", event.user_id, _name(event))
+        case TokenIssued() | TokenRevoked():
+            return admin_subject("token", event.token_id, _name(event))
+        case TenantSaved() | TenantDeleted():
+            return admin_subject("tenant", event.tenant, _name(event))
+        case AuditRecorded():
+            return admin_subject("audit", safe_token(event.actor), _name(event))
     raise TypeError(f"no subject for {type(event).__name__}")
 
 

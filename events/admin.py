@@ -1,0 +1,124 @@
+"""Administration: clusters and their scopes, users, personal access tokens, tenants, audit.
+
+Subjects: ``df.admin.<family>.<key>.<name>`` (``family`` is ``scheduler_cluster``,
+``seed_peer_cluster``, ``user``, ``token``, ``tenant`` or ``audit``). No secret is here in
+clear: passwords are salted scrypt hashes and tokens sha256 digests of random values.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from events.base import Event
+
+
+class ClusterScopes(msgspec.Struct, frozen=True, kw_only=True):
+    """Which hosts belong to a scheduler cluster: by IDC, location prefix, CIDR or hostname
+    pattern (a regular expression)."""
+
+    idc: list[str] = msgspec.field(default_factory=list)
+    location: list[str] = msgspec.field(default_factory=list)
+    cidrs: list[str] = msgspec.field(default_factory=list)
+    hostnames: list[str] = msgspec.field(default_factory=list)
+
+
+class ClusterSaved(Event, frozen=True, kw_only=True, tag="admin.cluster_saved.v1"):
+    """A scheduler or seed-peer cluster was created or changed.
+
+    ``kind`` is ``scheduler`` or ``seed_peer``; ``seed_peer_clusters`` links a scheduler
+    cluster to the seed-peer clusters serving it; ``load_limit`` is a seed-peer cluster's.
+    """
+
+    cluster: str
+    kind: str = "scheduler"
+    name: str = ""
+    bio: str = ""
+    scopes: ClusterScopes = msgspec.field(default_factory=ClusterScopes)
+    is_default: bool = False
+    seed_peer_clusters: list[str] = msgspec.field(default_factory=list)
+    load_limit: int = 0
+    actor: str = ""
+
+
+class ClusterDeleted(Event, frozen=True, kw_only=True, tag="admin.cluster_deleted.v1"):
+    """A scheduler or seed-peer cluster was deleted."""
+
+    cluster: str
+    kind: str = "scheduler"
+    actor: str = ""
+
+
+class UserSaved(Event, frozen=True, kw_only=True, tag="admin.user_saved.v1"):
+    """A user was created or changed (role, tenant, password, state).
+
+    ``role`` is ``root`` or ``guest``; ``tenant`` empty means every tenant;
+    ``password_hash`` is ``scrypt$n$r$p$salt$hash``, never the password.
+    """
+
+    user_id: str
+    email: str = ""
+    role: str = "guest"
+    tenant: str = ""
+    password_hash: str
+    state: str = "enabled"
+    actor: str = ""
+
+
+class TokenIssued(Event, frozen=True, kw_only=True, tag="admin.token_issued.v1"):
+    """A personal access token was issued; only the sha256 of its secret part is kept."""
+
+    token_id: str
+    user_id: str
+    name: str = ""
+    scopes: list[str] = msgspec.field(default_factory=list)
+    expires_at: float
+    token_hash: str
+
+
+class TokenRevoked(Event, frozen=True, kw_only=True, tag="admin.token_revoked.v1"):
+    """A personal access token was revoked before its expiry."""
+
+    token_id: str
+    user_id: str
+    actor: str = ""
+
+
+class TenantSaved(Event, frozen=True, kw_only=True, tag="admin.tenant_saved.v1"):
+    """A tenant (Dragonfly's application) was created or changed; its tasks, jobs and peers
+    are those whose ``application`` is ``tenant``."""
+
+    tenant: str
+    url: str = ""
+    bio: str = ""
+    priority: int = 0
+    actor: str = ""
+
+
+class TenantDeleted(Event, frozen=True, kw_only=True, tag="admin.tenant_deleted.v1"):
+    """A tenant was deleted."""
+
+    tenant: str
+    actor: str = ""
+
+
+class AuditRecorded(Event, frozen=True, kw_only=True, tag="admin.audit_recorded.v1"):
+    """Someone changed something through the manager: who, what, on which target, outcome."""
+
+    actor: str
+    action: str
+    target: str = ""
+    method: str = ""
+    path: str = ""
+    status: int = 0
+
+
+AdminEvent = (
+    ClusterSaved
+    | ClusterDeleted
+    | UserSaved
+    | TokenIssued
+    | TokenRevoked
+    | TenantSaved
+    | TenantDeleted
+    | AuditRecorded
+)
