@@ -26,6 +26,9 @@ def main(names: list[str]) -> int:
         print(f"== {module}", flush=True)
         try:
             runpy.run_module(f"bench.{module}", run_name="__main__")
+        except RuntimeError as exc:  # a failure the benchmark explained in one line
+            print(f"{module} failed: {exc}", file=sys.stderr)
+            failed.append(module)
         except Exception:  # noqa: BLE001 - one broken benchmark must not hide the others
             traceback.print_exc()
             failed.append(module)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -22,6 +23,7 @@ from bench.swarm_lab import (
     DaemonCaps,
     Lab,
     origin_bytes_sent,
+    run_all,
     start_damselfly,
     start_origin,
     write_random_file,
@@ -42,23 +44,18 @@ async def fetch_all(endpoint: str, requests: Sequence[DownloadRequest], out: Pat
     """Each task's seconds from start to exported file (in the order of ``requests``), and
     the wall time for all of them, with at most ``in_flight`` at once. Raises
     ``RuntimeError`` on a failed task or after ``TIMEOUT`` seconds."""
-    latencies = [0.0] * len(requests)
-    limiter = anyio.Semaphore(in_flight)
     client = ApiClient(endpoint)
 
-    async def one(i: int, request: DownloadRequest) -> None:
-        async with limiter:
-            started = time.monotonic()
-            await fetch_one(client, request, out / f"{i}", show_progress=False)
-            latencies[i] = time.monotonic() - started
+    async def one(i: int, request: DownloadRequest) -> float:
+        started = time.monotonic()
+        await fetch_one(client, request, out / f"{i}", show_progress=False)
+        return time.monotonic() - started
 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     try:
-        with anyio.fail_after(TIMEOUT):
-            async with anyio.create_task_group() as tg:
-                for i, request in enumerate(requests):
-                    tg.start_soon(one, i, request)
+        latencies = await run_all([partial(one, i, r) for i, r in enumerate(requests)],
+                                  TIMEOUT, in_flight)
     finally:
         await client.close()
     return latencies, time.monotonic() - t0

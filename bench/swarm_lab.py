@@ -15,13 +15,15 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar
 
+import aiohttp
 import anyio
 
 from events.bus import Publisher
@@ -37,6 +39,7 @@ from services.procs import spawn, stop, wait_ready
 REPO: Final = Path(__file__).resolve().parent.parent
 MiB: Final = 1 << 20
 CLUSTER: Final = "default"
+T = TypeVar("T")
 
 
 class Lab:
@@ -199,26 +202,42 @@ async def _download(endpoint: str, request: DownloadRequest, t0: float) -> dict[
     return {**status, "seconds": time.monotonic() - t0}
 
 
+async def run_all(jobs: Sequence[Callable[[], Awaitable[T]]], timeout: float,
+                  in_flight: int = 0) -> list[T]:
+    """Run the jobs concurrently (at most ``in_flight`` at a time; 0: all) and return their
+    results in order. Raises ``RuntimeError`` naming the first failure once the others have
+    ended, or when ``timeout`` seconds pass."""
+    results: list[T | None] = [None] * len(jobs)
+    errors: list[str] = []
+    limiter = anyio.Semaphore(in_flight or max(len(jobs), 1))
+
+    async def one(i: int) -> None:
+        async with limiter:
+            try:
+                results[i] = await jobs[i]()
+            except (RuntimeError, OSError, aiohttp.ClientError) as exc:
+                errors.append(str(exc) or repr(exc))
+
+    try:
+        with anyio.fail_after(timeout):
+            async with anyio.create_task_group() as tg:
+                for i in range(len(jobs)):
+                    tg.start_soon(one, i)
+    except TimeoutError:
+        done = sum(r is not None for r in results)
+        raise RuntimeError(f"{done}/{len(jobs)} finished in {timeout:.0f}s") from None
+    if errors:
+        raise RuntimeError(f"{len(errors)}/{len(jobs)} failed; first: {errors[0]}")
+    return [r for r in results if r is not None]
+
+
 async def download_everywhere(endpoints: Sequence[str], request: DownloadRequest,
                               timeout: float) -> list[dict[str, Any]]:
     """Ask every daemon for the same download at once; each one's final status plus its
     completion ``seconds`` from the common start. Raises ``RuntimeError`` on a failure or
     after ``timeout`` seconds."""
-    results: list[dict[str, Any]] = [{} for _ in endpoints]
     t0 = time.monotonic()
-
-    async def one(i: int) -> None:
-        results[i] = await _download(endpoints[i], request, t0)
-
-    try:
-        with anyio.fail_after(timeout):
-            async with anyio.create_task_group() as tg:
-                for i in range(len(endpoints)):
-                    tg.start_soon(one, i)
-    except TimeoutError:
-        done = sum(1 for r in results if r)
-        raise RuntimeError(f"{done}/{len(endpoints)} peers finished in {timeout:.0f}s") from None
-    return results
+    return await run_all([partial(_download, e, request, t0) for e in endpoints], timeout)
 
 
 def curl_everywhere(lab: Lab, url: str, clients: int, timeout: float) -> list[float]:
