@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import sys
@@ -66,7 +67,11 @@ def _run_scheduler(args: argparse.Namespace) -> int:
 
             await scheduler.run(stop, ready)
         finally:
-            await nc.drain()
+            if nc.is_connected:
+                await nc.drain()
+            else:
+                with contextlib.suppress(OSError):  # nats-py flushes into the dead socket
+                    await nc.close()
 
     asyncio.run(main())
     return 0

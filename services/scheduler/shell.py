@@ -19,7 +19,7 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -62,6 +62,30 @@ HEARTBEAT: Final = 1.0
 MAX_BUFFERED: Final = 4096  # task events pushed to a partition and not folded yet
 
 Key = tuple[float, str, int]
+
+
+async def finish_or_abandon(work: Awaitable[None], stop: asyncio.Event,
+                            grace: float = 2.0) -> bool:
+    """Await ``work``; once ``stop`` is set give it ``grace`` seconds more, then cancel it.
+
+    True when it finished (its exception, if any, is raised); False when abandoned, as when
+    the server is away and every call waits out its timeout.
+    """
+    task = asyncio.ensure_future(work)
+    waiter = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            await asyncio.wait({task}, timeout=grace)
+    finally:
+        waiter.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        return False
+    task.result()
+    return True
 
 
 class Unpublished(Exception):
@@ -219,17 +243,19 @@ class LiveFeed:
 
     async def close(self) -> None:
         if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(TimeoutError, NatsError):
+                await sub.unsubscribe()
 
 
 class PartitionWorker:
     """Folds one partition and publishes its decisions while this scheduler holds its lease."""
 
-    def __init__(self, js: JetStreamContext, publisher: Publisher, snapshots: KeyValue,
+    def __init__(self, nc: Client, publisher: Publisher, snapshots: KeyValue,
                  cluster: str, part: int, *, batch: int = 256, poll: float = 0.5,
                  snapshot_every: float = 5.0) -> None:
-        self._js = js
+        self._nc = nc
+        self._js = nc.jetstream()
         self._publisher = publisher
         self._snapshots = snapshots
         self.cluster = cluster
@@ -266,7 +292,7 @@ class PartitionWorker:
 
     async def save(self) -> None:
         """Write a snapshot when anything was folded since the last one."""
-        if self.seqs == self._saved_seqs:
+        if self.seqs == self._saved_seqs or not self._nc.is_connected:
             return
         data = zlib.compress(msgspec.msgpack.encode(Snapshot(seqs=self.seqs, state=self.state)))
         try:
@@ -290,7 +316,8 @@ class PartitionWorker:
         try:
             while not stop.is_set():
                 try:
-                    await self.round(tasks, feeds, stop)
+                    if not await finish_or_abandon(self.round(tasks, feeds, stop), stop):
+                        return  # abandoned mid-round: no snapshot past what was published
                 except Unpublished:
                     return  # no snapshot past decisions that never went out
                 except (TimeoutError, NatsError) as exc:
@@ -304,9 +331,10 @@ class PartitionWorker:
             if on_stop_save():
                 await self.save()
         finally:
-            await tasks.close()
-            for feed in feeds:
-                await feed.close()
+            if self._nc.is_connected:  # else the server drops the idle consumers by itself
+                await tasks.close()
+                for feed in feeds:
+                    await feed.close()
 
     async def round(self, tasks: LiveFeed, feeds: list[Feed], stop: asyncio.Event) -> None:
         """One fetch: fold task and side events in log order, then publish the decisions."""
@@ -424,11 +452,7 @@ class Scheduler:
         watcher = asyncio.create_task(self._declare_silent_hosts_dead(stop))
         try:
             while not stop.is_set():
-                try:
-                    self._share = -(-PARTITIONS // await members.heartbeat())
-                except (TimeoutError, NatsError) as exc:
-                    log.warning("membership heartbeat: %s", exc)
-                await self._tend_leases(leases, snapshots)
+                await finish_or_abandon(self._tend(members, leases, snapshots), stop)
                 if on_ready is not None:
                     self._write_status()
                     on_ready()
@@ -443,19 +467,23 @@ class Scheduler:
                 owned.stop.set()
             await asyncio.gather(*(o.task for o in self.owned.values()), *self._retired,
                                  return_exceptions=True)
-            for part, owned in self.owned.items():
-                with contextlib.suppress(TimeoutError, NatsError):
-                    await leases.give_back(lease_key(self.cluster, part), owned.revision)
+            if self._nc.is_connected:  # else the leases and membership expire by themselves
+                await asyncio.gather(
+                    members.leave(),
+                    *(leases.give_back(lease_key(self.cluster, part), owned.revision)
+                      for part, owned in self.owned.items()), return_exceptions=True)
             self.owned.clear()
-            with contextlib.suppress(TimeoutError, NatsError):
-                await members.leave()
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
 
-    async def _tend_leases(self, leases: Leases, snapshots: KeyValue) -> None:
+    async def _tend(self, members: Members, leases: Leases, snapshots: KeyValue) -> None:
+        try:
+            self._share = -(-PARTITIONS // await members.heartbeat())
+        except (TimeoutError, NatsError) as exc:
+            log.warning("membership heartbeat: %s", exc)
         for part in range(PARTITIONS):
             try:
-                changed = await self._tend(part, leases, snapshots)
+                changed = await self._tend_one(part, leases, snapshots)
             except (TimeoutError, NatsError) as exc:
                 log.warning("lease of partition %d: %s", part, exc)
                 owned = self.owned.get(part)
@@ -478,7 +506,7 @@ class Scheduler:
         log.info("scheduler %s handed partition %d over", self.scheduler_id, part)
         self._write_status()
 
-    async def _tend(self, part: int, leases: Leases, snapshots: KeyValue) -> bool:
+    async def _tend_one(self, part: int, leases: Leases, snapshots: KeyValue) -> bool:
         """Take, renew or give back one partition's lease; True when ownership changed."""
         key = lease_key(self.cluster, part)
         owned = self.owned.get(part)
@@ -507,7 +535,7 @@ class Scheduler:
         self._retired = [t for t in self._retired if not t.done()] + [owned.task]
 
     def _start(self, part: int, revision: int, snapshots: KeyValue) -> None:
-        worker = PartitionWorker(self._js, self._publisher, snapshots, self.cluster, part,
+        worker = PartitionWorker(self._nc, self._publisher, snapshots, self.cluster, part,
                                  poll=self._poll, snapshot_every=self._snapshot_every)
         stop = asyncio.Event()
         owned: _Owned

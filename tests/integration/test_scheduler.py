@@ -289,6 +289,23 @@ async def test_the_scheduler_rides_out_a_nats_restart(tmp_path: Path) -> None:
             stop([restarted])
 
 
+def test_sigterm_ends_the_scheduler_cleanly_even_with_nats_gone(tmp_path: Path) -> None:
+    broker = start_broker(tmp_path / "nats")
+    ready = tmp_path / "ready.json"
+    try:
+        with (tmp_path / "log").open("wb") as log:
+            proc = spawn([sys.executable, "-m", "services.cli", "scheduler", "--nats", broker.url,
+                          "--ready-file", str(ready)], log)
+        try:
+            assert wait_ready(ready, proc)["partitions"] == list(range(16))
+        finally:
+            broker.stop()
+            stop([proc])  # SIGTERM, then SIGKILL after the grace period
+    finally:
+        broker.stop()
+    assert proc.returncode == 0, (tmp_path / "log").read_text()[-2000:]
+
+
 def _owned(ready: Path) -> list[int]:
     status = json.loads((ready.parent / "scheduler" / "partitions.json").read_text())
     return list(status["partitions"])
