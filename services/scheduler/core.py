@@ -61,6 +61,7 @@ COST_WINDOW: Final = 20
 MIN_COST_SAMPLES: Final = 5
 BAD_UPLOAD_FAILURES: Final = 3
 LOCATION_ELEMENTS: Final = 5
+MAX_PIECES: Final = 1 << 22  # 16 TiB in 4 MiB pieces; beyond it a report is not believed
 
 
 class Host(msgspec.Struct, kw_only=True):
@@ -244,7 +245,7 @@ def _on_back_to_source(state: State, e: BackToSourceStarted, out: list[Event],
 def _on_metadata(state: State, e: TaskMetadataReported, out: list[Event], trace: Trace) -> None:
     task = state.tasks.get(e.task_id)
     peer = task.peers.get(e.peer_id) if task else None
-    if task is None or peer is None or not peer.source:
+    if task is None or peer is None or not peer.source or not 0 <= e.piece_count <= MAX_PIECES:
         return  # only a peer that fetched from the origin is an authority
     was_shaped = task.shaped
     task.content_length, task.piece_length = e.content_length, e.piece_length
@@ -628,7 +629,7 @@ def _count_upload(state: State, parent: Peer, *, ok: bool) -> None:
 
 def _set_bit(peer: Peer, piece: int) -> bool:
     """Mark a piece held (bit 7 of byte 0 is piece 0); False if it was already held."""
-    if piece < 0:
+    if not 0 <= piece < MAX_PIECES:
         return False
     byte, mask = piece >> 3, 0x80 >> (piece & 7)
     bitmap = peer.bitmap

@@ -157,7 +157,7 @@ class Feed:
         try:
             event = decode(msg.data)
         except EventDecodeError as exc:
-            await _dead_letter_quietly(self._js, msg, exc)
+            await _dead_letter_quietly(self._js, msg, f"undecodable: {exc}")
             return
         self._held.append(Logged((meta.timestamp.timestamp(), self.stream, meta.sequence.stream),
                                  event, msg))
@@ -171,13 +171,12 @@ class Feed:
                 pass  # the server is away; it drops the inactive consumer by itself
 
 
-async def _dead_letter_quietly(js: JetStreamContext, msg: Msg, exc: Exception) -> None:
-    """Copy an undecodable message to the dead-letter subject if the server lets us; the
-    partition skips it either way."""
+async def _dead_letter_quietly(js: JetStreamContext, msg: Msg, reason: str) -> None:
+    """Copy a message the partition skips to the dead-letter subject, if the server lets us."""
     try:
-        await dead_letter(js, msg, f"undecodable: {exc}")
+        await dead_letter(js, msg, reason)
     except (TimeoutError, NatsError) as err:
-        log.error("skipped %s (%s); no dead-letter copy: %s", msg.subject, exc, err)
+        log.error("skipped %s (%s); no dead-letter copy: %s", msg.subject, reason, err)
 
 
 class LiveFeed:
@@ -202,7 +201,7 @@ class LiveFeed:
         try:
             event = decode(msg.data)
         except EventDecodeError as exc:
-            await _dead_letter_quietly(self._js, msg, exc)
+            await _dead_letter_quietly(self._js, msg, f"undecodable: {exc}")
             return
         self._buffer.append(Logged((meta.timestamp.timestamp(), "DF_TASKS", meta.sequence.stream),
                                    event, msg))
@@ -357,30 +356,33 @@ class PartitionWorker:
         horizon = items[-1].key if items else known
         out: list[Event] = []
         for item in items:
-            self._fold_side(item.key, out, inclusive=False)
+            await self._fold_side(item.key, out, inclusive=False)
             out += await self._fold(item)
         if horizon is not None:
-            self._fold_side(horizon, out, inclusive=True)
+            await self._fold_side(horizon, out, inclusive=True)
         await self._publish(out, stop)
 
-    def _fold_side(self, upto: Key, out: list[Event], *, inclusive: bool) -> None:
+    async def _fold_side(self, upto: Key, out: list[Event], *, inclusive: bool) -> None:
         n = 0
         for side in self._side:
             if side.key > upto or (side.key == upto and not inclusive):
                 break
             n += 1
-            if side.key[2] > self.seqs[side.key[1]]:
-                out += self._step(side)
-        del self._side[:n]
+        folding, self._side = self._side[:n], self._side[n:]
+        for side in folding:
+            out += await self._fold(side)
 
     async def _fold(self, item: Logged) -> list[Event]:
+        """The decisions ``item`` causes; an event the core fails on is skipped (and copied to
+        the dead-letter subject) rather than stopping the partition on every restart."""
         if item.key[2] <= self.seqs[item.key[1]]:
             return []
         try:
             return self._step(item)
-        except Exception as exc:  # a bug on one event must not stop the partition
+        except Exception as exc:
             log.exception("partition %d: core failed on %s", self.part, type(item.event).__name__)
-            await dead_letter(self._js, item.msg, f"scheduler core: {type(exc).__name__}: {exc}")
+            await _dead_letter_quietly(self._js, item.msg,
+                                       f"scheduler core: {type(exc).__name__}: {exc}")
             return []
 
     def _step(self, item: Logged) -> list[Event]:

@@ -361,6 +361,17 @@ def test_only_origin_fetchers_are_digest_authorities() -> None:
     assert task.content_length == PIECES * 16 and task.digests[0] == "d0"
 
 
+def test_absurd_piece_numbers_are_not_believed() -> None:
+    s = swarm_with_source()
+    only(s.register("p2", "h2"), ParentsAssigned)
+    assert s.piece("p2", 10**12, parent="p1") == []
+    assert s.piece("p2", -1, parent="p1") == []
+    s.apply(TaskMetadataReported(id="huge", at=1.0, cluster=C, task_id=TASK, peer_id="p1",
+                                 content_length=1, piece_length=1, piece_count=10**12))
+    peer, task = s.state.tasks[TASK].peers["p2"], s.state.tasks[TASK]
+    assert (peer.finished, len(peer.bitmap), task.piece_count) == (0, 0, PIECES)
+
+
 def scripted_swarm() -> list[Event]:
     """A busy log: seed, sources, many children, failures, departures, reschedules."""
     s = Script()
