@@ -146,8 +146,8 @@ def main() -> None:
                    "tuned_back_to_source_limit": TUNED[1].back_to_source_limit},
         "notes": [(f"damselfly: --upload-limit {TUNED[0].upload_limit} and "
                    f"back_to_source_limit={TUNED[1].back_to_source_limit}; damselfly, defaults: "
-                   f"--upload-limit {DEFAULTS[0].upload_limit} and back_to_source_limit="
-                   f"{DEFAULTS[1].back_to_source_limit} (the defaults), same caps."),
+                   "the daemon's and the scheduler's defaults (back_to_source_limit="
+                   f"{DEFAULTS[1].back_to_source_limit}), same caps."),
                   "No seed peer: the origin is the only server, as in the bound."],
         "columns": ["system", "peers", "bound_s", "p50_s", "p99_s", "slowest_s", "eff_p50",
                     "eff_p99", "eff_slowest", "origin_ratio", "vs_bittorrent", "cpu_s",

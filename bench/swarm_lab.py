@@ -54,7 +54,8 @@ class Lab:
         self._procs: list[subprocess.Popen[bytes]] = []
         self._brokers: list[subprocess.Popen[bytes]] = []
         self._stack = ExitStack()
-        self.env = {"DAMSELFLY_CLUSTER_SECRET": secrets.token_hex(32)}
+        # Children import bench.* too, from wherever the benchmark was started.
+        self.env = {"DAMSELFLY_CLUSTER_SECRET": secrets.token_hex(32), "PYTHONPATH": str(REPO)}
 
     def spawn(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
         """Start a child logging to ``logs/<name>.log``. Raises ``OSError``."""
@@ -163,11 +164,11 @@ class SwarmRun:
 @dataclass(frozen=True)
 class DaemonCaps:
     """A daemon's rate settings: ``upload_rate`` bytes/s (0: none); ``upload_limit``
-    concurrent uploads (beyond it children get 503 and try another parent)."""
+    concurrent uploads (beyond it children get 503 and try another parent; None: the
+    daemon's default)."""
 
     upload_rate: float = 0.0
-    upload_limit: int = 50
-    concurrency: int = 8
+    upload_limit: int | None = None
 
 
 def start_damselfly(lab: Lab, peers: int, caps: DaemonCaps,
@@ -182,9 +183,9 @@ def start_damselfly(lab: Lab, peers: int, caps: DaemonCaps,
         argv = python_cli("services.cli", "daemon", "--nats", nats,
                           "--data-dir", str(lab.root / f"peer{i}"),
                           "--upload-rate", str(caps.upload_rate),
-                          "--upload-limit", str(caps.upload_limit),
-                          "--concurrency", str(caps.concurrency),
                           "--ready-file", str(lab.ready_path(f"peer{i}")))
+        if caps.upload_limit is not None:
+            argv += ["--upload-limit", str(caps.upload_limit)]
         started.append((f"peer{i}", lab.spawn(f"peer{i}", argv)))
     return [lab.ready(name, proc, timeout=30.0 + 2.0 * peers) for name, proc in started]
 
