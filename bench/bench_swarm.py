@@ -34,11 +34,35 @@ from bench.swarm_math import lower_bound, swarm_summary
 from events.config import ClusterConfig
 from services.peer.request import DownloadRequest
 
-PEERS: Final = [int(n) for n in os.environ.get("BENCH_SWARM_PEERS", "10,50").split(",")]
-SIZE: Final = int(float(os.environ.get("BENCH_SWARM_MIB", "8")) * MiB)
+PIECE: Final = 256 << 10
+
+
+def peer_counts(text: str) -> list[int]:
+    """``"10,50"`` as ``[10, 50]``. Raises ``RuntimeError`` saying what is wrong."""
+    try:
+        counts = [int(n) for n in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise RuntimeError(f"BENCH_SWARM_PEERS wants peer counts like 10,50; got {text!r}")
+    return counts
+
+
+def file_size(text: str) -> int:
+    """MiB as bytes. Raises ``RuntimeError`` saying what is wrong."""
+    try:
+        size = int(float(text) * MiB)
+    except ValueError:
+        size = 0
+    if size < PIECE:
+        raise RuntimeError(f"BENCH_SWARM_MIB wants at least {PIECE / MiB} MiB; got {text!r}")
+    return size
+
+
+PEERS: Final = peer_counts(os.environ.get("BENCH_SWARM_PEERS", "10,50"))
+SIZE: Final = file_size(os.environ.get("BENCH_SWARM_MIB", "8"))
 UPLOAD: Final = 1 * MiB           # U: each peer's upload cap, bytes/s
 ORIGIN_UPLOAD: Final = 4 * MiB    # U_s: the origin's upload cap, bytes/s
-PIECE: Final = 256 << 10
 # No download cap: the daemon has none (D = inf), so BitTorrent and curl get none either.
 # Tuned: one upload at a time per daemon (a busy parent answers 503 and children spread to
 # other parents instead of queueing behind its pacer) and one origin fetcher per task.
@@ -51,8 +75,7 @@ def _timeout(bound: float) -> float:
     return 60.0 + 5.0 * bound
 
 
-def damselfly(settings: tuple[DaemonCaps, ClusterConfig], peers: int
-              ) -> SwarmRun:
+def damselfly(settings: tuple[DaemonCaps, ClusterConfig], peers: int) -> SwarmRun:
     caps, config = settings
     with Lab(f"swarm{peers}") as lab:
         files = lab.root / "files"

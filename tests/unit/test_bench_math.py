@@ -63,3 +63,16 @@ def test_origin_byte_ranges_follow_http_semantics() -> None:
     assert byte_range(slice(-10, None), 100) == (90, 100)
     assert byte_range(slice(5, None), 100) == (5, 100)
     assert byte_range(slice(100, None), 100) is None
+
+
+def test_swarm_settings_from_the_environment_fail_in_one_line() -> None:
+    from bench.bench_swarm import file_size, peer_counts
+
+    assert peer_counts("10,50") == [10, 50]
+    assert file_size("8") == 8 * MiB
+    for bad in ("", "ten", "10,0"):
+        with pytest.raises(RuntimeError, match="BENCH_SWARM_PEERS"):
+            peer_counts(bad)
+    for bad in ("x", "0", "0.1"):
+        with pytest.raises(RuntimeError, match="BENCH_SWARM_MIB"):
+            file_size(bad)
