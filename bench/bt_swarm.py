@@ -20,8 +20,9 @@ from typing import Final
 from bench.swarm_lab import Lab, SwarmRun
 
 TOOLS: Final = ("aria2c", "mktorrent", "opentracker")
-# Each leecher records when it holds the whole file (before it goes on seeding).
-_HOOK: Final = '#!/bin/sh\ndate +%s.%N > "$3.done"\n'
+# Each leecher records when it holds the whole file (before it goes on seeding); the rename
+# makes the record appear whole.
+_HOOK: Final = '#!/bin/sh\ndate +%s.%N > "$3.tmp" && mv "$3.tmp" "$3.done"\n'
 
 
 def missing_tools() -> list[str]:
@@ -52,12 +53,15 @@ def _aria2c(folder: Path, torrent: Path, upload: float, port: int, *extra: str) 
             *extra, str(torrent)]
 
 
-def _seeder_uploaded(rpc_port: int) -> int:
+def _seeder_active(rpc_port: int) -> list[dict[str, str]]:
+    """The seeder's active downloads from its aria2 RPC. Raises ``OSError``."""
     body = json.dumps({"jsonrpc": "2.0", "id": "bench", "method": "aria2.tellActive",
-                       "params": [["uploadLength"]]}).encode()
+                       "params": [["uploadLength", "completedLength", "totalLength"]]}).encode()
     request = urllib.request.Request(f"http://127.0.0.1:{rpc_port}/jsonrpc", data=body)
     with urllib.request.urlopen(request, timeout=10) as response:
-        return sum(int(d["uploadLength"]) for d in json.load(response)["result"])
+        result = json.load(response)["result"]
+    assert isinstance(result, list)
+    return result
 
 
 def run_bittorrent(lab: Lab, source: Path, peers: int, upload: float, origin_upload: float,
@@ -109,17 +113,20 @@ def run_bittorrent(lab: Lab, source: Path, peers: int, upload: float, origin_upl
             raise RuntimeError(f"BitTorrent: {done}/{peers} leechers finished in {timeout:.0f}s")
         time.sleep(0.2)
     times = [float(t.read_text()) - t0 for t in targets]
-    return SwarmRun(times=times, origin_bytes=_seeder_uploaded(rpc_port),
+    uploaded = sum(int(d["uploadLength"]) for d in _seeder_active(rpc_port))
+    return SwarmRun(times=times, origin_bytes=uploaded,
                     cpu_s=lab.cpu_seconds() - cpu0)
 
 
 def _wait_seeding(rpc_port: int, timeout: float) -> None:
-    """Wait until the seeder's RPC answers, i.e. it has checked the file and is serving."""
+    """Wait until the seeder has checked the whole file and serves it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            _seeder_uploaded(rpc_port)
-            return
+            active = _seeder_active(rpc_port)
         except OSError:
-            time.sleep(0.2)
+            active = []
+        if active and all(d["completedLength"] == d["totalLength"] != "0" for d in active):
+            return
+        time.sleep(0.2)
     raise RuntimeError(f"the BitTorrent seeder did not start in {timeout:.0f}s")
