@@ -28,7 +28,7 @@ test: $(STAMP) chromium
 # and plain curl clients; matplotlib (the bench extra) draws its plots.
 bench: $(STAMP)
 	command -v aria2c >/dev/null && command -v mktorrent >/dev/null && command -v opentracker >/dev/null && command -v curl >/dev/null || (apt-get update -qq && apt-get install -y -qq aria2 mktorrent opentracker curl >/dev/null)
-	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install -q -e '.[test,bench]'
 	$(BIN)/python -m bench
 
 clean:
