@@ -53,8 +53,9 @@ from services.scheduler.lease import (
 
 log = logging.getLogger("damselfly.scheduler")
 
-# A decision for a trigger stored longer ago than this was published then (and is out of
-# the dedup window now) or came too late for a peer that already fell back to the origin.
+# A decision for a trigger stored this long before the newest event of the log (when an owner
+# took over) was published then (and is out of the dedup window now) or comes too late for a
+# peer that already fell back to the origin. Server time only: no clock of ours involved.
 STALE_AFTER: Final = DEDUP_WINDOW - 20.0
 
 # Missed heartbeats are how an ordered consumer notices that a restarted server lost it.
@@ -265,6 +266,7 @@ class PartitionWorker:
         self.state = core.new_state(cluster)
         self.seqs = {"DF_TASKS": 0, "DF_HOSTS": 0, "DF_CONFIG": 0}
         self.folded = 0
+        self._stale_before = float("-inf")
         self._side: list[Logged] = []
         self._saved_seqs: dict[str, int] = {}
 
@@ -289,6 +291,17 @@ class PartitionWorker:
             self._saved_seqs = dict(self.seqs)
             log.info("partition %d restored at %s", self.part, self.seqs)
 
+    async def _find_stale_bound(self) -> None:
+        try:
+            last = (await self._js.stream_info("DF_TASKS")).state.last_seq
+            newest = (await self._js.get_msg("DF_TASKS", seq=last)).time if last else None
+        except (TimeoutError, NatsError) as exc:
+            log.warning("partition %d: no newest event (%s); republishing whatever replays",
+                        self.part, exc)
+            return
+        if newest is not None:
+            self._stale_before = newest.timestamp() - STALE_AFTER
+
     async def save(self) -> None:
         """Write a snapshot when anything was folded since the last one."""
         if self.seqs == self._saved_seqs or not self._nc.is_connected:
@@ -305,6 +318,7 @@ class PartitionWorker:
     async def run(self, stop: asyncio.Event, *, on_stop_save: Callable[[], bool]) -> None:
         """Fold and decide until ``stop``; then save a snapshot if ``on_stop_save()``."""
         await self.restore()
+        await self._find_stale_bound()
         tasks = LiveFeed(self._js, task_filter(self.cluster, self.part), self.seqs["DF_TASKS"])
         # Keepalives are left out: the core ignores them and they are most of DF_HOSTS.
         hosts = [f"df.host.{self.cluster}.*.announced", f"df.host.{self.cluster}.*.left"]
@@ -390,9 +404,7 @@ class PartitionWorker:
         self.seqs[stream] = seq
         self.folded += 1
         decisions = core.step(self.state, item.event)
-        if decisions and time.time() - stored > STALE_AFTER:
-            return []
-        return decisions
+        return [] if stored < self._stale_before else decisions
 
     async def _publish(self, out: list[Event], stop: asyncio.Event) -> None:
         now = time.time()  # a decision happens when it is made; replay ignores ``at``
