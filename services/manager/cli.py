@@ -24,7 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     m = sub.add_parser("manager", help="run the manager: projections, REST API and console")
     m.add_argument("--nats", required=True, help="NATS URL")
     m.add_argument("--data-dir", type=Path, required=True, help="where the DuckDB file lives")
-    m.add_argument("--port", type=int, default=0, help="HTTP port on 127.0.0.1 (default: any)")
+    m.add_argument("--host", default="127.0.0.1",
+                   help="HTTP address (default 127.0.0.1; 0.0.0.0 in a container)")
+    m.add_argument("--port", type=int, default=0, help="HTTP port (default: any free one)")
     m.add_argument("--ready-file", type=Path, help="write {url, db} here once serving")
     m.set_defaults(run=_run_manager)
 
@@ -68,7 +70,8 @@ def _run_manager(args: argparse.Namespace) -> int:
     async def main() -> None:
         stop = asyncio.Event()
         stop_on_signals(stop)
-        await serve(args.nats, args.data_dir.resolve(), args.port, args.ready_file, stop)
+        await serve(args.nats, args.data_dir.resolve(), args.port, args.ready_file, stop,
+                    args.host)
 
     try:
         asyncio.run(main())
