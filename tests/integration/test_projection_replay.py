@@ -162,3 +162,23 @@ async def test_an_event_no_projection_can_hold_is_dead_lettered_and_stepped_over
     dead = await js.get_last_msg("DF_DLQ", dlq_subject("DF_TASKS"))
     assert decode(dead.data) == poison
     assert "cannot be projected: ConversionException" in dead.headers[DEAD_REASON]
+
+
+async def test_a_rebuild_while_events_keep_arriving_loses_nothing(
+        js: JetStreamContext, tmp_path: Path) -> None:
+    swarm = Swarm(cluster="c5", tasks=4, peers_per_task=4, pieces=12)
+    log = list(events(swarm))
+    half = len(log) // 2
+    publisher = Publisher(js)
+    con = store.connect(tmp_path / "p.duckdb")
+    try:
+        async with running(js, con) as projector:
+            await publisher.publish_many(log[:half])
+            async with anyio.create_task_group() as group:
+                group.start_soon(projector.rebuild)
+                for i in range(half, len(log), 20):  # the rest lands during the replay
+                    await publisher.publish_many(log[i:i + 20])
+            await caught_up(js, con)
+            assert rows(con) == expected(tmp_path, swarm)
+    finally:
+        con.close()
