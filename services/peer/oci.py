@@ -34,13 +34,14 @@ def parse_blob_path(path: str) -> BlobRef | None:
 def registry_url(value: str) -> str:
     """A registry given as ``host[:port]`` or a URL → its base URL (https unless given).
     Raises ``ValueError`` for something that is not one."""
-    url = value.strip().rstrip("/")
+    url = value.strip()
     if "://" not in url:
         url = f"https://{url}"
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+    if parts.scheme not in ("http", "https") or not parts.hostname \
+            or parts.path not in ("", "/") or parts.query:
         raise ValueError(f"bad registry {value!r}: want host[:port] or http(s)://host[:port]")
-    return url
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def choose_upstream(header: str, ns: str, default: str, known: tuple[str, ...] = ()) -> str:

@@ -6,7 +6,8 @@ manifests, HEADs) goes to the upstream registry chosen by the ``X-Dragonfly-Regi
 header, then containerd's ``ns`` query parameter, then the configured default. As a
 forward proxy (absolute request URLs, ``HTTP_PROXY``), a GET whose URL matches a ``swarm``
 rule goes through the swarm, everything else straight to the origin. The client's
-``Authorization`` reaches the origin only: never an event, never a log line.
+``Authorization`` reaches the origin only: never an event, never a log line. CONNECT is
+passed through as a plain tunnel.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Final
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -34,6 +36,7 @@ from services.peer.oci import (
     registry_url,
 )
 from services.peer.proxy_stream import TaskUnavailable, shaped_task, stream_task
+from services.peer.proxy_tunnel import tunnel
 from services.peer.request import DownloadRequest
 
 if TYPE_CHECKING:
@@ -115,7 +118,7 @@ def _end_to_end(headers: Mapping[str, str]) -> CIMultiDict[str]:
 
 def proxy_app(downloads: Downloads, config: ProxyConfig) -> web.Application:
     """The proxy as an aiohttp app around the daemon's ``Downloads``."""
-    app = web.Application()
+    app = web.Application(middlewares=[_connect])
     app[_downloads_key] = downloads
     app[_config_key] = config
 
@@ -131,10 +134,25 @@ def proxy_app(downloads: Downloads, config: ProxyConfig) -> web.Application:
     return app
 
 
+@web.middleware
+async def _connect(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """CONNECT targets are ``host:port``, which no route matches: tunnel them here."""
+    if request.method != "CONNECT":
+        return await handler(request)
+    config: ProxyConfig = request.app[_config_key]  # type: ignore[assignment]
+    try:
+        return await tunnel(request, config.timeout)
+    except ValueError as exc:
+        refused = _error(400, "UNSUPPORTED", str(exc))
+    except (OSError, TimeoutError) as exc:
+        refused = _error(502, "UNAVAILABLE", f"cannot reach {request.raw_path}: "
+                                             f"{exc.__class__.__name__}")
+    refused.force_close()  # the connection was handed over to a tunnel that never opened
+    return refused
+
+
 async def _route(request: web.Request) -> web.StreamResponse:
     config: ProxyConfig = request.app[_config_key]  # type: ignore[assignment]
-    if request.method == "CONNECT":
-        return _error(501, "UNSUPPORTED", "CONNECT tunnels are not supported by this proxy")
     if request.raw_path.startswith(("http://", "https://")):  # absolute form: HTTP_PROXY
         url = str(request.url)
         rule = match_rule(config.rules, url)

@@ -1,0 +1,36 @@
+"""Forward-proxy rules: ``REGEX=swarm|direct[:params]``, first match wins. Pure."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.peer.proxy import match_rule, parse_rule, proxy_config
+
+
+def test_rules_parse_with_their_filtered_query_parameters() -> None:
+    rule = parse_rule(r"\.(jar|whl)$=swarm:X-Amz-Signature,X-Amz-Date")
+    assert rule.swarm and rule.filtered_query_params == ("X-Amz-Signature", "X-Amz-Date")
+    assert rule.pattern.pattern == r"\.(jar|whl)$"
+    direct = parse_rule("a=b=direct")  # the last '=' splits: a regex may hold one
+    assert not direct.swarm and direct.pattern.pattern == "a=b"
+
+
+@pytest.mark.parametrize("text", ["nothing", "=swarm", "x=maybe", "(=swarm"])
+def test_bad_rules_are_one_line_errors(text: str) -> None:
+    with pytest.raises(ValueError, match="bad proxy rule") as info:
+        parse_rule(text)
+    assert "\n" not in str(info.value)
+
+
+def test_the_first_matching_rule_wins() -> None:
+    rules = proxy_config("", [r"/simple/=direct", r"\.whl=swarm", r"pypi=swarm"]).rules
+    assert match_rule(rules, "http://pypi/simple/x.whl") is rules[0]
+    assert match_rule(rules, "http://pypi/packages/x.whl") is rules[1]
+    assert match_rule(rules, "http://maven/x.jar") is None
+
+
+def test_the_default_registry_is_normalised() -> None:
+    assert proxy_config("registry.local:5000", []).registry == "https://registry.local:5000"
+    assert proxy_config("", []).registry == ""
+    with pytest.raises(ValueError, match="bad registry"):
+        proxy_config("ftp://x", [])
