@@ -147,7 +147,8 @@ class Consumer:
         sub = await self._subscription()
         try:
             msgs = await sub.fetch(self._batch, timeout=timeout)
-        except NatsTimeoutError:
+        except (NatsTimeoutError, asyncio.TimeoutError):
+            # nats-py raises the bare asyncio error when a poll expires partway through.
             return []
         out: list[Delivered] = []
         for msg in msgs:

@@ -12,8 +12,9 @@ log = logging.getLogger("damselfly.nats")
 
 
 async def connect(url: str, name: str, *, first_timeout: float = 10.0) -> Client:
-    """Connect, reconnecting forever once connected. Raises ``ConnectionError`` when no
-    server answers within ``first_timeout`` seconds."""
+    """Connect to ``url`` (or a comma-separated list of a cluster's servers), reconnecting
+    forever once connected. Raises ``ConnectionError`` when no server answers within
+    ``first_timeout`` seconds."""
     connected = False
 
     async def on_error(exc: Exception) -> None:
@@ -24,7 +25,7 @@ async def connect(url: str, name: str, *, first_timeout: float = 10.0) -> Client
 
     try:
         client = await asyncio.wait_for(
-            nats.connect(url, name=name, connect_timeout=2, max_reconnect_attempts=-1,
+            nats.connect(url.split(","), name=name, connect_timeout=2, max_reconnect_attempts=-1,
                          reconnect_time_wait=0.5, allow_reconnect=True, error_cb=on_error),
             first_timeout)
     except (asyncio.TimeoutError, OSError, nats.errors.NoServersError) as exc:

@@ -179,3 +179,14 @@ async def test_batches_are_acked_together_and_a_poison_batch_is_split(js: JetStr
     await asyncio.wait_for(task, timeout=5)
     assert [h for batch in applied for h in batch] == [f"h{i}" for i in range(10) if i != 4]
     assert (consumer.stats.acked, consumer.stats.dead) == (9, 1)
+
+
+async def test_a_cluster_url_list_connects_past_a_dead_server(nats_url: str) -> None:
+    from services.natsconn import connect
+
+    nc = await connect(f"nats://127.0.0.1:1,{nats_url}", "list-test")
+    try:
+        assert nc.is_connected
+        assert nats_url.endswith(f":{nc.connected_url.port}")  # type: ignore[union-attr]
+    finally:
+        await nc.close()
