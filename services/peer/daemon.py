@@ -105,7 +105,12 @@ class Downloads:
         return download
 
     def get(self, task_id: str) -> Download | None:
-        return self._by_task.get(task_id)
+        download = self._by_task.get(task_id)
+        if download is not None and download.state == "succeeded" \
+                and self.ctx.storage.get(task_id) is None:
+            del self._by_task[task_id]  # garbage-collected since it finished
+            return None
+        return download
 
     def active(self) -> set[str]:
         return {t for t, d in self._by_task.items() if not d.finished.is_set()}

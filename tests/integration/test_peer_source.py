@@ -247,3 +247,22 @@ async def test_a_delete_job_drops_the_task_on_this_cluster_only(
     assert isinstance(reply, JobProgressed)
     assert (reply.job_id, reply.task_id, reply.state) == ("job1", task_id, "succeeded")
     assert not (tmp_path / "d" / "tasks" / task_id).exists()
+
+
+async def test_gc_makes_room_by_dropping_the_least_recently_used_task(
+        tmp_path: Path, nats_url: str) -> None:
+    # Room for two files: the third download collects the one used least recently.
+    async with setup(tmp_path, nats_url, gc_high=2 * SIZE + 10, gc_low=2 * SIZE + 10) as (
+            origin, client, cluster):
+        for name in ("a", "b", "c"):
+            (tmp_path / "www" / f"{name}.bin").write_bytes(os.urandom(SIZE))
+        first = await client.download(DownloadRequest(url=f"{origin.url}/a.bin"))
+        second = await client.download(DownloadRequest(url=f"{origin.url}/b.bin"))
+        await client.export(first["task_id"], tmp_path / "a.out")  # a is now the fresher one
+        third = await client.download(DownloadRequest(url=f"{origin.url}/c.bin"))
+        with pytest.raises(RuntimeError, match="unknown task"):
+            await client._json("GET", f"/v1/tasks/{second['task_id']}")
+        kept = await client._json("GET", f"/v1/tasks/{first['task_id']}")
+    assert third["state"] == "succeeded" and kept["state"] == "succeeded"
+    left = [e for e in await task_events(nats_url, cluster) if isinstance(e, PeerLeft)]
+    assert [(e.task_id, e.reason) for e in left] == [(second["task_id"], "garbage-collected")]
