@@ -1,0 +1,146 @@
+"""The job coordinator's pure core: which hosts a job targets, and when it is over.
+
+``evolve`` folds every DF_JOBS event; ``start`` decides a requested job's targets from the
+live hosts; ``settle`` ends a job whose hosts all reported; ``expire`` ends jobs past their
+deadline (preheats fail, get/delete-task jobs report what they collected). Outputs carry
+ids derived from the request's, so a coordinator that replays the log republishes nothing
+new. No clock, no I/O: the shell passes ``now`` and stamps ``at``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+from events.base import Event
+from events.codec import AnyEvent
+from events.ids import derived_id
+from events.jobs import (
+    DeleteTaskRequested,
+    GetTaskRequested,
+    JobFailed,
+    JobProgressed,
+    JobStarted,
+    JobSucceeded,
+    PreheatRequested,
+)
+
+TERMINAL: Final = ("succeeded", "failed")
+SEED_SCOPES: Final = ("single_seed_peer", "all_seed_peers")
+
+
+@dataclass(frozen=True)
+class Host:
+    host_id: str
+    cluster: str
+    seed: bool
+
+
+@dataclass
+class Job:
+    job_id: str
+    request_id: str
+    kind: str
+    scope: str
+    clusters: tuple[str, ...]
+    deadline: float
+    task_ids: list[str]
+    targets: frozenset[str] | None = None  # None: any one host may do it
+    started: bool = False
+    outcomes: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
+
+
+@dataclass
+class Book:
+    preheat_timeout: float
+    collect_window: float
+    jobs: dict[str, Job] = field(default_factory=dict)
+    finished: set[str] = field(default_factory=set)
+
+    def evolve(self, e: AnyEvent) -> None:
+        match e:
+            case PreheatRequested():
+                self._open(e.job_id, e.id, "preheat", e.scope, e.scheduler_cluster_ids,
+                           e.at + self.preheat_timeout, [])
+            case DeleteTaskRequested() | GetTaskRequested():
+                kind = "delete_task" if isinstance(e, DeleteTaskRequested) else "get_task"
+                self._open(e.job_id, e.id, kind, "all_peers", e.scheduler_cluster_ids,
+                           e.at + self.collect_window, [e.task_id])
+            case JobStarted():
+                if job := self.jobs.get(e.job_id):
+                    job.started = True
+                    job.targets = frozenset(e.host_ids) if e.host_ids else None
+            case JobProgressed():
+                if job := self.jobs.get(e.job_id):
+                    job.outcomes.setdefault(e.host_id, {})[e.task_id] = (e.state, e.reason)
+            case JobSucceeded() | JobFailed():
+                self.jobs.pop(e.job_id, None)
+                self.finished.add(e.job_id)
+
+    def _open(self, job_id: str, request_id: str, kind: str, scope: str, clusters: list[str],
+              deadline: float, task_ids: list[str]) -> None:
+        if job_id not in self.finished and job_id not in self.jobs:
+            self.jobs[job_id] = Job(job_id, request_id, kind, scope, tuple(clusters), deadline,
+                                    task_ids)
+
+    def unstarted(self) -> list[Job]:
+        return [j for j in self.jobs.values() if not j.started]
+
+    def start(self, job: Job, hosts: Iterable[Host]) -> list[Event]:
+        """The job's targets among the live ``hosts``: ``JobStarted``, or ``JobFailed``
+        when no host can do it."""
+        eligible = sorted(h.host_id for h in hosts
+                          if (not job.clusters or h.cluster in job.clusters)
+                          and (h.seed or job.scope not in SEED_SCOPES))
+        if job.kind == "preheat" and not eligible:
+            where = ", ".join(job.clusters) or "any cluster"
+            who = "seed peer" if job.scope in SEED_SCOPES else "peer"
+            return [JobFailed(id=derived_id(job.request_id, "failed"), job_id=job.job_id,
+                              reason=f"no {who} alive in {where}")]
+        targets = [] if job.scope == "single_seed_peer" else eligible
+        return [JobStarted(id=derived_id(job.request_id, "started"), job_id=job.job_id,
+                           task_ids=job.task_ids, host_ids=targets)]
+
+    def settle(self, job_id: str) -> list[Event]:
+        """End a preheat whose targets (or, for ``single_seed_peer``, one host) finished."""
+        job = self.jobs.get(job_id)
+        if job is None or job.kind != "preheat" or not job.started:
+            return []
+        done = {h: t for h, t in job.outcomes.items()
+                if t and all(state in TERMINAL for state, _ in t.values())}
+        if job.targets is None:
+            if not done:
+                return []
+            done = dict([min(done.items())])
+        elif not done or not job.targets <= done.keys():
+            return []
+        return [self._outcome(job, done)]
+
+    def _outcome(self, job: Job, done: dict[str, dict[str, tuple[str, str]]]) -> Event:
+        failures = [f"{host} {task[:12]}: {reason or 'failed'}"
+                    for host, tasks in sorted(done.items())
+                    for task, (state, reason) in sorted(tasks.items()) if state == "failed"]
+        if failures:
+            return JobFailed(id=derived_id(job.request_id, "failed"), job_id=job.job_id,
+                             reason="; ".join(failures))
+        tasks = sorted({t for tasks in done.values() for t in tasks})
+        return JobSucceeded(id=derived_id(job.request_id, "succeeded"), job_id=job.job_id,
+                            result={"hosts": ",".join(sorted(done)), "tasks": ",".join(tasks)})
+
+    def expire(self, now: float) -> list[Event]:
+        """End the started jobs past their deadline."""
+        out: list[Event] = []
+        for job in [j for j in self.jobs.values() if j.started and j.deadline <= now]:
+            if job.kind == "preheat":
+                waiting = sorted((job.targets or frozenset({"a seed peer"})) - job.outcomes.keys())
+                reason = (f"timed out waiting for {', '.join(waiting)}" if waiting else
+                          "timed out before every task finished")
+                out.append(JobFailed(id=derived_id(job.request_id, "failed"), job_id=job.job_id,
+                                     reason=reason))
+            else:
+                result = {host: ",".join(sorted({r or s for s, r in tasks.values()}))
+                          for host, tasks in sorted(job.outcomes.items())}
+                out.append(JobSucceeded(id=derived_id(job.request_id, "succeeded"),
+                                        job_id=job.job_id, result=result))
+        return out

@@ -1,0 +1,171 @@
+"""Jobs in Dragonfly's shape: ``POST /api/v1/jobs`` (signed in) and ``/oapi/v1/jobs`` (a
+personal access token with the ``job`` scope) take ``{"type": "preheat" | "delete_task" |
+"get_task", "args": {…}, "scheduler_cluster_ids": […]}`` and publish the request event;
+the coordinator and the peers do the rest. Credentials in ``args`` (``username``,
+``password``, ``Authorization``-like headers) are sealed, never published in clear.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from events.base import Event
+from events.ids import new_id
+from events.jobs import DeleteTaskRequested, GetTaskRequested, PreheatRequested
+from events.secrets import public_headers
+from services.manager.control.auth import Caller, Principal, allow, cluster_secret, reader_of, record
+from services.manager.control.clusters import known_clusters
+from services.manager.control.seal import seal
+from services.peer.taskid import task_id as compute_task_id
+
+router = APIRouter(tags=["jobs"])
+
+URL = r"^https?://[^\s/]+\S*$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PreheatArgs(Strict):
+    type: Literal["file", "image"] = "file"
+    url: Annotated[str, Field(pattern=URL)]
+    scope: Literal["single_seed_peer", "all_seed_peers", "all_peers"] = "single_seed_peer"
+    tag: str = ""
+    application: str = ""
+    filtered_query_params: str = Field("", description="query parameters left out of the "
+                                       "task id, '&'-separated")
+    headers: dict[str, str] = {}
+    username: str = ""
+    password: str = ""
+    platform: Annotated[str, Field(pattern=r"^$|^[a-z0-9]+/[a-z0-9]+(/[a-z0-9]+)?$")] = ""
+    piece_length: Annotated[int, Field(ge=1, le=1 << 30)] | None = None
+
+
+class TaskArgs(Strict):
+    """A task by id, or by what its id is computed from (url, tag, application, …)."""
+
+    task_id: Annotated[str, Field(pattern=r"^$|^[0-9a-f]{64}$")] = ""
+    url: Annotated[str, Field(pattern=r"^$|" + URL)] = ""
+    tag: str = ""
+    application: str = ""
+    filtered_query_params: str = ""
+    piece_length: Annotated[int, Field(ge=1)] | None = None
+
+
+class JobCreate(Strict):
+    type: Literal["preheat", "delete_task", "get_task"]
+    args: dict[str, Any]
+    scheduler_cluster_ids: list[str] = []
+    bio: str = ""
+
+
+def _args(model: type[Strict], args: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(args)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "args"
+        raise HTTPException(422, f"args.{where}: {first['msg']}") from None
+
+
+def _tenant(who: Principal, application: str) -> str:
+    if who.tenant and application not in ("", who.tenant):
+        raise HTTPException(403, f"user {who.user_id} may only act for tenant {who.tenant!r}")
+    return who.tenant or application
+
+
+def _params(text: str) -> list[str]:
+    return [p for p in text.split("&") if p]
+
+
+def _preheat(job_id: str, who: Principal, body: JobCreate) -> PreheatRequested:
+    a: PreheatArgs = _args(PreheatArgs, body.args)
+    application = _tenant(who, a.application)
+    secrets = {k: v for k, v in a.headers.items() if k not in public_headers(a.headers)}
+    credentials: dict[str, object] = {k: v for k, v in (("headers", secrets),
+                                      ("username", a.username), ("password", a.password)) if v}
+    return PreheatRequested(
+        id=new_id(), at=time.time(), job_id=job_id, url=a.url, kind=a.type, scope=a.scope,
+        tag=a.tag, application=application, platform=a.platform,
+        piece_length=a.piece_length or 0, headers=public_headers(a.headers),
+        filtered_query_params=_params(a.filtered_query_params),
+        scheduler_cluster_ids=body.scheduler_cluster_ids,
+        sealed_credentials=seal(cluster_secret(), credentials))
+
+
+def _task_job(job_id: str, who: Principal, body: JobCreate) -> Event:
+    a: TaskArgs = _args(TaskArgs, body.args)
+    if not a.task_id and not a.url:
+        raise HTTPException(422, "args: give task_id, or url (with tag, application, "
+                                 "filtered_query_params) to compute it")
+    task = a.task_id or compute_task_id(
+        a.url, tag=a.tag, application=_tenant(who, a.application),
+        piece_length=a.piece_length or 0, filtered_query_params=_params(a.filtered_query_params))
+    kind = DeleteTaskRequested if body.type == "delete_task" else GetTaskRequested
+    return kind(id=new_id(), at=time.time(), job_id=job_id, task_id=task,
+                scheduler_cluster_ids=body.scheduler_cluster_ids)
+
+
+async def _create(request: Request, who: Principal, body: JobCreate) -> dict[str, object]:
+    allow(who, scope="job", write=True)
+    if who.tenant and body.type != "preheat":
+        raise HTTPException(403, f"user {who.user_id} is bound to tenant {who.tenant!r}; "
+                                 "only root may delete or look up tasks across tenants")
+    unknown = sorted(set(body.scheduler_cluster_ids) - await known_clusters(reader_of(request)))
+    if unknown:
+        raise HTTPException(404, f"unknown scheduler clusters: {', '.join(unknown)}")
+    job_id = new_id()
+    event = _preheat(job_id, who, body) if body.type == "preheat" else _task_job(job_id, who, body)
+    await record(request, who, f"job.{body.type}", job_id, event, status=201)
+    out: dict[str, object] = {"id": job_id, "type": body.type, "state": "pending",
+                              "scheduler_cluster_ids": body.scheduler_cluster_ids}
+    if isinstance(event, PreheatRequested):
+        out |= {"url": event.url, "scope": event.scope, "application": event.application}
+    else:
+        out["task_id"] = event.task_id  # type: ignore[attr-defined]
+    return out
+
+
+@router.post("/api/v1/jobs", status_code=201, summary="Create a job (preheat, delete_task, "
+             "get_task)")
+async def create_job(request: Request, who: Caller, body: JobCreate) -> dict[str, object]:
+    return await _create(request, who, body)
+
+
+@router.post("/oapi/v1/jobs", status_code=201, summary="Create a job with a personal access "
+             "token")
+async def create_job_open(request: Request, who: Caller, body: JobCreate) -> dict[str, object]:
+    return await _create(request, who, body)
+
+
+JOBS_SQL = ("SELECT j.*, coalesce(t.tenant, '') AS application FROM jobs j "
+            "LEFT JOIN admin_job_tenants t USING (job_id)")
+
+
+@router.get("/oapi/v1/jobs", summary="Jobs you may see, newest first, with filters")
+async def list_jobs(request: Request, who: Caller, state: str = "", type: str = "",
+                    application: str = "", limit: Annotated[int, Query(ge=1, le=1000)] = 200
+                    ) -> list[dict[str, object]]:
+    allow(who, scope="job")
+    tenant = _tenant(who, application)
+    return await reader_of(request).records(
+        f"SELECT * FROM ({JOBS_SQL}) WHERE (? = '' OR state = ?) AND (? = '' OR kind = ?) "
+        "AND (? = '' OR application = ?) ORDER BY requested_at DESC NULLS LAST, job_id LIMIT ?",
+        [state, state, type, type, tenant, tenant, limit])
+
+
+@router.get("/oapi/v1/jobs/{job_id}", summary="A job's state and its outcome on each host")
+async def get_job(request: Request, who: Caller, job_id: str) -> dict[str, object]:
+    allow(who, scope="job")
+    reader = reader_of(request)
+    found = await reader.records(f"SELECT * FROM ({JOBS_SQL}) WHERE job_id = ?", [job_id])
+    if not found or not who.sees(str(found[0]["application"])):
+        raise HTTPException(404, f"no job {job_id}")
+    hosts = await reader.records("SELECT * FROM job_hosts WHERE job_id = ? "
+                                 "ORDER BY host_id, task_id", [job_id])
+    return {"job": found[0], "hosts": hosts}

@@ -1,0 +1,189 @@
+"""Users, roles, sign-in and the first root user.
+
+Roles: ``root`` may do everything, ``guest`` may read. A user bound to a tenant sees only
+that tenant's tasks, jobs and peers. Passwords are kept only as scrypt hashes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import sys
+import time
+from typing import Annotated, Final, Literal
+
+from fastapi import APIRouter, HTTPException, Request
+from nats.js import JetStreamContext
+from nats.js.errors import APIError
+from pydantic import BaseModel, ConfigDict, Field
+
+from events.admin import UserSaved
+from events.bus import MSG_ID
+from events.codec import encode
+from events.ids import new_id
+from events.subjects import subject_for
+from services.manager.control.auth import (
+    ROLES,
+    Caller,
+    allow,
+    cluster_secret,
+    issue_session,
+    reader_of,
+    record,
+)
+from services.manager.control.passwords import hash_password, verify_password
+from services.manager.reader import Reader
+
+log = logging.getLogger("damselfly.manager.users")
+router = APIRouter(prefix="/api/v1", tags=["users"])
+
+ROOT: Final = "root"
+ROOT_PASSWORD_ENV: Final = "DAMSELFLY_ROOT_PASSWORD"
+NAME: Final = r"^[A-Za-z0-9_\-]{1,64}$"
+PUBLIC: Final = "user_id, email, role, tenant, state, created_at, updated_at"
+Role = Literal["root", "guest"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SignIn(Strict):
+    name: str
+    password: str
+
+
+class UserCreate(Strict):
+    name: Annotated[str, Field(pattern=NAME)]
+    password: Annotated[str, Field(min_length=8, max_length=256)]
+    email: str = ""
+    role: Role = "guest"
+    tenant: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]{0,64}$")] = ""
+
+
+class UserChange(Strict):
+    password: Annotated[str, Field(min_length=8, max_length=256)] | None = None
+    email: str | None = None
+    tenant: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]{0,64}$")] | None = None
+    state: Literal["enabled", "disabled"] | None = None
+
+
+async def _stored(reader: Reader, user_id: str) -> dict[str, object] | None:
+    rows = await reader.records("SELECT * FROM admin_users WHERE user_id = ?", [user_id])
+    return rows[0] if rows else None
+
+
+def _public(row: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in row.items() if k != "password_hash"}
+
+
+def _view(e: UserSaved) -> dict[str, object]:
+    return {"user_id": e.user_id, "email": e.email, "role": e.role, "tenant": e.tenant,
+            "state": e.state}
+
+
+@router.post("/users/signin", summary="Sign in; answers a session token")
+async def sign_in(request: Request, body: SignIn) -> dict[str, object]:
+    row = await _stored(reader_of(request), body.name)
+    if row is None or row["state"] != "enabled" or not await asyncio.to_thread(
+            verify_password, body.password, str(row["password_hash"])):
+        raise HTTPException(401, "wrong user name or password")
+    now = time.time()
+    return {"token": issue_session(cluster_secret(), body.name, now),
+            "user": _public(row)}
+
+
+@router.get("/roles", summary="The roles and what they permit")
+async def roles(who: Caller) -> list[dict[str, object]]:
+    return [{"role": r, "permissions": list(p)} for r, p in ROLES.items()]
+
+
+@router.post("/users", status_code=201, summary="Create a user (root only)")
+async def create_user(request: Request, who: Caller, body: UserCreate) -> dict[str, object]:
+    allow(who, scope="user", write=True, everywhere=True)
+    if await _stored(reader_of(request), body.name) is not None:
+        raise HTTPException(409, f"user {body.name} exists")
+    saved = UserSaved(id=new_id(), at=time.time(), user_id=body.name, email=body.email,
+                      role=body.role, tenant=body.tenant,
+                      password_hash=await asyncio.to_thread(hash_password, body.password),
+                      actor=who.user_id)
+    await record(request, who, "user.create", body.name, saved, status=201)
+    return _view(saved)
+
+
+@router.get("/users", summary="List users (root only)")
+async def list_users(request: Request, who: Caller) -> list[dict[str, object]]:
+    allow(who, scope="user", everywhere=True)
+    return await reader_of(request).records(f"SELECT {PUBLIC} FROM admin_users ORDER BY user_id")
+
+
+@router.get("/users/{user_id}", summary="A user (yourself, or anyone for root)")
+async def get_user(request: Request, who: Caller, user_id: str) -> dict[str, object]:
+    if user_id != who.user_id:
+        allow(who, scope="user", everywhere=True)
+    row = await _stored(reader_of(request), user_id)
+    if row is None:
+        raise HTTPException(404, f"no user {user_id}")
+    return _public(row)
+
+
+async def _save(request: Request, who: Caller, user_id: str, action: str, **changes: object
+                ) -> dict[str, object]:
+    row = await _stored(reader_of(request), user_id)
+    if row is None:
+        raise HTTPException(404, f"no user {user_id}")
+    fields = {k: row[k] for k in ("email", "role", "tenant", "password_hash", "state")}
+    fields.update(changes)
+    saved = UserSaved(id=new_id(), at=time.time(), user_id=user_id, actor=who.user_id,
+                      **{k: str(v or "") for k, v in fields.items()})
+    await record(request, who, action, user_id, saved)
+    return _view(saved)
+
+
+@router.patch("/users/{user_id}", summary="Change a user's password, e-mail, tenant or state")
+async def update_user(request: Request, who: Caller, user_id: str, body: UserChange
+                      ) -> dict[str, object]:
+    # Anyone may change their own password and e-mail; the rest is root's.
+    if user_id != who.user_id or body.tenant is not None or body.state is not None:
+        allow(who, scope="user", write=True, everywhere=True)
+    changes: dict[str, object] = body.model_dump(exclude_none=True, exclude={"password"})
+    if body.password is not None:
+        changes["password_hash"] = await asyncio.to_thread(hash_password, body.password)
+    return await _save(request, who, user_id, "user.update", **changes)
+
+
+@router.put("/users/{user_id}/roles/{role}", summary="Give a user a role (root only)")
+async def set_role(request: Request, who: Caller, user_id: str, role: Role) -> dict[str, object]:
+    allow(who, scope="user", write=True, everywhere=True)
+    if user_id == ROOT and role != "root":
+        raise HTTPException(409, "the root user keeps the root role")
+    return await _save(request, who, user_id, "user.role", role=role)
+
+
+async def ensure_root(js: JetStreamContext, timeout: float = 5.0) -> bool:
+    """Create the ``root`` user unless the log already has one; True if it did. The
+    password comes from ``DAMSELFLY_ROOT_PASSWORD``, else is generated and printed once.
+    Publishing expects no earlier event on the subject, so two managers cannot both create
+    it. Raises NATS errors."""
+    password = os.environ.get(ROOT_PASSWORD_ENV, "")
+    generated = not password
+    if generated:
+        password = secrets.token_urlsafe(12)
+    saved = UserSaved(id=new_id(), at=time.time(), user_id=ROOT, role="root",
+                      password_hash=await asyncio.to_thread(hash_password, password),
+                      actor="manager")
+    try:
+        await js.publish(subject_for(saved), encode(saved), timeout=timeout,
+                         headers={MSG_ID: saved.id, "Nats-Expected-Last-Subject-Sequence": "0"})
+    except APIError as exc:
+        if exc.err_code == 10071:  # wrong last sequence: root exists already
+            return False
+        raise
+    if generated:
+        print(f"damselfly manager: created user root with password {password} "
+              f"(shown once; set {ROOT_PASSWORD_ENV} to choose it)", file=sys.stderr, flush=True)
+    else:
+        log.info("created user root with the password from %s", ROOT_PASSWORD_ENV)
+    return True

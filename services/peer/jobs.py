@@ -1,0 +1,217 @@
+"""The daemon's job worker: runs the preheat jobs meant for this host through the daemon's
+own downloads, answers get-task jobs, and reports each task's progress as ``JobProgressed``.
+
+Which jobs reach which host is decided by JetStream consumers on DF_JOBS:
+``single_seed_peer`` preheats go to one durable consumer shared by the seed peers of a
+cluster (each job is delivered to one of them); ``all_seed_peers`` and ``all_peers``
+preheats to a durable consumer of each host's own. Seed peers fetch from the origin
+straight away; other peers download through the scheduler like any client.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
+
+import aiohttp
+import anyio
+from anyio.abc import TaskGroup
+from nats.aio.msg import Msg
+
+from events.bus import Consumer, Delivered
+from events.codec import EventDecodeError, decode
+from events.ids import derived_id
+from events.jobs import GetTaskRequested, JobProgressed, PreheatRequested
+from services.manager.control.seal import SealError, open_sealed
+from services.peer.daemon import Downloads
+from services.peer.oci import BlobRef, blob_task_id, blob_url, bearer_token
+from services.peer.request import DownloadRequest
+
+log = logging.getLogger("damselfly.jobs")
+
+MANIFEST: Final = re.compile(r"^(?P<base>https?://[^/]+)/v2/(?P<name>.+)/manifests/(?P<ref>[^/]+)$")
+INDEX_TYPES: Final = ("application/vnd.oci.image.index.v1+json",
+                      "application/vnd.docker.distribution.manifest.list.v2+json")
+ACCEPT: Final = ", ".join((*INDEX_TYPES, "application/vnd.oci.image.manifest.v1+json",
+                           "application/vnd.docker.distribution.manifest.v2+json"))
+TERMINAL: Final = ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class Target:
+    task_id: str
+    request: DownloadRequest
+
+
+def file_target(e: PreheatRequested, headers: dict[str, str]) -> Target:
+    request = DownloadRequest(url=e.url, headers=headers, tag=e.tag, application=e.application,
+                              piece_length=e.piece_length,
+                              filtered_query_params=e.filtered_query_params)
+    return Target(request.task_id(), request)
+
+
+def _registry_reason(status: int, body: object) -> str:
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        return f"{errors[0].get('code', status)}: {errors[0].get('message', '')}".strip()
+    return f"HTTP {status}"
+
+
+async def image_targets(e: PreheatRequested, headers: dict[str, str],
+                        login: aiohttp.BasicAuth | None, timeout: float = 30.0) -> list[Target]:
+    """Every blob (config and layers) of the image a manifest URL names; an index is
+    resolved by ``platform`` (default linux/amd64). Raises ``ValueError`` with the registry's
+    reason, ``aiohttp.ClientError`` or ``TimeoutError``."""
+    match = MANIFEST.match(e.url)
+    if match is None:
+        raise ValueError(f"not an image manifest URL (…/v2/<name>/manifests/<ref>): {e.url}")
+    base, name = match["base"], match["name"]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+        auth = headers.get("Authorization") or await bearer_token(session, base, name, login)
+        wanted = {**headers, "Accept": ACCEPT, **({"Authorization": auth} if auth else {})}
+
+        async def manifest(ref: str) -> dict[str, object]:
+            async with session.get(f"{base}/v2/{name}/manifests/{ref}", headers=wanted) as r:
+                body = await r.json(content_type=None)
+                if r.status != 200:
+                    raise ValueError(f"{e.url}: {_registry_reason(r.status, body)}")
+                assert isinstance(body, dict)
+                return body
+
+        doc = await manifest(match["ref"])
+        if doc.get("mediaType") in INDEX_TYPES or "manifests" in doc:
+            os_, _, arch = (e.platform or "linux/amd64").partition("/")
+            arch, _, variant = arch.partition("/")
+            for m in doc.get("manifests", []):  # type: ignore[attr-defined]
+                p = m.get("platform", {})
+                if p.get("os") == os_ and p.get("architecture") == arch and (
+                        not variant or p.get("variant") == variant):
+                    doc = await manifest(m["digest"])
+                    break
+            else:
+                raise ValueError(f"{e.url}: no manifest for platform {os_}/{arch}")
+        blobs = [doc["config"], *doc.get("layers", [])]  # type: ignore[list-item]
+    auth_headers = {"Authorization": auth} if auth else {}
+    return [Target(blob_task_id(b["digest"], e.piece_length),
+                   DownloadRequest(url=blob_url(base, BlobRef(name, b["digest"])),
+                                   headers=auth_headers, digest=b["digest"],
+                                   piece_length=e.piece_length))
+            for b in blobs]
+
+
+class JobWorker:
+    def __init__(self, downloads: Downloads, tg: TaskGroup, *, seed: bool) -> None:
+        self.downloads = downloads
+        self.ctx = downloads.ctx
+        self._tg = tg
+        self.seed = seed
+
+    def _mine(self, clusters: list[str]) -> bool:
+        return not clusters or self.ctx.cluster in clusters
+
+    async def on_shared(self, item: Delivered) -> None:
+        e = item.event
+        if isinstance(e, PreheatRequested) and e.scope == "single_seed_peer" and self._mine(
+                e.scheduler_cluster_ids):
+            self._tg.start_soon(self.preheat, e)
+
+    async def on_own(self, item: Delivered) -> None:
+        e = item.event
+        if isinstance(e, PreheatRequested) and self._mine(e.scheduler_cluster_ids) and (
+                e.scope == "all_peers" or (e.scope == "all_seed_peers" and self.seed)):
+            self._tg.start_soon(self.preheat, e)
+
+    async def _progress(self, e: PreheatRequested | GetTaskRequested, task_id: str,
+                        state: str, reason: str = "") -> None:
+        host = self.ctx.host_id
+        await self.ctx.publish(JobProgressed(
+            id=derived_id(e.id, host, task_id, state), at=time.time(), job_id=e.job_id,
+            host_id=host, task_id=task_id, state=state, reason=reason))
+
+    async def preheat(self, e: PreheatRequested) -> None:
+        """Download every task of a preheat and report each; never raises for a failure."""
+        try:
+            targets = await self._targets(e)
+        except (ValueError, SealError, aiohttp.ClientError, TimeoutError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            await self._progress(e, file_target(e, {}).task_id, "failed", reason)
+            return
+        for t in targets:
+            await self._progress(e, t.task_id, "running")
+        straight = "preheat job on a seed peer" if self.seed else ""
+        started = [self.downloads.start(t.request, task_id=t.task_id, straight_to_source=straight)
+                   for t in targets]
+        for download in started:
+            await download.finished.wait()
+            ok = download.state == "succeeded"
+            await self._progress(e, download.task_id, "succeeded" if ok else "failed",
+                                 "" if ok else download.error or download.state)
+
+    async def _targets(self, e: PreheatRequested) -> list[Target]:
+        credentials = open_sealed(self.ctx.secret, e.sealed_credentials)
+        secret_headers = credentials.get("headers", {})
+        headers = {**e.headers, **(secret_headers if isinstance(secret_headers, dict) else {})}
+        username, password = credentials.get("username"), credentials.get("password")
+        login = aiohttp.BasicAuth(str(username), str(password or "")) if username else None
+        if e.kind == "image":
+            return await image_targets(e, headers, login)
+        if login is not None:
+            headers.setdefault("Authorization", login.encode())
+        return [file_target(e, headers)]
+
+    async def on_get_task(self, msg: Msg) -> None:
+        try:
+            e = decode(msg.data)
+        except EventDecodeError as exc:
+            log.warning("undecodable message on %s: %s", msg.subject, exc)
+            return
+        if not isinstance(e, GetTaskRequested) or not self._mine(e.scheduler_cluster_ids):
+            return
+        running = self.downloads.get(e.task_id)
+        tf = self.ctx.storage.get(e.task_id)
+        if running is not None and not running.finished.is_set():
+            await self._progress(e, e.task_id, "succeeded", "downloading")
+        elif tf is not None:
+            await self._progress(e, e.task_id, "succeeded", "held" if tf.complete else "partial")
+
+
+async def _follow(consumer: Consumer, handler: Callable[[Delivered], Awaitable[None]]) -> None:
+    """``Consumer.run`` minus its stop event, and sure to survive nats-py 2.16's habit of
+    letting asyncio's timeout out of ``fetch``; a job is acked once it was taken on."""
+    try:
+        while True:
+            try:
+                items = await consumer.fetch()
+            except TimeoutError:
+                continue
+            for item in items:
+                await handler(item)
+                await item.msg.ack()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await consumer.close()
+
+
+async def run_job_worker(downloads: Downloads, *, seed: bool) -> None:
+    """Take this host's jobs until cancelled. Raises NATS errors when it cannot subscribe."""
+    ctx = downloads.ctx
+    async with anyio.create_task_group() as tg:
+        worker = JobWorker(downloads, tg, seed=seed)
+        sub = await ctx.nc.subscribe("df.job.*.get_task_requested", cb=worker.on_get_task)
+        try:
+            requests = "df.job.*.preheat_requested"
+            if seed:
+                shared = Consumer(ctx.js, stream="DF_JOBS", filter_subject=requests,
+                                  durable=f"jobs-seed-{ctx.cluster}", deliver_new=True)
+                tg.start_soon(_follow, shared, worker.on_shared)
+            own = Consumer(ctx.js, stream="DF_JOBS", filter_subject=requests,
+                           durable=f"jobs-{ctx.host_id}", deliver_new=True)
+            tg.start_soon(_follow, own, worker.on_own)
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await sub.unsubscribe()

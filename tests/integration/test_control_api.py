@@ -1,0 +1,232 @@
+"""The control API against a real nats-server and DuckDB file: sign-in and roles, clusters
+with scopes and config, cluster search over NATS, tokens, tenants, jobs' bad input, sealed
+credentials and the audit trail."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from events.codec import decode
+from events.config import ClusterConfigSet
+from services.manager.control.search import ClusterQuery, ask_cluster
+from services.manager.control.users import ensure_root
+from tests.integration.test_control_harness import ROOT_PASSWORD, eventually, running_manager
+
+pytestmark = pytest.mark.anyio
+
+
+async def _stream_bytes(nc, stream: str) -> bytes:  # type: ignore[no-untyped-def]
+    js = nc.jetstream()
+    info = await js.stream_info(stream)
+    out = b""
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        out += (await js.get_msg(stream, seq)).data or b""
+    return out
+
+
+async def test_root_signs_in_guests_only_read(nats_url: str, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    async with running_manager(nats_url, tmp_path, monkeypatch) as m:
+        status, body = await m.call("GET", "/api/v1/roles")
+        assert status == 401 and "sign in" in body["detail"]
+        status, body = await m.call("POST", "/api/v1/users/signin",
+                                    {"name": "root", "password": "wrong-password"})
+        assert (status, body["detail"]) == (401, "wrong user name or password")
+        root = await eventually(lambda: _try_sign_in(m, "root", ROOT_PASSWORD))
+        assert await ensure_root(m.nc.jetstream()) is False  # the log has one already
+        status, body = await m.call("POST", "/api/v1/users", {"name": "gina", "password":
+                                    "guest-password", "role": "guest"}, root)
+        assert status == 201 and "password" not in str(body)
+        guest = await eventually(lambda: _try_sign_in(m, "gina", "guest-password"))
+        status, roles = await m.call("GET", "/api/v1/roles", token=guest)
+        assert status == 200 and {r["role"] for r in roles} == {"root", "guest"}
+        status, body = await m.call("POST", "/api/v1/scheduler-clusters", {"id": "nope"}, guest)
+        assert status == 403 and "may only read" in body["detail"]
+        status, _ = await m.call("GET", "/api/v1/scheduler-clusters", token=guest)
+        assert status == 200
+        status, body = await m.call("GET", "/api/v1/users", token=root)
+        users = {u["user_id"]: u for u in body}
+        assert users["gina"]["role"] == "guest" and "password_hash" not in users["gina"]
+        status, body = await m.call("PUT", "/api/v1/users/gina/roles/root", token=root)
+        assert status == 200 and body["role"] == "root"
+        audit = await eventually(lambda: _audit(m, root, "user.role"))
+        assert audit[0]["actor"] == "root" and audit[0]["target"] == "gina"
+        status, body = await m.call("GET", "/api/v1/users", token="dfs_forged.token")
+        assert status == 401
+
+
+async def _try_sign_in(m, name: str, password: str) -> str:  # type: ignore[no-untyped-def]
+    status, body = await m.call("POST", "/api/v1/users/signin",
+                                {"name": name, "password": password})
+    return str(body["token"]) if status == 200 else ""
+
+
+async def _audit(m, token: str, action: str) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
+    _, rows = await m.call("GET", f"/api/v1/audit?action={action}", token=token)
+    return rows
+
+
+async def test_clusters_scopes_config_and_search(nats_url: str, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    async with running_manager(nats_url, tmp_path, monkeypatch) as m:
+        root = await eventually(lambda: _try_sign_in(m, "root", ROOT_PASSWORD))
+        body = {"id": "hz", "name": "Hangzhou", "scopes": {"cidrs": ["10.1.0.0/16"],
+                "idc": ["idc-hz"], "location": ["cn|hz"], "hostnames": ["^hz-.*"]},
+                "config": {"candidate_parent_limit": 5, "back_to_source_limit": 1,
+                           "weights": {"idc": 0.5}}}
+        status, created = await m.call("POST", "/api/v1/scheduler-clusters", body, root)
+        assert status == 201, created
+        assert created["config"]["candidate_parent_limit"] == 5
+        status, _ = await m.call("POST", "/api/v1/scheduler-clusters",
+                                 {"id": "fallback", "is_default": True}, root)
+        assert status == 201
+        status, again = await m.call("POST", "/api/v1/scheduler-clusters", {"id": "hz"}, root)
+        assert status == 409 and "exists" in again["detail"]
+        status, bad = await m.call("POST", "/api/v1/scheduler-clusters", {"id": "x", "scopes":
+                                   {"cidrs": ["10.0.0.0/33"]}}, root)
+        assert status == 422 and "not a CIDR" in bad["detail"]
+        status, bad = await m.call("POST", "/api/v1/scheduler-clusters",
+                                   {"id": "y", "config": {"weights": {"speed": 1}}}, root)
+        assert status == 422 and "unknown evaluator weights speed" in bad["detail"]
+
+        # The schedulers read the config from DF_CONFIG.
+        js = m.nc.jetstream()
+        msg = await js.get_last_msg("DF_CONFIG", "df.config.cluster.hz")
+        config = decode(msg.data)
+        assert isinstance(config, ClusterConfigSet)
+        assert (config.config.candidate_parent_limit, config.config.back_to_source_limit,
+                config.config.weights) == (5, 1, {"idc": 0.5})
+
+        stored = await eventually(lambda: _get(m, "/api/v1/scheduler-clusters/hz", root))
+        assert stored["cidrs"] == ["10.1.0.0/16"] and stored["config"]["retry_limit"] == 5
+        status, patched = await m.call("PATCH", "/api/v1/scheduler-clusters/hz",
+                                       {"config": {"filter_parent_limit": 40}}, root)
+        assert status == 200 and patched["config"]["candidate_parent_limit"] == 5
+        assert patched["config"]["filter_parent_limit"] == 40
+        assert patched["scopes"]["cidrs"] == ["10.1.0.0/16"]  # untouched fields kept
+
+        async def search(**facts: str) -> str:
+            return (await ask_cluster(m.nc, ClusterQuery(**facts))).cluster
+
+        assert await eventually(lambda: _equals(search(ip="10.1.2.3"), "hz")) == "hz"
+        assert await search(hostname="hz-node-7") == "hz"
+        assert await search(location="cn|hz|xihu") == "hz"
+        assert await search(ip="192.168.0.9", hostname="bj-1") == "fallback"
+
+        status, _ = await m.call("DELETE", "/api/v1/scheduler-clusters/hz", token=root)
+        assert status == 200
+        assert await eventually(lambda: _equals(search(ip="10.1.2.3"), "fallback"))
+        status, missing = await m.call("GET", "/api/v1/scheduler-clusters/hz", token=root)
+        assert status == 404 and missing["detail"] == "no scheduler cluster hz"
+
+        status, seeds = await m.call("POST", "/api/v1/seed-peer-clusters",
+                                     {"id": "hz-seeds", "load_limit": 300}, root)
+        assert status == 201 and seeds["load_limit"] == 300
+
+
+async def _get(m, path: str, token: str) -> object:  # type: ignore[no-untyped-def]
+    status, body = await m.call("GET", path, token=token)
+    return body if status == 200 else None
+
+
+async def _equals(value, expected: str) -> str:  # type: ignore[no-untyped-def]
+    got = await value
+    return got if got == expected else ""
+
+
+async def test_tokens_tenants_and_sealed_credentials(nats_url: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    password, bearer = "registry-password-3f9c", "Bearer registry-token-77ab"
+    async with running_manager(nats_url, tmp_path, monkeypatch) as m:
+        root = await eventually(lambda: _try_sign_in(m, "root", ROOT_PASSWORD))
+        for tenant in ("team-a", "team-b"):
+            status, _ = await m.call("POST", "/api/v1/applications", {"name": tenant}, root)
+            assert status == 201
+        status, _ = await m.call("POST", "/api/v1/users", {"name": "alice", "password":
+                                 "alice-password", "role": "root", "tenant": "team-a"}, root)
+        assert status == 201
+        alice = await eventually(lambda: _try_sign_in(m, "alice", "alice-password"))
+        status, issued = await m.call("POST", "/api/v1/personal-access-tokens",
+                                      {"name": "ci", "scopes": ["job"]}, alice)
+        assert status == 201 and issued["token"].startswith("dfp_")
+        pat = issued["token"]
+
+        preheat = {"type": "preheat", "args": {"url": "http://127.0.0.1:9/file.bin",
+                   "username": "puller", "password": password,
+                   "headers": {"Authorization": bearer, "X-Trace": "t1"}}}
+        created = await eventually(lambda: _create(m, "/oapi/v1/jobs", preheat, pat))
+        assert created["application"] == "team-a"
+        status, body = await m.call("POST", "/oapi/v1/jobs", {**preheat, "args": {
+            **preheat["args"], "application": "team-b"}}, pat)
+        assert status == 403 and "tenant 'team-a'" in body["detail"]
+        status, other = await m.call("POST", "/api/v1/jobs", {**preheat, "args": {
+            **preheat["args"], "application": "team-b"}}, root)
+        assert status == 201
+
+        # Tenants see their own jobs only.
+        mine = await eventually(lambda: _get(m, f"/oapi/v1/jobs/{created['id']}", pat))
+        assert mine["job"]["application"] == "team-a"
+        status, _ = await m.call("GET", f"/oapi/v1/jobs/{other['id']}", token=pat)
+        assert status == 404
+        status, listed = await m.call("GET", "/oapi/v1/jobs", token=pat)
+        assert {j["application"] for j in listed} == {"team-a"}
+        status, tenants = await m.call("GET", "/api/v1/applications", token=alice)
+        assert [t["tenant"] for t in tenants] == ["team-a"]
+        status, body = await m.call("POST", "/api/v1/scheduler-clusters", {"id": "a"}, pat)
+        assert status == 403 and "lacks the 'cluster' scope" in body["detail"]
+
+        # Credentials never reach the log or DuckDB in clear text.
+        await eventually(lambda: _get(m, f"/oapi/v1/jobs/{other['id']}", root))
+        logged = await _stream_bytes(m.nc, "DF_JOBS") + await _stream_bytes(m.nc, "DF_ADMIN")
+        assert b"X-Trace" in logged and b"sealed_credentials" in logged
+        stored = b"".join(p.read_bytes() for p in tmp_path.glob("manager.duckdb*"))
+        for secret in (password, bearer, "registry-token-77ab", pat.split("_", 2)[2],
+                       "alice-password"):
+            assert secret.encode() not in logged
+            assert secret.encode() not in stored
+
+        # Revoked and expired tokens are refused with the reason.
+        status, short = await m.call("POST", "/api/v1/personal-access-tokens",
+                                     {"name": "short", "scopes": ["job"], "expires_in": 0.5}, alice)
+        await eventually(lambda: _create(m, "/oapi/v1/jobs", preheat, short["token"]))
+        await asyncio.sleep(0.6)
+        status, body = await m.call("POST", "/oapi/v1/jobs", preheat, short["token"])
+        assert status == 401 and "expired at" in body["detail"]
+        status, _ = await m.call("DELETE", f"/api/v1/personal-access-tokens/{issued['token_id']}",
+                                 token=alice)
+        assert status == 200
+        body = await eventually(lambda: _refused(m, "/oapi/v1/jobs", preheat, pat))
+        assert body["detail"] == "personal access token revoked"
+
+
+async def _create(m, path: str, body: object, token: str) -> object:  # type: ignore[no-untyped-def]
+    status, answer = await m.call("POST", path, body, token)
+    return answer if status == 201 else None
+
+
+async def _refused(m, path: str, body: object, token: str) -> object:  # type: ignore[no-untyped-def]
+    status, answer = await m.call("POST", path, body, token)
+    return answer if status == 401 else None
+
+
+@pytest.mark.parametrize(("body", "status", "says"), [
+    ({"type": "warm", "args": {}}, 422, "type"),
+    ({"type": "preheat", "args": {}}, 422, "args.url: Field required"),
+    ({"type": "preheat", "args": {"url": "ftp://x/y"}}, 422, "args.url"),
+    ({"type": "preheat", "args": {"url": "http://x/y", "scope": "everyone"}}, 422, "args.scope"),
+    ({"type": "preheat", "args": {"url": "http://x/y"}, "scheduler_cluster_ids": ["mars"]},
+     404, "unknown scheduler clusters: mars"),
+    ({"type": "delete_task", "args": {}}, 422, "give task_id, or url"),
+])
+async def test_bad_job_bodies_get_a_clear_4xx(nats_url: str, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch, body: object,
+                                             status: int, says: str) -> None:
+    async with running_manager(nats_url, tmp_path, monkeypatch) as m:
+        root = await eventually(lambda: _try_sign_in(m, "root", ROOT_PASSWORD))
+        got, answer = await m.call("POST", "/api/v1/jobs", body, root)
+        assert got == status
+        assert says in msgspec.json.encode(answer["detail"]).decode()

@@ -1,0 +1,104 @@
+"""An in-process manager with the control side for the control and preheat tests: real
+nats-server, real DuckDB file, the real app served by uvicorn on loopback, the projector,
+and ``control.run`` (root user, cluster search, job coordinator). No test lives here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import uvicorn
+from nats.aio.client import Client
+
+import projections
+from events.bus import Publisher
+from events.streams import ensure_streams
+from projections import admin, store
+from projections.projector import Projector
+from services.manager import control
+from services.manager.app import create_app
+from services.manager.reader import Reader
+from services.natsconn import connect
+
+ROOT_PASSWORD = "root-password-for-tests"
+SECRET = "cluster-secret-for-tests"
+
+
+@dataclass
+class Manager:
+    url: str
+    nc: Client
+    db: Path
+    session: aiohttp.ClientSession
+
+    async def call(self, method: str, path: str, body: object = None, token: str = ""
+                   ) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with self.session.request(method, self.url + path, json=body,
+                                        headers=headers) as r:
+            return r.status, await r.json(content_type=None)
+
+    async def sign_in(self, name: str, password: str) -> str:
+        status, body = await self.call("POST", "/api/v1/users/signin",
+                                       {"name": name, "password": password})
+        assert status == 200, body
+        return str(body["token"])
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> Any:
+    """The first truthy value ``check`` returns; fails the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def running_manager(nats_url: str, data: Path, monkeypatch: pytest.MonkeyPatch,
+                          **coordinator: float) -> AsyncIterator[Manager]:
+    monkeypatch.setenv("DAMSELFLY_CLUSTER_SECRET", SECRET)
+    monkeypatch.setenv("DAMSELFLY_ROOT_PASSWORD", ROOT_PASSWORD)
+    if admin.PROJECTION not in projections.PROJECTIONS:  # until the manager registers it
+        monkeypatch.setattr(store, "PROJECTIONS", (*projections.PROJECTIONS, admin.PROJECTION))
+        monkeypatch.setattr(projections, "PROJECTIONS", store.PROJECTIONS)
+    db = data / "manager.duckdb"
+    con = store.connect(db)
+    nc = await connect(nats_url, "test-control")
+    js = nc.jetstream()
+    await ensure_streams(js)
+    reader = Reader(con)
+    publisher = Publisher(js)
+    app = create_app(reader=reader, projector=Projector(js, con), publisher=publisher, js=js)
+    if not any(getattr(r, "path", "") == "/api/v1/users/signin" for r in app.routes):
+        for router in control.ROUTERS:  # until the manager includes them
+            app.include_router(router)
+    sock = socket.create_server(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    stop = asyncio.Event()
+    try:
+        async with asyncio.TaskGroup() as group, aiohttp.ClientSession() as session:
+            group.create_task(server.serve(sockets=[sock]))
+            group.create_task(app.state.projector.run(stop))
+            group.create_task(control.run(nc, reader, publisher, stop, **coordinator))
+            while not server.started:
+                await asyncio.sleep(0.05)
+            try:
+                yield Manager(f"http://127.0.0.1:{sock.getsockname()[1]}", nc, db, session)
+            finally:
+                stop.set()
+                server.should_exit = True
+        reader.close()
+    finally:
+        await nc.drain()
+        con.close()
