@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench chromium clean
+.PHONY: demo test bench chromium registry-tools clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,7 +21,11 @@ demo: $(STAMP)
 chromium:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
-test: $(STAMP) chromium
+# The registry mirror's tests: Debian's docker-registry, skopeo and containerd.
+registry-tools:
+	command -v docker-registry >/dev/null && command -v skopeo >/dev/null && command -v containerd >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-registry skopeo containerd >/dev/null)
+
+test: $(STAMP) chromium registry-tools
 	$(BIN)/python -m pytest -q tests
 
 # The swarm benchmark compares against BitTorrent (Debian's aria2c, mktorrent, opentracker)
