@@ -1,8 +1,9 @@
 """``damselfly init containerd``: point containerd at the daemon's registry mirror by writing
 a ``hosts.toml`` per registry (or ``_default`` for all of them) under its certs.d folder.
 
-containerd tries each ``[host]`` in order and falls back to ``server``; it names the
-registry it wants in the ``ns`` query parameter, which the mirror reads."""
+containerd tries each ``[host]`` in order and falls back to ``server``. The mirror learns
+which registry a request is for from the ``X-Dragonfly-Registry`` header the file sets for
+a named registry, else from the ``ns`` query parameter containerd adds."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
-from services.peer.oci import DOCKER_HUB, registry_url
+from services.peer.oci import DOCKER_HUB, REGISTRY_HEADER, registry_url
 
 DEFAULT_CERTS_DIR: Final = Path("/etc/containerd/certs.d")
 DEFAULT_MIRROR: Final = "http://127.0.0.1:4001"
@@ -37,10 +38,14 @@ def registry_server(registry: str) -> tuple[str, str]:
 
 
 def hosts_toml(mirror: str, server: str = "") -> str:
-    """One ``hosts.toml``: pull and resolve through ``mirror``, else from ``server``."""
-    head = f'server = "{server}"\n\n' if server else ""
-    return (f"# Written by damselfly init containerd: pulls go through the peer daemon's mirror.\n"
-            f'{head}[host."{mirror}"]\n  capabilities = ["pull", "resolve"]\n')
+    """One ``hosts.toml``: pull and resolve through ``mirror``, else from ``server``. A named
+    server also travels to the mirror in ``X-Dragonfly-Registry``, scheme and all."""
+    text = ("# Written by damselfly init containerd: pulls go through the peer daemon's mirror.\n"
+            + (f'server = "{server}"\n\n' if server else "")
+            + f'[host."{mirror}"]\n  capabilities = ["pull", "resolve"]\n')
+    if server:
+        text += f'  [host."{mirror}".header]\n    {REGISTRY_HEADER} = ["{server}"]\n'
+    return text
 
 
 def plan(certs_dir: Path, mirror: str, registries: list[str]) -> list[HostsFile]:

@@ -22,7 +22,9 @@ def test_named_registries_each_get_a_mirror_with_their_own_server_as_fallback(
     parsed = [tomllib.loads(f.text) for f in files]
     assert [p["server"] for p in parsed] == [DOCKER_HUB, "http://127.0.0.1:5000",
                                              "https://ghcr.io"]
-    assert all(p["host"] == {MIRROR: {"capabilities": ["pull", "resolve"]}} for p in parsed)
+    assert [p["host"] for p in parsed] == [
+        {MIRROR: {"capabilities": ["pull", "resolve"], "header": {"X-Dragonfly-Registry": [s]}}}
+        for s in (DOCKER_HUB, "http://127.0.0.1:5000", "https://ghcr.io")]
 
 
 def test_no_registry_named_means_every_registry(tmp_path: Path) -> None:
