@@ -155,12 +155,14 @@ class JobWorker:
         credentials = open_sealed(self.ctx.secret, e.sealed_credentials)
         secret_headers = credentials.get("headers", {})
         headers = {**e.headers, **(secret_headers if isinstance(secret_headers, dict) else {})}
-        username, password = credentials.get("username"), credentials.get("password")
-        login = aiohttp.BasicAuth(str(username), str(password or "")) if username else None
+        username, password = str(credentials.get("username", "")), str(
+            credentials.get("password", ""))
         if e.kind == "image":
+            # The registry's token service takes the login; the blobs get its bearer token.
+            login = aiohttp.BasicAuth(username, password) if username else None
             return await image_targets(e, headers, login)
-        if login is not None:
-            headers.setdefault("Authorization", login.encode())
+        if username:
+            headers.setdefault("Authorization", aiohttp.encode_basic_auth(username, password))
         return [file_target(e, headers)]
 
     async def on_get_task(self, msg: Msg) -> None:

@@ -36,12 +36,12 @@ async def test_root_signs_in_guests_only_read(nats_url: str, tmp_path: Path,
         status, body = await m.call("POST", "/api/v1/users/signin",
                                     {"name": "root", "password": "wrong-password"})
         assert (status, body["detail"]) == (401, "wrong user name or password")
-        root = await eventually(lambda: _try_sign_in(m, "root", ROOT_PASSWORD))
+        root = await eventually(lambda: m.try_sign_in("root", ROOT_PASSWORD))
         assert await ensure_root(m.nc.jetstream()) is False  # the log has one already
         status, body = await m.call("POST", "/api/v1/users", {"name": "gina", "password":
                                     "guest-password", "role": "guest"}, root)
         assert status == 201 and "password" not in str(body)
-        guest = await eventually(lambda: _try_sign_in(m, "gina", "guest-password"))
+        guest = await eventually(lambda: m.try_sign_in("gina", "guest-password"))
         status, roles = await m.call("GET", "/api/v1/roles", token=guest)
         assert status == 200 and {r["role"] for r in roles} == {"root", "guest"}
         status, body = await m.call("POST", "/api/v1/scheduler-clusters", {"id": "nope"}, guest)
@@ -59,12 +59,6 @@ async def test_root_signs_in_guests_only_read(nats_url: str, tmp_path: Path,
         assert status == 401
 
 
-async def _try_sign_in(m, name: str, password: str) -> str:  # type: ignore[no-untyped-def]
-    status, body = await m.call("POST", "/api/v1/users/signin",
-                                {"name": name, "password": password})
-    return str(body["token"]) if status == 200 else ""
-
-
 async def _audit(m, token: str, action: str) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
     _, rows = await m.call("GET", f"/api/v1/audit?action={action}", token=token)
     return rows
@@ -73,7 +67,7 @@ async def _audit(m, token: str, action: str) -> list[dict[str, object]]:  # type
 async def test_clusters_scopes_config_and_search(nats_url: str, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     async with running_manager(nats_url, tmp_path, monkeypatch) as m:
-        root = await eventually(lambda: _try_sign_in(m, "root", ROOT_PASSWORD))
+        root = await eventually(lambda: m.try_sign_in("root", ROOT_PASSWORD))
         body = {"id": "hz", "name": "Hangzhou", "scopes": {"cidrs": ["10.1.0.0/16"],
                 "idc": ["idc-hz"], "location": ["cn|hz"], "hostnames": ["^hz-.*"]},
                 "config": {"candidate_parent_limit": 5, "back_to_source_limit": 1,
@@ -142,14 +136,14 @@ async def test_tokens_tenants_and_sealed_credentials(nats_url: str, tmp_path: Pa
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     password, bearer = "registry-password-3f9c", "Bearer registry-token-77ab"
     async with running_manager(nats_url, tmp_path, monkeypatch) as m:
-        root = await eventually(lambda: _try_sign_in(m, "root", ROOT_PASSWORD))
+        root = await eventually(lambda: m.try_sign_in("root", ROOT_PASSWORD))
         for tenant in ("team-a", "team-b"):
             status, _ = await m.call("POST", "/api/v1/applications", {"name": tenant}, root)
             assert status == 201
         status, _ = await m.call("POST", "/api/v1/users", {"name": "alice", "password":
                                  "alice-password", "role": "root", "tenant": "team-a"}, root)
         assert status == 201
-        alice = await eventually(lambda: _try_sign_in(m, "alice", "alice-password"))
+        alice = await eventually(lambda: m.try_sign_in("alice", "alice-password"))
         status, issued = await m.call("POST", "/api/v1/personal-access-tokens",
                                       {"name": "ci", "scopes": ["job"]}, alice)
         assert status == 201 and issued["token"].startswith("dfp_")
@@ -226,7 +220,7 @@ async def test_bad_job_bodies_get_a_clear_4xx(nats_url: str, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch, body: object,
                                              status: int, says: str) -> None:
     async with running_manager(nats_url, tmp_path, monkeypatch) as m:
-        root = await eventually(lambda: _try_sign_in(m, "root", ROOT_PASSWORD))
+        root = await eventually(lambda: m.try_sign_in("root", ROOT_PASSWORD))
         got, answer = await m.call("POST", "/api/v1/jobs", body, root)
         assert got == status
         assert says in msgspec.json.encode(answer["detail"]).decode()
