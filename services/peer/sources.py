@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from typing import Final, Protocol
 from urllib.parse import unquote, urljoin, urlsplit
@@ -92,6 +93,10 @@ class HttpSource:
         try:
             conn.request("GET", path, headers=headers)
             return conn, conn.getresponse()
+        except ssl.SSLCertVerificationError as exc:  # retrying cannot make it trusted
+            conn.close()
+            raise SourceError(f"origin {parts.netloc}: {exc.verify_message or exc}",
+                              transient=False) from exc
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             raise SourceError(f"origin {parts.netloc} failed: {exc!r}", transient=True) from exc

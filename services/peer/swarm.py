@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -50,6 +51,8 @@ class Origin:
     """The Range header of every request ("" for none), in order."""
     headers: list[dict[str, str]] = field(default_factory=list)
     url: str = ""
+    ssl_context: ssl.SSLContext | None = None
+    """Serve https with this context (http when None)."""
     _runner: web.AppRunner | None = None
 
     async def start(self) -> str:
@@ -57,10 +60,10 @@ class Origin:
         app.router.add_get("/{name:.*}", self._serve)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{port}"
         return self.url
 
     async def stop(self) -> None:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from events.bus import Publisher
@@ -266,3 +268,40 @@ async def test_gc_makes_room_by_dropping_the_least_recently_used_task(
     assert third["state"] == "succeeded" and kept["state"] == "succeeded"
     left = [e for e in await task_events(nats_url, cluster) if isinstance(e, PeerLeft)]
     assert [(e.task_id, e.reason) for e in left] == [(second["task_id"], "garbage-collected")]
+
+
+async def test_https_origin_with_a_trusted_certificate(
+        tmp_path: Path, nats_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    await anyio.run_process(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                             "-days", "1", "-subj", "/CN=127.0.0.1", "-addext",
+                             "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out",
+                             str(cert)])
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    (tmp_path / "www").mkdir()
+    body = os.urandom(SIZE)
+    (tmp_path / "www" / "f.bin").write_bytes(body)
+    origin = Origin(tmp_path / "www", ssl_context=server_side)
+    await origin.start()
+    cfg = DaemonConfig(nats_url=nats_url, data_dir=tmp_path / "d", secret="s",
+                       cluster=f"c{secrets.token_hex(4)}", api_port=0,
+                       ready_file=tmp_path / "ready.json", settings=Settings(schedule_timeout=0.3))
+    try:
+        async with daemon_in_process(cfg) as endpoints:
+            client = ApiClient(str(endpoints["api_url"]))
+            try:
+                untrusted = await client.download(DownloadRequest(url=f"{origin.url}/f.bin"))
+                monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+                trusted = await client.download(DownloadRequest(url=f"{origin.url}/f.bin"))
+                await client.export(trusted["task_id"], tmp_path / "out.bin")
+            finally:
+                await client.close()
+    finally:
+        await origin.stop()
+    assert origin.url.startswith("https://")
+    assert untrusted["state"] == "failed"
+    assert untrusted["error"] == (f"back-to-source failed: origin {origin.url[8:]}: "
+                                  "self-signed certificate")
+    assert trusted["state"] == "succeeded"
+    assert (tmp_path / "out.bin").read_bytes() == body
