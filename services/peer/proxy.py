@@ -25,6 +25,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from services.peer.oci import (
+    DOCKER_HUB,
     ERROR_CODES,
     REGISTRY_HEADER,
     BlobRef,
@@ -87,8 +88,9 @@ def match_rule(rules: tuple[ProxyRule, ...], url: str) -> ProxyRule | None:
 
 @dataclass(frozen=True)
 class ProxyConfig:
-    registry: str = ""
-    """The default upstream registry (a base URL); "" means clients must name one."""
+    registry: str = DOCKER_HUB
+    """The default upstream registry (a base URL), Docker Hub as for Docker's
+    ``registry-mirrors``; "" means clients must name one."""
     rules: tuple[ProxyRule, ...] = ()
     piece_length: int = 0
     timeout: float = 30.0
@@ -96,9 +98,10 @@ class ProxyConfig:
 
 
 def proxy_config(registry: str, rules: list[str]) -> ProxyConfig:
-    """The proxy's settings from ``--registry-mirror`` and ``--proxy-rule`` values.
+    """The proxy's settings from ``--registry-mirror`` (default Docker Hub) and
+    ``--proxy-rule`` values.
     Raises ``ValueError`` with a one-line reason."""
-    return ProxyConfig(registry=registry_url(registry) if registry else "",
+    return ProxyConfig(registry=registry_url(registry) if registry else DOCKER_HUB,
                        rules=tuple(parse_rule(r) for r in rules))
 
 

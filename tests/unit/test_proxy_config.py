@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from services.peer.oci import DOCKER_HUB
 from services.peer.proxy import match_rule, parse_rule, proxy_config
 
 
@@ -31,6 +32,6 @@ def test_the_first_matching_rule_wins() -> None:
 
 def test_the_default_registry_is_normalised() -> None:
     assert proxy_config("registry.local:5000", []).registry == "https://registry.local:5000"
-    assert proxy_config("", []).registry == ""
+    assert proxy_config("", []).registry == DOCKER_HUB  # what Docker's registry-mirrors pull
     with pytest.raises(ValueError, match="bad registry"):
         proxy_config("ftp://x", [])
