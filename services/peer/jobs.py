@@ -28,7 +28,7 @@ from events.ids import derived_id
 from events.jobs import GetTaskRequested, JobProgressed, PreheatRequested
 from services.manager.control.seal import SealError, open_sealed
 from services.peer.daemon import Downloads
-from services.peer.oci import BlobRef, blob_task_id, blob_url, bearer_token
+from services.peer.oci import BlobRef, bearer_token, blob_task_id, blob_url
 from services.peer.request import DownloadRequest
 
 log = logging.getLogger("damselfly.jobs")

@@ -1,6 +1,7 @@
-"""An in-process manager with the control side for the control and preheat tests: real
-nats-server, real DuckDB file, the real app served by uvicorn on loopback, the projector,
-and ``control.run`` (root user, cluster search, job coordinator). No test lives here."""
+"""In-process pieces for the control and preheat tests: a manager with the control side
+(real nats-server, real DuckDB file, the real app served by uvicorn on loopback, the
+projector, ``control.run``), and peer hosts running the job worker over real downloads,
+storage and upload servers. No test lives here."""
 
 from __future__ import annotations
 
@@ -14,12 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import anyio
 import pytest
 import uvicorn
+from aiohttp import web
 from nats.aio.client import Client
 
 import projections
 from events.bus import Publisher
+from events.hosts import HostAnnounced
+from events.ids import new_id
 from events.streams import ensure_streams
 from projections import admin, store
 from projections.projector import Projector
@@ -27,6 +32,13 @@ from services.manager import control
 from services.manager.app import create_app
 from services.manager.reader import Reader
 from services.natsconn import connect
+from services.peer.daemon import Downloads
+from services.peer.downloader import PeerContext, Settings
+from services.peer.jobs import run_job_worker
+from services.peer.parents import ParentClient
+from services.peer.sources import Sources
+from services.peer.storage import Storage
+from services.peer.upload import TransferStats, upload_app
 
 ROOT_PASSWORD = "root-password-for-tests"
 SECRET = "cluster-secret-for-tests"
@@ -53,6 +65,14 @@ class Manager:
         return str(body["token"]) if status == 200 else ""
 
 
+async def job_outcome(m: Manager, token: str, job_id: str) -> dict[str, Any] | None:
+    """A job with its hosts once it succeeded or failed, else None."""
+    status, body = await m.call("GET", f"/oapi/v1/jobs/{job_id}", token=token)
+    if status != 200 or body["job"]["state"] not in ("succeeded", "failed"):
+        return None
+    return dict(body)
+
+
 async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> Any:
     """The first truthy value ``check`` returns; fails the test after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -62,6 +82,51 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0)
             return value
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.1)
+
+
+@dataclass
+class PeerHost:
+    storage: Storage
+    downloads: Downloads
+    upload_url: str
+
+
+@contextlib.asynccontextmanager
+async def peer_host(nats_url: str, data: Path, host_id: str, *, cluster: str = "default",
+                    seed: bool = True) -> AsyncIterator[PeerHost]:
+    """What the daemon builds for its downloads — storage, an upload server, a host
+    announcement — with the job worker running on it."""
+    nc = await connect(nats_url, host_id)
+    js = nc.jetstream()
+    storage = Storage(data)
+    stats = TransferStats()
+    runner = web.AppRunner(upload_app(storage, SECRET, stats), access_log=None)
+    await runner.setup()
+    sock = socket.create_server(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    upload_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    ctx = PeerContext(cluster=cluster, host_id=host_id, secret=SECRET, nc=nc, js=js,
+                      publisher=Publisher(js), storage=storage, sources=Sources.default(),
+                      parents=ParentClient(), stats=stats, settings=Settings(schedule_timeout=5.0))
+    try:
+        async with anyio.create_task_group() as tg:
+            downloads = Downloads(ctx, tg)
+            ctx.active = downloads.active
+            tg.start_soon(lambda: run_job_worker(downloads, seed=seed))
+            await ctx.publish(HostAnnounced(id=new_id(), at=time.time(), cluster=cluster,
+                                            host_id=host_id, hostname=host_id, ip="127.0.0.1",
+                                            upload_url=upload_url, seed=seed))
+            await anyio.sleep(0.5)  # the worker's consumers exist before any job is asked for
+            try:
+                yield PeerHost(storage, downloads, upload_url)
+            finally:
+                downloads.cancel_all()
+                tg.cancel_scope.cancel()
+    finally:
+        await runner.cleanup()
+        for tf in storage.tasks():
+            tf.close()
+        await nc.drain()
 
 
 @contextlib.asynccontextmanager

@@ -13,29 +13,21 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import anyio
 import pytest
 from aiohttp import web
 
 from events.bus import Publisher
-from events.hosts import HostAnnounced
 from events.ids import new_id
 from events.jobs import PreheatRequested
 from services.manager.control.seal import seal
-from services.natsconn import connect
-from services.peer.daemon import Downloads
-from services.peer.downloader import PeerContext, Settings
-from services.peer.jobs import run_job_worker
-from services.peer.parents import ParentClient
-from services.peer.sources import Sources
 from services.peer.storage import Storage
 from services.peer.taskid import task_id
-from services.peer.upload import TransferStats
 from tests.integration.test_control_harness import (
     ROOT_PASSWORD,
     SECRET,
-    Manager,
     eventually,
+    job_outcome,
+    peer_host,
     running_manager,
 )
 
@@ -68,44 +60,6 @@ async def origin(root: Path) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-@contextlib.asynccontextmanager
-async def seed_host(nats_url: str, data: Path, host_id: str, cluster: str = "default"
-                    ) -> AsyncIterator[Storage]:
-    """What the daemon builds for its downloads, announced as a seed peer, with the job
-    worker running on it."""
-    nc = await connect(nats_url, host_id)
-    js = nc.jetstream()
-    storage = Storage(data)
-    ctx = PeerContext(cluster=cluster, host_id=host_id, secret=SECRET, nc=nc, js=js,
-                      publisher=Publisher(js), storage=storage, sources=Sources.default(),
-                      parents=ParentClient(), stats=TransferStats(),
-                      settings=Settings(schedule_timeout=2.0))
-    try:
-        async with anyio.create_task_group() as tg:
-            downloads = Downloads(ctx, tg)
-            tg.start_soon(lambda: run_job_worker(downloads, seed=True))
-            await ctx.publish(HostAnnounced(id=new_id(), at=time.time(), cluster=cluster,
-                                            host_id=host_id, hostname=host_id, ip="127.0.0.1",
-                                            upload_url="http://127.0.0.1:9", seed=True))
-            await anyio.sleep(0.5)  # the worker's consumers exist before any job is asked for
-            try:
-                yield storage
-            finally:
-                downloads.cancel_all()
-                tg.cancel_scope.cancel()
-    finally:
-        for tf in storage.tasks():
-            tf.close()
-        await nc.drain()
-
-
-async def _job(m: Manager, token: str, job_id: str) -> dict[str, object] | None:
-    status, body = await m.call("GET", f"/oapi/v1/jobs/{job_id}", token=token)
-    if status != 200 or body["job"]["state"] not in ("succeeded", "failed"):
-        return None
-    return body
-
-
 async def test_preheat_a_file_through_the_api_and_from_outside(
         nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     files = tmp_path / "origin"
@@ -114,20 +68,20 @@ async def test_preheat_a_file_through_the_api_and_from_outside(
     (files / "model.bin").write_bytes(content)
     (files / "other.bin").write_bytes(content[::-1])
     async with (origin(files) as base, running_manager(nats_url, tmp_path / "m", monkeypatch) as m,
-                seed_host(nats_url, tmp_path / "seed-1", "seed-1") as one,
-                seed_host(nats_url, tmp_path / "seed-2", "seed-2") as two):
+                peer_host(nats_url, tmp_path / "seed-1", "seed-1") as one,
+                peer_host(nats_url, tmp_path / "seed-2", "seed-2") as two):
         root = await eventually(lambda: m.try_sign_in("root", ROOT_PASSWORD))
         body = {"type": "preheat", "args": {"url": f"{base}/model.bin", "scope": "all_seed_peers",
                 "username": LOGIN[0], "password": LOGIN[1], "piece_length": 65536}}
         status, created = await m.call("POST", "/api/v1/jobs", body, root)
         assert status == 201, created
-        done = await eventually(lambda: _job(m, root, created["id"]), timeout=60)
+        done = await eventually(lambda: job_outcome(m, root, created["id"]), timeout=60)
         assert done["job"]["state"] == "succeeded", done
         task = task_id(f"{base}/model.bin", piece_length=65536)
         assert {(h["host_id"], h["task_id"], h["state"]) for h in done["hosts"]} == {
             ("seed-1", task, "succeeded"), ("seed-2", task, "succeeded")}
-        for storage in (one, two):
-            assert hashlib.sha256(_read(storage, task)).digest() == hashlib.sha256(content).digest()
+        for host in (one, two):
+            assert hashlib.sha256(_read(host.storage, task)).digest() == hashlib.sha256(content).digest()
 
         # Any system may publish the request itself and gets the same result.
         outside = PreheatRequested(
@@ -135,16 +89,16 @@ async def test_preheat_a_file_through_the_api_and_from_outside(
             scope="single_seed_peer", sealed_credentials=seal(SECRET, {
                 "username": LOGIN[0], "password": LOGIN[1]}))
         await Publisher(m.nc.jetstream()).publish(outside)
-        done = await eventually(lambda: _job(m, root, outside.job_id), timeout=60)
+        done = await eventually(lambda: job_outcome(m, root, outside.job_id), timeout=60)
         assert done["job"]["state"] == "succeeded", done
         other = task_id(f"{base}/other.bin")
-        holders = [s for s in (one, two) if s.get(other) is not None]
+        holders = [h.storage for h in (one, two) if h.storage.get(other) is not None]
         assert len(holders) == 1 and _read(holders[0], other) == content[::-1]
 
         # A missing file fails the job with the origin's reason.
         body["args"] |= {"url": f"{base}/missing.bin", "scope": "single_seed_peer"}
         status, created = await m.call("POST", "/api/v1/jobs", body, root)
-        done = await eventually(lambda: _job(m, root, created["id"]), timeout=60)
+        done = await eventually(lambda: job_outcome(m, root, created["id"]), timeout=60)
         assert done["job"]["state"] == "failed" and "404" in str(done["job"]["reason"])
 
 

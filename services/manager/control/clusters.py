@@ -7,7 +7,6 @@ Writes become ``ClusterSaved``/``ClusterDeleted`` (DF_ADMIN) and ``ClusterConfig
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Annotated, Final, Literal
 

@@ -17,7 +17,14 @@ from events.base import Event
 from events.ids import new_id
 from events.jobs import DeleteTaskRequested, GetTaskRequested, PreheatRequested
 from events.secrets import public_headers
-from services.manager.control.auth import Caller, Principal, allow, cluster_secret, reader_of, record
+from services.manager.control.auth import (
+    Caller,
+    Principal,
+    allow,
+    cluster_secret,
+    reader_of,
+    record,
+)
 from services.manager.control.clusters import known_clusters
 from services.manager.control.seal import seal
 from services.peer.taskid import task_id as compute_task_id

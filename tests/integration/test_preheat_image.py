@@ -1,0 +1,102 @@
+"""Image preheat against a real OCI registry (Debian's ``docker-registry``, image pushed with
+``skopeo``): the seed peer holds every layer afterwards, and a later pull of those layers
+through another peer's registry mirror takes no layer bytes from the registry."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from services.peer.oci import blob_task_id
+from services.peer.proxy import ProxyConfig, proxy_app
+from services.procs import spawn, stop, wait_ready
+from tests.integration.test_control_harness import (
+    ROOT_PASSWORD,
+    PeerHost,
+    eventually,
+    job_outcome,
+    peer_host,
+    running_manager,
+)
+from tests.registry import have_registry_tools, push, running_registry, write_image
+
+pytestmark = [pytest.mark.anyio,
+              pytest.mark.skipif(not have_registry_tools(),
+                                 reason="needs Debian's docker-registry and skopeo")]
+CLUSTER = "img"
+PIECE = 64 << 10
+
+
+@contextlib.contextmanager
+def scheduler(nats_url: str, run: Path) -> Iterator[None]:
+    ready = run / "scheduler.json"
+    with open(run / "scheduler.log", "wb") as log:
+        proc = spawn([sys.executable, "-m", "services.cli", "scheduler", "--nats", nats_url,
+                      "--cluster", CLUSTER, "--ready-file", str(ready)], log)
+    try:
+        wait_ready(ready, proc)
+        yield
+    finally:
+        stop([proc])
+
+
+@contextlib.asynccontextmanager
+async def mirror(host: PeerHost, registry: str) -> AsyncIterator[str]:
+    runner = web.AppRunner(proxy_app(host.downloads, ProxyConfig(registry=registry,
+                                                                 piece_length=PIECE)),
+                           access_log=None)
+    await runner.setup()
+    sock = socket.create_server(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_preheat_an_image_then_pull_its_layers_from_the_swarm(
+        nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    image = write_image(tmp_path / "layout", "v1", [200_000, 300_000])
+    with running_registry(tmp_path / "registry") as registry, scheduler(nats_url, tmp_path):
+        push(image, registry, "team/app")
+        async with (running_manager(nats_url, tmp_path / "m", monkeypatch) as m,
+                    peer_host(nats_url, tmp_path / "seed", "seed", cluster=CLUSTER) as seed,
+                    peer_host(nats_url, tmp_path / "peer", "peer", cluster=CLUSTER,
+                              seed=False) as peer,
+                    mirror(peer, registry.url) as proxy):
+            root = await eventually(lambda: m.try_sign_in("root", ROOT_PASSWORD))
+            status, job = await m.call("POST", "/api/v1/jobs", {
+                "type": "preheat", "scheduler_cluster_ids": [CLUSTER],
+                "args": {"type": "image", "url": f"{registry.url}/v2/team/app/manifests/v1",
+                         "platform": "linux/amd64", "piece_length": PIECE}}, root)
+            assert status == 201, job
+            done = await eventually(lambda: job_outcome(m, root, job["id"]), timeout=60)
+            assert done["job"]["state"] == "succeeded", done
+            for digest in image.layers:
+                tf = seed.storage.get(blob_task_id(digest, PIECE))
+                assert tf is not None and tf.complete
+                assert tf.data_path.read_bytes() == image.layer_bytes[digest]
+            preheated = registry.blob_bytes_served()
+            assert all(preheated[d] == len(image.layer_bytes[d]) for d in image.layers)
+
+            async with aiohttp.ClientSession() as session:
+                for digest in image.layers:
+                    async with session.get(f"{proxy}/v2/team/app/blobs/{digest}") as r:
+                        assert r.status == 200
+                        assert await r.read() == image.layer_bytes[digest]
+            assert {d: registry.blob_bytes_served()[d] for d in image.layers} == {
+                d: preheated[d] for d in image.layers}  # not one more layer byte
+
+            status, job = await m.call("POST", "/api/v1/jobs", {
+                "type": "preheat", "args": {"type": "image",
+                "url": f"{registry.url}/v2/team/app/manifests/missing"}}, root)
+            done = await eventually(lambda: job_outcome(m, root, job["id"]), timeout=60)
+            assert done["job"]["state"] == "failed"
+            assert "MANIFEST_UNKNOWN" in str(done["job"]["reason"])
