@@ -4,6 +4,7 @@ auth. Everything but ``bearer_token`` is pure."""
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -131,21 +132,27 @@ def token_url(challenge: Challenge, scope: str) -> str:
     return f"{realm}?{urlencode(query)}"
 
 
+def basic_auth(user: str, password: str) -> str:
+    """An ``Authorization`` value for a registry login."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
 async def bearer_token(session: aiohttp.ClientSession, upstream: str, name: str,
-                       login: aiohttp.BasicAuth | None = None) -> str:
+                       login: str = "") -> str:
     """An ``Authorization`` value for pulling ``name`` from ``upstream``: "" when the
-    registry asks for none, else a bearer token from the realm its challenge names (with
-    ``login`` when given). Raises ``aiohttp.ClientError`` or ``ValueError``."""
+    registry asks for none, else a bearer token from the realm its challenge names, asked
+    with ``login`` (a ``basic_auth`` value) when given. Raises ``aiohttp.ClientError`` or
+    ``ValueError``."""
     async with session.get(f"{upstream}/v2/") as probe:
         if probe.status != 401:
             return ""
         challenge = parse_challenge(probe.headers.get("WWW-Authenticate", ""))
     if challenge.scheme == "basic":
-        if login is None:
+        if not login:
             raise ValueError(f"{upstream} wants a login")
-        return login.encode()
+        return login
     async with session.get(token_url(challenge, f"repository:{name}:pull"),
-                           auth=login) as answer:
+                           headers={"Authorization": login} if login else None) as answer:
         answer.raise_for_status()
         body = await answer.json(content_type=None)
     token = body.get("token") or body.get("access_token")

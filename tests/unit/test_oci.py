@@ -11,6 +11,7 @@ from services.peer.oci import (
     DOCKER_HUB,
     BlobRef,
     RangeError,
+    basic_auth,
     blob_task_id,
     blob_url,
     choose_upstream,
@@ -89,3 +90,7 @@ def test_a_bearer_challenge_says_where_to_get_a_token() -> None:
         "&scope=repository%3Alibrary%2Fnginx%3Apull")
     with pytest.raises(ValueError, match="not a bearer challenge"):
         token_url(parse_challenge('Basic realm="x"'), "repository:a:pull")
+
+
+def test_a_login_is_a_basic_authorization_value() -> None:
+    assert basic_auth("alice", "wonderland") == "Basic YWxpY2U6d29uZGVybGFuZA=="
