@@ -4,6 +4,7 @@ demands a login — so the sealed credentials must reach the seed peer intact.""
 
 from __future__ import annotations
 
+import argparse
 import base64
 import contextlib
 import hashlib
@@ -13,12 +14,14 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pytest
 from aiohttp import web
 
 from events.bus import Publisher
 from events.ids import new_id
 from events.jobs import PreheatRequested
+from services.manager import preheat
 from services.manager.control.seal import seal
 from services.peer.storage import Storage
 from services.peer.taskid import task_id
@@ -106,3 +109,32 @@ def _read(storage: Storage, task: str) -> bytes:
     tf = storage.get(task)
     assert tf is not None and tf.complete
     return tf.data_path.read_bytes()
+
+
+async def test_the_preheat_command_follows_the_job_to_its_end(
+        nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    files = tmp_path / "origin"
+    files.mkdir()
+    (files / "tool.tar").write_bytes(os.urandom(100_000))
+    async with (origin(files) as base, running_manager(nats_url, tmp_path / "m", monkeypatch) as m,
+                peer_host(nats_url, tmp_path / "seed", "seed-cli") as seed):
+        await eventually(lambda: m.try_sign_in("root", ROOT_PASSWORD))
+        monkeypatch.setenv("DAMSELFLY_PASSWORD", ROOT_PASSWORD)
+        monkeypatch.setenv("DAMSELFLY_SOURCE_PASSWORD", LOGIN[1])
+
+        def command(*argv: str) -> int:
+            parser = argparse.ArgumentParser()
+            preheat.register(parser.add_subparsers())
+            args = parser.parse_args(["preheat", *argv, "--manager", m.url, "--user", "root",
+                                      "--timeout", "60"])
+            return int(args.run(args))
+
+        assert await anyio.to_thread.run_sync(
+            command, f"{base}/tool.tar", "--username", LOGIN[0]) == 0
+        task = task_id(f"{base}/tool.tar")
+        assert _read(seed.storage, task) == (files / "tool.tar").read_bytes()
+        assert f"seed-cli\t{task}\tsucceeded" in capsys.readouterr().out
+
+        with pytest.raises(RuntimeError, match="failed: .*401"):
+            await anyio.to_thread.run_sync(command, f"{base}/tool.tar", "--tag", "no-login")

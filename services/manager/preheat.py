@@ -1,0 +1,150 @@
+"""``damselfly preheat URL``: ask the manager to fetch a file or an image into the swarm
+before anyone needs it, and follow the job to its end.
+
+Authenticates with a personal access token (``--token`` or ``DAMSELFLY_TOKEN``), else signs
+in as ``--user`` with the password in ``DAMSELFLY_PASSWORD`` (asked for on a terminal).
+Registry or origin passwords come from ``DAMSELFLY_SOURCE_PASSWORD``, never from the
+command line, where other users could read them. Exits 1 with the job's reason when it fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from services.manager.sources import manager_url
+
+TOKEN_ENV = "DAMSELFLY_TOKEN"
+PASSWORD_ENV = "DAMSELFLY_PASSWORD"
+SOURCE_PASSWORD_ENV = "DAMSELFLY_SOURCE_PASSWORD"
+SCOPES = ("single_seed_peer", "all_seed_peers", "all_peers")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``preheat`` to the ``damselfly`` parser."""
+    p = sub.add_parser("preheat", help="fetch a file or an image into the swarm ahead of use")
+    p.add_argument("url", help="a file URL, or an image manifest URL "
+                               "(https://REGISTRY/v2/NAME/manifests/TAG)")
+    p.add_argument("--type", choices=("file", "image"), default=None,
+                   help="default: image for a /v2/…/manifests/… URL, else file")
+    p.add_argument("--scope", choices=SCOPES, default="single_seed_peer")
+    p.add_argument("--cluster", action="append", default=[], dest="clusters",
+                   help="scheduler cluster id (repeat; default: every cluster)")
+    p.add_argument("--platform", default="", help="for an image index, e.g. linux/arm64")
+    p.add_argument("--tag", default="", help="task tag")
+    p.add_argument("--application", default="", help="tenant (application) of the task")
+    p.add_argument("--filtered-query-param", action="append", default=[],
+                   help="query parameter left out of the task id (repeat)")
+    p.add_argument("-H", "--header", action="append", default=[], help="'Name: value' (repeat)")
+    p.add_argument("--username", default="", help=f"origin or registry login; the password "
+                                                   f"is read from {SOURCE_PASSWORD_ENV}")
+    p.add_argument("--piece-length", type=int, default=0, help="bytes (default: automatic)")
+    p.add_argument("--manager", help="manager URL (default: the one in DIR/cluster.json)")
+    p.add_argument("--data-dir", type=Path, default=Path(".data"),
+                   help="cluster dir of `damselfly up` (default .data)")
+    p.add_argument("--token", default=os.environ.get(TOKEN_ENV, ""),
+                   help=f"personal access token (default ${TOKEN_ENV})")
+    p.add_argument("--user", default="", help=f"sign in as this user (password in "
+                                               f"${PASSWORD_ENV})")
+    p.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait (default 1800)")
+    p.set_defaults(run=_run)
+
+
+class ManagerError(ValueError):
+    """The manager refused a request; ``status`` is its HTTP status."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"manager said {status}: {detail}")
+        self.status = status
+
+
+def _call(base: str, method: str, path: str, body: object = None, token: str = "") -> Any:
+    """Raises ``ManagerError`` with the manager's one-line reason, ``OSError`` if unreachable."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(base + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        detail = json.loads(exc.read() or b"{}").get("detail", exc.reason)
+        raise ManagerError(exc.code, str(detail)) from None
+
+
+def job_body(args: argparse.Namespace) -> dict[str, object]:
+    """The Dragonfly-shaped job body for the command's arguments. Pure apart from reading
+    the source password from the environment."""
+    headers: dict[str, str] = {}
+    for value in args.header:
+        name, sep, content = value.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"bad header {value!r}: want 'Name: value'")
+        headers[name.strip()] = content.strip()
+    kind = args.type or ("image" if "/v2/" in args.url and "/manifests/" in args.url else "file")
+    preheat: dict[str, object] = {
+        "type": kind, "url": args.url, "scope": args.scope, "tag": args.tag,
+        "application": args.application, "headers": headers, "platform": args.platform,
+        "filtered_query_params": "&".join(args.filtered_query_param)}
+    if args.piece_length:
+        preheat["piece_length"] = args.piece_length
+    if args.username:
+        preheat |= {"username": args.username,
+                    "password": os.environ.get(SOURCE_PASSWORD_ENV, "")}
+    return {"type": "preheat", "args": preheat, "scheduler_cluster_ids": args.clusters}
+
+
+def _token(base: str, args: argparse.Namespace) -> str:
+    if args.token:
+        return str(args.token)
+    if not args.user:
+        raise ValueError(f"give --token (or set {TOKEN_ENV}), or --user with {PASSWORD_ENV}")
+    password = os.environ.get(PASSWORD_ENV) or (
+        getpass.getpass(f"password of {args.user}: ") if sys.stdin.isatty() else "")
+    if not password:
+        raise ValueError(f"no password for {args.user}: set {PASSWORD_ENV}")
+    reply = _call(base, "POST", "/api/v1/users/signin", {"name": args.user, "password": password})
+    return str(reply["token"])
+
+
+def _run(args: argparse.Namespace) -> int:
+    base = (args.manager or manager_url(args.data_dir) or "").rstrip("/")
+    if not base:
+        raise ValueError(f"no manager: give --manager URL, or run `damselfly up` in "
+                         f"{args.data_dir}")
+    token = _token(base, args)
+    job = _call(base, "POST", "/oapi/v1/jobs", job_body(args), token)
+    print(f"job {job['id']}: preheat {args.url}", file=sys.stderr)
+    if args.no_wait:
+        print(job["id"])
+        return 0
+    deadline = time.monotonic() + args.timeout
+    state = "pending"
+    while True:
+        try:
+            status = _call(base, "GET", f"/oapi/v1/jobs/{job['id']}", token=token)
+            state = status["job"]["state"]
+        except ManagerError as exc:
+            if exc.status != 404:  # 404: the manager's projections have not caught up yet
+                raise
+        if state in ("succeeded", "failed"):
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"job {job['id']} still {state} after {args.timeout:g}s")
+        time.sleep(0.5)
+    for host in status["hosts"]:
+        print(f"{host['host_id']}\t{host['task_id']}\t{host['state']}\t{host['reason'] or ''}")
+    if state == "failed":
+        raise RuntimeError(f"job {job['id']} failed: {status['job']['reason']}")
+    print(f"job {job['id']} succeeded", file=sys.stderr)
+    return 0
