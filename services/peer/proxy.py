@@ -5,9 +5,9 @@ the same blob from two registries is stored once — and everything else (``/v2/
 manifests, HEADs) goes to the upstream registry chosen by the ``X-Dragonfly-Registry``
 header, then containerd's ``ns`` query parameter, then the configured default. As a
 forward proxy (absolute request URLs, ``HTTP_PROXY``), a GET whose URL matches a ``swarm``
-rule goes through the swarm, everything else straight to the origin. The client's
-``Authorization`` reaches the origin only: never an event, never a log line. CONNECT is
-passed through as a plain tunnel.
+rule goes through the swarm, and so does a registry blob unless a ``direct`` rule matches;
+everything else goes straight to the origin. The client's ``Authorization`` reaches the
+origin only: never an event, never a log line. CONNECT is passed through as a tunnel.
 """
 
 from __future__ import annotations
@@ -156,10 +156,15 @@ async def _connect(request: web.Request, handler: Handler) -> web.StreamResponse
 
 async def _route(request: web.Request) -> web.StreamResponse:
     config: ProxyConfig = request.app[_config_key]  # type: ignore[assignment]
+    blob = parse_blob_path(request.path) if request.method == "GET" else None
     if request.raw_path.startswith(("http://", "https://")):  # absolute form: HTTP_PROXY
         url = str(request.url)
         rule = match_rule(config.rules, url)
-        if rule is not None and rule.swarm and request.method == "GET":
+        if rule is not None and not rule.swarm:
+            return await _forward(request, URL(url, encoded=True))
+        if blob is not None:  # a registry's blob asked for through HTTP_PROXY
+            return await _blob(request, str(request.url.origin()), blob, config)
+        if rule is not None and request.method == "GET":
             return await _through_swarm(request, DownloadRequest(
                 url=url, headers=_credentials(request), piece_length=config.piece_length,
                 filtered_query_params=list(rule.filtered_query_params)))
@@ -169,8 +174,7 @@ async def _route(request: web.Request) -> web.StreamResponse:
                                    request.query.get("ns", ""), config.registry)
     except ValueError as exc:
         return _error(400, "UNSUPPORTED", str(exc))
-    blob = parse_blob_path(request.path)
-    if blob is not None and request.method == "GET":
+    if blob is not None:
         return await _blob(request, upstream, blob, config)
     target = URL(upstream + request.rel_url.without_query_params("ns").raw_path_qs,
                  encoded=True)
