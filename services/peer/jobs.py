@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 import anyio
@@ -61,8 +61,8 @@ def _registry_reason(status: int, body: object) -> str:
     return f"HTTP {status}"
 
 
-async def image_targets(e: PreheatRequested, headers: dict[str, str],
-                        login: aiohttp.BasicAuth | None, timeout: float = 30.0) -> list[Target]:
+async def image_targets(e: PreheatRequested, headers: dict[str, str], login: str,
+                        timeout: float = 30.0) -> list[Target]:
     """Every blob (config and layers) of the image a manifest URL names; an index is
     resolved by ``platform`` (default linux/amd64). Raises ``ValueError`` with the registry's
     reason, ``aiohttp.ClientError`` or ``TimeoutError``."""
@@ -74,7 +74,7 @@ async def image_targets(e: PreheatRequested, headers: dict[str, str],
         auth = headers.get("Authorization") or await bearer_token(session, base, name, login)
         wanted = {**headers, "Accept": ACCEPT, **({"Authorization": auth} if auth else {})}
 
-        async def manifest(ref: str) -> dict[str, object]:
+        async def manifest(ref: str) -> dict[str, Any]:
             async with session.get(f"{base}/v2/{name}/manifests/{ref}", headers=wanted) as r:
                 body = await r.json(content_type=None)
                 if r.status != 200:
@@ -86,7 +86,7 @@ async def image_targets(e: PreheatRequested, headers: dict[str, str],
         if doc.get("mediaType") in INDEX_TYPES or "manifests" in doc:
             os_, _, arch = (e.platform or "linux/amd64").partition("/")
             arch, _, variant = arch.partition("/")
-            for m in doc.get("manifests", []):  # type: ignore[attr-defined]
+            for m in doc.get("manifests", []):
                 p = m.get("platform", {})
                 if p.get("os") == os_ and p.get("architecture") == arch and (
                         not variant or p.get("variant") == variant):
@@ -94,7 +94,7 @@ async def image_targets(e: PreheatRequested, headers: dict[str, str],
                     break
             else:
                 raise ValueError(f"{e.url}: no manifest for platform {os_}/{arch}")
-        blobs = [doc["config"], *doc.get("layers", [])]  # type: ignore[list-item]
+        blobs = [doc["config"], *doc.get("layers", [])]
     auth_headers = {"Authorization": auth} if auth else {}
     return [Target(blob_task_id(b["digest"], e.piece_length),
                    DownloadRequest(url=blob_url(base, BlobRef(name, b["digest"])),
@@ -155,14 +155,14 @@ class JobWorker:
         credentials = open_sealed(self.ctx.secret, e.sealed_credentials)
         secret_headers = credentials.get("headers", {})
         headers = {**e.headers, **(secret_headers if isinstance(secret_headers, dict) else {})}
-        username, password = str(credentials.get("username", "")), str(
-            credentials.get("password", ""))
+        username = str(credentials.get("username", ""))
+        login = (aiohttp.encode_basic_auth(username, str(credentials.get("password", "")))
+                 if username else "")
         if e.kind == "image":
             # The registry's token service takes the login; the blobs get its bearer token.
-            login = aiohttp.BasicAuth(username, password) if username else None
             return await image_targets(e, headers, login)
-        if username:
-            headers.setdefault("Authorization", aiohttp.encode_basic_auth(username, password))
+        if login:
+            headers.setdefault("Authorization", login)
         return [file_target(e, headers)]
 
     async def on_get_task(self, msg: Msg) -> None:
