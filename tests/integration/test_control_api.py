@@ -5,13 +5,17 @@ credentials and the audit trail."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import msgspec
 import pytest
 
+from events.bus import Publisher
 from events.codec import decode
 from events.config import ClusterConfigSet
+from events.hosts import HostAnnounced, HostKeepalive
+from events.ids import new_id
 from services.manager.control.search import ClusterQuery, ask_cluster
 from services.manager.control.users import ensure_root
 from tests.integration.test_control_harness import ROOT_PASSWORD, eventually, running_manager
@@ -120,6 +124,32 @@ async def test_clusters_scopes_config_and_search(nats_url: str, tmp_path: Path,
         status, seeds = await m.call("POST", "/api/v1/seed-peer-clusters",
                                      {"id": "hz-seeds", "load_limit": 300}, root)
         assert status == 201 and seeds["load_limit"] == 300
+
+
+async def test_seed_peers_and_schedulers_show_active_or_inactive(
+        nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with running_manager(nats_url, tmp_path, monkeypatch) as m:
+        root = await eventually(lambda: m.try_sign_in("root", ROOT_PASSWORD))
+        now = time.time()
+        await Publisher(m.nc.jetstream()).publish_many([
+            HostAnnounced(id=new_id(), at=now - 120, cluster="k", host_id="quiet-seed",
+                          hostname="q", ip="127.0.0.2", upload_url="http://127.0.0.2:1",
+                          seed=True),
+            HostAnnounced(id=new_id(), at=now - 120, cluster="k", host_id="busy-seed",
+                          hostname="b", ip="127.0.0.3", upload_url="http://127.0.0.3:1",
+                          seed=True),
+            HostKeepalive(id=new_id(), at=now, cluster="k", host_id="busy-seed"),
+            HostAnnounced(id=new_id(), at=now, cluster="k", host_id="plain-peer", hostname="p",
+                          ip="127.0.0.4", upload_url="http://127.0.0.4:1")])
+        seeds = await eventually(lambda: _get(m, "/api/v1/seed-peers?cluster=k", root))
+        assert {s["host_id"]: s["liveness"] for s in seeds} == {
+            "quiet-seed": "inactive", "busy-seed": "active"}
+        active = await _get(m, "/api/v1/seed-peers?cluster=k&state=active", root)
+        assert [s["host_id"] for s in active] == ["busy-seed"]
+        peers = await _get(m, "/api/v1/cluster-peers?cluster=k", root)
+        assert [(p["host_id"], p["liveness"]) for p in peers] == [("plain-peer", "active")]
+        status, schedulers = await m.call("GET", "/api/v1/schedulers", token=root)
+        assert status == 200 and schedulers == []  # none runs in this test
 
 
 async def _get(m, path: str, token: str) -> object:  # type: ignore[no-untyped-def]
