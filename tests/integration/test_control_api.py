@@ -16,6 +16,7 @@ from events.codec import decode
 from events.config import ClusterConfigSet
 from events.hosts import HostAnnounced, HostKeepalive
 from events.ids import new_id
+from events.tasks import PeerRegistered
 from services.manager.control.search import ClusterQuery, ask_cluster
 from services.manager.control.users import ensure_root
 from tests.integration.test_control_harness import ROOT_PASSWORD, eventually, running_manager
@@ -61,6 +62,10 @@ async def test_root_signs_in_guests_only_read(nats_url: str, tmp_path: Path,
         assert audit[0]["actor"] == "root" and audit[0]["target"] == "gina"
         status, body = await m.call("GET", "/api/v1/users", token="dfs_forged.token")
         assert status == 401
+        status, openapi = await m.call("GET", "/openapi.json")
+        assert {"/api/v1/scheduler-clusters", "/api/v1/seed-peer-clusters", "/api/v1/jobs",
+                "/oapi/v1/jobs", "/api/v1/users/signin", "/api/v1/personal-access-tokens",
+                "/api/v1/applications", "/api/v1/audit"} <= set(openapi["paths"])
 
 
 async def _audit(m, token: str, action: str) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
@@ -202,6 +207,22 @@ async def test_tokens_tenants_and_sealed_credentials(nats_url: str, tmp_path: Pa
         assert [t["tenant"] for t in tenants] == ["team-a"]
         status, body = await m.call("POST", "/api/v1/scheduler-clusters", {"id": "a"}, pat)
         assert status == 403 and "lacks the 'cluster' scope" in body["detail"]
+
+        # ... and their own tasks and peers only.
+        await Publisher(m.nc.jetstream()).publish_many(
+            PeerRegistered(id=new_id(), at=time.time(), cluster="default", task_id=task * 64,
+                           peer_id=f"peer-{task}", host_id="h", url=f"http://o/{app}",
+                           application=app)
+            for task, app in (("a", "team-a"), ("b", "team-b")))
+        await eventually(lambda: _get(m, f"/oapi/v1/tasks/{'b' * 64}", root))
+        status, seen = await m.call("GET", "/oapi/v1/tasks", token=alice)
+        assert [t["task_id"] for t in seen] == ["a" * 64]
+        status, _ = await m.call("GET", f"/oapi/v1/tasks/{'b' * 64}", token=alice)
+        assert status == 404
+        status, seen = await m.call("GET", "/oapi/v1/peers", token=alice)
+        assert [p["peer_id"] for p in seen] == ["peer-a"]
+        status, body = await m.call("GET", "/oapi/v1/tasks", token=pat)
+        assert status == 403 and "lacks the 'task' scope" in body["detail"]
 
         # Credentials never reach the log or DuckDB in clear text.
         await eventually(lambda: _get(m, f"/oapi/v1/jobs/{other['id']}", root))

@@ -29,7 +29,7 @@ from services.manager.reader import Reader
 from services.peer.daemon import read_secret
 
 ROLES: Final = {"root": ("read", "write"), "guest": ("read",)}
-SCOPES: Final = ("job", "cluster", "user", "tenant")
+SCOPES: Final = ("job", "task", "cluster", "user", "tenant")
 SESSION_TTL: Final = 24 * 3600.0
 SESSION_PREFIX: Final = "dfs_"
 PAT_PREFIX: Final = "dfp_"
