@@ -5,6 +5,7 @@ through another peer's registry mirror takes no layer bytes from the registry.""
 from __future__ import annotations
 
 import contextlib
+import secrets
 import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -100,3 +101,71 @@ async def test_preheat_an_image_then_pull_its_layers_from_the_swarm(
             done = await eventually(lambda: job_outcome(m, root, job["id"]), timeout=60)
             assert done["job"]["state"] == "failed"
             assert "MANIFEST_UNKNOWN" in str(done["job"]["reason"])
+
+
+@contextlib.asynccontextmanager
+async def private_front(upstream: str, login: tuple[str, str]) -> AsyncIterator[str]:
+    """Makes the real registry private the way hosted ones are: ``/v2/`` answers 401 with a
+    bearer challenge, ``/token`` trades the basic login for a token, and only requests with
+    that token reach the registry."""
+    token = secrets.token_hex(16)
+    basic = aiohttp.encode_basic_auth(*login)
+    url = ""
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        if request.path == "/token":
+            if request.headers.get("Authorization") != basic:
+                return web.json_response({"details": "bad login"}, status=401)
+            return web.json_response({"token": token})
+        if request.headers.get("Authorization") != f"Bearer {token}":
+            return web.json_response(
+                {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]},
+                status=401, headers={"WWW-Authenticate":
+                                     f'Bearer realm="{url}/token",service="front"'})
+        wanted = {k: v for k, v in request.headers.items() if k in ("Accept", "Range")}
+        async with aiohttp.ClientSession() as session, session.get(
+                upstream + request.path_qs, headers=wanted) as r:
+            kept = {k: v for k, v in r.headers.items()
+                    if k in ("Content-Type", "Content-Range", "Docker-Content-Digest")}
+            return web.Response(status=r.status, body=await r.read(), headers=kept)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", serve)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sock = socket.create_server(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        yield url
+    finally:
+        await runner.cleanup()
+
+
+async def test_preheat_from_a_private_registry_with_token_auth(
+        nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    login = ("puller", "registry-password-8e2a")
+    image = write_image(tmp_path / "layout", "v2", [150_000])
+    with running_registry(tmp_path / "registry") as registry:
+        push(image, registry, "private/app")
+        async with (private_front(registry.url, login) as front,
+                    running_manager(nats_url, tmp_path / "m", monkeypatch) as m,
+                    peer_host(nats_url, tmp_path / "seed", "private-seed",
+                              cluster="private") as seed):
+            root = await eventually(lambda: m.try_sign_in("root", ROOT_PASSWORD))
+            job = {"type": "preheat", "scheduler_cluster_ids": ["private"], "args": {
+                "type": "image", "url": f"{front}/v2/private/app/manifests/v2",
+                "piece_length": PIECE, "username": login[0], "password": "wrong"}}
+            status, refused = await m.call("POST", "/api/v1/jobs", job, root)
+            assert status == 201
+            done = await eventually(lambda: job_outcome(m, root, refused["id"]), timeout=60)
+            assert done["job"]["state"] == "failed" and "401" in str(done["job"]["reason"])
+
+            job["args"]["password"] = login[1]  # type: ignore[index]
+            status, created = await m.call("POST", "/api/v1/jobs", job, root)
+            assert status == 201
+            done = await eventually(lambda: job_outcome(m, root, created["id"]), timeout=60)
+            assert done["job"]["state"] == "succeeded", done
+            (layer,) = image.layers
+            tf = seed.storage.get(blob_task_id(layer, PIECE))
+            assert tf is not None and tf.data_path.read_bytes() == image.layer_bytes[layer]
