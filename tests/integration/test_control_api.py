@@ -266,6 +266,9 @@ async def _refused(m, path: str, body: object, token: str) -> object:  # type: i
     ({"type": "preheat", "args": {"url": "http://x/y"}, "scheduler_cluster_ids": ["mars"]},
      404, "unknown scheduler clusters: mars"),
     ({"type": "delete_task", "args": {}}, 422, "give task_id, or url"),
+    ({"type": "get_task", "args": {"task_id": "abc"}}, 422, "args.task_id"),
+    ({"type": "preheat", "args": {"url": "http://x/y"}, "scheduler_cluster_ids": [7]},
+     404, "unknown scheduler clusters: 7"),
 ])
 async def test_bad_job_bodies_get_a_clear_4xx(nats_url: str, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch, body: object,

@@ -98,6 +98,16 @@ async def test_preheat_a_file_through_the_api_and_from_outside(
         holders = [h.storage for h in (one, two) if h.storage.get(other) is not None]
         assert len(holders) == 1 and _read(holders[0], other) == content[::-1]
 
+        # A get_task job tells who holds a task.
+        status, asked = await m.call("POST", "/api/v1/jobs", {
+            "type": "get_task", "args": {"url": f"{base}/model.bin", "piece_length": 65536}},
+            root)
+        assert status == 201 and asked["task_id"] == task
+        done = await eventually(lambda: job_outcome(m, root, asked["id"]), timeout=60)
+        assert done["job"]["state"] == "succeeded"
+        assert {(h["host_id"], h["reason"]) for h in done["hosts"]} == {
+            ("seed-1", "held"), ("seed-2", "held")}
+
         # A missing file fails the job with the origin's reason.
         body["args"] |= {"url": f"{base}/missing.bin", "scope": "single_seed_peer"}
         status, created = await m.call("POST", "/api/v1/jobs", body, root)

@@ -11,7 +11,7 @@ import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from events.base import Event
 from events.ids import new_id
@@ -64,10 +64,14 @@ class TaskArgs(Strict):
     piece_length: Annotated[int, Field(ge=1)] | None = None
 
 
+ClusterId = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) else v)]
+
+
 class JobCreate(Strict):
     type: Literal["preheat", "delete_task", "get_task"]
     args: dict[str, Any]
-    scheduler_cluster_ids: list[str] = []
+    scheduler_cluster_ids: list[ClusterId] = Field([], description="cluster ids; Dragonfly's "
+                                                   "numeric ids are taken as their decimal text")
     bio: str = ""
 
 
