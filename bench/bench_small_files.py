@@ -2,7 +2,7 @@
 peers hold, through its local API (start, follow progress, export to a path — what
 ``damselfly get`` does, without its process start-up). Latency is measured one task at a
 time on one daemon, throughput with many tasks in flight on another. Writes
-``bench/results/small_files.json``.
+``bench/results/small_files.json`` and ``small_files.png``.
 
 Environment: ``BENCH_SMALL_COUNT`` files of each size (default 25).
 """
@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import anyio
 
-from bench.report import write_result
+from bench.report import RESULTS, plot_cdf, write_result
 from bench.swarm_lab import (
     DaemonCaps,
     Lab,
@@ -104,6 +104,11 @@ def main() -> None:
                  "tasks_per_s": round(len(loaded) / wall, 1)})
     for row in rows:
         print(f"   {row}", flush=True)
+    series = {f"{label(size)}, one at a time": [1000 * t for t in lat]
+              for size, lat in by_size.items()}
+    series[f"all sizes, {IN_FLIGHT} in flight"] = [1000 * t for t in loaded]
+    plot_cdf(RESULTS / "small_files.png", "Small files already in the swarm, local API",
+             "latency (ms)", series, ("aim: p50 50 ms", 50.0), logx=True)
     write_result("small_files", {
         "title": "Small files already in the swarm, through the local API",
         "command": "make bench  (or: python -m bench small_files)",

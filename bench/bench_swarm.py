@@ -17,7 +17,7 @@ from typing import Any, Final
 import anyio
 
 from bench.bt_swarm import run_bittorrent
-from bench.report import RESULTS, plot_completion, write_result
+from bench.report import RESULTS, plot_cdf, write_result
 from bench.swarm_lab import (
     DaemonCaps,
     Lab,
@@ -154,11 +154,11 @@ def main() -> None:
             rows.append(row)
             if times:
                 series[f"{system} N={peers}"] = times
-        plot_completion(RESULTS / f"swarm-N{peers}.png",
-                        f"Completion times, N={peers}, F={SIZE // MiB} MiB",
-                        {k.removesuffix(f" N={peers}"): v for k, v in series.items()
-                         if k.endswith(f" N={peers}")},
-                        lower_bound(SIZE, peers, UPLOAD, ORIGIN_UPLOAD))
+        bound = lower_bound(SIZE, peers, UPLOAD, ORIGIN_UPLOAD)
+        plot_cdf(RESULTS / f"swarm-N{peers}.png",
+                 f"Completion times, N={peers}, F={SIZE // MiB} MiB", "completion time (s)",
+                 {k.removesuffix(f" N={peers}"): v for k, v in series.items()
+                  if k.endswith(f" N={peers}")}, (f"bound {bound:.1f}s", bound))
     compare(rows)
     write_result("swarm", {
         "title": "Swarm: completion time vs the theoretical bound",

@@ -147,10 +147,10 @@ def splice(text: str, body: str) -> str:
     return f"{head}{BEGIN}\n{body}{END}{tail if found else chr(10)}"
 
 
-def plot_completion(path: Path, title: str, series: Mapping[str, Sequence[float]],
-                    bound: float) -> None:
-    """Completion-time CDF of each system with the theoretical bound; skipped (with a
-    line saying so) when matplotlib is not installed."""
+def plot_cdf(path: Path, title: str, xlabel: str, series: Mapping[str, Sequence[float]],
+             mark: tuple[str, float] | None = None, logx: bool = False) -> None:
+    """The distribution (CDF) of each series, with an optional labelled vertical ``mark``;
+    skipped (with a line saying so) when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -164,9 +164,12 @@ def plot_completion(path: Path, title: str, series: Mapping[str, Sequence[float]
         ordered = sorted(times)
         ax.step(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], where="post",
                 label=name)
-    ax.axvline(bound, color="black", linestyle="--", label=f"bound {bound:.1f}s")
-    ax.set_xlabel("completion time (s)")
-    ax.set_ylabel("fraction of peers done")
+    if mark is not None:
+        ax.axvline(mark[1], color="black", linestyle="--", label=mark[0])
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("fraction done")
     ax.set_ylim(0, 1.02)
     ax.set_title(title)
     ax.legend()
