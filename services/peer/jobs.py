@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 import anyio
@@ -27,9 +27,11 @@ from events.codec import EventDecodeError, decode
 from events.ids import derived_id
 from events.jobs import GetTaskRequested, JobProgressed, PreheatRequested
 from services.manager.control.seal import SealError, open_sealed
-from services.peer.daemon import Downloads
 from services.peer.oci import BlobRef, bearer_token, blob_task_id, blob_url
 from services.peer.request import DownloadRequest
+
+if TYPE_CHECKING:  # the daemon starts the worker, so it cannot be imported from here
+    from services.peer.daemon import Downloads
 
 log = logging.getLogger("damselfly.jobs")
 

@@ -28,8 +28,8 @@ from events.ids import new_id
 from events.streams import ensure_streams
 from projections import admin, store
 from projections.projector import Projector
-from services.manager import control
 from services.manager.app import create_app
+from services.manager.control import service as control
 from services.manager.reader import Reader
 from services.natsconn import connect
 from services.peer.daemon import Downloads

@@ -1,32 +1,3 @@
 """The manager's control side: clusters and their config, jobs, users, roles, personal
-access tokens, tenants and the audit trail (routers in ``ROUTERS``), and the background
-work in ``run``: the first root user, cluster search over NATS and the job coordinator."""
-
-from __future__ import annotations
-
-import asyncio
-from typing import Final
-
-from fastapi import APIRouter
-from nats.aio.client import Client
-
-from events.bus import Publisher
-from services.manager.control import clusters, jobs, tasks, tenants, tokens, users
-from services.manager.control.coordinator import Coordinator
-from services.manager.control.search import serve_search
-from services.manager.control.users import ensure_root
-from services.manager.reader import Reader
-
-ROUTERS: Final[tuple[APIRouter, ...]] = (
-    clusters.router, jobs.router, tasks.router, users.router, tokens.router, tenants.router)
-
-
-async def run(nc: Client, reader: Reader, publisher: Publisher, stop: asyncio.Event,
-              **coordinator: float) -> None:
-    """Create the root user if the log has none, then answer cluster searches and
-    coordinate jobs until ``stop`` is set. Raises NATS errors when NATS fails at start."""
-    js = nc.jetstream()
-    await ensure_root(js)
-    async with asyncio.TaskGroup() as group:
-        group.create_task(serve_search(nc, reader, stop))
-        group.create_task(Coordinator(js, reader, publisher, **coordinator).run(stop))
+access tokens, tenants and the audit trail. ``service`` wires it into the manager; the
+other modules stay importable on their own (the daemon needs only ``seal``)."""
