@@ -21,6 +21,7 @@ import aiohttp
 import anyio
 from anyio.abc import TaskGroup
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 
 from events.bus import Consumer, Delivered
 from events.codec import EventDecodeError, decode
@@ -135,7 +136,14 @@ class JobWorker:
             host_id=host, task_id=task_id, state=state, reason=reason))
 
     async def preheat(self, e: PreheatRequested) -> None:
-        """Download every task of a preheat and report each; never raises for a failure."""
+        """Run a preheat; never raises, so one job's trouble never stops the daemon (the
+        coordinator fails a job whose report never comes, at its deadline)."""
+        try:
+            await self._preheat(e)
+        except Exception as exc:  # noqa: BLE001 - NATS down while reporting, say
+            log.error("preheat job %s on %s: %r", e.job_id, e.url, exc)
+
+    async def _preheat(self, e: PreheatRequested) -> None:
         try:
             targets = await self._targets(e)
         except (ValueError, SealError, aiohttp.ClientError, TimeoutError) as exc:
@@ -191,6 +199,10 @@ async def _follow(consumer: Consumer, handler: Callable[[Delivered], Awaitable[N
             try:
                 items = await consumer.fetch()
             except TimeoutError:
+                continue
+            except (NatsError, OSError) as exc:  # NATS away: the durable consumer waits
+                log.warning("cannot fetch jobs, retrying: %r", exc)
+                await anyio.sleep(1.0)
                 continue
             for item in items:
                 await handler(item)

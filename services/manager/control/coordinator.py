@@ -12,12 +12,13 @@ import logging
 import time
 from collections.abc import Sequence
 
+import duckdb
 import msgspec
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
 from events.base import Event
 from events.bus import Consumer, Publisher
-from events.jobs import JobProgressed
 from services.manager.control.clusters import KEEPALIVE_TIMEOUT
 from services.manager.control.jobbook import Book, Host
 from services.manager.reader import Reader
@@ -41,57 +42,47 @@ class Coordinator:
         self._publisher = publisher
         self._tick = tick
         self.book = Book(preheat_timeout=preheat_timeout, collect_window=collect_window)
+        self._replayed = False
 
-    async def _publish(self, events: Sequence[Event]) -> None:
-        if events:
-            now = time.time()
-            await self._publisher.publish_many(msgspec.structs.replace(e, at=now) for e in events)
+    async def _decide(self, events: Sequence[Event]) -> None:
+        """Publish decisions, then fold them: a decision that failed to publish is made
+        again on the next tick."""
+        if not events:
+            return
+        now = time.time()
+        await self._publisher.publish_many(msgspec.structs.replace(e, at=now) for e in events)
+        for e in events:
+            self.book.evolve(e)  # type: ignore[arg-type]
 
-    async def _start_unstarted(self) -> None:
-        jobs = self.book.unstarted()
-        if jobs:
+    async def _step(self, consumer: Consumer) -> None:
+        try:
+            items = await consumer.fetch(timeout=self._tick)
+        except TimeoutError:  # nats-py 2.16 may let asyncio's timeout through
+            items = []
+        for item in items:
+            self.book.evolve(item.event)
+            await item.msg.ack()
+        if not self._replayed:
+            if items and items[-1].msg.metadata.num_pending > 0:
+                return
+            self._replayed = True
+            log.info("job coordinator caught up: %d open jobs", len(self.book.jobs))
+        unstarted = self.book.unstarted()
+        if unstarted:
             hosts = await live_hosts(self._reader)
-            for job in jobs:
-                out = self.book.start(job, hosts)
-                for e in out:  # fold now: the stream echoes them later, harmlessly
-                    self.book.evolve(e)  # type: ignore[arg-type]
-                await self._publish(out)
+            await self._decide([e for job in unstarted for e in self.book.start(job, hosts)])
+        await self._decide(self.book.settle_all() + self.book.expire(time.time()))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Replay DF_JOBS, then follow it and tick until ``stop`` is set. Decisions wait
         for the replay, so a restart never re-decides a job the log already settled."""
-        consumer = Consumer(self._js, stream="DF_JOBS", nak_delay=self._tick)
-        replayed = False
+        consumer = Consumer(self._js, stream="DF_JOBS")
         try:
             while not stop.is_set():
                 try:
-                    items = await consumer.fetch(timeout=self._tick)
-                except TimeoutError:  # nats-py 2.16 may let asyncio's timeout through
-                    items = []
-                for item in items:
-                    self.book.evolve(item.event)
-                    await item.msg.ack()
-                    if replayed and isinstance(item.event, JobProgressed):
-                        await self._publish(self._settle(item.event.job_id))
-                if not replayed and (not items or items[-1].msg.metadata.num_pending == 0):
-                    replayed = True
-                    log.info("job coordinator caught up: %d open jobs", len(self.book.jobs))
-                    for job_id in list(self.book.jobs):
-                        await self._publish(self._settle(job_id))
-                if replayed:
-                    await self._start_unstarted()
-                    await self._publish(self._expire())
+                    await self._step(consumer)
+                except (NatsError, duckdb.Error, OSError) as exc:  # retried on the next tick
+                    log.warning("job coordinator: %r", exc)
+                    await asyncio.sleep(self._tick)
         finally:
             await consumer.close()
-
-    def _settle(self, job_id: str) -> list[Event]:
-        out = self.book.settle(job_id)
-        for e in out:
-            self.book.evolve(e)  # type: ignore[arg-type]
-        return out
-
-    def _expire(self) -> list[Event]:
-        out = self.book.expire(time.time())
-        for e in out:
-            self.book.evolve(e)  # type: ignore[arg-type]
-        return out

@@ -117,6 +117,9 @@ class Book:
             return []
         return [self._outcome(job, done)]
 
+    def settle_all(self) -> list[Event]:
+        return [e for job_id in list(self.jobs) for e in self.settle(job_id)]
+
     def _outcome(self, job: Job, done: dict[str, dict[str, tuple[str, str]]]) -> Event:
         failures = [f"{host} {task[:12]}: {reason or 'failed'}"
                     for host, tasks in sorted(done.items())

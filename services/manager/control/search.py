@@ -11,6 +11,7 @@ import asyncio
 import logging
 from typing import Final
 
+import duckdb
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -58,7 +59,13 @@ async def answer(reader: Reader, data: bytes) -> ClusterAnswer:
 async def serve_search(nc: Client, reader: Reader, stop: asyncio.Event) -> None:
     """Answer cluster searches until ``stop`` is set."""
     async def on_query(msg: Msg) -> None:
-        await msg.respond(msgspec.json.encode(await answer(reader, msg.data)))
+        try:
+            reply = await answer(reader, msg.data)
+        except duckdb.Error as exc:  # the asker falls back instead of waiting for a timeout
+            log.error("cluster search failed: %s", exc)
+            reply = ClusterAnswer(cluster=FALLBACK, matched=False, error="manager cannot read "
+                                  "its clusters")
+        await msg.respond(msgspec.json.encode(reply))
 
     sub = await nc.subscribe(SUBJECT, queue="damselfly-managers", cb=on_query)
     try:
