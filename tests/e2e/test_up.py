@@ -48,13 +48,13 @@ def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0) 
     raise AssertionError(f"{path} never appeared")
 
 
-async def _publish_and_dump(url: str) -> list[str]:
+async def _publish_probe(url: str, host: str, event_id: str) -> list[str]:
     nc = await nats.connect(url)
     js = nc.jetstream()
     streams = {s.config.name for s in await js.streams_info()}
     assert set(STREAM_NAMES) <= streams
-    await Publisher(js).publish(HostAnnounced(id="e2e-1", at=time.time(), cluster="default",
-                                              host_id="probe", hostname="probe",
+    await Publisher(js).publish(HostAnnounced(id=event_id, at=time.time(), cluster="default",
+                                              host_id=host, hostname=host,
                                               ip="127.0.0.1", upload_url="http://127.0.0.1:9"))
     await nc.drain()
     return sorted(streams)
@@ -69,16 +69,20 @@ def test_up_writes_cluster_json_serves_events_and_leaves_nothing_behind(tmp_path
         assert cluster["nats"].startswith("nats://127.0.0.1:")
         children = _descendants(proc.pid)
         assert children, "up started no process"
-        asyncio.run(_publish_and_dump(cluster["nats"]))
+        asyncio.run(_publish_probe(cluster["nats"], "probe", "e2e-1"))
 
         tail = subprocess.Popen([*DAMSELFLY, "events", "tail", "--nats", cluster["nats"]],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        time.sleep(1.0)
-        asyncio.run(_publish_and_dump(cluster["nats"]))  # same id: stored once, seen live
+        # The tail subscribes at some point after it starts: keep announcing new live hosts
+        # (bounded) and expect to see at least one of them.
+        for i in range(20):
+            asyncio.run(_publish_probe(cluster["nats"], f"live{i}", f"e2e-live-{i}"))
+            time.sleep(0.5)
+        asyncio.run(_publish_probe(cluster["nats"], "probe", "e2e-1"))  # a duplicate: stored once
         tail.send_signal(signal.SIGINT)
         live, _ = tail.communicate(timeout=20)
         assert tail.returncode == 0
-        assert "host.announced.v1" in live.decode() and "host_id=probe" in live.decode()
+        assert "host.announced.v1" in live.decode() and "host_id=live19" in live.decode()
 
         dump = subprocess.run([*DAMSELFLY, "events", "dump", "--nats", cluster["nats"]],
                               capture_output=True, timeout=60, check=True)
