@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Final
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import FileResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
 from services.manager import api
 
@@ -23,7 +25,9 @@ ROUTERS: Final[tuple[APIRouter, ...]] = (api.router,)
 
 def create_app(**state: object) -> FastAPI:
     """Build the app; ``state`` becomes ``app.state`` (``reader=``, ``projector=``, …)."""
-    app = FastAPI(title="Damselfly manager", version="1")
+    # /docs is served from the swagger-ui-bundle wheel: the default page loads from a CDN,
+    # which a machine without internet access cannot reach.
+    app = FastAPI(title="Damselfly manager", version="1", docs_url=None)
     for name, value in state.items():
         setattr(app.state, name, value)
     for router in ROUTERS:
@@ -37,5 +41,13 @@ def create_app(**state: object) -> FastAPI:
     async def index() -> FileResponse:
         return FileResponse(CONSOLE / "index.html")
 
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Damselfly manager API",
+                                   swagger_js_url="/swagger/swagger-ui-bundle.js",
+                                   swagger_css_url="/swagger/swagger-ui.css",
+                                   swagger_favicon_url="/swagger/favicon-32x32.png")
+
     app.mount("/console", StaticFiles(directory=CONSOLE), name="console")
+    app.mount("/swagger", StaticFiles(directory=swagger_ui_path), name="swagger")
     return app

@@ -278,3 +278,14 @@ def test_a_second_manager_on_the_same_file_is_refused(manager: dict[str, str],
     assert done.returncode == 1
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("damselfly manager: IO Error: Could not set lock on file")
+
+
+def test_the_api_docs_work_offline(manager: dict[str, str]) -> None:
+    import urllib.request
+
+    with urllib.request.urlopen(manager["url"] + "/docs", timeout=10) as page:
+        html = page.read().decode()
+    assert "/openapi.json" in html and "cdn" not in html.lower()
+    with urllib.request.urlopen(manager["url"] + "/swagger/swagger-ui-bundle.js",
+                                timeout=10) as js:
+        assert b"SwaggerUIBundle" in js.read()
