@@ -60,6 +60,9 @@ async def test_root_signs_in_guests_only_read(nats_url: str, tmp_path: Path,
         assert status == 200 and body["role"] == "root"
         audit = await eventually(lambda: _audit(m, root, "user.role"))
         assert audit[0]["actor"] == "root" and audit[0]["target"] == "gina"
+        assert audit[0]["method"] == "PUT" and audit[0]["path"] == "/api/v1/users/gina/roles/root"
+        signins = await _audit(m, root, "user.signin")
+        assert {"root", "gina"} <= {a["actor"] for a in signins}
         status, body = await m.call("GET", "/api/v1/users", token="dfs_forged.token")
         assert status == 401
         status, openapi = await m.call("GET", "/openapi.json")
@@ -126,9 +129,17 @@ async def test_clusters_scopes_config_and_search(nats_url: str, tmp_path: Path,
         status, missing = await m.call("GET", "/api/v1/scheduler-clusters/hz", token=root)
         assert status == 404 and missing["detail"] == "no scheduler cluster hz"
 
+        status, body = await m.call("PATCH", "/api/v1/scheduler-clusters/fallback",
+                                    {"seed_peer_cluster_ids": ["hz-seeds"]}, root)
+        assert status == 404 and body["detail"] == "unknown seed-peer clusters: hz-seeds"
         status, seeds = await m.call("POST", "/api/v1/seed-peer-clusters",
                                      {"id": "hz-seeds", "load_limit": 300}, root)
         assert status == 201 and seeds["load_limit"] == 300
+        await eventually(lambda: _get(m, "/api/v1/seed-peer-clusters/hz-seeds", root))
+        status, linked = await m.call("PATCH", "/api/v1/scheduler-clusters/fallback",
+                                      {"seed_peer_cluster_ids": ["hz-seeds"]}, root)
+        assert status == 200 and linked["seed_peer_clusters"] == ["hz-seeds"]
+        assert linked["is_default"] is True
 
 
 async def test_seed_peers_and_schedulers_show_active_or_inactive(

@@ -132,6 +132,17 @@ async def known_clusters(reader: Reader) -> set[str]:
     return {str(r["cluster"]) for r in rows}
 
 
+async def _check_links(reader: Reader, change: ClusterChange) -> None:
+    wanted = set(change.seed_peer_cluster_ids or ())
+    if not wanted:
+        return
+    rows = await reader.records("SELECT cluster FROM admin_clusters WHERE kind = 'seed_peer' "
+                                "AND state = 'active'")
+    unknown = sorted(wanted - {str(r["cluster"]) for r in rows})
+    if unknown:
+        raise HTTPException(404, f"unknown seed-peer clusters: {', '.join(unknown)}")
+
+
 def _routes(kind: str, path: str) -> None:
     noun = kind.replace("_", "-") + " cluster"
     is_scheduler = kind == "scheduler"
@@ -141,6 +152,7 @@ def _routes(kind: str, path: str) -> None:
         reader = reader_of(request)
         if await _cluster(reader, kind, body.id) is not None:
             raise HTTPException(409, f"{noun} {body.id} exists; update it with PATCH")
+        await _check_links(reader, body)
         saved = _saved(kind, body.id, {}, body, who.user_id)
         events: list[ClusterSaved | ClusterConfigSet] = [saved]
         config = None
@@ -174,6 +186,7 @@ def _routes(kind: str, path: str) -> None:
         current = await _cluster(reader, kind, cluster)
         if current is None:
             raise HTTPException(404, f"no {noun} {cluster}")
+        await _check_links(reader, body)
         saved = _saved(kind, cluster, current, body, who.user_id)
         events: list[ClusterSaved | ClusterConfigSet] = [saved]
         config = None

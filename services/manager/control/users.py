@@ -27,6 +27,7 @@ from events.subjects import subject_for
 from services.manager.control.auth import (
     ROLES,
     Caller,
+    Principal,
     allow,
     cluster_secret,
     issue_session,
@@ -90,9 +91,10 @@ async def sign_in(request: Request, body: SignIn) -> dict[str, object]:
     if row is None or row["state"] != "enabled" or not await asyncio.to_thread(
             verify_password, body.password, str(row["password_hash"])):
         raise HTTPException(401, "wrong user name or password")
-    now = time.time()
-    return {"token": issue_session(cluster_secret(), body.name, now),
-            "user": _public(row)}
+    token = issue_session(cluster_secret(), body.name, time.time())
+    await record(request, Principal(body.name, str(row["role"]), str(row["tenant"] or "")),
+                 "user.signin", body.name)
+    return {"token": token, "user": _public(row)}
 
 
 @router.get("/roles", summary="The roles and what they permit")
