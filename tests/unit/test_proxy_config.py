@@ -6,6 +6,7 @@ import pytest
 
 from services.peer.oci import DOCKER_HUB
 from services.peer.proxy import match_rule, parse_rule, proxy_config
+from services.peer.proxy_tunnel import parse_authority
 
 
 def test_rules_parse_with_their_filtered_query_parameters() -> None:
@@ -35,3 +36,11 @@ def test_the_default_registry_is_normalised() -> None:
     assert proxy_config("", []).registry == DOCKER_HUB  # what Docker's registry-mirrors pull
     with pytest.raises(ValueError, match="bad registry"):
         proxy_config("ftp://x", [])
+
+
+def test_connect_targets_are_host_and_port() -> None:
+    assert parse_authority("registry.example:443") == ("registry.example", 443)
+    assert parse_authority("[::1]:8443") == ("::1", 8443)
+    for bad in ("registry.example", ":443", "host:0", "host:https", "host:70000"):
+        with pytest.raises(ValueError, match="bad CONNECT target"):
+            parse_authority(bad)
