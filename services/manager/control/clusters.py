@@ -94,25 +94,38 @@ def _merged_config(current: ClusterConfig, change: Config) -> ClusterConfig:
     return msgspec.structs.replace(current, **values)
 
 
+SCOPE_FIELDS: Final = ("idc", "location", "cidrs", "hostnames")
+SAVED_FIELDS: Final = ("name", "bio", "is_default", "seed_peer_clusters", "load_limit")
+
+
+class ClusterSavedFields(msgspec.Struct, kw_only=True):
+    """What a change may set on a ``ClusterSaved``, typed as the event types it."""
+
+    name: str = ""
+    bio: str = ""
+    scopes: ClusterScopes = msgspec.field(default_factory=ClusterScopes)
+    is_default: bool = False
+    seed_peer_clusters: list[str] = msgspec.field(default_factory=list)
+    load_limit: int = 0
+
+
 def _saved(kind: str, cluster: str, current: dict[str, object], change: ClusterChange,
            actor: str) -> ClusterSaved:
-    def pick(field: str, stored: str) -> object:
-        value = getattr(change, field)
-        return value if value is not None else current.get(stored)
-
-    scopes = (ClusterScopes(**change.scopes.model_dump()) if change.scopes is not None
-              else msgspec.convert(current, ClusterScopes, strict=False) if current
-              else ClusterScopes())
-    problems = valid_scopes(scopes)
+    """The cluster as ``change`` leaves it: given fields replace the stored ones."""
+    given = change.model_dump(exclude_none=True, exclude={"id", "config", "scopes"})
+    if "seed_peer_cluster_ids" in given:
+        given["seed_peer_clusters"] = given.pop("seed_peer_cluster_ids")
+    fields = {**{k: current[k] for k in SAVED_FIELDS if current.get(k) is not None}, **given}
+    scopes = (change.scopes.model_dump() if change.scopes is not None
+              else {k: current[k] for k in SCOPE_FIELDS if current.get(k) is not None})
+    saved = msgspec.convert({**fields, "scopes": scopes}, ClusterSavedFields)
+    problems = valid_scopes(saved.scopes)
     if problems:
         raise HTTPException(422, "; ".join(problems))
-    return ClusterSaved(
-        id=new_id(), at=time.time(), cluster=cluster, kind=kind,
-        name=str(pick("name", "name") or cluster), bio=str(pick("bio", "bio") or ""),
-        scopes=scopes, is_default=bool(pick("is_default", "is_default")),
-        seed_peer_clusters=list(pick("seed_peer_cluster_ids", "seed_peer_clusters") or []),  # type: ignore[call-overload]
-        load_limit=int(pick("load_limit", "load_limit") or 0),  # type: ignore[call-overload]
-        actor=actor)
+    return ClusterSaved(id=new_id(), at=time.time(), cluster=cluster, kind=kind,
+                        name=saved.name or cluster, bio=saved.bio, scopes=saved.scopes,
+                        is_default=saved.is_default, seed_peer_clusters=saved.seed_peer_clusters,
+                        load_limit=saved.load_limit, actor=actor)
 
 
 def _view(saved: ClusterSaved, config: ClusterConfig | None) -> dict[str, object]:
