@@ -6,16 +6,20 @@ manifests, HEADs) goes to the upstream registry chosen by the ``X-Dragonfly-Regi
 header, then containerd's ``ns`` query parameter, then the configured default. As a
 forward proxy (absolute request URLs, ``HTTP_PROXY``), a GET whose URL matches a ``swarm``
 rule goes through the swarm, and so does a registry blob unless a ``direct`` rule matches;
-everything else goes straight to the origin. The client's ``Authorization`` reaches the
-origin only: never an event, never a log line. CONNECT is passed through as a tunnel.
+everything else goes straight to the origin. CONNECT is passed through as a tunnel, or,
+with a configured CA, intercepted so that the HTTPS requests inside follow the same rules.
+The client's ``Authorization`` reaches the origin only: never an event, never a log line.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import aiohttp
@@ -36,8 +40,9 @@ from services.peer.oci import (
     registry_error,
     registry_url,
 )
+from services.peer.proxy_intercept import InterceptCA, intercept
 from services.peer.proxy_stream import TaskUnavailable, shaped_task, stream_task
-from services.peer.proxy_tunnel import tunnel
+from services.peer.proxy_tunnel import parse_authority, tunnel
 from services.peer.request import DownloadRequest
 
 if TYPE_CHECKING:
@@ -52,9 +57,6 @@ CREDENTIALS: Final = ("Authorization", "Cookie")
 # A client's Authorization is for the origin: a seed peer fetching on its behalf would not
 # have it, so such a download goes back to source itself (Dragonfly's priority 3).
 PRIORITY_WITH_CREDENTIALS: Final = 3
-_downloads_key: Final = web.AppKey("downloads", object)
-_config_key: Final = web.AppKey("config", object)
-_session_key: Final = web.AppKey("session", aiohttp.ClientSession)
 
 
 @dataclass(frozen=True)
@@ -95,14 +97,16 @@ class ProxyConfig:
     piece_length: int = 0
     timeout: float = 30.0
     """Seconds to connect to, or wait for bytes from, an upstream."""
+    ca: InterceptCA | None = None
+    """Intercept CONNECT with certificates from this CA; None: tunnel it untouched."""
 
 
-def proxy_config(registry: str, rules: list[str]) -> ProxyConfig:
-    """The proxy's settings from ``--registry-mirror`` (default Docker Hub) and
-    ``--proxy-rule`` values.
-    Raises ``ValueError`` with a one-line reason."""
+def proxy_config(registry: str, rules: list[str], ca: Path | None = None) -> ProxyConfig:
+    """The proxy's settings from ``--registry-mirror`` (default Docker Hub), ``--proxy-rule``
+    and ``--proxy-ca`` values. Raises ``ValueError`` (or ``OSError``) with a one-line reason."""
     return ProxyConfig(registry=registry_url(registry) if registry else DOCKER_HUB,
-                       rules=tuple(parse_rule(r) for r in rules))
+                       rules=tuple(parse_rule(r) for r in rules),
+                       ca=InterceptCA.load(ca) if ca is not None else None)
 
 
 def _error(status: int, code: str, message: str,
@@ -110,7 +114,7 @@ def _error(status: int, code: str, message: str,
     return web.json_response(registry_error(code, message), status=status, headers=headers)
 
 
-def _credentials(request: web.Request) -> dict[str, str]:
+def _credentials(request: web.BaseRequest) -> dict[str, str]:
     return {k: request.headers[k] for k in CREDENTIALS if k in request.headers}
 
 
@@ -121,127 +125,151 @@ def _end_to_end(headers: Mapping[str, str]) -> CIMultiDict[str]:
 
 def proxy_app(downloads: Downloads, config: ProxyConfig) -> web.Application:
     """The proxy as an aiohttp app around the daemon's ``Downloads``."""
-    app = web.Application(middlewares=[_connect])
-    app[_downloads_key] = downloads
-    app[_config_key] = config
+    app = web.Application()
 
     async def session(app: web.Application) -> AsyncIterator[None]:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.timeout,
                                         sock_read=config.timeout)
-        async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as s:
-            app[_session_key] = s
+        # A context made now, not aiohttp's made at import: SSL_CERT_FILE is honoured.
+        connector = aiohttp.TCPConnector(ssl=ssl.create_default_context())
+        async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False,
+                                         connector=connector) as s:
+            app[_proxy_key] = Proxy(downloads, config, s)
             yield
 
+    async def route(request: web.Request) -> web.StreamResponse:
+        return await request.app[_proxy_key].route(request)
+
+    @web.middleware
+    async def connect(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """CONNECT targets are ``host:port``, which no route matches."""
+        if request.method != "CONNECT":
+            return await handler(request)
+        return await request.app[_proxy_key].connect(request)
+
+    app.middlewares.append(connect)
     app.cleanup_ctx.append(session)
-    app.router.add_route("*", "/{tail:.*}", _route)
+    app.router.add_route("*", "/{tail:.*}", route)
     return app
 
 
-@web.middleware
-async def _connect(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """CONNECT targets are ``host:port``, which no route matches: tunnel them here."""
-    if request.method != "CONNECT":
-        return await handler(request)
-    config: ProxyConfig = request.app[_config_key]  # type: ignore[assignment]
-    try:
-        return await tunnel(request, config.timeout)
-    except ValueError as exc:
-        refused = _error(400, "UNSUPPORTED", str(exc))
-    except (OSError, TimeoutError) as exc:
-        refused = _error(502, "UNAVAILABLE", f"cannot reach {request.raw_path}: "
-                                             f"{exc.__class__.__name__}")
-    refused.force_close()  # the connection was handed over to a tunnel that never opened
-    return refused
+@dataclass(frozen=True)
+class Proxy:
+    """What every request needs: the daemon's downloads, the settings, one HTTP session."""
 
+    downloads: Downloads
+    config: ProxyConfig
+    session: aiohttp.ClientSession
 
-async def _route(request: web.Request) -> web.StreamResponse:
-    config: ProxyConfig = request.app[_config_key]  # type: ignore[assignment]
-    blob = parse_blob_path(request.path) if request.method == "GET" else None
-    if request.raw_path.startswith(("http://", "https://")):  # absolute form: HTTP_PROXY
-        url = str(request.url)
-        rule = match_rule(config.rules, url)
+    async def connect(self, request: web.Request) -> web.StreamResponse:
+        """Intercept with the configured CA, else tunnel; a target that cannot be reached
+        is a registry-style 502 and the connection closes."""
+        try:
+            host, _ = parse_authority(request.raw_path)
+            if self.config.ca is not None:
+                return await intercept(request, self.config.ca.context_for(host),
+                                       partial(self._intercepted, request.raw_path))
+            return await tunnel(request, self.config.timeout)
+        except ValueError as exc:
+            refused = _error(400, "UNSUPPORTED", str(exc))
+        except (OSError, TimeoutError) as exc:
+            refused = _error(502, "UNAVAILABLE", f"cannot reach {request.raw_path}: "
+                                                 f"{exc.__class__.__name__}")
+        refused.force_close()  # the connection was meant for a tunnel that never opened
+        return refused
+
+    async def _intercepted(self, authority: str, request: web.BaseRequest
+                           ) -> web.StreamResponse:
+        return await self._absolute(request, f"https://{authority}{request.rel_url}")
+
+    async def route(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.raw_path.startswith(("http://", "https://")):  # absolute form: HTTP_PROXY
+            return await self._absolute(request, str(request.url))
+        try:
+            upstream = choose_upstream(request.headers.get(REGISTRY_HEADER, ""),
+                                       request.query.get("ns", ""), self.config.registry)
+        except ValueError as exc:
+            return _error(400, "UNSUPPORTED", str(exc))
+        blob = parse_blob_path(request.path) if request.method == "GET" else None
+        if blob is not None:
+            return await self._blob(request, upstream, blob)
+        target = URL(upstream + request.rel_url.without_query_params("ns").raw_path_qs,
+                     encoded=True)
+        return await self._forward(request, target)
+
+    async def _absolute(self, request: web.BaseRequest, url: str) -> web.StreamResponse:
+        """A forward-proxy request for ``url``: rules first, then registry blobs."""
+        rule = match_rule(self.config.rules, url)
         if rule is not None and not rule.swarm:
-            return await _forward(request, URL(url, encoded=True))
-        if blob is not None:  # a registry's blob asked for through HTTP_PROXY
-            return await _blob(request, str(request.url.origin()), blob, config)
+            return await self._forward(request, URL(url, encoded=True))
+        blob = parse_blob_path(request.path) if request.method == "GET" else None
+        if blob is not None:  # a registry's blob asked for through the proxy
+            return await self._blob(request, str(URL(url).origin()), blob)
         if rule is not None and request.method == "GET":
-            return await _through_swarm(request, DownloadRequest(
-                url=url, headers=_credentials(request), piece_length=config.piece_length,
+            return await self._through_swarm(request, DownloadRequest(
+                url=url, headers=_credentials(request), piece_length=self.config.piece_length,
                 filtered_query_params=list(rule.filtered_query_params)))
-        return await _forward(request, URL(url, encoded=True))
-    try:
-        upstream = choose_upstream(request.headers.get(REGISTRY_HEADER, ""),
-                                   request.query.get("ns", ""), config.registry)
-    except ValueError as exc:
-        return _error(400, "UNSUPPORTED", str(exc))
-    if blob is not None:
-        return await _blob(request, upstream, blob, config)
-    target = URL(upstream + request.rel_url.without_query_params("ns").raw_path_qs,
-                 encoded=True)
-    return await _forward(request, target)
+        return await self._forward(request, URL(url, encoded=True))
+
+    async def _blob(self, request: web.BaseRequest, upstream: str,
+                    blob: BlobRef) -> web.StreamResponse:
+        credentials = _credentials(request)
+        dl_request = DownloadRequest(
+            url=blob_url(upstream, blob), headers=credentials, digest=blob.digest,
+            piece_length=self.config.piece_length,
+            priority=PRIORITY_WITH_CREDENTIALS if credentials else 0)
+        task = blob_task_id(blob.digest, self.config.piece_length)
+        return await self._through_swarm(request, dl_request, task_id=task, digest=blob.digest,
+                                         headers={"Docker-Content-Digest": blob.digest})
+
+    async def _through_swarm(self, request: web.BaseRequest, dl_request: DownloadRequest, *,
+                             task_id: str = "", digest: str = "",
+                             headers: dict[str, str] | None = None) -> web.StreamResponse:
+        download = self.downloads.start(dl_request, task_id=task_id)
+        log.info("%s via the swarm as task %s", digest or dl_request.url.split("?")[0],
+                 download.task_id[:12])
+        try:
+            tf = await shaped_task(download)
+        except TaskUnavailable as exc:
+            return await self._explain_failure(dl_request, str(exc))
+        return await stream_task(request, download, tf, digest=digest, headers=headers)
+
+    async def _explain_failure(self, dl_request: DownloadRequest, reason: str) -> web.Response:
+        """The swarm could not fetch it: ask the origin (headers only) why, so the client
+        sees the registry's own 401/404 and can react; else a registry-style 502."""
+        try:
+            async with self.session.head(dl_request.url, headers=dl_request.headers) as answer:
+                status = answer.status
+                challenge = answer.headers.get("WWW-Authenticate")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return _error(503, "UNAVAILABLE", f"upstream {URL(dl_request.url).host} failed: "
+                                              f"{exc.__class__.__name__}")
+        if status >= 400:
+            return _error(status, ERROR_CODES.get(status, "UNKNOWN"),
+                          f"upstream answered {status}",
+                          {"WWW-Authenticate": challenge} if challenge else None)
+        return _error(502, "UNAVAILABLE", f"the swarm could not fetch it: {reason}")
+
+    async def _forward(self, request: web.BaseRequest, target: URL) -> web.StreamResponse:
+        """Pass the request to ``target`` and stream the answer back unchanged (no
+        redirects followed, no decompression); an unreachable upstream is a 503."""
+        try:
+            answer = await self.session.request(
+                request.method, target, headers=_end_to_end(request.headers),
+                data=request.content if request.body_exists else None, allow_redirects=False)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return _error(503, "UNAVAILABLE", f"upstream {target.host}:{target.port} "
+                                              f"unreachable: {exc.__class__.__name__}")
+        try:
+            response = web.StreamResponse(status=answer.status, reason=answer.reason,
+                                          headers=_end_to_end(answer.headers))
+            await response.prepare(request)
+            async for chunk in answer.content.iter_chunked(1 << 16):
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+        finally:
+            answer.release()
 
 
-async def _blob(request: web.Request, upstream: str, blob: BlobRef,
-                config: ProxyConfig) -> web.StreamResponse:
-    credentials = _credentials(request)
-    dl_request = DownloadRequest(
-        url=blob_url(upstream, blob), headers=credentials, digest=blob.digest,
-        piece_length=config.piece_length,
-        priority=PRIORITY_WITH_CREDENTIALS if credentials else 0)
-    task = blob_task_id(blob.digest, config.piece_length)
-    return await _through_swarm(request, dl_request, task_id=task, digest=blob.digest,
-                                headers={"Docker-Content-Digest": blob.digest})
-
-
-async def _through_swarm(request: web.Request, dl_request: DownloadRequest, *,
-                         task_id: str = "", digest: str = "",
-                         headers: dict[str, str] | None = None) -> web.StreamResponse:
-    downloads: Downloads = request.app[_downloads_key]  # type: ignore[assignment]
-    download = downloads.start(dl_request, task_id=task_id)
-    log.info("%s via the swarm as task %s", digest or dl_request.url.split("?")[0],
-             download.task_id[:12])
-    try:
-        tf = await shaped_task(download)
-    except TaskUnavailable as exc:
-        return await _explain_failure(request, dl_request, str(exc))
-    return await stream_task(request, download, tf, digest=digest, headers=headers)
-
-
-async def _explain_failure(request: web.Request, dl_request: DownloadRequest,
-                           reason: str) -> web.Response:
-    """The swarm could not fetch it: ask the origin (headers only) why, so the client sees
-    the registry's own 401/404 and can react; else a registry-style 502."""
-    session: aiohttp.ClientSession = request.app[_session_key]
-    try:
-        async with session.head(dl_request.url, headers=dl_request.headers) as answer:
-            status = answer.status
-            challenge = answer.headers.get("WWW-Authenticate")
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        return _error(503, "UNAVAILABLE", f"upstream unreachable: {exc!r}")
-    if status >= 400:
-        return _error(status, ERROR_CODES.get(status, "UNKNOWN"), f"upstream answered {status}",
-                      {"WWW-Authenticate": challenge} if challenge else None)
-    return _error(502, "UNAVAILABLE", f"the swarm could not fetch it: {reason}")
-
-
-async def _forward(request: web.Request, target: URL) -> web.StreamResponse:
-    """Pass the request to ``target`` and stream the answer back unchanged (no redirects
-    followed, no decompression); an unreachable upstream is a registry-style 503."""
-    session: aiohttp.ClientSession = request.app[_session_key]
-    try:
-        answer = await session.request(
-            request.method, target, headers=_end_to_end(request.headers),
-            data=request.content if request.body_exists else None, allow_redirects=False)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        return _error(503, "UNAVAILABLE", f"upstream {target.host}:{target.port} unreachable: "
-                                          f"{exc.__class__.__name__}")
-    try:
-        response = web.StreamResponse(status=answer.status, reason=answer.reason,
-                                      headers=_end_to_end(answer.headers))
-        await response.prepare(request)
-        async for chunk in answer.content.iter_chunked(1 << 16):
-            await response.write(chunk)
-        await response.write_eof()
-        return response
-    finally:
-        answer.release()
+_proxy_key: Final = web.AppKey("proxy", Proxy)

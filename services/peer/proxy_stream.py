@@ -68,7 +68,7 @@ async def _piece_ready(download: Download, tf: TaskFile, piece: int, digest: str
             await download.finished.wait()
 
 
-async def stream_task(request: web.Request, download: Download, tf: TaskFile, *,
+async def stream_task(request: web.BaseRequest, download: Download, tf: TaskFile, *,
                       digest: str = "", headers: dict[str, str] | None = None
                       ) -> web.StreamResponse:
     """Answer ``request`` (Range honoured) from the task's pieces as they land. A failure
