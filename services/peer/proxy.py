@@ -165,11 +165,11 @@ class Proxy:
         """Intercept with the configured CA, else tunnel; a target that cannot be reached
         is a registry-style 502 and the connection closes."""
         try:
-            host, _ = parse_authority(request.raw_path)
+            host, port = parse_authority(request.raw_path)
             if self.config.ca is not None:
                 return await intercept(request, self.config.ca.context_for(host),
                                        partial(self._intercepted, request.raw_path))
-            return await tunnel(request, self.config.timeout)
+            return await tunnel(request, host, port, self.config.timeout)
         except ValueError as exc:
             refused = _error(400, "UNSUPPORTED", str(exc))
         except (OSError, TimeoutError) as exc:

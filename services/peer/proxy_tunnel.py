@@ -58,10 +58,10 @@ class _ClientSide(asyncio.Protocol):
         self.writable.set()
 
 
-async def tunnel(request: web.Request, timeout: float) -> web.StreamResponse:
-    """Answer a CONNECT. Raises ``ValueError`` for a malformed target and ``OSError`` (or
-    ``TimeoutError``) when ``host:port`` cannot be reached."""
-    host, port = parse_authority(request.raw_path)
+async def tunnel(request: web.Request, host: str, port: int, timeout: float
+                 ) -> web.StreamResponse:
+    """Answer a CONNECT to ``host:port``. Raises ``OSError`` (or ``TimeoutError``) when it
+    cannot be reached."""
     with anyio.fail_after(timeout):
         reader, writer = await asyncio.open_connection(host, port)
     transport = request.transport
