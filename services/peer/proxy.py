@@ -230,9 +230,9 @@ class Proxy:
                  download.task_id[:12])
         try:
             tf = await shaped_task(download)
+            return await stream_task(request, download, tf, digest=digest, headers=headers)
         except TaskUnavailable as exc:
             return await self._explain_failure(dl_request, str(exc))
-        return await stream_task(request, download, tf, digest=digest, headers=headers)
 
     async def _explain_failure(self, dl_request: DownloadRequest, reason: str) -> web.Response:
         """The swarm could not fetch it: ask the origin (headers only) why, so the client

@@ -72,7 +72,8 @@ async def stream_task(request: web.BaseRequest, download: Download, tf: TaskFile
                       digest: str = "", headers: dict[str, str] | None = None
                       ) -> web.StreamResponse:
     """Answer ``request`` (Range honoured) from the task's pieces as they land. A failure
-    after the headers went out cuts the connection, so the client sees a short body."""
+    after the headers went out cuts the connection, so the client sees a short body; one
+    before raises ``TaskUnavailable``."""
     total, piece_length = tf.meta.content_length, tf.meta.piece_length
     try:
         wanted = parse_range(request.headers.get("Range", ""), total)
@@ -86,7 +87,10 @@ async def stream_task(request: web.BaseRequest, download: Download, tf: TaskFile
     response.headers["Accept-Ranges"] = "bytes"
     if wanted:
         response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{total}"
-    fd = os.open(tf.data_path, os.O_RDONLY)  # ours: a task removed meanwhile stays readable
+    try:
+        fd = os.open(tf.data_path, os.O_RDONLY)  # ours: a task removed later stays readable
+    except FileNotFoundError:
+        raise TaskUnavailable(download.error or "the task was removed") from None
     try:
         await response.prepare(request)
         # An empty blob has no piece, but still the one "final" check against its digest.
