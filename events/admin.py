@@ -65,7 +65,8 @@ class UserSaved(Event, frozen=True, kw_only=True, tag="admin.user_saved.v1"):
 
 
 class TokenIssued(Event, frozen=True, kw_only=True, tag="admin.token_issued.v1"):
-    """A personal access token was issued; only the sha256 of its secret part is kept."""
+    """A token was issued (``kind``: ``session`` at sign-in, or ``personal`` for a personal
+    access token); only the sha256 of its secret part is kept."""
 
     token_id: str
     user_id: str
@@ -73,10 +74,11 @@ class TokenIssued(Event, frozen=True, kw_only=True, tag="admin.token_issued.v1")
     scopes: list[str] = msgspec.field(default_factory=list)
     expires_at: float
     token_hash: str
+    kind: str = "personal"
 
 
 class TokenRevoked(Event, frozen=True, kw_only=True, tag="admin.token_revoked.v1"):
-    """A personal access token was revoked before its expiry."""
+    """A token was revoked before its expiry (a sign-out, or a personal token withdrawn)."""
 
     token_id: str
     user_id: str

@@ -46,7 +46,8 @@ TOKENS = Table(
     "admin_tokens",
     key=(Column("token_id", "VARCHAR"),),
     columns=(
-        Column("user_id", "VARCHAR"), Column("name", "VARCHAR"), Column("scopes", "VARCHAR[]"),
+        Column("user_id", "VARCHAR"), Column("kind", "VARCHAR"), Column("name", "VARCHAR"),
+        Column("scopes", "VARCHAR[]"),
         Column("expires_at", "TIMESTAMP"), Column("token_hash", "VARCHAR"),
         Column("state", "VARCHAR"), Column("created_at", "TIMESTAMP", MIN),
     ),
@@ -98,7 +99,8 @@ def fold(events: Sequence[AnyEvent]) -> list[Patches]:
                           password_hash=e.password_hash, state=e.state, created_at=e.at,
                           updated_at=e.at)
             case TokenIssued():
-                tokens.put((e.token_id,), user_id=e.user_id, name=e.name, scopes=e.scopes,
+                tokens.put((e.token_id,), user_id=e.user_id, kind=e.kind, name=e.name,
+                           scopes=e.scopes,
                            expires_at=e.expires_at, token_hash=e.token_hash, state="active",
                            created_at=e.at)
             case TokenRevoked():

@@ -61,8 +61,12 @@ async def test_root_signs_in_guests_only_read(nats_url: str, tmp_path: Path,
         audit = await eventually(lambda: _audit(m, root, "user.role"))
         assert audit[0]["actor"] == "root" and audit[0]["target"] == "gina"
         assert audit[0]["method"] == "PUT" and audit[0]["path"] == "/api/v1/users/gina/roles/root"
-        signins = await _audit(m, root, "user.signin")
+        signins = await _audit(m, root, "token.session")
         assert {"root", "gina"} <= {a["actor"] for a in signins}
+        status, _ = await m.call("POST", "/api/v1/users/signout", token=guest)
+        assert status == 200
+        body = await eventually(lambda: _refused_get(m, "/api/v1/roles", guest))
+        assert body["detail"] == "session revoked"
         status, body = await m.call("GET", "/api/v1/users", token="dfs_forged.token")
         assert status == 401
         status, openapi = await m.call("GET", "/openapi.json")
@@ -257,6 +261,11 @@ async def test_tokens_tenants_and_sealed_credentials(nats_url: str, tmp_path: Pa
         assert status == 200
         body = await eventually(lambda: _refused(m, "/oapi/v1/jobs", preheat, pat))
         assert body["detail"] == "personal access token revoked"
+
+
+async def _refused_get(m, path: str, token: str) -> object:  # type: ignore[no-untyped-def]
+    status, answer = await m.call("GET", path, token=token)
+    return answer if status == 401 else None
 
 
 async def _create(m, path: str, body: object, token: str) -> object:  # type: ignore[no-untyped-def]

@@ -1,5 +1,5 @@
 """Pure parts of the control side: cluster search by scopes, the job coordinator's core,
-sealed credentials, password hashes, session and personal access tokens."""
+sealed credentials, password hashes and tokens."""
 
 from __future__ import annotations
 
@@ -18,14 +18,7 @@ from events.jobs import (
     PreheatRequested,
 )
 from services.manager.control import jobbook
-from services.manager.control.auth import (
-    AuthError,
-    check_session,
-    issue_session,
-    new_pat,
-    parse_pat,
-    token_hash,
-)
+from services.manager.control.auth import AuthError, new_token, parse_token, token_hash
 from services.manager.control.jobbook import Book, Host
 from services.manager.control.passwords import hash_password, verify_password
 from services.manager.control.scopes import Candidate, HostFacts, find_cluster, valid_scopes
@@ -189,20 +182,11 @@ def test_passwords_are_salted_slow_hashes() -> None:
     assert not verify_password("correct horse", "md5$abc")
 
 
-def test_session_tokens_are_signed_and_expire() -> None:
-    token = issue_session("secret", "alice", now=1000.0, ttl=60.0)
-    assert check_session("secret", token, now=1059.0) == "alice"
-    with pytest.raises(AuthError, match="expired"):
-        check_session("secret", token, now=1060.0)
-    with pytest.raises(AuthError, match="not signed"):
-        check_session("other", token, now=1000.0)
-    with pytest.raises(AuthError, match="malformed"):
-        check_session("secret", "dfs_nonsense", now=1000.0)
-
-
-def test_personal_access_tokens_keep_only_a_hash() -> None:
-    token_id, token, digest = new_pat()
-    parsed_id, secret = parse_pat(token)
+def test_tokens_keep_only_a_hash_and_say_their_kind() -> None:
+    token_id, token, digest = new_token("personal")
+    parsed_id, secret = parse_token(token)
+    assert token.startswith("dfp_") and new_token("session")[1].startswith("dfs_")
     assert parsed_id == token_id and token_hash(secret) == digest and secret not in digest
-    with pytest.raises(AuthError):
-        parse_pat("dfp_short")
+    for bad in ("dfp_short", "Basic abc", "dfx_0123456789ab_secret"):
+        with pytest.raises(AuthError):
+            parse_token(bad)

@@ -1,15 +1,14 @@
-"""Who is calling: session tokens from sign-in, personal access tokens, roles, tenants,
-and the audit record every write leaves.
+"""Who is calling: tokens, roles, tenants, and the audit record every write leaves.
 
-A session token is ``dfs_<payload>.<mac>``: the user and expiry under an HMAC keyed from the
-cluster secret, so nothing is stored for it. A personal access token is
-``dfp_<token id>_<secret>``; only the sha256 of the secret is kept (``TokenIssued``).
+Every token — a session from sign-in (``dfs_…``) or a personal access token (``dfp_…``) —
+is ``<prefix><token id>_<secret>``; the log keeps only the sha256 of the secret
+(``TokenIssued``), so no key exists that a daemon (which holds the cluster secret) could
+mint tokens with, and every manager reading the log accepts the same tokens.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import asyncio
 import datetime as dt
 import hashlib
 import hmac
@@ -20,20 +19,18 @@ from typing import Annotated, Final
 
 from fastapi import Depends, HTTPException, Request
 
-from events.admin import AuditRecorded
+from events.admin import AuditRecorded, TokenIssued
 from events.base import Event
 from events.bus import Publisher
 from events.ids import new_id
-from services.manager.control.seal import derive_key
 from services.manager.reader import Reader
 from services.peer.daemon import read_secret
 
 ROLES: Final = {"root": ("read", "write"), "guest": ("read",)}
 SCOPES: Final = ("job", "task", "cluster", "user", "tenant")
 SESSION_TTL: Final = 24 * 3600.0
-SESSION_PREFIX: Final = "dfs_"
-PAT_PREFIX: Final = "dfp_"
-PAT_ID_LEN: Final = 12
+PREFIXES: Final = {"session": "dfs_", "personal": "dfp_"}
+TOKEN_ID_LEN: Final = 12
 
 
 class AuthError(ValueError):
@@ -48,6 +45,7 @@ class Principal:
     role: str
     tenant: str = ""
     scopes: frozenset[str] = frozenset(SCOPES)
+    token_id: str = ""
 
     def sees(self, tenant: str) -> bool:
         return not self.tenant or self.tenant == tenant
@@ -58,56 +56,29 @@ def cluster_secret() -> str:
     try:
         return read_secret(None)
     except RuntimeError as exc:
-        raise HTTPException(503, f"the manager cannot sign or seal: {exc}") from None
+        raise HTTPException(503, f"the manager cannot seal credentials: {exc}") from None
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def issue_session(secret: str, user_id: str, now: float, ttl: float = SESSION_TTL) -> str:
-    payload = f"{user_id}|{now + ttl:.0f}".encode()
-    mac = hmac.new(derive_key(secret, "session"), payload, hashlib.sha256).digest()
-    return f"{SESSION_PREFIX}{_b64(payload)}.{_b64(mac)}"
-
-
-def check_session(secret: str, token: str, now: float) -> str:
-    """The user a session token names. Raises ``AuthError``."""
-    try:
-        payload_text, mac_text = token[len(SESSION_PREFIX):].split(".")
-        payload, mac = _unb64(payload_text), _unb64(mac_text)
-    except (ValueError, binascii.Error):
-        raise AuthError("malformed session token") from None
-    want = hmac.new(derive_key(secret, "session"), payload, hashlib.sha256).digest()
-    if not hmac.compare_digest(mac, want):
-        raise AuthError("session token not signed by this cluster")
-    user_id, _, expires = payload.decode().rpartition("|")
-    if float(expires) <= now:
-        raise AuthError("session expired; sign in again")
-    return user_id
-
-
-def new_pat() -> tuple[str, str, str]:
-    """``(token id, token, sha256 of its secret part)`` for a new personal access token."""
-    token_id = secrets.token_hex(PAT_ID_LEN // 2)
+def new_token(kind: str) -> tuple[str, str, str]:
+    """``(token id, token, sha256 of its secret part)`` for a new ``session`` or
+    ``personal`` token."""
+    token_id = secrets.token_hex(TOKEN_ID_LEN // 2)
     secret = secrets.token_urlsafe(32)
-    return token_id, f"{PAT_PREFIX}{token_id}_{secret}", token_hash(secret)
+    return token_id, f"{PREFIXES[kind]}{token_id}_{secret}", token_hash(secret)
 
 
 def token_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def parse_pat(token: str) -> tuple[str, str]:
+def parse_token(token: str) -> tuple[str, str]:
     """``(token id, secret part)``. Raises ``AuthError``."""
-    body = token[len(PAT_PREFIX):]
-    if len(body) <= PAT_ID_LEN + 1 or body[PAT_ID_LEN] != "_":
-        raise AuthError("malformed personal access token")
-    return body[:PAT_ID_LEN], body[PAT_ID_LEN + 1:]
+    if not token.startswith(tuple(PREFIXES.values())):
+        raise AuthError("not a Damselfly token")
+    body = token[len(PREFIXES["personal"]):]
+    if len(body) <= TOKEN_ID_LEN + 1 or body[TOKEN_ID_LEN] != "_":
+        raise AuthError("malformed token")
+    return body[:TOKEN_ID_LEN], body[TOKEN_ID_LEN + 1:]
 
 
 def reader_of(request: Request) -> Reader:
@@ -129,24 +100,26 @@ async def _user(reader: Reader, user_id: str) -> dict[str, object]:
     return rows[0]
 
 
-async def _from_pat(reader: Reader, token: str, now: float) -> Principal:
-    token_id, secret = parse_pat(token)
+async def _from_token(reader: Reader, token: str, now: float) -> Principal:
+    token_id, secret = parse_token(token)
     rows = await reader.records("SELECT *, epoch(expires_at) AS expires FROM admin_tokens "
                                 "WHERE token_id = ?", [token_id])
     if not rows or not hmac.compare_digest(str(rows[0]["token_hash"]), token_hash(secret)):
-        raise AuthError("unknown personal access token")
+        raise AuthError("unknown token")
     row = rows[0]
+    what = "session" if row["kind"] == "session" else "personal access token"
     if row["state"] != "active":
-        raise AuthError("personal access token revoked")
+        raise AuthError(f"{what} revoked")
     expires = float(str(row["expires"]))
     if expires <= now:
         when = dt.datetime.fromtimestamp(expires, dt.UTC).isoformat(timespec="seconds")
-        raise AuthError(f"personal access token expired at {when}")
+        again = "; sign in again" if row["kind"] == "session" else ""
+        raise AuthError(f"{what} expired at {when}{again}")
     user = await _user(reader, str(row["user_id"]))
     scopes = row["scopes"]
     assert isinstance(scopes, list)
     return Principal(str(user["user_id"]), str(user["role"]), str(user["tenant"] or ""),
-                     frozenset(str(s) for s in scopes))
+                     frozenset(str(s) for s in scopes), token_id)
 
 
 async def principal(request: Request) -> Principal:
@@ -155,16 +128,10 @@ async def principal(request: Request) -> Principal:
     if scheme.lower() != "bearer" or not token:
         raise HTTPException(401, "sign in first: send Authorization: Bearer <token>",
                             headers={"WWW-Authenticate": "Bearer"})
-    reader, now = reader_of(request), time.time()
     try:
-        if token.startswith(PAT_PREFIX):
-            return await _from_pat(reader, token, now)
-        if token.startswith(SESSION_PREFIX):
-            user = await _user(reader, check_session(cluster_secret(), token, now))
-            return Principal(str(user["user_id"]), str(user["role"]), str(user["tenant"] or ""))
+        return await _from_token(reader_of(request), token, time.time())
     except AuthError as exc:
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
-    raise HTTPException(401, "not a Damselfly token", headers={"WWW-Authenticate": "Bearer"})
 
 
 Caller = Annotated[Principal, Depends(principal)]
@@ -179,6 +146,27 @@ def allow(who: Principal, *, scope: str, write: bool = False, everywhere: bool =
         raise HTTPException(403, f"role {who.role!r} may only read")
     if everywhere and who.tenant:
         raise HTTPException(403, f"user {who.user_id} is bound to tenant {who.tenant!r}")
+
+
+async def issue_token(request: Request, who: Principal, *, kind: str, name: str,
+                      scopes: list[str], ttl: float, wait: float = 5.0) -> dict[str, object]:
+    """Record a new token for ``who`` and answer it once it is usable, i.e. projected.
+    Raises ``HTTPException`` 503 when the projection does not catch up within ``wait``."""
+    token_id, token, digest = new_token(kind)
+    now = time.time()
+    issued = TokenIssued(id=new_id(), at=now, token_id=token_id, user_id=who.user_id,
+                         name=name, scopes=sorted(set(scopes)), expires_at=now + ttl,
+                         token_hash=digest, kind=kind)
+    await record(request, who, f"token.{kind}", token_id, issued, status=201)
+    reader = reader_of(request)
+    deadline = time.monotonic() + wait
+    while not await reader.records("SELECT 1 FROM admin_tokens WHERE token_id = ?", [token_id]):
+        if time.monotonic() > deadline:
+            raise HTTPException(503, "the token is recorded but the manager's projections lag "
+                                     "behind; it will work in a moment")
+        await asyncio.sleep(0.05)
+    return {"token_id": token_id, "token": token, "name": name, "scopes": issued.scopes,
+            "expires_at": issued.expires_at}
 
 
 async def record(request: Request, who: Principal, action: str, target: str,

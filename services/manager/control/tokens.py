@@ -1,5 +1,5 @@
 """Personal access tokens: issued to the signed-in user with scopes and an expiry, shown
-once, used as ``Authorization: Bearer dfp_…`` (notably on ``/oapi/v1``)."""
+once, used as ``Authorization: Bearer dfp_…`` (notably on ``/oapi/v1``); and sign-out."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from events.admin import TokenIssued, TokenRevoked
+from events.admin import TokenRevoked
 from events.ids import new_id
-from services.manager.control.auth import SCOPES, Caller, allow, new_pat, reader_of, record
+from services.manager.control.auth import SCOPES, Caller, allow, issue_token, reader_of, record
 
 router = APIRouter(prefix="/api/v1", tags=["personal access tokens"])
 
@@ -36,30 +36,26 @@ async def issue(request: Request, who: Caller, body: TokenCreate) -> dict[str, o
     wider = sorted(set(body.scopes) - who.scopes)
     if wider:
         raise HTTPException(403, f"a token cannot grant scopes its issuer lacks: {', '.join(wider)}")
-    token_id, token, digest = new_pat()
-    now = time.time()
-    issued = TokenIssued(id=new_id(), at=now, token_id=token_id, user_id=who.user_id,
-                         name=body.name, scopes=sorted(set(body.scopes)),
-                         expires_at=now + body.expires_in, token_hash=digest)
-    await record(request, who, "token.issue", token_id, issued, status=201)
-    return {"token_id": token_id, "token": token, "name": body.name, "scopes": issued.scopes,
-            "expires_at": issued.expires_at}
+    return await issue_token(request, who, kind="personal", name=body.name, scopes=body.scopes,
+                             ttl=body.expires_in)
 
 
 @router.get("/personal-access-tokens", summary="Your tokens (everyone's for root)")
 async def list_tokens(request: Request, who: Caller) -> list[dict[str, object]]:
     everyone = who.role == "root" and not who.tenant
     return await reader_of(request).records(
-        f"SELECT {PUBLIC} FROM admin_tokens WHERE ? OR user_id = ? ORDER BY created_at",
+        f"SELECT {PUBLIC} FROM admin_tokens WHERE kind = 'personal' AND (? OR user_id = ?) "
+        "ORDER BY created_at",
         [everyone, who.user_id])
 
 
 @router.delete("/personal-access-tokens/{token_id}", summary="Revoke a token")
 async def revoke(request: Request, who: Caller, token_id: str) -> dict[str, object]:
     rows = await reader_of(request).records(
-        "SELECT user_id, state FROM admin_tokens WHERE token_id = ?", [token_id])
+        "SELECT user_id, state FROM admin_tokens WHERE token_id = ? AND kind = 'personal'",
+        [token_id])
     if not rows or rows[0]["state"] != "active":
-        raise HTTPException(404, f"no active token {token_id}")
+        raise HTTPException(404, f"no active personal access token {token_id}")
     owner = str(rows[0]["user_id"])
     if owner != who.user_id:
         allow(who, scope="user", write=True, everywhere=True)
@@ -67,3 +63,11 @@ async def revoke(request: Request, who: Caller, token_id: str) -> dict[str, obje
                  TokenRevoked(id=new_id(), at=time.time(), token_id=token_id, user_id=owner,
                               actor=who.user_id))
     return {"token_id": token_id, "revoked": True}
+
+
+@router.post("/users/signout", summary="Revoke the session (or token) this request carries")
+async def sign_out(request: Request, who: Caller) -> dict[str, object]:
+    await record(request, who, "token.revoke", who.token_id,
+                 TokenRevoked(id=new_id(), at=time.time(), token_id=who.token_id,
+                              user_id=who.user_id, actor=who.user_id))
+    return {"token_id": who.token_id, "revoked": True}

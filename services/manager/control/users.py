@@ -26,11 +26,12 @@ from events.ids import new_id
 from events.subjects import subject_for
 from services.manager.control.auth import (
     ROLES,
+    SCOPES,
+    SESSION_TTL,
     Caller,
     Principal,
     allow,
-    cluster_secret,
-    issue_session,
+    issue_token,
     reader_of,
     record,
 )
@@ -85,16 +86,16 @@ def _view(e: UserSaved) -> dict[str, object]:
             "state": e.state}
 
 
-@router.post("/users/signin", summary="Sign in; answers a session token")
+@router.post("/users/signin", summary="Sign in; answers a session token (24 h)")
 async def sign_in(request: Request, body: SignIn) -> dict[str, object]:
     row = await _stored(reader_of(request), body.name)
     if row is None or row["state"] != "enabled" or not await asyncio.to_thread(
             verify_password, body.password, str(row["password_hash"])):
         raise HTTPException(401, "wrong user name or password")
-    token = issue_session(cluster_secret(), body.name, time.time())
-    await record(request, Principal(body.name, str(row["role"]), str(row["tenant"] or "")),
-                 "user.signin", body.name)
-    return {"token": token, "user": _public(row)}
+    who = Principal(body.name, str(row["role"]), str(row["tenant"] or ""))
+    session = await issue_token(request, who, kind="session", name="sign-in",
+                                scopes=list(SCOPES), ttl=SESSION_TTL)
+    return {**session, "user": _public(row)}
 
 
 @router.get("/roles", summary="The roles and what they permit")
