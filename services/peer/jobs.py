@@ -64,6 +64,21 @@ def _registry_reason(status: int, body: object) -> str:
     return f"HTTP {status}"
 
 
+def choose_manifest(index: dict[str, Any], platform: str = "") -> str:
+    """The digest of the manifest an image index lists for ``os/arch[/variant]`` (default
+    ``linux/amd64``). Raises ``ValueError`` naming the platforms it has."""
+    os_, _, rest = (platform or "linux/amd64").partition("/")
+    arch, _, variant = rest.partition("/")
+    listed = [(m.get("platform", {}), m.get("digest", "")) for m in index.get("manifests", [])]
+    for p, digest in listed:
+        if (p.get("os"), p.get("architecture")) == (os_, arch) and (
+                not variant or p.get("variant") == variant):
+            return str(digest)
+    have = ", ".join("/".join(filter(None, (p.get("os"), p.get("architecture"), p.get("variant"))))
+                     for p, _ in listed) or "none"
+    raise ValueError(f"no manifest for platform {platform or 'linux/amd64'} (the index has {have})")
+
+
 async def image_targets(e: PreheatRequested, headers: dict[str, str], login: str,
                         timeout: float = 30.0) -> list[Target]:
     """Every blob (config and layers) of the image a manifest URL names; an index is
@@ -87,16 +102,10 @@ async def image_targets(e: PreheatRequested, headers: dict[str, str], login: str
 
         doc = await manifest(match["ref"])
         if doc.get("mediaType") in INDEX_TYPES or "manifests" in doc:
-            os_, _, arch = (e.platform or "linux/amd64").partition("/")
-            arch, _, variant = arch.partition("/")
-            for m in doc.get("manifests", []):
-                p = m.get("platform", {})
-                if p.get("os") == os_ and p.get("architecture") == arch and (
-                        not variant or p.get("variant") == variant):
-                    doc = await manifest(m["digest"])
-                    break
-            else:
-                raise ValueError(f"{e.url}: no manifest for platform {os_}/{arch}")
+            try:
+                doc = await manifest(choose_manifest(doc, e.platform))
+            except ValueError as exc:
+                raise ValueError(f"{e.url}: {exc}") from None
         blobs = [doc["config"], *doc.get("layers", [])]
     auth_headers = {"Authorization": auth} if auth else {}
     return [Target(blob_task_id(b["digest"], e.piece_length),

@@ -5,9 +5,12 @@ through another peer's registry mirror takes no layer bytes from the registry.""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import secrets
 import socket
 import sys
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -169,3 +172,50 @@ async def test_preheat_from_a_private_registry_with_token_auth(
             (layer,) = image.layers
             tf = seed.storage.get(blob_task_id(layer, PIECE))
             assert tf is not None and tf.data_path.read_bytes() == image.layer_bytes[layer]
+
+
+def put_index(registry_url: str, name: str, tag: str, platforms: dict[str, bytes]) -> None:
+    """Make ``name:tag`` a multi-arch index over manifests already in the repository."""
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+             "manifests": [
+                 {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                  "digest": "sha256:" + hashlib.sha256(manifest).hexdigest(),
+                  "size": len(manifest),
+                  "platform": dict(zip(("os", "architecture"), platform.split("/"), strict=True))}
+                 for platform, manifest in platforms.items()]}
+    request = urllib.request.Request(
+        f"{registry_url}/v2/{name}/manifests/{tag}", data=json.dumps(index).encode(),
+        method="PUT", headers={"Content-Type": "application/vnd.oci.image.index.v1+json"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert resp.status == 201
+
+
+async def test_preheat_resolves_a_multi_arch_index_by_platform(
+        nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    amd = write_image(tmp_path / "amd", "amd64", [120_000])
+    arm = write_image(tmp_path / "arm", "arm64", [130_000])
+    with running_registry(tmp_path / "registry") as registry:
+        push(amd, registry, "multi/app")
+        push(arm, registry, "multi/app")
+        put_index(registry.url, "multi/app", "v1",
+                  {"linux/amd64": amd.manifest, "linux/arm64": arm.manifest})
+        async with (running_manager(nats_url, tmp_path / "m", monkeypatch) as m,
+                    peer_host(nats_url, tmp_path / "seed", "multi-seed", cluster="multi") as seed):
+            root = await eventually(lambda: m.try_sign_in("root", ROOT_PASSWORD))
+            job = {"type": "preheat", "scheduler_cluster_ids": ["multi"], "args": {
+                "type": "image", "url": f"{registry.url}/v2/multi/app/manifests/v1",
+                "platform": "linux/arm64", "piece_length": PIECE}}
+            status, created = await m.call("POST", "/api/v1/jobs", job, root)
+            assert status == 201
+            done = await eventually(lambda: job_outcome(m, root, created["id"]), timeout=60)
+            assert done["job"]["state"] == "succeeded", done
+            (arm_layer,), (amd_layer,) = arm.layers, amd.layers
+            tf = seed.storage.get(blob_task_id(arm_layer, PIECE))
+            assert tf is not None and tf.data_path.read_bytes() == arm.layer_bytes[arm_layer]
+            assert seed.storage.get(blob_task_id(amd_layer, PIECE)) is None
+
+            job["args"]["platform"] = "linux/s390x"  # type: ignore[index]
+            status, created = await m.call("POST", "/api/v1/jobs", job, root)
+            done = await eventually(lambda: job_outcome(m, root, created["id"]), timeout=60)
+            assert done["job"]["state"] == "failed"
+            assert "no manifest for platform linux/s390x" in str(done["job"]["reason"])

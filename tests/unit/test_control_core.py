@@ -23,6 +23,7 @@ from services.manager.control.jobbook import Book, Host
 from services.manager.control.passwords import hash_password, verify_password
 from services.manager.control.scopes import Candidate, HostFacts, find_cluster, valid_scopes
 from services.manager.control.seal import SealError, open_sealed, seal
+from services.peer.jobs import choose_manifest
 
 HZ = Candidate("hz", ClusterScopes(cidrs=["10.1.0.0/16"], idc=["idc-hz"], location=["cn|hz"],
                                    hostnames=[r"hz-\d+"]))
@@ -190,3 +191,23 @@ def test_tokens_keep_only_a_hash_and_say_their_kind() -> None:
     for bad in ("dfp_short", "Basic abc", "dfx_0123456789ab_secret"):
         with pytest.raises(AuthError):
             parse_token(bad)
+
+
+INDEX = {"manifests": [
+    {"digest": "sha256:amd", "platform": {"os": "linux", "architecture": "amd64"}},
+    {"digest": "sha256:arm7", "platform": {"os": "linux", "architecture": "arm", "variant": "v7"}},
+    {"digest": "sha256:arm64", "platform": {"os": "linux", "architecture": "arm64"}},
+]}
+
+
+@pytest.mark.parametrize(("platform", "digest"), [
+    ("", "sha256:amd"), ("linux/arm64", "sha256:arm64"), ("linux/arm/v7", "sha256:arm7"),
+    ("linux/arm", "sha256:arm7")])
+def test_an_image_index_resolves_by_platform(platform: str, digest: str) -> None:
+    assert choose_manifest(INDEX, platform) == digest
+
+
+def test_a_missing_platform_names_the_ones_there_are() -> None:
+    with pytest.raises(ValueError, match=r"windows/amd64 \(the index has linux/amd64, "
+                                         r"linux/arm/v7, linux/arm64\)"):
+        choose_manifest(INDEX, "windows/amd64")
