@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from collections.abc import Mapping
 from typing import Final
 
 import msgspec
@@ -27,7 +28,7 @@ def derive_key(secret: str, purpose: str) -> bytes:
                 info=f"damselfly {purpose}".encode()).derive(secret.encode())
 
 
-def seal(secret: str, value: dict[str, object]) -> str:
+def seal(secret: str, value: Mapping[str, object]) -> str:
     """Encrypt and authenticate ``value``; empty values seal to ``""``."""
     if not value:
         return ""
