@@ -34,7 +34,16 @@ from services.peer.get import ApiClient, fetch_one
 from services.peer.request import DownloadRequest
 
 SIZES: Final = (1 << 10, 16 << 10, 256 << 10, 1 << 20)
-COUNT: Final = int(os.environ.get("BENCH_SMALL_COUNT", "25"))
+
+
+def file_count(text: str) -> int:
+    """Files per size. Raises ``RuntimeError`` saying what is wrong."""
+    if not text.isdigit() or int(text) < 1:
+        raise RuntimeError(f"BENCH_SMALL_COUNT wants a number of files >= 1; got {text!r}")
+    return int(text)
+
+
+COUNT: Final = file_count(os.environ.get("BENCH_SMALL_COUNT", "25"))
 IN_FLIGHT: Final = 16
 TIMEOUT: Final = 300.0
 

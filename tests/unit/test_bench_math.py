@@ -76,3 +76,12 @@ def test_swarm_settings_from_the_environment_fail_in_one_line() -> None:
     for bad in ("x", "0", "0.1"):
         with pytest.raises(RuntimeError, match="BENCH_SWARM_MIB"):
             file_size(bad)
+
+
+def test_small_files_count_from_the_environment_fails_in_one_line() -> None:
+    from bench.bench_small_files import file_count
+
+    assert file_count("25") == 25
+    for bad in ("", "0", "-3", "many"):
+        with pytest.raises(RuntimeError, match="BENCH_SMALL_COUNT"):
+            file_count(bad)
