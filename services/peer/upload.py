@@ -36,12 +36,15 @@ class Pacer:
         self._clock = clock
         self._free_at = 0.0
 
-    def delay(self, nbytes: int) -> float:
-        """Reserve ``nbytes`` and return how long to wait before sending them."""
+    def delay(self, nbytes: int, max_wait: float | None = None) -> float | None:
+        """Reserve ``nbytes`` and return how long to wait before sending them; ``None``
+        (nothing reserved) when that wait would exceed ``max_wait``."""
         if self.rate <= 0:
             return 0.0
         now = self._clock()
         start = max(now, self._free_at)
+        if max_wait is not None and start - now > max_wait:
+            return None
         self._free_at = start + nbytes / self.rate
         return start - now
 
@@ -89,7 +92,10 @@ def metrics_text(stats: TransferStats, tasks: int) -> str:
 
 
 def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploads: int = 50,
-               rate_limit: float = 0.0) -> web.Application:
+               rate_limit: float = 0.0, max_queue_wait: float = 2.0) -> web.Application:
+    """The piece server. Under a rate limit a request that would queue for more than
+    ``max_queue_wait`` seconds gets 503 at once: a child then asks another parent instead
+    of timing out on this one and marking it bad (which sent whole swarms back to source)."""
     pacer = Pacer(rate_limit)
 
     def refuse(status: int, reason: str, **headers: str) -> web.Response:
@@ -117,9 +123,12 @@ def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploa
             return refuse(416, "range not held", **{"Content-Range": f"bytes */{size}"})
         if stats.uploads_running >= max_uploads:
             return refuse(503, "too many uploads", **{"Retry-After": "1"})
+        wait = pacer.delay(stop - start, max_queue_wait)
+        if wait is None:
+            return refuse(503, "upload rate saturated", **{"Retry-After": "1"})
         stats.uploads_running += 1
         try:
-            if wait := pacer.delay(stop - start):
+            if wait:
                 await asyncio.sleep(wait)
             response = _SentFile(tf.data_path, chunk_size=1 << 20)
             await response.prepare(request)

@@ -103,3 +103,20 @@ async def test_bandwidth_limit_paces_uploads(tmp_path: Path) -> None:
         elapsed = time.monotonic() - started
     # 150 kB at 100 kB/s: the last transfer cannot start before 1 s has passed.
     assert elapsed >= 0.95
+
+
+async def test_a_saturated_rate_limit_answers_503_instead_of_queueing_past_timeouts(
+        tmp_path: Path) -> None:
+    storage, tf, _ = held_task(tmp_path, 5, holes=set())
+    # 10 kB/s: the first 50 kB reserves 5 s, so a second one would queue past the 2 s bound.
+    async with serving(storage, rate_limit=10_000) as (url, _):
+        codes: list[int] = []
+
+        async def one(rng: str) -> None:
+            codes.append((await get(url, tf.task_id, rng))[0])
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one, "bytes=0-49999")
+            await anyio.sleep(0.2)
+            tg.start_soon(one, "bytes=0-49999")
+    assert sorted(codes) == [206, 503]

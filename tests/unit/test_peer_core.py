@@ -97,6 +97,15 @@ def test_pacer_spreads_uploads_to_the_rate() -> None:
     assert Pacer(0).delay(1 << 30) == 0.0
 
 
+def test_pacer_refuses_a_wait_longer_than_allowed_and_reserves_nothing() -> None:
+    now = [0.0]
+    pacer = Pacer(1000.0, clock=lambda: now[0])
+    assert pacer.delay(3000, max_wait=2.0) == 0.0
+    assert pacer.delay(100, max_wait=2.0) is None  # would wait 3 s
+    now[0] = 1.5
+    assert pacer.delay(100, max_wait=2.0) == pytest.approx(1.5)
+
+
 def test_tokens_differ_by_task_and_secret() -> None:
     assert mint_token("s", "t1") != mint_token("s", "t2")
     assert mint_token("s", "t1") != mint_token("other", "t1")
