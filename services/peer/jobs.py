@@ -22,6 +22,9 @@ import anyio
 from anyio.abc import TaskGroup
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import BadRequestError
 
 from events.bus import Consumer, Delivered
 from events.codec import EventDecodeError, decode
@@ -41,7 +44,8 @@ INDEX_TYPES: Final = ("application/vnd.oci.image.index.v1+json",
                       "application/vnd.docker.distribution.manifest.list.v2+json")
 ACCEPT: Final = ", ".join((*INDEX_TYPES, "application/vnd.oci.image.manifest.v1+json",
                            "application/vnd.docker.distribution.manifest.v2+json"))
-TERMINAL: Final = ("succeeded", "failed", "cancelled")
+REQUESTS: Final = "df.job.*.preheat_requested"
+INACTIVE_AFTER: Final = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,19 @@ async def _follow(consumer: Consumer, handler: Callable[[Delivered], Awaitable[N
             await consumer.close()
 
 
+async def _durable(js: JetStreamContext, name: str) -> Consumer:
+    """A durable consumer of preheat requests from now on, which the server drops after a
+    week without a reader — hosts that are gone do not leave consumers behind forever."""
+    config = ConsumerConfig(durable_name=name, filter_subject=REQUESTS,
+                            deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.EXPLICIT,
+                            max_deliver=5, ack_wait=30.0, inactive_threshold=INACTIVE_AFTER)
+    try:
+        await js.add_consumer("DF_JOBS", config)
+    except BadRequestError:  # it exists, made by an earlier version of this code: use it
+        pass
+    return Consumer(js, stream="DF_JOBS", filter_subject=REQUESTS, durable=name)
+
+
 async def run_job_worker(downloads: Downloads, *, seed: bool) -> None:
     """Take this host's jobs until cancelled. Raises NATS errors when it cannot subscribe."""
     ctx = downloads.ctx
@@ -228,14 +245,10 @@ async def run_job_worker(downloads: Downloads, *, seed: bool) -> None:
         worker = JobWorker(downloads, tg, seed=seed)
         sub = await ctx.nc.subscribe("df.job.*.get_task_requested", cb=worker.on_get_task)
         try:
-            requests = "df.job.*.preheat_requested"
             if seed:
-                shared = Consumer(ctx.js, stream="DF_JOBS", filter_subject=requests,
-                                  durable=f"jobs-seed-{ctx.cluster}", deliver_new=True)
+                shared = await _durable(ctx.js, f"jobs-seed-{ctx.cluster}")
                 tg.start_soon(_follow, shared, worker.on_shared)
-            own = Consumer(ctx.js, stream="DF_JOBS", filter_subject=requests,
-                           durable=f"jobs-{ctx.host_id}", deliver_new=True)
-            tg.start_soon(_follow, own, worker.on_own)
+            tg.start_soon(_follow, await _durable(ctx.js, f"jobs-{ctx.host_id}"), worker.on_own)
             await anyio.sleep_forever()
         finally:
             with anyio.CancelScope(shield=True):

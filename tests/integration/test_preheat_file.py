@@ -74,6 +74,8 @@ async def test_preheat_a_file_through_the_api_and_from_outside(
                 peer_host(nats_url, tmp_path / "seed-1", "seed-1") as one,
                 peer_host(nats_url, tmp_path / "seed-2", "seed-2") as two):
         root = await eventually(lambda: m.try_sign_in("root", ROOT_PASSWORD))
+        own = await m.nc.jetstream().consumer_info("DF_JOBS", "jobs-seed-1")
+        assert own.config.inactive_threshold == 7 * 24 * 3600  # gone hosts leave no consumer
         body = {"type": "preheat", "args": {"url": f"{base}/model.bin", "scope": "all_seed_peers",
                 "username": LOGIN[0], "password": LOGIN[1], "piece_length": 65536}}
         status, created = await m.call("POST", "/api/v1/jobs", body, root)
