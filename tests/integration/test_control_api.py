@@ -56,6 +56,10 @@ async def test_root_signs_in_guests_only_read(nats_url: str, tmp_path: Path,
         status, body = await m.call("GET", "/api/v1/users", token=root)
         users = {u["user_id"]: u for u in body}
         assert users["gina"]["role"] == "guest" and "password_hash" not in users["gina"]
+        status, body = await m.call("PATCH", "/api/v1/users/root", {"state": "disabled"}, root)
+        assert status == 409 and "stays enabled" in body["detail"]
+        status, body = await m.call("PATCH", "/api/v1/users/gina", {"state": "disabled"}, guest)
+        assert status == 403
         status, body = await m.call("PUT", "/api/v1/users/gina/roles/root", token=root)
         assert status == 200 and body["role"] == "root"
         audit = await eventually(lambda: _audit(m, root, "user.role"))
@@ -187,9 +191,13 @@ async def test_tokens_tenants_and_sealed_credentials(nats_url: str, tmp_path: Pa
     password, bearer = "registry-password-3f9c", "Bearer registry-token-77ab"
     async with running_manager(nats_url, tmp_path, monkeypatch) as m:
         root = await eventually(lambda: m.try_sign_in("root", ROOT_PASSWORD))
+        status, body = await m.call("POST", "/api/v1/users", {"name": "alice", "password":
+                                    "alice-password", "tenant": "team-a"}, root)
+        assert status == 404 and body["detail"].startswith("no tenant team-a")
         for tenant in ("team-a", "team-b"):
             status, _ = await m.call("POST", "/api/v1/applications", {"name": tenant}, root)
             assert status == 201
+        await eventually(lambda: _get(m, "/api/v1/applications/team-b", root))
         status, _ = await m.call("POST", "/api/v1/users", {"name": "alice", "password":
                                  "alice-password", "role": "root", "tenant": "team-a"}, root)
         assert status == 201

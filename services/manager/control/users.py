@@ -77,6 +77,12 @@ async def _stored(reader: Reader, user_id: str) -> dict[str, object] | None:
     return rows[0] if rows else None
 
 
+async def _check_tenant(reader: Reader, tenant: str | None) -> None:
+    if tenant and not await reader.records(
+            "SELECT 1 FROM admin_tenants WHERE tenant = ? AND state = 'active'", [tenant]):
+        raise HTTPException(404, f"no tenant {tenant}; create it under /api/v1/applications")
+
+
 def _public(row: dict[str, object]) -> dict[str, object]:
     return {k: v for k, v in row.items() if k != "password_hash"}
 
@@ -108,6 +114,7 @@ async def create_user(request: Request, who: Caller, body: UserCreate) -> dict[s
     allow(who, scope="user", write=True, everywhere=True)
     if await _stored(reader_of(request), body.name) is not None:
         raise HTTPException(409, f"user {body.name} exists")
+    await _check_tenant(reader_of(request), body.tenant)
     saved = UserSaved(id=new_id(), at=time.time(), user_id=body.name, email=body.email,
                       role=body.role, tenant=body.tenant,
                       password_hash=await asyncio.to_thread(hash_password, body.password),
@@ -151,6 +158,9 @@ async def update_user(request: Request, who: Caller, user_id: str, body: UserCha
     # Anyone may change their own password and e-mail; the rest is root's.
     if user_id != who.user_id or body.tenant is not None or body.state is not None:
         allow(who, scope="user", write=True, everywhere=True)
+    if user_id == ROOT and (body.state == "disabled" or body.tenant):
+        raise HTTPException(409, "the root user stays enabled and bound to no tenant")
+    await _check_tenant(reader_of(request), body.tenant)
     changes: dict[str, object] = body.model_dump(exclude_none=True, exclude={"password"})
     if body.password is not None:
         changes["password_hash"] = await asyncio.to_thread(hash_password, body.password)
