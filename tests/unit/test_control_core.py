@@ -77,7 +77,7 @@ def _progress(host: str, task: str, state: str, reason: str = "") -> JobProgress
 def _start(book: Book, request: PreheatRequested) -> list[object]:
     book.evolve(request)
     (job,) = book.unstarted()
-    out = book.start(job, HOSTS)
+    out = book.start(job, HOSTS, now=1000.0)
     for e in out:
         book.evolve(e)
     return out
@@ -119,9 +119,12 @@ def test_single_seed_peer_ends_with_the_first_host_that_finished_every_task() ->
     assert isinstance(done, JobSucceeded) and done.result["tasks"] == "layer-1,layer-2"
 
 
-def test_no_seed_peer_alive_fails_the_job_at_once() -> None:
+def test_no_seed_peer_alive_fails_the_job_after_the_grace_period() -> None:
     book = _book()
-    (failed,) = _start(book, _request("all_seed_peers", clusters=["c9"]))
+    assert _start(book, _request("all_seed_peers", clusters=["c9"])) == []
+    (job,) = book.unstarted()
+    assert book.start(job, HOSTS, now=1009.0) == []  # hosts may not be projected yet
+    (failed,) = book.start(job, HOSTS, now=1010.0)
     assert isinstance(failed, JobFailed) and failed.reason == "no seed peer alive in c9"
 
 

@@ -36,12 +36,13 @@ async def live_hosts(reader: Reader) -> list[Host]:
 class Coordinator:
     def __init__(self, js: JetStreamContext, reader: Reader, publisher: Publisher, *,
                  preheat_timeout: float = 1800.0, collect_window: float = 5.0,
-                 tick: float = 1.0) -> None:
+                 no_host_grace: float = 10.0, tick: float = 1.0) -> None:
         self._js = js
         self._reader = reader
         self._publisher = publisher
         self._tick = tick
-        self.book = Book(preheat_timeout=preheat_timeout, collect_window=collect_window)
+        self.book = Book(preheat_timeout=preheat_timeout, collect_window=collect_window,
+                         no_host_grace=no_host_grace)
         self._replayed = False
 
     async def _decide(self, events: Sequence[Event]) -> None:
@@ -70,7 +71,8 @@ class Coordinator:
         unstarted = self.book.unstarted()
         if unstarted:
             hosts = await live_hosts(self._reader)
-            await self._decide([e for job in unstarted for e in self.book.start(job, hosts)])
+            now = time.time()
+            await self._decide([e for job in unstarted for e in self.book.start(job, hosts, now)])
         await self._decide(self.book.settle_all() + self.book.expire(time.time()))
 
     async def run(self, stop: asyncio.Event) -> None:

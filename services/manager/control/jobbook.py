@@ -1,7 +1,8 @@
 """The job coordinator's pure core: which hosts a job targets, and when it is over.
 
 ``evolve`` folds every DF_JOBS event; ``start`` decides a requested job's targets from the
-live hosts; ``settle`` ends a job whose hosts all reported; ``expire`` ends jobs past their
+live hosts (waiting ``no_host_grace`` seconds for one to show up before failing the job, as
+a manager that just started may not have projected its hosts yet); ``settle`` ends a job whose hosts all reported; ``expire`` ends jobs past their
 deadline (preheats fail, get/delete-task jobs report what they collected). Outputs carry
 ids derived from the request's, so a coordinator that replays the log republishes nothing
 new. No clock, no I/O: the shell passes ``now`` and stamps ``at``.
@@ -44,6 +45,7 @@ class Job:
     kind: str
     scope: str
     clusters: tuple[str, ...]
+    requested_at: float
     deadline: float
     task_ids: list[str]
     targets: frozenset[str] | None = None  # None: any one host may do it
@@ -55,6 +57,7 @@ class Job:
 class Book:
     preheat_timeout: float
     collect_window: float
+    no_host_grace: float = 10.0
     jobs: dict[str, Job] = field(default_factory=dict)
     finished: set[str] = field(default_factory=set)
 
@@ -62,11 +65,11 @@ class Book:
         match e:
             case PreheatRequested():
                 self._open(e.job_id, e.id, "preheat", e.scope, e.scheduler_cluster_ids,
-                           e.at + self.preheat_timeout, [])
+                           e.at, e.at + self.preheat_timeout, [])
             case DeleteTaskRequested() | GetTaskRequested():
                 kind = "delete_task" if isinstance(e, DeleteTaskRequested) else "get_task"
                 self._open(e.job_id, e.id, kind, "all_peers", e.scheduler_cluster_ids,
-                           e.at + self.collect_window, [e.task_id])
+                           e.at, e.at + self.collect_window, [e.task_id])
             case JobStarted():
                 if job := self.jobs.get(e.job_id):
                     job.started = True
@@ -79,21 +82,23 @@ class Book:
                 self.finished.add(e.job_id)
 
     def _open(self, job_id: str, request_id: str, kind: str, scope: str, clusters: list[str],
-              deadline: float, task_ids: list[str]) -> None:
+              requested_at: float, deadline: float, task_ids: list[str]) -> None:
         if job_id not in self.finished and job_id not in self.jobs:
-            self.jobs[job_id] = Job(job_id, request_id, kind, scope, tuple(clusters), deadline,
-                                    task_ids)
+            self.jobs[job_id] = Job(job_id, request_id, kind, scope, tuple(clusters),
+                                    requested_at, deadline, task_ids)
 
     def unstarted(self) -> list[Job]:
         return [j for j in self.jobs.values() if not j.started]
 
-    def start(self, job: Job, hosts: Iterable[Host]) -> list[Event]:
-        """The job's targets among the live ``hosts``: ``JobStarted``, or ``JobFailed``
-        when no host can do it."""
+    def start(self, job: Job, hosts: Iterable[Host], now: float) -> list[Event]:
+        """The job's targets among the live ``hosts``: ``JobStarted``; ``JobFailed`` when
+        no host can do it past the grace period; nothing while it lasts."""
         eligible = sorted(h.host_id for h in hosts
                           if (not job.clusters or h.cluster in job.clusters)
                           and (h.seed or job.scope not in SEED_SCOPES))
         if job.kind == "preheat" and not eligible:
+            if now < job.requested_at + self.no_host_grace:
+                return []
             where = ", ".join(job.clusters) or "any cluster"
             who = "seed peer" if job.scope in SEED_SCOPES else "peer"
             return [JobFailed(id=derived_id(job.request_id, "failed"), job_id=job.job_id,
