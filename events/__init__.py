@@ -28,6 +28,7 @@ from events.sched import (
     BackToSourceOrdered,
     ParentInfo,
     ParentsAssigned,
+    PeerQueued,
     ScheduleFailed,
     SeedPeerTriggered,
 )
@@ -50,7 +51,8 @@ __all__ = [
     "AnyEvent", "BackToSourceOrdered", "BackToSourceStarted", "ClusterConfig",
     "ClusterConfigSet", "DeleteTaskRequested", "Event", "EventDecodeError", "GetTaskRequested",
     "HostAnnounced", "HostKeepalive", "HostLeft", "JobFailed", "JobProgressed", "JobStarted",
-    "JobSucceeded", "ParentInfo", "ParentsAssigned", "PeerFailed", "PeerLeft", "PeerRegistered",
+    "JobSucceeded", "ParentInfo", "ParentsAssigned", "PeerFailed", "PeerLeft", "PeerQueued",
+    "PeerRegistered",
     "PeerStarted", "PeerSucceeded", "PieceFailed", "PieceFinished", "PreheatRequested",
     "RescheduleRequested", "ScheduleFailed", "SeedPeerTriggered", "TaskMetadataReported",
     "decode", "encode", "event_types",

@@ -69,6 +69,18 @@ class SeedPeerTriggered(Event, frozen=True, kw_only=True, tag="sched.seed_peer_t
     filtered_query_params: list[str] = msgspec.field(default_factory=list)
 
 
+class PeerQueued(Event, frozen=True, kw_only=True, tag="sched.peer_queued.v1"):
+    """The scheduler holds a peer until a parent can serve it (a seed is fetching, or the
+    task is at its back-to-source limit). The peer keeps waiting instead of timing out and
+    going to the origin itself; it gets ``ParentsAssigned`` as soon as a holder has pieces."""
+
+    cluster: str
+    task_id: str
+    peer_id: str
+    trigger_id: str
+    reason: str = ""
+
+
 class ScheduleFailed(Event, frozen=True, kw_only=True, tag="sched.schedule_failed.v1"):
     """The scheduler gave up on a peer (forbidden priority, retry limit, no source allowed)."""
 
@@ -79,4 +91,6 @@ class ScheduleFailed(Event, frozen=True, kw_only=True, tag="sched.schedule_faile
     reason: str
 
 
-SchedEvent = ParentsAssigned | BackToSourceOrdered | SeedPeerTriggered | ScheduleFailed
+SchedEvent = (
+    ParentsAssigned | BackToSourceOrdered | SeedPeerTriggered | PeerQueued | ScheduleFailed
+)

@@ -41,7 +41,13 @@ from events.jobs import (
     JobSucceeded,
     PreheatRequested,
 )
-from events.sched import BackToSourceOrdered, ParentsAssigned, ScheduleFailed, SeedPeerTriggered
+from events.sched import (
+    BackToSourceOrdered,
+    ParentsAssigned,
+    PeerQueued,
+    ScheduleFailed,
+    SeedPeerTriggered,
+)
 from events.tasks import (
     BackToSourceStarted,
     PeerFailed,
@@ -138,7 +144,7 @@ def subject_for(event: Event) -> str:
               | PieceFinished() | PieceFailed() | PeerSucceeded() | PeerFailed() | PeerLeft()
               | RescheduleRequested()):
             return task_subject(event.cluster, event.task_id, event.peer_id, _name(event))
-        case ParentsAssigned() | BackToSourceOrdered() | ScheduleFailed():
+        case ParentsAssigned() | BackToSourceOrdered() | PeerQueued() | ScheduleFailed():
             return sched_subject(event.cluster, event.task_id, event.peer_id)
         case SeedPeerTriggered():
             return sched_subject(event.cluster, event.task_id, event.host_id)

@@ -10,7 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from events.codec import AnyEvent
-from events.sched import BackToSourceOrdered, ParentsAssigned, ScheduleFailed, SeedPeerTriggered
+from events.sched import (
+    BackToSourceOrdered,
+    ParentsAssigned,
+    PeerQueued,
+    ScheduleFailed,
+    SeedPeerTriggered,
+)
 from events.tasks import PeerRegistered
 from projections.model import MIN, Column, Patches, Projection, Table
 
@@ -71,6 +77,10 @@ def fold(events: Sequence[AnyEvent]) -> list[Patches]:
                 decisions.put((e.id,), cluster=e.cluster, task_id=e.task_id, addressee=e.host_id,
                               kind="seed_triggered", trigger_id=e.trigger_id, parents=[],
                               seed_parents=0, decided_at=e.at)
+            case PeerQueued():
+                decisions.put((e.id,), cluster=e.cluster, task_id=e.task_id, addressee=e.peer_id,
+                              kind="queued", trigger_id=e.trigger_id, parents=[],
+                              seed_parents=0, reason=e.reason, decided_at=e.at)
             case ScheduleFailed():
                 decisions.put((e.id,), cluster=e.cluster, task_id=e.task_id, addressee=e.peer_id,
                               kind="failed", trigger_id=e.trigger_id, parents=[],

@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("--concurrency", type=int, default=8, help="pieces in flight per download")
     d.add_argument("--schedule-timeout", type=float, default=10.0,
                    help="seconds to wait for the scheduler before going back to source")
+    d.add_argument("--queue-timeout", type=float, default=300.0,
+                   help="seconds a peer the scheduler queued waits for a parent before "
+                        "going back to source")
     d.add_argument("--stall-timeout", type=float, default=5.0,
                    help="seconds without progress before asking for other parents")
     d.add_argument("--disk-quota", type=int, default=0, help="bytes this daemon may store")
@@ -85,7 +88,7 @@ def _daemon(args: argparse.Namespace) -> int:
         upload_limit=args.upload_limit, upload_rate=args.upload_rate, quota=args.disk_quota,
         gc_high=args.gc_high, gc_low=args.gc_low, ttl=args.task_ttl,
         settings=Settings(concurrency=args.concurrency, schedule_timeout=args.schedule_timeout,
-                          stall_timeout=args.stall_timeout))
+                          queue_timeout=args.queue_timeout, stall_timeout=args.stall_timeout))
 
     async def main() -> None:
         stop = asyncio.Event()

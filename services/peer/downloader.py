@@ -35,6 +35,7 @@ from events.sched import (
     BackToSourceOrdered,
     ParentInfo,
     ParentsAssigned,
+    PeerQueued,
     ScheduleFailed,
 )
 from events.secrets import public_headers
@@ -92,6 +93,7 @@ def _first_leaf(exc: BaseException) -> BaseException:
 class Settings:
     concurrency: int = 8
     schedule_timeout: float = 10.0
+    queue_timeout: float = 300.0
     stall_timeout: float = 5.0
     source_attempts: int = 5
     source_backoff: float = 0.2
@@ -149,7 +151,7 @@ class Download:
         self._scope = anyio.CancelScope()
         self._stop = threading.Event()
         self._started = time.monotonic()
-        self._decisions: asyncio.Queue[Decision] = asyncio.Queue()
+        self._decisions: asyncio.Queue[Decision | PeerQueued] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._subs: list[Subscription] = []
         self._followed: set[str] = set()
@@ -159,6 +161,7 @@ class Download:
         self._digests: dict[int, str] = {}
         self._source_peers: set[str] = set()
         self._bad: set[str] = set()
+        self._queued = False  # the scheduler said a parent is coming
         self._failures: Counter[str] = Counter()
         self._busy_until: dict[str, float] = {}
         self._in_flight: dict[int, str] = {}
@@ -232,6 +235,10 @@ class Download:
             decision = await self._next_decision()
             while not tf.complete:
                 match decision:
+                    case None if self._queued:
+                        await self._from_source(
+                            "the scheduler queued this peer and no parent came within "
+                            f"{self.ctx.settings.queue_timeout:g}s")
                     case None:
                         await self._from_source(
                             f"no scheduler answered within {self.ctx.settings.schedule_timeout:g}s")
@@ -293,15 +300,24 @@ class Download:
         except EventDecodeError as exc:
             log.warning("undecodable decision on %s: %s", msg.subject, exc)
             return
-        if isinstance(event, ParentsAssigned | BackToSourceOrdered | ScheduleFailed) \
+        if isinstance(event, ParentsAssigned | BackToSourceOrdered | ScheduleFailed | PeerQueued) \
                 and event.peer_id == self.peer_id:
             self._decisions.put_nowait(event)
             self._wake.set()
 
     async def _next_decision(self) -> Decision | None:
-        with anyio.move_on_after(self.ctx.settings.schedule_timeout):
-            return await self._decisions.get()
-        return None
+        """The scheduler's answer, or None when none comes in time. ``PeerQueued`` means
+        "a parent is coming": the wait stretches to ``queue_timeout`` (bounded, in case
+        every scheduler dies while holding this peer)."""
+        timeout = self.ctx.settings.schedule_timeout
+        while True:
+            with anyio.move_on_after(timeout) as scope:
+                decision = await self._decisions.get()
+            if scope.cancelled_caught:
+                return None
+            if not isinstance(decision, PeerQueued):
+                return decision
+            self._queued, timeout = True, self.ctx.settings.queue_timeout
 
     # ---- back to source ---------------------------------------------------------------
     async def _from_source(self, reason: str) -> None:
@@ -417,16 +433,20 @@ class Download:
         await self._adopt(decision)
         await self.ctx.publish(PeerStarted(**self._ids()))
         last_progress = time.monotonic()
-        asked_at: float | None = None
+        answer_by: float | None = None  # set while a reschedule request awaits its answer
         async with anyio.create_task_group() as tg:
             while not (tf.shaped and tf.complete):
                 while not self._decisions.empty():
                     next_decision = self._decisions.get_nowait()
+                    if isinstance(next_decision, PeerQueued):
+                        self._queued = True
+                        answer_by = time.monotonic() + settings.queue_timeout
+                        continue
                     if not isinstance(next_decision, ParentsAssigned):
                         await self._drain()
                         return next_decision
                     await self._adopt(next_decision)
-                    asked_at, last_progress = None, time.monotonic()
+                    answer_by, last_progress = None, time.monotonic()
                 if tf.shaped:
                     for piece, parent in self._plan(tf):
                         self._in_flight[piece] = parent
@@ -436,13 +456,13 @@ class Download:
                     self._progressed, last_progress = False, now
                 if not self._in_flight:
                     usable = [p for p in self._parents if p not in self._bad]
-                    if asked_at is None and (not usable
-                                             or now - last_progress > settings.stall_timeout):
-                        asked_at = now
+                    if answer_by is None and (not usable
+                                              or now - last_progress > settings.stall_timeout):
+                        answer_by = now + settings.schedule_timeout
                         await self.ctx.publish(RescheduleRequested(
                             **self._ids(), blocklist=sorted(self._bad),
                             reason="no usable parent" if not usable else "parents stalled"))
-                    elif asked_at is not None and now - asked_at > settings.schedule_timeout:
+                    elif answer_by is not None and now > answer_by:
                         return None
                 self._wake.clear()
                 with anyio.move_on_after(0.5):

@@ -27,6 +27,7 @@ from events.sched import (
     BackToSourceOrdered,
     ParentInfo,
     ParentsAssigned,
+    PeerQueued,
     ScheduleFailed,
     SeedPeerTriggered,
 )
@@ -357,32 +358,29 @@ def _schedule(state: State, task: Task, peer: Peer, trigger: Event, out: list[Ev
     if parents:
         if task.shaped:
             _assign(state, task, peer, parents, trigger, out)
-        else:
-            peer.waiting = True  # holders exist; the origin fetcher reports the shape soon
+        else:  # holders exist; the origin fetcher reports the shape soon
+            _queue(state, task, peer, trigger, out, "waiting for the task's size")
         return
     host = state.hosts.get(peer.host_id)
     is_seed = host is not None and host.seed
     origin_busy = bool(task.origin_fetchers) or _seed_pending(state, task)
     if peer.no_source or peer.priority == 2:
         if origin_busy:
-            peer.waiting = True
-            return
+            return _queue(state, task, peer, trigger, out, "waiting for a holder")
         return _fail(state, task, peer, trigger, out,
                      "no parent can serve and back-to-source is not allowed")
     if not is_seed and peer.priority != 3:
         if _seed_pending(state, task):
-            peer.waiting = True
-            return
+            return _queue(state, task, peer, trigger, out, "waiting for the seed peer")
         if not task.holders and not task.origin_fetchers:
             seed = _pick_seed(state, task, peer)
             if seed is not None:
                 _trigger_seed(state, task, seed, trigger, out)
-                peer.waiting = True
-                return
+                return _queue(state, task, peer, trigger, out, "waiting for the seed peer")
     if is_seed or len(task.origin_fetchers) < state.config.back_to_source_limit:
         _order_back_to_source(state, task, peer, trigger, out)
         return
-    peer.waiting = True  # the task is at its back-to-source limit: wait for a holder
+    _queue(state, task, peer, trigger, out, "the task is at its back-to-source limit")
 
 
 def choose_parents(state: State, task: Task, child: Peer, trigger_id: str,
@@ -508,6 +506,18 @@ def _order_back_to_source(state: State, task: Task, peer: Peer, trigger: Event,
         id=derived_id(trigger.id, "source", peer.peer_id), at=trigger.at, cluster=state.cluster,
         task_id=task.task_id, peer_id=peer.peer_id, trigger_id=trigger.id,
         reason="no parent can serve"))
+
+
+def _queue(state: State, task: Task, peer: Peer, trigger: Event, out: list[Event],
+           reason: str) -> None:
+    """Hold the peer until a holder can serve it; tell it once, when it starts waiting, so
+    it does not time out and go to the origin (waking re-decides on every piece)."""
+    if not peer.waiting:
+        out.append(PeerQueued(
+            id=derived_id(trigger.id, "queue", peer.peer_id), at=trigger.at,
+            cluster=state.cluster, task_id=task.task_id, peer_id=peer.peer_id,
+            trigger_id=trigger.id, reason=reason))
+    peer.waiting = True
 
 
 def _fail(state: State, task: Task, peer: Peer, trigger: Event, out: list[Event],

@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from events.bus import Publisher
 from events.codec import AnyEvent, decode
 from events.ids import derived_id
-from events.sched import ParentInfo, ParentsAssigned
+from events.sched import ParentInfo, ParentsAssigned, PeerQueued
 from events.tasks import PeerRegistered, PieceFailed, PieceFinished, RescheduleRequested
 from services.natsconn import connect
 from services.peer.daemon import DaemonConfig
@@ -280,3 +280,49 @@ async def test_stalled_parents_lead_to_a_reschedule_and_new_parents(
     assert len(asked) == 1 and asked[0].reason == "parents stalled"
     assert {e.parent_id for e in mine if isinstance(e, PieceFinished)} == {source["peer_id"]}
     assert origin.bytes_served == SIZE
+
+
+class QueueingScheduler(ScriptedScheduler):
+    """Says "keep waiting" at once and assigns parents only ``hold`` seconds later, as the
+    real scheduler does while a seed peer fetches the first piece from a slow origin."""
+
+    hold = 2.0
+
+    async def _on(self, msg: Msg) -> None:
+        event = decode(msg.data)
+        assert isinstance(event, PeerRegistered | RescheduleRequested)
+        await self.publisher.publish(PeerQueued(
+            id=derived_id(event.id, "queue"), cluster=self.cluster, task_id=event.task_id,
+            peer_id=event.peer_id, trigger_id=event.id, reason="waiting for the seed peer"))
+        await anyio.sleep(self.hold)
+        await super()._on(msg)
+
+
+async def test_a_queued_child_outwaits_its_schedule_timeout_and_never_hits_the_origin(
+        tmp_path: Path, nats_url: str, body: bytes) -> None:
+    cluster = f"c{secrets.token_hex(4)}"
+    origin = Origin(tmp_path / "www")
+    await origin.start()
+    request = DownloadRequest(url=f"{origin.url}/f.bin", piece_length=PIECE)
+    impatient = DaemonConfig(nats_url=nats_url, data_dir=tmp_path / "child", secret="s",
+                             cluster=cluster, api_port=0, ready_file=tmp_path / "child.json",
+                             settings=Settings(schedule_timeout=0.5, queue_timeout=30.0))
+    nc = await connect(nats_url, "test")
+    try:
+        async with daemon_in_process(config(tmp_path, "parent", nats_url, cluster)) as parent, \
+                daemon_in_process(impatient) as child:
+            source = await download(str(parent["api_url"]), request)
+            scheduler = QueueingScheduler(nc, cluster)
+            scheduler.source_peers = [source["peer_id"]]
+            scheduler.rules[str(child["host_id"])] = lambda e: [ParentInfo(
+                peer_id=source["peer_id"], host_id=str(parent["host_id"]),
+                upload_url=str(parent["upload_url"]))]
+            await scheduler.start()
+            status = await download(str(child["api_url"]), request, tmp_path / "out.bin")
+    finally:
+        await nc.close()
+        await origin.stop()
+    assert status["state"] == "succeeded", status
+    assert (tmp_path / "out.bin").read_bytes() == body
+    assert status["bytes_from_origin"] == 0 and status["bytes_from_peers"] == SIZE
+    assert origin.bytes_served == SIZE  # only the parent's own fetch

@@ -29,6 +29,7 @@ from events import (
     HostAnnounced,
     HostLeft,
     ParentsAssigned,
+    PeerQueued,
     PeerRegistered,
     PeerSucceeded,
     PieceFinished,
@@ -61,6 +62,7 @@ class Swarm:
         self.pub = Publisher(nc.jetstream())
         self.task = hashlib.sha256(f"{cluster}-{new_id()}".encode()).hexdigest()
         self.n = itertools.count()
+        self.queued: list[PeerQueued] = []
 
     def meta(self) -> dict[str, object]:
         return {"id": new_id(), "at": float(next(self.n)), "cluster": self.cluster}
@@ -72,13 +74,16 @@ class Swarm:
             for h in names)
 
     async def register(self, peer: str, host: str) -> Event:
-        """Subscribe to the peer's decisions first (as the protocol says), then register."""
+        """Subscribe to the peer's decisions first (as the protocol says), then register;
+        return the first decision that is not "keep waiting" (those are kept in ``queued``)."""
         sub = await self.nc.subscribe(f"df.sched.{self.cluster}.{partition(self.task)}.{peer}")
         try:
             await self.pub.publish(PeerRegistered(**self.meta(), task_id=self.task, peer_id=peer,  # type: ignore[arg-type]
                                                   host_id=host, url="https://origin/blob"))
-            msg = await sub.next_msg(timeout=TIMEOUT)
-            return decode(msg.data)
+            while isinstance(decision := decode((await sub.next_msg(timeout=TIMEOUT)).data),
+                             PeerQueued):
+                self.queued.append(decision)
+            return decision
         finally:
             await sub.unsubscribe()
 
@@ -227,6 +232,8 @@ async def test_limits_come_from_the_clusters_configuration_events(nc: Client) ->
         waiting = asyncio.create_task(swarm.register("p1", "h1"))  # over the limit: it waits
         await asyncio.sleep(0.5)
         assert not waiting.done()
+        assert [(q.peer_id, q.reason) for q in swarm.queued] == [
+            ("p1", "the task is at its back-to-source limit")]
         await swarm.fetch_from_origin("p0", range(1))
         d = await waiting
         assert isinstance(d, ParentsAssigned) and [p.peer_id for p in d.parents] == ["p0"]

@@ -10,6 +10,7 @@ import pytest
 
 from events.config import ClusterConfig, ClusterConfigSet
 from events.hosts import HostKeepalive, HostLeft
+from events.sched import PeerQueued
 from events.tasks import PeerRegistered, PieceFinished
 from projections import PROJECTIONS, by_name, store
 from projections.model import ADD, LAST, MAX, MIN, Column, Patches, Table
@@ -94,6 +95,14 @@ def test_decisions_and_their_latency_from_registration(con: duckdb.DuckDBPyConne
     assert latencies[0] == ("back_to_source", 5, 5)
     assert latencies[1][0] == "parents_assigned" and 1 <= latencies[1][1] <= latencies[1][2] <= 20
     assert latencies[2] == ("seed_triggered", 4, 4)
+
+
+def test_a_queued_peer_is_a_decision_with_its_reason(con: duckdb.DuckDBPyConnection) -> None:
+    queued = PeerQueued(id="q1", at=SWARM.start + 50, cluster="c1", task_id=task_id("c1", 0),
+                        peer_id="late-peer", trigger_id="r1", reason="waiting for the seed peer")
+    store.apply_batch(con, "DF_SCHED", [(store.start_seq(con, "DF_SCHED"), queued)])
+    assert con.execute("SELECT addressee, reason FROM decisions WHERE kind = 'queued'"
+                       ).fetchall() == [("late-peer", "waiting for the seed peer")]
 
 
 def test_cluster_configs_keep_the_latest(con: duckdb.DuckDBPyConnection) -> None:

@@ -18,6 +18,7 @@ from events import (
     HostAnnounced,
     HostLeft,
     ParentsAssigned,
+    PeerQueued,
     PeerFailed,
     PeerRegistered,
     PeerSucceeded,
@@ -106,6 +107,11 @@ def only(decisions: list[Event], kind: type[Event]) -> Event:
     assert len(decisions) == 1, decisions
     assert isinstance(decisions[0], kind), decisions[0]
     return decisions[0]
+
+
+def queued(decisions: list[Event], reason: str) -> None:
+    """The peer was told, once, to keep waiting (and nothing else was decided for it)."""
+    assert [(type(d), getattr(d, "reason", None)) for d in decisions] == [(PeerQueued, reason)]
 
 
 def swarm_with_source() -> Script:
@@ -203,8 +209,8 @@ def test_back_to_source_is_bounded_and_later_peers_wait_for_a_holder() -> None:
     s.config(back_to_source_limit=2)
     assert isinstance(only(s.register("p1", "h1"), BackToSourceOrdered), BackToSourceOrdered)
     assert isinstance(only(s.register("p2", "h2"), BackToSourceOrdered), BackToSourceOrdered)
-    assert s.register("p3", "h3") == []
-    assert s.register("p4", "h4") == []
+    queued(s.register("p3", "h3"), "the task is at its back-to-source limit")
+    queued(s.register("p4", "h4"), "the task is at its back-to-source limit")
     s.apply(BackToSourceStarted(id="b1", at=100.0, cluster=C, task_id=TASK, peer_id="p1"))
     out = s.apply(TaskMetadataReported(id="m1", at=101.0, cluster=C, task_id=TASK,
                                        peer_id="p1", content_length=64, piece_length=16,
@@ -235,7 +241,7 @@ def test_priority_2_never_goes_to_the_origin() -> None:
     d = only(s.register("p1", "h1", priority=2), ScheduleFailed)
     assert isinstance(d, ScheduleFailed) and "back-to-source" in d.reason
     only(s.register("p2", "h2", priority=3), BackToSourceOrdered)
-    assert s.register("p3", "h1", priority=2) == []  # waits: p2 is fetching from the origin
+    queued(s.register("p3", "h1", priority=2), "waiting for a holder")  # p2 is fetching
     s.source("p2", range(1))
     assert s.state.tasks[TASK].peers["p3"].parents == ["p2"]
 
@@ -253,10 +259,11 @@ def test_priorities_0_and_4_to_6_trigger_a_seed_peer_first(priority: int) -> Non
     s.host("seed", seed=True)
     s.host("h1")
     s.host("h2")
-    d = only(s.register("p1", "h1", priority=priority), SeedPeerTriggered)
+    d, waiting = s.register("p1", "h1", priority=priority)
     assert isinstance(d, SeedPeerTriggered)
     assert (d.host_id, d.url) == ("seed", "https://origin/file")
-    assert s.register("p2", "h2", priority=priority) == []  # the seed is already on it
+    assert isinstance(waiting, PeerQueued) and waiting.peer_id == "p1"
+    queued(s.register("p2", "h2", priority=priority), "waiting for the seed peer")
     only(s.register("seed-1", "seed"), BackToSourceOrdered)
     out = s.source("seed-1", range(1))
     assert sorted(x.peer_id for x in out) == ["p1", "p2"]  # type: ignore[attr-defined]
@@ -269,7 +276,7 @@ def test_a_seed_peer_already_fetching_is_waited_for() -> None:
     s.host("seed", seed=True)
     s.host("h1")
     only(s.register("seed-1", "seed", priority=0), BackToSourceOrdered)
-    assert s.register("p1", "h1", priority=0) == []
+    queued(s.register("p1", "h1", priority=0), "waiting for the seed peer")
     d = only(s.source("seed-1", range(1)), ParentsAssigned)
     assert d.peer_id == "p1"  # type: ignore[attr-defined]
 
@@ -284,7 +291,8 @@ def test_a_seed_that_leaves_before_serving_hands_its_waiters_to_the_origin() -> 
     s = Script()
     s.host("seed", seed=True)
     s.host("h1")
-    only(s.register("p1", "h1", priority=0), SeedPeerTriggered)
+    assert [type(d) for d in s.register("p1", "h1", priority=0)] == [SeedPeerTriggered,
+                                                                      PeerQueued]
     d = only(s.host_left("seed"), BackToSourceOrdered)
     assert d.peer_id == "p1"  # type: ignore[attr-defined]
 
@@ -316,7 +324,7 @@ def test_a_failed_origin_fetcher_frees_its_slot_for_a_waiter() -> None:
         s.host(h)
     s.config(back_to_source_limit=1)
     only(s.register("p1", "h1"), BackToSourceOrdered)
-    assert s.register("p2", "h2") == []
+    queued(s.register("p2", "h2"), "the task is at its back-to-source limit")
     only(s.failed("p1"), BackToSourceOrdered)
 
 
@@ -329,7 +337,8 @@ def test_upload_capacity_limits_children_and_frees_on_success() -> None:
     only(s.register("p1", "h1"), BackToSourceOrdered)
     s.source("p1")
     only(s.register("p2", "h2"), ParentsAssigned)
-    assert s.register("p3", "h3") == []  # h1 has no free upload slot, origin limit reached
+    # h1 has no free upload slot and the origin limit is reached
+    queued(s.register("p3", "h3"), "the task is at its back-to-source limit")
     d = only(s.succeeded("p2"), ParentsAssigned)  # p2 is a new holder; h1 freed too
     assert d.peer_id == "p3"  # type: ignore[attr-defined]
 
