@@ -147,7 +147,7 @@ class Consumer:
         sub = await self._subscription()
         try:
             msgs = await sub.fetch(self._batch, timeout=timeout)
-        except (NatsTimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, NatsTimeoutError):
             # nats-py raises the bare asyncio error when a poll expires partway through.
             return []
         out: list[Delivered] = []

@@ -14,8 +14,8 @@ DEDUP_WINDOW: Final = 120.0
 
 def stream_configs(*, task_max_age: float = DAY, task_max_bytes: int = 8 << 30) -> list[StreamConfig]:
     """Every stream of the system; see ``events.subjects`` for the subject scheme."""
-    common = dict(storage=StorageType.FILE, retention=RetentionPolicy.LIMITS,
-                  duplicate_window=DEDUP_WINDOW, discard=DiscardPolicy.OLD)
+    common = {"storage": StorageType.FILE, "retention": RetentionPolicy.LIMITS,
+              "duplicate_window": DEDUP_WINDOW, "discard": DiscardPolicy.OLD}
     return [
         StreamConfig(name="DF_HOSTS", subjects=["df.host.>"], max_msgs_per_subject=5, **common),
         StreamConfig(name="DF_TASKS", subjects=["df.task.>"], max_age=task_max_age,

@@ -43,10 +43,9 @@ def start_broker(data_dir: Path, *, host: str = "127.0.0.1", timeout: float = 20
     ports_dir.mkdir(exist_ok=True)
     for stale in ports_dir.glob("*.ports"):
         stale.unlink()
-    log = open(data_dir / "nats-server.log", "ab")
-    proc = spawn([nats_server_binary(), "-js", "-a", host, "-p", "-1", "-m", "-1",
-                  "-sd", str(data_dir / "store"), "--ports_file_dir", str(ports_dir)], log)
-    log.close()
+    with open(data_dir / "nats-server.log", "ab") as log:
+        proc = spawn([nats_server_binary(), "-js", "-a", host, "-p", "-1", "-m", "-1",
+                      "-sd", str(data_dir / "store"), "--ports_file_dir", str(ports_dir)], log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         files = glob.glob(str(ports_dir / f"*_{proc.pid}.ports"))

@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
+from typing import Self
 
 from events.streams import ensure_streams
 from services.broker import Broker, start_broker
@@ -120,7 +121,7 @@ class LocalCluster:
                 return " ".join(str(a) for a in proc.args)  # type: ignore[union-attr]
         return None
 
-    def __enter__(self) -> LocalCluster:
+    def __enter__(self) -> Self:
         try:
             self.start()
         except BaseException:

@@ -7,7 +7,7 @@ import asyncio
 import re
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TextIO
 
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -33,7 +33,7 @@ def parse_since(value: str, now: float) -> float:
     except ValueError:
         raise ValueError(f"--since: not a duration (10m, 2h) or an ISO time: {value!r}") from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
 
 
@@ -47,7 +47,7 @@ def event_line(subject: str, data: bytes) -> str:
     kind = fields.pop("type")
     fields.pop("id")
     at = fields.pop("at")
-    stamp = datetime.fromtimestamp(float(str(at)), timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+    stamp = datetime.fromtimestamp(float(str(at)), UTC).strftime("%H:%M:%S.%f")[:-3]
     shown = " ".join(f"{k}={_short(v)}" for k, v in fields.items() if v not in ("", [], {}, None))
     return f"{stamp} {kind} {shown}"
 
@@ -86,7 +86,7 @@ async def dump(url: str, since: float | None, out: TextIO, idle: float = 1.0) ->
                                     deliver_policy=DeliverPolicy.ALL)
             if since is not None:
                 config.deliver_policy = DeliverPolicy.BY_START_TIME
-                config.opt_start_time = datetime.fromtimestamp(since, timezone.utc).isoformat()
+                config.opt_start_time = datetime.fromtimestamp(since, UTC).isoformat()
             sub = await js.pull_subscribe("", stream=stream, config=config)
             while True:
                 try:
@@ -109,8 +109,7 @@ async def dump(url: str, since: float | None, out: TextIO, idle: float = 1.0) ->
     finally:
         await nc.drain()
     records.sort(key=lambda r: (r.time, r.stream, r.seq))
-    for record in records:
-        out.write(encode_record(record).decode() + "\n")
+    out.writelines(encode_record(record).decode() + "\n" for record in records)
     out.flush()
     return len(records)
 

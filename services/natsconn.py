@@ -28,7 +28,7 @@ async def connect(url: str, name: str, *, first_timeout: float = 10.0) -> Client
             nats.connect(url.split(","), name=name, connect_timeout=2, max_reconnect_attempts=-1,
                          reconnect_time_wait=0.5, allow_reconnect=True, error_cb=on_error),
             first_timeout)
-    except (asyncio.TimeoutError, OSError, nats.errors.NoServersError) as exc:
+    except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
         raise ConnectionError(f"no NATS server answers at {url}") from exc
     connected = True
     return client

@@ -23,7 +23,7 @@ def spawn(argv: list[str], log: IO[bytes] | None = None, env: dict[str, str] | N
           ) -> subprocess.Popen[bytes]:
     """Start a child that receives SIGTERM when this process dies. Raises ``OSError``."""
     return subprocess.Popen(argv, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+                            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,  # noqa: PLW1509
                             env={**os.environ, **(env or {})})
 
 

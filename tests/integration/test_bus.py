@@ -11,7 +11,15 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from events import HostAnnounced, HostKeepalive, decode
-from events.bus import DEAD_REASON, DEAD_SEQ, Consumer, Delivered, PoisonEvent, Publisher, TransientError
+from events.bus import (
+    DEAD_REASON,
+    DEAD_SEQ,
+    Consumer,
+    Delivered,
+    PoisonEvent,
+    Publisher,
+    TransientError,
+)
 from events.ids import new_id
 from events.streams import STREAM_NAMES, ensure_streams
 from events.subjects import dlq_subject, host_subject
@@ -106,7 +114,7 @@ async def test_poison_messages_are_dead_lettered_and_the_consumer_goes_on(
 
     dlq = await js.pull_subscribe(dlq_subject("DF_HOSTS"), stream="DF_DLQ")
     dead = await dlq.fetch(3, timeout=5)
-    assert [m.headers[DEAD_SEQ] for m in dead][0] == str(bad.seq)
+    assert dead[0].headers[DEAD_SEQ] == str(bad.seq)
     reasons = [m.headers[DEAD_REASON] for m in dead]
     assert reasons[0].startswith("undecodable:") and reasons[1].startswith("undecodable:")
     assert reasons[2] == "PoisonEvent: host id is on the deny list"

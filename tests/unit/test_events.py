@@ -10,6 +10,7 @@ import pytest
 from events import HostAnnounced, PeerRegistered, PieceFinished, decode, encode, event_types
 from events.codec import EventDecodeError, tag_of
 from events.secrets import public_headers
+from events.streams import stream_configs
 from events.subjects import (
     PARTITIONS,
     SubjectError,
@@ -19,7 +20,6 @@ from events.subjects import (
     subject_for,
     task_subject,
 )
-from events.streams import stream_configs
 
 SAMPLES = Path(__file__).parent / "samples"
 TASK = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
