@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Final
 
-from projections import configs, decisions, downloads, hosts, jobs, peers, pieces, tasks
+from projections import admin, configs, decisions, downloads, hosts, jobs, peers, pieces, tasks
 from projections.model import Projection
 
 PROJECTIONS: Final[tuple[Projection, ...]] = (
     hosts.PROJECTION, tasks.PROJECTION, peers.PROJECTION, downloads.PROJECTION,
     pieces.PROJECTION, decisions.PROJECTION, jobs.PROJECTION, configs.PROJECTION,
+    admin.PROJECTION,
 )
 
 

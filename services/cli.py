@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "services.scheduler.cli",
     "services.peer.cli",
     "services.manager.cli",
+    "services.manager.preheat",
 ]
 
 

@@ -18,9 +18,10 @@ from fastapi.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
 from services.manager import api
+from services.manager.control import service as control
 
 CONSOLE: Final = Path(__file__).parent / "console"
-ROUTERS: Final[tuple[APIRouter, ...]] = (api.router,)
+ROUTERS: Final[tuple[APIRouter, ...]] = (api.router, *control.ROUTERS)
 
 
 def create_app(**state: object) -> FastAPI:

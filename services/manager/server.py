@@ -17,6 +17,7 @@ from events.streams import ensure_streams
 from projections import store
 from projections.projector import Projector
 from services.manager.app import create_app
+from services.manager.control import service as control
 from services.manager.reader import Reader
 from services.manager.sources import DB_NAME
 from services.natsconn import connect
@@ -52,6 +53,7 @@ async def serve(nats_url: str, data_dir: Path, port: int, ready_file: Path | Non
             async with asyncio.TaskGroup() as group:
                 group.create_task(server.serve(sockets=[sock]))
                 group.create_task(projector.run(stop))
+                group.create_task(control.run(nc, reader, app.state.publisher, stop))
                 while not server.started:
                     await asyncio.sleep(0.05)
                 url = f"http://{host}:{sock.getsockname()[1]}"

@@ -29,6 +29,7 @@ from events.subjects import safe_token
 from services.natsconn import connect
 from services.peer.api import api_app
 from services.peer.downloader import Download, PeerContext, Settings
+from services.peer.jobs import run_job_worker
 from services.peer.parents import ParentClient
 from services.peer.request import DownloadRequest
 from services.peer.sources import Sources
@@ -206,6 +207,7 @@ async def serve(cfg: DaemonConfig, stop: asyncio.Event) -> None:
                 if not tf.complete:
                     log.info("resuming task %s", tf.task_id[:12])
                     downloads.start(tf.meta.request, task_id=tf.task_id)
+            tg.start_soon(lambda: run_job_worker(downloads, seed=cfg.seed))
             tg.start_soon(_keepalive, ctx, cfg, stats)
             tg.start_soon(_collect_garbage, ctx, cfg, downloads)
             if cfg.ready_file is not None:
