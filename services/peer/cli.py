@@ -8,6 +8,7 @@ from pathlib import Path
 
 import anyio
 
+from services.peer.containerd import register as register_init
 from services.signals import stop_on_signals
 
 
@@ -47,6 +48,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("--gc-low", type=int, default=0, help="GC stops at this many bytes")
     d.add_argument("--task-ttl", type=float, default=6 * 3600.0,
                    help="seconds an unused task is kept")
+    d.add_argument("--proxy-port", type=int, nargs="?", const=4001,
+                   help="run the registry mirror / HTTP proxy on 127.0.0.1:N (alone: 4001; "
+                        "0: any free port)")
+    d.add_argument("--registry-mirror", default="",
+                   help="the proxy's default upstream registry (default Docker Hub)")
+    d.add_argument("--proxy-rule", action="append", default=[],
+                   help="REGEX=swarm|direct[:param,…]: forward-proxy URLs through the swarm or "
+                        "straight to the origin, with filtered query parameters (repeat)")
+    d.add_argument("--proxy-ca", type=Path, help="PEM file with a CA certificate and its key: "
+                                                 "intercept CONNECT with certificates it signs")
     d.set_defaults(run=_daemon)
 
     g = sub.add_parser("get", help="download a URL through the swarm (dfget-style)")
@@ -69,6 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="no progress bar (there is none when stderr is not a terminal)")
     g.set_defaults(run=_get)
 
+    register_init(sub)  # ``damselfly init containerd``
     if "demo" not in sub.choices:  # ``make demo``: the swarm, shown per peer
         from services.peer.demo import register as register_demo
 
@@ -78,6 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def _daemon(args: argparse.Namespace) -> int:
     from services.peer.daemon import DaemonConfig, read_secret, serve
     from services.peer.downloader import Settings
+    from services.peer.proxy import proxy_config
 
     cfg = DaemonConfig(
         nats_url=args.nats, data_dir=args.data_dir.resolve(),
@@ -88,7 +101,9 @@ def _daemon(args: argparse.Namespace) -> int:
         upload_limit=args.upload_limit, upload_rate=args.upload_rate, quota=args.disk_quota,
         gc_high=args.gc_high, gc_low=args.gc_low, ttl=args.task_ttl,
         settings=Settings(concurrency=args.concurrency, schedule_timeout=args.schedule_timeout,
-                          queue_timeout=args.queue_timeout, stall_timeout=args.stall_timeout))
+                          queue_timeout=args.queue_timeout, stall_timeout=args.stall_timeout),
+        proxy_port=args.proxy_port,
+        proxy=proxy_config(args.registry_mirror, args.proxy_rule, args.proxy_ca))
 
     async def main() -> None:
         stop = asyncio.Event()

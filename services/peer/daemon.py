@@ -31,6 +31,7 @@ from services.peer.api import api_app
 from services.peer.downloader import Download, PeerContext, Settings
 from services.peer.jobs import run_job_worker
 from services.peer.parents import ParentClient
+from services.peer.proxy import ProxyConfig, proxy_app
 from services.peer.request import DownloadRequest
 from services.peer.sources import Sources
 from services.peer.storage import Storage
@@ -65,6 +66,8 @@ class DaemonConfig:
     ttl: float = 0.0
     gc_interval: float = 60.0
     settings: Settings = field(default_factory=Settings)
+    proxy_port: int | None = None
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
 
 
 def read_secret(secret_file: Path | None) -> str:
@@ -189,6 +192,12 @@ async def serve(cfg: DaemonConfig, stop: asyncio.Event) -> None:
                 runner, api_port = await _site(app, host="127.0.0.1", port=cfg.api_port)
                 runners.append(runner)
                 api_url = f"http://127.0.0.1:{api_port}"
+            proxy_url = ""
+            if cfg.proxy_port is not None:
+                runner, proxy_port = await _site(proxy_app(downloads, cfg.proxy),
+                                                 host="127.0.0.1", port=cfg.proxy_port)
+                runners.append(runner)
+                proxy_url = f"http://127.0.0.1:{proxy_port}"
             await ctx.publish(HostAnnounced(
                 id=new_id(), at=time.time(), cluster=cfg.cluster, host_id=host_id,
                 hostname=socket.gethostname(), ip=cfg.advertise_host, upload_url=upload_url,
@@ -212,7 +221,8 @@ async def serve(cfg: DaemonConfig, stop: asyncio.Event) -> None:
             tg.start_soon(_collect_garbage, ctx, cfg, downloads)
             if cfg.ready_file is not None:
                 write_ready(cfg.ready_file, {"host_id": host_id, "api_socket": str(api_socket),
-                                             "api_url": api_url, "upload_url": upload_url})
+                                             "api_url": api_url, "upload_url": upload_url,
+                                             **({"proxy_url": proxy_url} if proxy_url else {})})
             log.info("daemon %s ready: upload %s, api %s %s", host_id, upload_url, api_socket,
                      api_url)
             await stop.wait()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from services.cli import build_parser
 from services.peer.oci import DOCKER_HUB
 from services.peer.proxy import match_rule, parse_rule, proxy_config
 from services.peer.proxy_tunnel import parse_authority
@@ -44,3 +45,11 @@ def test_connect_targets_are_host_and_port() -> None:
     for bad in ("registry.example", ":443", "host:0", "host:https", "host:70000"):
         with pytest.raises(ValueError, match="bad CONNECT target"):
             parse_authority(bad)
+
+
+def test_the_daemon_runs_the_proxy_only_when_asked_and_alone_the_port_is_4001() -> None:
+    parser = build_parser()
+    base = ["daemon", "--nats", "nats://127.0.0.1:4222", "--data-dir", "d"]
+    assert parser.parse_args(base).proxy_port is None
+    assert parser.parse_args([*base, "--proxy-port"]).proxy_port == 4001
+    assert parser.parse_args([*base, "--proxy-port", "0"]).proxy_port == 0
