@@ -21,14 +21,13 @@ import uvicorn
 from aiohttp import web
 from nats.aio.client import Client
 
-import projections
 from events.bus import Publisher
 from events.hosts import HostAnnounced
 from events.ids import new_id
 from events.streams import ensure_streams
-from projections import admin, store
+from projections import store
 from projections.projector import Projector
-from services.manager.app import ROUTERS, create_app
+from services.manager.app import create_app
 from services.manager.control import service as control
 from services.manager.reader import Reader
 from services.natsconn import connect
@@ -134,9 +133,6 @@ async def running_manager(nats_url: str, data: Path, monkeypatch: pytest.MonkeyP
                           **coordinator: float) -> AsyncIterator[Manager]:
     monkeypatch.setenv("DAMSELFLY_CLUSTER_SECRET", SECRET)
     monkeypatch.setenv("DAMSELFLY_ROOT_PASSWORD", ROOT_PASSWORD)
-    if admin.PROJECTION not in projections.PROJECTIONS:  # until the manager registers it
-        monkeypatch.setattr(store, "PROJECTIONS", (*projections.PROJECTIONS, admin.PROJECTION))
-        monkeypatch.setattr(projections, "PROJECTIONS", store.PROJECTIONS)
     db = data / "manager.duckdb"
     con = store.connect(db)
     nc = await connect(nats_url, "test-control")
@@ -145,9 +141,6 @@ async def running_manager(nats_url: str, data: Path, monkeypatch: pytest.MonkeyP
     reader = Reader(con)
     publisher = Publisher(js)
     app = create_app(reader=reader, projector=Projector(js, con), publisher=publisher, js=js)
-    if control.ROUTERS[0] not in ROUTERS:
-        for router in control.ROUTERS:  # until the manager includes them
-            app.include_router(router)
     sock = socket.create_server(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     stop = asyncio.Event()
