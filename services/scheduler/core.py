@@ -58,8 +58,13 @@ DEFAULT_WEIGHTS: Final = {
     "pieces": 0.2, "upload_success": 0.2, "free_upload": 0.15,
     "host_type": 0.15, "idc": 0.15, "location": 0.15,
 }
-COST_WINDOW: Final = 20
+# Piece-cost outliers as Dragonfly judges them: with a full window (its normal-distribution
+# length, 30) a cost above mean + 3σ; with fewer samples only a cost 20× the mean, since a
+# handful of fast pieces gives a tiny σ and one hiccup (a GC pause, a loaded host) would
+# otherwise mark a healthy parent bad and send its children to the origin.
+COST_WINDOW: Final = 30
 MIN_COST_SAMPLES: Final = 5
+SMALL_SAMPLE_FACTOR: Final = 20.0
 BAD_UPLOAD_FAILURES: Final = 3
 LOCATION_ELEMENTS: Final = 5
 MAX_PIECES: Final = 1 << 22  # 16 TiB in 4 MiB pieces; beyond it a report is not believed
@@ -569,16 +574,25 @@ def _wake_waiting(state: State, task: Task, trigger: Event, out: list[Event],
 def _record_cost(state: State, task: Task, parent: Peer, cost: float, trigger: Event,
                  out: list[Event], trace: Trace) -> None:
     window = parent.costs
-    n = len(window)
-    if n >= MIN_COST_SAMPLES:
-        mean = sum(window) / n
-        if cost > mean:
-            variance = max(0.0, sum(map(operator.mul, window, window)) / n - mean * mean)
-            if variance > 0 and cost > mean + 3 * variance ** 0.5:
-                _mark_bad(state, task, parent, trigger, out, trace)
+    if cost_is_outlier(window, cost):
+        _mark_bad(state, task, parent, trigger, out, trace)
     window.append(cost)
     if len(window) > COST_WINDOW:
         del window[0]
+
+
+def cost_is_outlier(window: list[float], cost: float) -> bool:
+    """Whether ``cost`` is far slower than a parent's recent piece costs (see COST_WINDOW)."""
+    n = len(window)
+    if n < MIN_COST_SAMPLES:
+        return False
+    mean = sum(window) / n
+    if cost > SMALL_SAMPLE_FACTOR * mean:
+        return True
+    if n < COST_WINDOW:
+        return False
+    variance = max(0.0, sum(map(operator.mul, window, window)) / n - mean * mean)
+    return variance > 0 and cost > mean + 3 * variance ** 0.5
 
 
 def _mark_bad(state: State, task: Task, parent: Peer, trigger: Event, out: list[Event],

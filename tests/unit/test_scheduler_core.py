@@ -192,10 +192,10 @@ def test_an_outlier_piece_cost_marks_the_parent_bad() -> None:
     # More pieces from p1 (to a fresh child) to fill the window, then one far slower.
     only(s.register("p3", "h3"), ParentsAssigned)
     assert s.piece("p3", 0, parent="p1", cost=costs[4]) == []
+    assert s.piece("p3", 1, parent="p1", cost=124.0) == []  # a hiccup 12x the mean
     assert not s.state.tasks[TASK].peers["p1"].bad
-    mean = sum(costs) / len(costs)
-    sigma = (sum((c - mean) ** 2 for c in costs) / len(costs)) ** 0.5
-    out = s.piece("p3", 1, parent="p1", cost=mean + 3 * sigma + 1)
+    mean = sum([*costs, 124.0]) / 6
+    out = s.piece("p3", 2, parent="p1", cost=core.SMALL_SAMPLE_FACTOR * mean + 1)
     assert s.state.tasks[TASK].peers["p1"].bad
     # p2 and p3 both lose p1; p3 gets p2, p2 has no one left but the origin.
     kinds = {x.peer_id: type(x) for x in out}  # type: ignore[attr-defined]
@@ -219,6 +219,17 @@ def test_back_to_source_is_bounded_and_later_peers_wait_for_a_holder() -> None:
     out = s.piece("p1", 0)
     assert sorted(x.peer_id for x in out) == ["p3", "p4"]  # type: ignore[attr-defined]
     assert all(isinstance(x, ParentsAssigned) and x.trigger_id == s.log[-1].id for x in out)
+
+
+def test_a_full_cost_window_judges_by_three_sigma() -> None:
+    steady = [10.0, 12.0] * (core.COST_WINDOW // 2)
+    mean, sigma = 11.0, 1.0
+    assert not core.cost_is_outlier(steady, mean + 3 * sigma - 0.1)
+    assert core.cost_is_outlier(steady, mean + 3 * sigma + 0.1)
+    assert not core.cost_is_outlier(steady[:core.COST_WINDOW - 1], mean + 3 * sigma + 0.1)
+    assert not core.cost_is_outlier(steady[:core.MIN_COST_SAMPLES - 1], 10_000.0)
+    assert not core.cost_is_outlier([10.0] * core.COST_WINDOW, 15.0)  # no spread: only 20x
+    assert core.cost_is_outlier([10.0] * core.COST_WINDOW, 201.0)
 
 
 def test_priority_1_is_forbidden() -> None:
