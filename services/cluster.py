@@ -37,12 +37,19 @@ class ServiceSpec:
 
 def service_specs(nats_url: str, data_dir: Path, peers: int) -> list[ServiceSpec]:
     """Every service that exists, in start order."""
-    specs: list[ServiceSpec] = []
-    specs.append(ServiceSpec("scheduler", ["scheduler", "--nats", nats_url, "--data-dir", str(data_dir / "scheduler")]))
-    specs.append(ServiceSpec("manager", ["manager", "--nats", nats_url, "--data-dir", str(data_dir / "manager")]))
-    specs.append(ServiceSpec("seed-peer", ["daemon", "--seed", "--nats", nats_url, "--data-dir", str(data_dir / "seed-peer"), "--api-port", "0"]))
-    specs.extend(ServiceSpec(f"peer-{i}", ["daemon", "--nats", nats_url, "--data-dir", str(data_dir / f"peer-{i}"), "--api-port", "0"]) for i in range(1, peers + 1))
-    return specs
+    def daemon(name: str, *flags: str) -> ServiceSpec:
+        # Every daemon serves its local API and its registry mirror on free loopback ports.
+        return ServiceSpec(name, ["daemon", *flags, "--nats", nats_url, "--data-dir",
+                                  str(data_dir / name), "--api-port", "0", "--proxy-port", "0"])
+
+    return [
+        ServiceSpec("scheduler", ["scheduler", "--nats", nats_url,
+                                  "--data-dir", str(data_dir / "scheduler")]),
+        ServiceSpec("manager", ["manager", "--nats", nats_url,
+                                "--data-dir", str(data_dir / "manager")]),
+        daemon("seed-peer", "--seed"),
+        *(daemon(f"peer-{i}") for i in range(1, peers + 1)),
+    ]
 
 
 async def _prepare_streams(url: str) -> None:

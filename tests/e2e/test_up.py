@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import nats
@@ -67,6 +68,13 @@ def test_up_writes_cluster_json_serves_events_and_leaves_nothing_behind(tmp_path
     try:
         cluster = _wait_for(data / "cluster.json", proc)
         assert cluster["nats"].startswith("nats://127.0.0.1:")
+        services = cluster["services"]
+        assert sorted(services) == ["manager", "peer-1", "peer-2", "scheduler", "seed-peer"]
+        for name in ("seed-peer", "peer-1", "peer-2"):
+            assert {"host_id", "api_url", "upload_url", "proxy_url"} <= set(services[name])
+            assert services[name]["proxy_url"].startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(services["manager"]["url"] + "/healthz", timeout=10) as r:
+            assert json.loads(r.read()) == {"status": "ok"}
         children = _descendants(proc.pid)
         assert children, "up started no process"
         asyncio.run(_publish_probe(cluster["nats"], "probe", "e2e-1"))
