@@ -7,6 +7,7 @@ import hashlib
 import os
 import secrets
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,22 @@ class ScriptedScheduler:
             source_peers=self.source_peers))
 
 
+class QueueingScheduler(ScriptedScheduler):
+    """Says "keep waiting" at once and assigns parents only ``hold`` seconds later, as the
+    real scheduler does while a seed peer fetches the first piece from a slow origin."""
+
+    hold = 2.0
+
+    async def _on(self, msg: Msg) -> None:
+        event = decode(msg.data)
+        assert isinstance(event, PeerRegistered | RescheduleRequested)
+        await self.publisher.publish(PeerQueued(
+            id=derived_id(event.id, "queue"), cluster=self.cluster, task_id=event.task_id,
+            peer_id=event.peer_id, trigger_id=event.id, reason="waiting for the seed peer"))
+        await anyio.sleep(self.hold)
+        await super()._on(msg)
+
+
 def piece_digests(body: bytes) -> list[str]:
     return [f"sha256:{hashlib.sha256(body[i:i + PIECE]).hexdigest()}"
             for i in range(0, len(body), PIECE)]
@@ -108,18 +125,24 @@ def body(tmp_path: Path) -> bytes:
     return data
 
 
+@pytest.mark.parametrize("queued", [False, True], ids=["answered", "queued-first"])
 async def test_child_fetches_every_piece_from_its_parent(
-        tmp_path: Path, nats_url: str, body: bytes) -> None:
+        tmp_path: Path, nats_url: str, body: bytes, queued: bool) -> None:
+    """Queued first: the scheduler says "keep waiting" and assigns parents only after the
+    child's (short) schedule timeout; the child must wait, not go to the origin."""
     cluster = f"c{secrets.token_hex(4)}"
     origin = Origin(tmp_path / "www")
     await origin.start()
     request = DownloadRequest(url=f"{origin.url}/f.bin", piece_length=PIECE)
+    child_cfg = config(tmp_path, "child", nats_url, cluster)
+    if queued:
+        child_cfg = replace(child_cfg, settings=Settings(schedule_timeout=0.5, queue_timeout=30.0))
     nc = await connect(nats_url, "test")
     try:
         async with daemon_in_process(config(tmp_path, "parent", nats_url, cluster)) as parent, \
-                daemon_in_process(config(tmp_path, "child", nats_url, cluster)) as child:
+                daemon_in_process(child_cfg) as child:
             source = await download(str(parent["api_url"]), request)
-            scheduler = ScriptedScheduler(nc, cluster)
+            scheduler = (QueueingScheduler if queued else ScriptedScheduler)(nc, cluster)
             scheduler.source_peers = [source["peer_id"]]  # digests come from its events
             scheduler.rules[str(child["host_id"])] = lambda e: [ParentInfo(
                 peer_id=source["peer_id"], host_id=str(parent["host_id"]),
@@ -280,49 +303,3 @@ async def test_stalled_parents_lead_to_a_reschedule_and_new_parents(
     assert len(asked) == 1 and asked[0].reason == "parents stalled"
     assert {e.parent_id for e in mine if isinstance(e, PieceFinished)} == {source["peer_id"]}
     assert origin.bytes_served == SIZE
-
-
-class QueueingScheduler(ScriptedScheduler):
-    """Says "keep waiting" at once and assigns parents only ``hold`` seconds later, as the
-    real scheduler does while a seed peer fetches the first piece from a slow origin."""
-
-    hold = 2.0
-
-    async def _on(self, msg: Msg) -> None:
-        event = decode(msg.data)
-        assert isinstance(event, PeerRegistered | RescheduleRequested)
-        await self.publisher.publish(PeerQueued(
-            id=derived_id(event.id, "queue"), cluster=self.cluster, task_id=event.task_id,
-            peer_id=event.peer_id, trigger_id=event.id, reason="waiting for the seed peer"))
-        await anyio.sleep(self.hold)
-        await super()._on(msg)
-
-
-async def test_a_queued_child_outwaits_its_schedule_timeout_and_never_hits_the_origin(
-        tmp_path: Path, nats_url: str, body: bytes) -> None:
-    cluster = f"c{secrets.token_hex(4)}"
-    origin = Origin(tmp_path / "www")
-    await origin.start()
-    request = DownloadRequest(url=f"{origin.url}/f.bin", piece_length=PIECE)
-    impatient = DaemonConfig(nats_url=nats_url, data_dir=tmp_path / "child", secret="s",
-                             cluster=cluster, api_port=0, ready_file=tmp_path / "child.json",
-                             settings=Settings(schedule_timeout=0.5, queue_timeout=30.0))
-    nc = await connect(nats_url, "test")
-    try:
-        async with daemon_in_process(config(tmp_path, "parent", nats_url, cluster)) as parent, \
-                daemon_in_process(impatient) as child:
-            source = await download(str(parent["api_url"]), request)
-            scheduler = QueueingScheduler(nc, cluster)
-            scheduler.source_peers = [source["peer_id"]]
-            scheduler.rules[str(child["host_id"])] = lambda e: [ParentInfo(
-                peer_id=source["peer_id"], host_id=str(parent["host_id"]),
-                upload_url=str(parent["upload_url"]))]
-            await scheduler.start()
-            status = await download(str(child["api_url"]), request, tmp_path / "out.bin")
-    finally:
-        await nc.close()
-        await origin.stop()
-    assert status["state"] == "succeeded", status
-    assert (tmp_path / "out.bin").read_bytes() == body
-    assert status["bytes_from_origin"] == 0 and status["bytes_from_peers"] == SIZE
-    assert origin.bytes_served == SIZE  # only the parent's own fetch
