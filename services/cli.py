@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "services.eventlog",
     "services.scheduler.cli",
     "services.peer.cli",
+    "services.peer.demo",
     "services.manager.cli",
     "services.manager.preheat",
 ]

@@ -81,10 +81,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g.set_defaults(run=_get)
 
     register_init(sub)  # ``damselfly init containerd``
-    if "demo" not in sub.choices:  # ``make demo``: the swarm, shown per peer
-        from services.peer.demo import register as register_demo
-
-        register_demo(sub)
 
 
 def _daemon(args: argparse.Namespace) -> int:
