@@ -1,5 +1,8 @@
 """The job coordinator's shell: follows DF_JOBS from its start, so that the log, not memory,
-is its state; decides with ``jobbook.Book`` and publishes what it decided.
+is its state; decides with ``jobbook.Book`` and publishes what it decided. Which hosts are
+alive or gone it reads from the hosts projection (DF_HOSTS folded): a target whose latest
+host event is ``HostLeft`` — a clean stop, or a scheduler's "keepalive timeout" — has its
+unfinished part failed at once, so the job ends without waiting for its deadline.
 
 Any system may publish a ``PreheatRequested`` on ``df.job.<job>.preheat_requested``: the
 coordinator starts it exactly as it starts one from the REST API.
@@ -10,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import duckdb
 import msgspec
@@ -31,6 +34,14 @@ async def live_hosts(reader: Reader) -> list[Host]:
         "SELECT host_id, cluster, seed FROM hosts WHERE state = 'alive' AND last_keepalive >= "
         "make_timestamp(CAST(? * 1000000 AS BIGINT))", [time.time() - KEEPALIVE_TIMEOUT])
     return [Host(str(r["host_id"]), str(r["cluster"]), bool(r["seed"])) for r in rows]
+
+
+async def left_hosts(reader: Reader, host_ids: Collection[str]) -> dict[str, str]:
+    """Those of ``host_ids`` whose latest host event is ``HostLeft``, with its reason."""
+    rows = await reader.records(
+        "SELECT host_id, coalesce(left_reason, '') AS reason FROM hosts "
+        "WHERE state = 'left' AND list_contains(?, host_id)", [sorted(host_ids)])
+    return {str(r["host_id"]): str(r["reason"]) for r in rows}
 
 
 class Coordinator:
@@ -73,6 +84,9 @@ class Coordinator:
             hosts = await live_hosts(self._reader)
             now = time.time()
             await self._decide([e for job in unstarted for e in self.book.start(job, hosts, now)])
+        waiting = {host for hosts in self.book.unfinished().values() for host in hosts}
+        if waiting:
+            await self._decide(self.book.abandon(await left_hosts(self._reader, waiting)))
         await self._decide(self.book.settle_all() + self.book.expire(time.time()))
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -2,15 +2,18 @@
 
 ``evolve`` folds every DF_JOBS event; ``start`` decides a requested job's targets from the
 live hosts (waiting ``no_host_grace`` seconds for one to show up before failing the job, as
-a manager that just started may not have projected its hosts yet); ``settle`` ends a job whose hosts all reported; ``expire`` ends jobs past their
-deadline (preheats fail, get/delete-task jobs report what they collected). Outputs carry
-ids derived from the request's, so a coordinator that replays the log republishes nothing
-new. No clock, no I/O: the shell passes ``now`` and stamps ``at``.
+a manager that just started may not have projected its hosts yet); ``abandon`` fails the
+unfinished part of a host that left (it will never report); ``settle`` ends a preheat as
+Dragonfly does — failed as soon as any task failed, succeeded once every target finished;
+``expire`` ends jobs past their deadline (preheats fail, get/delete-task jobs report what
+they collected). Outputs carry ids derived from the request's, so a coordinator that
+replays the log republishes nothing new. No clock, no I/O: the shell passes ``now`` and
+the hosts that left, and stamps ``at``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -108,33 +111,65 @@ class Book:
                            task_ids=job.task_ids, host_ids=targets)]
 
     def settle(self, job_id: str) -> list[Event]:
-        """End a preheat whose targets (or, for ``single_seed_peer``, one host) finished."""
+        """End a preheat: failed once any task failed; succeeded once every target (for
+        ``single_seed_peer``, one host) finished every task."""
         job = self.jobs.get(job_id)
         if job is None or job.kind != "preheat" or not job.started:
             return []
         done = {h: t for h, t in job.outcomes.items()
                 if t and all(state in TERMINAL for state, _ in t.values())}
         if job.targets is None:
-            if not done:
-                return []
-            done = dict([min(done.items())])
-        elif not done or not job.targets <= done.keys():
-            return []
-        return [self._outcome(job, done)]
+            return [self._outcome(job, dict([min(done.items())]))] if done else []
+        failed = any(state == "failed" for t in job.outcomes.values() for state, _ in t.values())
+        if failed or (done and job.targets <= done.keys()):
+            return [self._outcome(job, job.outcomes)]
+        return []
+
+    def unfinished(self) -> dict[str, dict[str, list[str]]]:
+        """Per started preheat, the hosts whose part is not over and their unfinished tasks
+        (``[""]``: a target that has reported nothing yet)."""
+        out: dict[str, dict[str, list[str]]] = {}
+        for job in self.jobs.values():
+            if job.kind != "preheat" or not job.started:
+                continue
+            hosts = job.outcomes.keys() if job.targets is None else job.targets
+            for host in sorted(hosts):
+                tasks = job.outcomes.get(host, {})
+                pending = [t for t, (state, _) in sorted(tasks.items()) if state not in TERMINAL]
+                if pending or not tasks:
+                    out.setdefault(job.job_id, {})[host] = pending or [""]
+        return out
+
+    def abandon(self, left: Mapping[str, str]) -> list[Event]:
+        """Fail the unfinished part of every host in ``left`` (host id → the reason its
+        ``HostLeft`` gave): it will never report, and the job need not wait for its deadline.
+        Depends on the hosts' state, not on when the coordinator noticed, so a replay that
+        sees the same departures decides the same."""
+        out: list[Event] = []
+        for job_id, hosts in self.unfinished().items():
+            request_id = self.jobs[job_id].request_id
+            for host, tasks in hosts.items():
+                if host not in left:
+                    continue
+                reason = f"host {host} left" + (f": {left[host]}" if left[host] else "")
+                out += [JobProgressed(id=derived_id(request_id, host, task, "left"),
+                                      job_id=job_id, host_id=host, task_id=task,
+                                      state="failed", reason=reason) for task in tasks]
+        return out
 
     def settle_all(self) -> list[Event]:
         return [e for job_id in list(self.jobs) for e in self.settle(job_id)]
 
-    def _outcome(self, job: Job, done: dict[str, dict[str, tuple[str, str]]]) -> Event:
-        failures = [f"{host} {task[:12]}: {reason or 'failed'}"
-                    for host, tasks in sorted(done.items())
+    def _outcome(self, job: Job, outcomes: dict[str, dict[str, tuple[str, str]]]) -> Event:
+        failures = [f"{' '.join(filter(None, (host, task[:12])))}: {reason or 'failed'}"
+                    for host, tasks in sorted(outcomes.items())
                     for task, (state, reason) in sorted(tasks.items()) if state == "failed"]
         if failures:
             return JobFailed(id=derived_id(job.request_id, "failed"), job_id=job.job_id,
                              reason="; ".join(failures))
-        tasks = sorted({t for tasks in done.values() for t in tasks})
+        tasks = sorted({t for tasks in outcomes.values() for t in tasks})
         return JobSucceeded(id=derived_id(job.request_id, "succeeded"), job_id=job.job_id,
-                            result={"hosts": ",".join(sorted(done)), "tasks": ",".join(tasks)})
+                            result={"hosts": ",".join(sorted(outcomes)), "tasks": ",".join(tasks)})
 
     def expire(self, now: float) -> list[Event]:
         """End the started jobs past their deadline."""
