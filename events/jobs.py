@@ -14,12 +14,14 @@ class PreheatRequested(Event, frozen=True, kw_only=True, tag="job.preheat_reques
     """Someone asked the swarm to fetch a file or an image before anyone needs it.
 
     ``kind`` is ``file`` or ``image``; ``scope`` is ``single_seed_peer``, ``all_seed_peers``
-    or ``all_peers``. Credentials are never here in clear: ``sealed_credentials`` is sealed
-    for the manager (see ``events.secrets``).
+    or ``all_peers``. ``urls`` are further files (or manifests) of the same job, each preheated
+    like ``url`` (Dragonfly's ``args.urls``). Credentials are never here in clear:
+    ``sealed_credentials`` is sealed for the manager (see ``events.secrets``).
     """
 
     job_id: str
     url: str
+    urls: list[str] = msgspec.field(default_factory=list)
     kind: str = "file"
     scope: str = "single_seed_peer"
     tag: str = ""

@@ -1,5 +1,5 @@
-"""``damselfly preheat URL``: ask the manager to fetch a file or an image into the swarm
-before anyone needs it, and follow the job to its end.
+"""``damselfly preheat URL [URL …]``: ask the manager to fetch files or images into the
+swarm before anyone needs them, as one job, and follow the job to its end.
 
 Authenticates with a personal access token (``--token`` or ``DAMSELFLY_TOKEN``), else signs
 in as ``--user`` with the password in ``DAMSELFLY_PASSWORD`` (asked for on a terminal).
@@ -30,11 +30,11 @@ SCOPES = ("single_seed_peer", "all_seed_peers", "all_peers")
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``preheat`` to the ``damselfly`` parser."""
-    p = sub.add_parser("preheat", help="fetch a file or an image into the swarm ahead of use")
-    p.add_argument("url", help="a file URL, or an image manifest URL "
-                               "(https://REGISTRY/v2/NAME/manifests/TAG)")
+    p = sub.add_parser("preheat", help="fetch files or images into the swarm ahead of use")
+    p.add_argument("urls", nargs="+", metavar="URL", help="a file URL, or an image manifest "
+                   "URL (https://REGISTRY/v2/NAME/manifests/TAG); several make one job")
     p.add_argument("--type", choices=("file", "image"), default=None,
-                   help="default: image for a /v2/…/manifests/… URL, else file")
+                   help="default: image when every URL is a /v2/…/manifests/… URL, else file")
     p.add_argument("--scope", choices=SCOPES, default="single_seed_peer")
     p.add_argument("--cluster", action="append", default=[], dest="clusters",
                    help="scheduler cluster id (repeat; default: every cluster)")
@@ -91,11 +91,12 @@ def job_body(args: argparse.Namespace) -> dict[str, object]:
         if not sep or not name.strip():
             raise ValueError(f"bad header {value!r}: want 'Name: value'")
         headers[name.strip()] = content.strip()
-    kind = args.type or ("image" if "/v2/" in args.url and "/manifests/" in args.url else "file")
+    manifests = all("/v2/" in url and "/manifests/" in url for url in args.urls)
+    kind = args.type or ("image" if manifests else "file")
     preheat: dict[str, object] = {
-        "type": kind, "url": args.url, "scope": args.scope, "tag": args.tag,
-        "application": args.application, "headers": headers, "platform": args.platform,
-        "filtered_query_params": "&".join(args.filtered_query_param)}
+        "type": kind, "url": args.urls[0], "urls": args.urls[1:], "scope": args.scope,
+        "tag": args.tag, "application": args.application, "headers": headers,
+        "platform": args.platform, "filtered_query_params": "&".join(args.filtered_query_param)}
     if args.piece_length:
         preheat["piece_length"] = args.piece_length
     if args.username:
@@ -124,7 +125,7 @@ def _run(args: argparse.Namespace) -> int:
                          f"{args.data_dir}")
     token = _token(base, args)
     job = _call(base, "POST", "/oapi/v1/jobs", job_body(args), token)
-    print(f"job {job['id']}: preheat {args.url}", file=sys.stderr)
+    print(f"job {job['id']}: preheat {' '.join(args.urls)}", file=sys.stderr)
     if args.no_wait:
         print(job["id"])
         return 0

@@ -54,8 +54,8 @@ class Target:
     request: DownloadRequest
 
 
-def file_target(e: PreheatRequested, headers: dict[str, str]) -> Target:
-    request = DownloadRequest(url=e.url, headers=headers, tag=e.tag, application=e.application,
+def file_target(e: PreheatRequested, url: str, headers: dict[str, str]) -> Target:
+    request = DownloadRequest(url=url, headers=headers, tag=e.tag, application=e.application,
                               piece_length=e.piece_length,
                               filtered_query_params=e.filtered_query_params)
     return Target(request.task_id(), request)
@@ -83,14 +83,14 @@ def choose_manifest(index: dict[str, Any], platform: str = "") -> str:
     raise ValueError(f"no manifest for platform {platform or 'linux/amd64'} (the index has {have})")
 
 
-async def image_targets(e: PreheatRequested, headers: dict[str, str], login: str,
+async def image_targets(e: PreheatRequested, url: str, headers: dict[str, str], login: str,
                         timeout: float = 30.0) -> list[Target]:
-    """Every blob (config and layers) of the image a manifest URL names; an index is
+    """Every blob (config and layers) of the image the manifest ``url`` names; an index is
     resolved by ``platform`` (default linux/amd64). Raises ``ValueError`` with the registry's
     reason, ``aiohttp.ClientError`` or ``TimeoutError``."""
-    match = MANIFEST.match(e.url)
+    match = MANIFEST.match(url)
     if match is None:
-        raise ValueError(f"not an image manifest URL (…/v2/<name>/manifests/<ref>): {e.url}")
+        raise ValueError(f"not an image manifest URL (…/v2/<name>/manifests/<ref>): {url}")
     base, name = match["base"], match["name"]
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
         auth = headers.get("Authorization") or await bearer_token(session, base, name, login)
@@ -100,7 +100,7 @@ async def image_targets(e: PreheatRequested, headers: dict[str, str], login: str
             async with session.get(f"{base}/v2/{name}/manifests/{ref}", headers=wanted) as r:
                 body = await r.json(content_type=None)
                 if r.status != 200:
-                    raise ValueError(f"{e.url}: {_registry_reason(r.status, body)}")
+                    raise ValueError(f"{url}: {_registry_reason(r.status, body)}")
                 assert isinstance(body, dict)
                 return body
 
@@ -109,7 +109,7 @@ async def image_targets(e: PreheatRequested, headers: dict[str, str], login: str
             try:
                 doc = await manifest(choose_manifest(doc, e.platform))
             except ValueError as exc:
-                raise ValueError(f"{e.url}: {exc}") from None
+                raise ValueError(f"{url}: {exc}") from None
         blobs = [doc["config"], *doc.get("layers", [])]
     auth_headers = {"Authorization": auth} if auth else {}
     return [Target(blob_task_id(b["digest"], e.piece_length),
@@ -157,24 +157,26 @@ class JobWorker:
             log.error("preheat job %s on %s: %r", e.job_id, e.url, exc)
 
     async def _preheat(self, e: PreheatRequested) -> None:
-        try:
-            targets = await self._targets(e)
-        except (ValueError, SealError, aiohttp.ClientError, TimeoutError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            await self._progress(e, file_target(e, {}).task_id, "failed", reason)
-            return
-        for t in targets:
+        """Every URL's tasks, each reported; a URL that cannot be resolved fails alone."""
+        targets: dict[str, Target] = {}
+        for url in (e.url, *e.urls):
+            try:
+                targets |= {t.task_id: t for t in await self._targets(e, url)}
+            except (ValueError, SealError, aiohttp.ClientError, TimeoutError) as exc:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                await self._progress(e, file_target(e, url, {}).task_id, "failed", reason)
+        for t in targets.values():
             await self._progress(e, t.task_id, "running")
         straight = "preheat job on a seed peer" if self.seed else ""
         started = [self.downloads.start(t.request, task_id=t.task_id, straight_to_source=straight)
-                   for t in targets]
+                   for t in targets.values()]
         for download in started:
             await download.finished.wait()
             ok = download.state == "succeeded"
             await self._progress(e, download.task_id, "succeeded" if ok else "failed",
                                  "" if ok else download.error or download.state)
 
-    async def _targets(self, e: PreheatRequested) -> list[Target]:
+    async def _targets(self, e: PreheatRequested, url: str) -> list[Target]:
         credentials = open_sealed(self.ctx.secret, e.sealed_credentials)
         secret_headers = credentials.get("headers", {})
         headers = {**e.headers, **(secret_headers if isinstance(secret_headers, dict) else {})}
@@ -183,10 +185,10 @@ class JobWorker:
                  if username else "")
         if e.kind == "image":
             # The registry's token service takes the login; the blobs get its bearer token.
-            return await image_targets(e, headers, login)
+            return await image_targets(e, url, headers, login)
         if login:
             headers.setdefault("Authorization", login)
-        return [file_target(e, headers)]
+        return [file_target(e, url, headers)]
 
     async def on_get_task(self, msg: Msg) -> None:
         try:

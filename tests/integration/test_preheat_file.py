@@ -70,6 +70,9 @@ async def test_preheat_a_file_through_the_api_and_from_outside(
     content = os.urandom(300_000)
     (files / "model.bin").write_bytes(content)
     (files / "other.bin").write_bytes(content[::-1])
+    parts = {name: os.urandom(70_000) for name in ("part-1.bin", "part-2.bin")}
+    for name, data in parts.items():
+        (files / name).write_bytes(data)
     async with (origin(files) as base, running_manager(nats_url, tmp_path / "m", monkeypatch) as m,
                 peer_host(nats_url, tmp_path / "seed-1", "seed-1") as one,
                 peer_host(nats_url, tmp_path / "seed-2", "seed-2") as two):
@@ -110,6 +113,25 @@ async def test_preheat_a_file_through_the_api_and_from_outside(
         assert {(h["host_id"], h["reason"]) for h in done["hosts"]} == {
             ("seed-1", "held"), ("seed-2", "held")}
 
+        # Dragonfly's `urls` (combined with `url`): one job, each URL on every target.
+        urls = [f"{base}/{name}" for name in parts]
+        status, created = await m.call("POST", "/api/v1/jobs", {"type": "preheat", "args": {
+            "url": urls[0], "urls": urls, "scope": "all_seed_peers", "username": LOGIN[0],
+            "password": LOGIN[1]}}, root)
+        assert status == 201 and created["urls"] == urls, created
+        done = await eventually(lambda: job_outcome(m, root, created["id"]), timeout=60)
+        assert done["job"]["state"] == "succeeded", done
+        tasks = {task_id(url): name for url, name in zip(urls, parts, strict=True)}
+        assert {(h["host_id"], h["task_id"], h["state"]) for h in done["hosts"]} == {
+            (host, t, "succeeded") for host in ("seed-1", "seed-2") for t in tasks}
+        for host in (one, two):
+            assert all(_read(host.storage, t) == parts[name] for t, name in tasks.items())
+        for args, why in (({"scope": "all_peers"}, "args: give url, or urls"),
+                          ({"urls": [urls[0], "ftp://x/y"]}, "args.urls.1: String should")):
+            status, refused = await m.call("POST", "/api/v1/jobs", {"type": "preheat",
+                                                                    "args": args}, root)
+            assert status == 422 and refused["detail"].startswith(why), refused
+
         # A missing file fails the job with the origin's reason.
         body["args"] |= {"url": f"{base}/missing.bin", "scope": "single_seed_peer"}
         status, created = await m.call("POST", "/api/v1/jobs", body, root)
@@ -128,7 +150,8 @@ async def test_the_preheat_command_follows_the_job_to_its_end(
         capsys: pytest.CaptureFixture[str]) -> None:
     files = tmp_path / "origin"
     files.mkdir()
-    (files / "tool.tar").write_bytes(os.urandom(100_000))
+    for name in ("tool.tar", "docs.tar"):
+        (files / name).write_bytes(os.urandom(100_000))
     async with (origin(files) as base, running_manager(nats_url, tmp_path / "m", monkeypatch) as m,
                 peer_host(nats_url, tmp_path / "seed", "seed-cli") as seed):
         await eventually(lambda: m.try_sign_in("root", ROOT_PASSWORD))
@@ -143,10 +166,12 @@ async def test_the_preheat_command_follows_the_job_to_its_end(
             return int(args.run(args))
 
         assert await anyio.to_thread.run_sync(
-            command, f"{base}/tool.tar", "--username", LOGIN[0]) == 0
-        task = task_id(f"{base}/tool.tar")
-        assert _read(seed.storage, task) == (files / "tool.tar").read_bytes()
-        assert f"seed-cli\t{task}\tsucceeded" in capsys.readouterr().out
+            command, f"{base}/tool.tar", f"{base}/docs.tar", "--username", LOGIN[0]) == 0
+        out = capsys.readouterr().out
+        for name in ("tool.tar", "docs.tar"):  # several URLs make one job
+            task = task_id(f"{base}/{name}")
+            assert _read(seed.storage, task) == (files / name).read_bytes()
+            assert f"seed-cli\t{task}\tsucceeded" in out
 
         with pytest.raises(RuntimeError, match="failed: .*401"):
             await anyio.to_thread.run_sync(command, f"{base}/tool.tar", "--tag", "no-login")

@@ -40,7 +40,9 @@ class Strict(BaseModel):
 
 class PreheatArgs(Strict):
     type: Literal["file", "image"] = "file"
-    url: Annotated[str, Field(pattern=URL)]
+    url: Annotated[str, Field(pattern=r"^$|" + URL)] = ""
+    urls: list[Annotated[str, Field(pattern=URL)]] = Field(
+        [], description="more URLs for the same job; url and urls combine, as in Dragonfly")
     scope: Literal["single_seed_peer", "all_seed_peers", "all_peers"] = "single_seed_peer"
     tag: str = ""
     application: str = ""
@@ -96,13 +98,16 @@ def _params(text: str) -> list[str]:
 
 def _preheat(job_id: str, who: Principal, body: JobCreate) -> PreheatRequested:
     a: PreheatArgs = _args(PreheatArgs, body.args)
+    urls = list(dict.fromkeys(filter(None, (a.url, *a.urls))))
+    if not urls:
+        raise HTTPException(422, "args: give url, or urls (a list)")
     application = _tenant(who, a.application)
     secrets = {k: v for k, v in a.headers.items() if k not in public_headers(a.headers)}
     credentials: dict[str, object] = {k: v for k, v in (("headers", secrets),
                                       ("username", a.username), ("password", a.password)) if v}
     return PreheatRequested(
-        id=new_id(), at=time.time(), job_id=job_id, url=a.url, kind=a.type, scope=a.scope,
-        tag=a.tag, application=application, platform=a.platform,
+        id=new_id(), at=time.time(), job_id=job_id, url=urls[0], urls=urls[1:], kind=a.type,
+        scope=a.scope, tag=a.tag, application=application, platform=a.platform,
         piece_length=a.piece_length or 0, headers=public_headers(a.headers),
         filtered_query_params=_params(a.filtered_query_params),
         scheduler_cluster_ids=body.scheduler_cluster_ids,
@@ -136,7 +141,8 @@ async def _create(request: Request, who: Principal, body: JobCreate) -> dict[str
     out: dict[str, object] = {"id": job_id, "type": body.type, "state": "pending",
                               "scheduler_cluster_ids": body.scheduler_cluster_ids}
     if isinstance(event, PreheatRequested):
-        out |= {"url": event.url, "scope": event.scope, "application": event.application}
+        out |= {"url": event.url, "urls": [event.url, *event.urls], "scope": event.scope,
+                "application": event.application}
     else:
         out["task_id"] = event.task_id  # type: ignore[attr-defined]
     return out
