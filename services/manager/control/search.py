@@ -1,15 +1,14 @@
 """Cluster search over NATS request/reply: a starting peer asks which scheduler cluster it
 belongs to, the manager answers from the clusters' scopes (``scopes.find_cluster``).
 
-Requests go to ``df.rpc.cluster_search`` (core NATS, outside every stream: a question is not
-a fact). The answer is ``default`` when no scope matches and no cluster is the default.
+The messages and the asking side are in ``services.clustersearch``. The answer is
+``default`` when no scope matches and no cluster is the default.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Final
 
 import duckdb
 import msgspec
@@ -17,26 +16,17 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from events.admin import ClusterScopes
-from services.manager.control.scopes import Candidate, HostFacts, find_cluster
+from services.clustersearch import (
+    FALLBACK,
+    SUBJECT,
+    ClusterAnswer,
+    ClusterQuery,
+    ask_cluster,  # noqa: F401 - re-exported: older callers import it from here
+)
+from services.manager.control.scopes import Candidate, HostFacts, affinity, find_cluster
 from services.manager.reader import Reader
 
 log = logging.getLogger("damselfly.manager.search")
-
-SUBJECT: Final = "df.rpc.cluster_search"
-FALLBACK: Final = "default"
-
-
-class ClusterQuery(msgspec.Struct, frozen=True, kw_only=True):
-    hostname: str = ""
-    ip: str = ""
-    idc: str = ""
-    location: str = ""
-
-
-class ClusterAnswer(msgspec.Struct, frozen=True, kw_only=True):
-    cluster: str
-    matched: bool
-    error: str = ""
 
 
 async def candidates(reader: Reader) -> list[Candidate]:
@@ -52,8 +42,13 @@ async def answer(reader: Reader, data: bytes) -> ClusterAnswer:
         query = msgspec.json.decode(data, type=ClusterQuery)
     except msgspec.DecodeError as exc:
         return ClusterAnswer(cluster=FALLBACK, matched=False, error=f"bad query: {exc}")
-    found = find_cluster(await candidates(reader), HostFacts(**msgspec.structs.asdict(query)))
-    return ClusterAnswer(cluster=found or FALLBACK, matched=found is not None)
+    clusters = await candidates(reader)
+    host = HostFacts(**msgspec.structs.asdict(query))
+    found = find_cluster(clusters, host)
+    if found is None:
+        return ClusterAnswer(cluster=FALLBACK, matched=False)
+    scopes = next(c.scopes for c in clusters if c.cluster == found)
+    return ClusterAnswer(cluster=found, matched=affinity(host, scopes) > 0)
 
 
 async def serve_search(nc: Client, reader: Reader, stop: asyncio.Event) -> None:
@@ -72,10 +67,3 @@ async def serve_search(nc: Client, reader: Reader, stop: asyncio.Event) -> None:
         await stop.wait()
     finally:
         await sub.unsubscribe()
-
-
-async def ask_cluster(nc: Client, query: ClusterQuery, timeout: float = 2.0) -> ClusterAnswer:
-    """Ask the manager which cluster a host belongs to. Raises ``nats.errors.TimeoutError``
-    or ``nats.errors.NoRespondersError`` when no manager answers."""
-    reply = await nc.request(SUBJECT, msgspec.json.encode(query), timeout=timeout)
-    return msgspec.json.decode(reply.data, type=ClusterAnswer)
