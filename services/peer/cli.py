@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d = sub.add_parser("daemon", help="run a peer daemon (or a seed peer with --seed)")
     d.add_argument("--nats", required=True, help="NATS URL")
     d.add_argument("--data-dir", type=Path, required=True, help="where tasks are stored")
-    d.add_argument("--cluster", default="default", help="scheduler cluster id")
+    d.add_argument("--cluster", default="auto",
+                   help="scheduler cluster id, or auto (default): ask the manager at start, "
+                        "'default' when no manager answers")
     d.add_argument("--seed", action="store_true", help="announce as a seed peer")
     d.add_argument("--api-socket", type=Path, help="local API socket (default DIR/api.sock)")
     d.add_argument("--api-port", type=int, help="also serve the local API on 127.0.0.1:N "

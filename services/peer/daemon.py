@@ -1,5 +1,6 @@
-"""The peer daemon's bootstrap: storage, NATS, the upload server, the local API, the host's
-announcements, seed triggers, GC, and resuming unfinished tasks after a restart."""
+"""The peer daemon's bootstrap: storage, NATS, the scheduler cluster (asked of the manager
+with ``auto``), the upload server, the local API, the host's announcements, seed triggers, GC,
+and resuming unfinished tasks after a restart."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ import os
 import secrets
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Final
 
 import anyio
+import msgspec
+import nats.errors
 from aiohttp import web
 from anyio.abc import TaskGroup
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from events.bus import Publisher
@@ -26,6 +31,7 @@ from events.jobs import DeleteTaskRequested, JobProgressed
 from events.sched import SeedPeerTriggered
 from events.streams import ensure_streams
 from events.subjects import safe_token
+from services.clustersearch import FALLBACK, TIMEOUT, ClusterQuery, ask_cluster
 from services.natsconn import connect
 from services.peer.api import api_app
 from services.peer.downloader import Download, PeerContext, Settings
@@ -41,6 +47,7 @@ from services.procs import write_ready
 log = logging.getLogger("damselfly.daemon")
 
 SECRET_ENV = "DAMSELFLY_CLUSTER_SECRET"
+AUTO: Final = "auto"
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,8 @@ class DaemonConfig:
     nats_url: str
     data_dir: Path
     secret: str
-    cluster: str = "default"
+    cluster: str = AUTO
+    """The scheduler cluster, or ``auto``: the one the manager's cluster search answers."""
     seed: bool = False
     api_socket: Path | None = None
     api_port: int | None = None
@@ -135,6 +143,46 @@ class Downloads:
             download.cancel()
 
 
+async def choose_cluster(nc: Client, cfg: DaemonConfig, hostname: str) -> str:
+    """``cfg.cluster``; with ``auto`` the manager's answer to a cluster search for this host,
+    or ``default`` when no manager answers within ``TIMEOUT`` seconds. Logs which and why."""
+    if cfg.cluster != AUTO:
+        return cfg.cluster
+    query = ClusterQuery(hostname=hostname, ip=await _address_of(cfg.advertise_host),
+                         idc=cfg.idc, location=cfg.location)
+    facts = msgspec.json.encode(query).decode()
+    try:
+        answer = await ask_cluster(nc, query)
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError, msgspec.DecodeError) as exc:
+        log.info("cluster %s: no manager answered the cluster search within %g s (%s)",
+                 FALLBACK, TIMEOUT, exc)
+        return FALLBACK
+    if answer.error:
+        log.warning("cluster %s: the manager's cluster search failed: %s", answer.cluster,
+                    answer.error)
+    elif answer.matched:
+        log.info("cluster %s: its scopes match this host %s", answer.cluster, facts)
+    else:
+        log.info("cluster %s: the manager's default, no cluster's scopes match this host %s",
+                 answer.cluster, facts)
+    return answer.cluster
+
+
+async def _address_of(host: str) -> str:
+    """``host`` as an IP address, for CIDR scopes: itself, or what its name resolves to
+    ("" when it does not resolve in time)."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    with anyio.move_on_after(TIMEOUT):
+        try:
+            return str((await anyio.getaddrinfo(host, None))[0][4][0])
+        except OSError:
+            pass
+    return ""
+
+
 def _listen_host(advertised: str) -> str:
     """Loopback when only this machine's peers need the uploads, else every interface."""
     try:
@@ -166,9 +214,11 @@ async def serve(cfg: DaemonConfig, stop: asyncio.Event) -> None:
     storage = Storage(cfg.data_dir, quota=cfg.quota, gc_high=cfg.gc_high, gc_low=cfg.gc_low,
                       ttl=cfg.ttl)
     host_id = host_id_for(cfg.data_dir)
+    hostname = socket.gethostname()
     nc = await connect(cfg.nats_url, f"damselfly-daemon-{host_id}")
     runners: list[web.AppRunner] = []
     try:
+        cfg = replace(cfg, cluster=await choose_cluster(nc, cfg, hostname))
         js = nc.jetstream()
         await ensure_streams(js)
         stats = TransferStats()
@@ -200,7 +250,7 @@ async def serve(cfg: DaemonConfig, stop: asyncio.Event) -> None:
                 proxy_url = f"http://127.0.0.1:{proxy_port}"
             await ctx.publish(HostAnnounced(
                 id=new_id(), at=time.time(), cluster=cfg.cluster, host_id=host_id,
-                hostname=socket.gethostname(), ip=cfg.advertise_host, upload_url=upload_url,
+                hostname=hostname, ip=cfg.advertise_host, upload_url=upload_url,
                 seed=cfg.seed, idc=cfg.idc, location=cfg.location,
                 upload_limit=cfg.upload_limit))
             if cfg.seed:
