@@ -60,17 +60,22 @@ async def _prepare_streams(url: str) -> None:
         await nc.drain()
 
 
-def _cluster_secret(data_dir: Path) -> str:
-    """The secret upload tokens are minted with: the environment's, else one kept (0600) in
-    ``DIR/cluster.secret`` so that a restarted cluster keeps accepting its own tokens."""
-    if value := os.environ.get("DAMSELFLY_CLUSTER_SECRET"):
+def kept_secret(env: str, path: Path) -> str:
+    """The secret in the environment variable ``env``, else the one kept (0600) in
+    ``path``, made on first use so that a restarted cluster keeps its secrets."""
+    if value := os.environ.get(env):
         return value
-    path = data_dir / "cluster.secret"
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
+            f.write(secrets.token_urlsafe(24))
     return path.read_text().strip()
+
+
+def root_password_file(data_dir: Path) -> Path:
+    """Where ``up`` keeps the manager's first root password (when the environment gives none);
+    the CLI signs in with it against this cluster's manager."""
+    return data_dir / "root.password"
 
 
 @dataclass
@@ -97,7 +102,11 @@ class LocalCluster:
             self._broker = start_broker(self.data_dir / "nats")
             url = self._broker.url
         asyncio.run(_prepare_streams(url))
-        env = {"DAMSELFLY_CLUSTER_SECRET": _cluster_secret(self.data_dir)}
+        # The cluster secret mints upload tokens; the root password is the manager's first.
+        env = {"DAMSELFLY_CLUSTER_SECRET": kept_secret("DAMSELFLY_CLUSTER_SECRET",
+                                                       self.data_dir / "cluster.secret"),
+               "DAMSELFLY_ROOT_PASSWORD": kept_secret("DAMSELFLY_ROOT_PASSWORD",
+                                                      root_password_file(self.data_dir))}
         services: dict[str, object] = {}
         self.endpoints = {"nats": url, "data_dir": str(self.data_dir), "services": services}
         for spec in service_specs(url, self.data_dir, self.peers):
@@ -170,7 +179,11 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     with LocalCluster(args.data_dir.resolve(), args.peers, args.nats) as cluster:
         print(endpoint_table(cluster.endpoints))
-        print(f"\nendpoints written to {args.data_dir / 'cluster.json'}; Ctrl-C stops everything",
+        where = ("$DAMSELFLY_ROOT_PASSWORD" if os.environ.get("DAMSELFLY_ROOT_PASSWORD")
+                 else root_password_file(args.data_dir))
+        print(f"\nconsole and API: sign in as root with the password in {where}; the "
+              "damselfly CLI does so by itself for this data dir")
+        print(f"endpoints written to {args.data_dir / 'cluster.json'}; Ctrl-C stops everything",
               flush=True)
         while not done.wait(0.5):
             dead = cluster.dead_service()

@@ -1,5 +1,8 @@
 """The read API under ``/api/v1``: overview, hosts, tasks, peers, jobs, dashboards, SQL and
-the projections' watermarks. Every handler reads DuckDB through the ``Reader``."""
+the projections' watermarks. Every handler needs a signed-in caller and reads DuckDB through
+the ``Reader``, over only the caller's tenant when they are bound to one; tasks and peers are
+also under ``/oapi/v1``, Dragonfly's path for personal access tokens. The SQL door and
+rebuilds are root's: SQL reads the user and token tables and every tenant's rows."""
 
 from __future__ import annotations
 
@@ -13,11 +16,13 @@ from pydantic import BaseModel, Field
 
 import dashboards
 from projections import store
+from services.manager.control.auth import Caller, Principal, allow, record
 from services.manager.reader import Reader
 from services.manager.schedulers import live_schedulers
 
 log = logging.getLogger("damselfly.manager.api")
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", tags=["read"])
+open_router = APIRouter(prefix="/oapi/v1", tags=["read"])
 
 ACTIVE_STATES = "('registered', 'running', 'back_to_source')"
 MAX_ROWS = 100_000  # per answer of the SQL door; the DuckDB file has them all
@@ -27,6 +32,11 @@ def _reader(request: Request) -> Reader:
     reader = request.app.state.reader
     assert isinstance(reader, Reader)
     return reader
+
+
+async def _records(request: Request, who: Principal, sql: str,
+                   params: list[object] | None = None) -> list[dict[str, object]]:
+    return await _reader(request).records(sql, params, tenant=who.tenant)
 
 
 LIKE = "ILIKE ? ESCAPE '\\'"  # with _like(q): a search for "a_b" matches only "a_b"
@@ -65,11 +75,11 @@ ORDER BY c.cluster
 
 
 @router.get("/overview")
-async def overview(request: Request) -> dict[str, object]:
+async def overview(request: Request, who: Caller) -> dict[str, object]:
     """Per scheduler cluster: seed peers and hosts alive, active and all peers, tasks and
     scheduling decisions; the live schedulers (from their leases) and jobs by state."""
-    reader = _reader(request)
-    clusters = await reader.records(OVERVIEW_SQL)
+    allow(who, scope="task")
+    clusters = await _records(request, who, OVERVIEW_SQL)
     keys = ("seed_peers", "hosts", "active_peers", "peers", "tasks", "decisions")
     totals = {k: sum(int(str(c[k])) for c in clusters) for k in keys}
     try:
@@ -78,85 +88,107 @@ async def overview(request: Request) -> dict[str, object]:
         log.warning("cannot read scheduler leases: %s", exc)
         schedulers = []
     totals["schedulers"] = len({s["scheduler"] for s in schedulers})
-    jobs = await reader.records("SELECT state, count(*) AS jobs FROM jobs GROUP BY state "
-                                "ORDER BY state")
+    jobs = await _records(request, who, "SELECT state, count(*) AS jobs FROM jobs "
+                          "GROUP BY state ORDER BY state")
     return {"clusters": clusters, "schedulers": schedulers, "totals": totals, "jobs": jobs}
 
 
 @router.get("/hosts")
-async def hosts(request: Request, q: str = "", limit: Annotated[int, Query(ge=1, le=1000)] = 200
-                ) -> list[dict[str, object]]:
-    return await _reader(request).records(
+async def hosts(request: Request, who: Caller, q: str = "",
+                limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[dict[str, object]]:
+    allow(who, scope="cluster")
+    return await _records(request, who, 
         f"SELECT * FROM hosts WHERE host_id {LIKE} OR hostname {LIKE} OR ip {LIKE} "
         "ORDER BY cluster, seed DESC, host_id LIMIT ?", [_like(q)] * 3 + [limit])
 
 
 @router.get("/tasks")
-async def tasks(request: Request, q: str = "", limit: Annotated[int, Query(ge=1, le=1000)] = 200
-                ) -> list[dict[str, object]]:
-    return await _reader(request).records(
+@open_router.get("/tasks", summary="Tasks you may see, newest first")
+async def tasks(request: Request, who: Caller, q: str = "",
+                limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[dict[str, object]]:
+    allow(who, scope="task")
+    return await _records(request, who, 
         f"SELECT * FROM tasks WHERE task_id {LIKE} OR url {LIKE} "
         "ORDER BY updated_at DESC NULLS LAST, task_id LIMIT ?", [_like(q), _like(q), limit])
 
 
 @router.get("/tasks/{task_id}")
-async def task(request: Request, task_id: str) -> dict[str, object]:
+@open_router.get("/tasks/{task_id}", summary="A task with its peers")
+async def task(request: Request, who: Caller, task_id: str) -> dict[str, object]:
     """A task with its peers and the scheduling decisions about it."""
-    reader = _reader(request)
-    found = await reader.records("SELECT * FROM tasks WHERE task_id = ?", [task_id])
+    allow(who, scope="task")
+    found = await _records(request, who, "SELECT * FROM tasks WHERE task_id = ?", [task_id])
     if not found:
         raise HTTPException(404, f"no task {task_id}")
-    peers = await reader.records("SELECT * FROM peers WHERE task_id = ? "
-                                 "ORDER BY registered_at NULLS LAST, peer_id", [task_id])
-    decisions = await reader.records("SELECT * FROM decision_latency WHERE task_id = ? "
-                                     "ORDER BY decided_at, decision_id", [task_id])
+    peers = await _records(request, who, "SELECT * FROM peers WHERE task_id = ? "
+                           "ORDER BY registered_at NULLS LAST, peer_id", [task_id])
+    decisions = await _records(request, who, "SELECT * FROM decision_latency WHERE "
+                               "task_id = ? ORDER BY decided_at, decision_id", [task_id])
     return {"task": found[0], "peers": peers, "decisions": decisions}
 
 
 @router.get("/peers")
-async def peers(request: Request, q: str = "", state: str = "",
+@open_router.get("/peers", summary="Peers (one per download) of the tasks you may see")
+async def peers(request: Request, who: Caller, q: str = "", state: str = "",
                 limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[dict[str, object]]:
-    return await _reader(request).records(
-        f"SELECT * FROM peers WHERE (peer_id {LIKE} OR host_id {LIKE} OR task_id {LIKE}) "
-        "AND (? = '' OR state = ?) ORDER BY updated_at DESC NULLS LAST, peer_id LIMIT ?",
+    allow(who, scope="task")
+    return await _records(
+        request, who,
+        f"SELECT p.*, t.application FROM peers p LEFT JOIN tasks t USING (task_id) "
+        f"WHERE (peer_id {LIKE} OR host_id {LIKE} OR task_id {LIKE}) AND (? = '' OR p.state = ?) "
+        "ORDER BY p.updated_at DESC NULLS LAST, peer_id LIMIT ?",
         [_like(q)] * 3 + [state, state, limit])
 
 
 @router.get("/tasks/{task_id}/peers/{peer_id}")
-async def peer(request: Request, task_id: str, peer_id: str) -> dict[str, object]:
+async def peer(request: Request, who: Caller, task_id: str, peer_id: str
+               ) -> dict[str, object]:
     """One peer's download: its row, its pieces per minute and the decisions about it."""
-    reader = _reader(request)
-    found = await reader.records("SELECT * FROM peers WHERE task_id = ? AND peer_id = ?",
-                                 [task_id, peer_id])
+    allow(who, scope="task")
+    found = await _records(request, who, "SELECT * FROM peers WHERE task_id = ? AND "
+                           "peer_id = ?", [task_id, peer_id])
     if not found:
         raise HTTPException(404, f"no peer {peer_id} in task {task_id}")
-    minutes = await reader.records("SELECT * FROM piece_minutes WHERE task_id = ? AND "
-                                   "peer_id = ? ORDER BY minute", [task_id, peer_id])
-    decisions = await reader.records("SELECT * FROM decision_latency WHERE task_id = ? AND "
-                                     "addressee = ? ORDER BY decided_at", [task_id, peer_id])
+    minutes = await _records(request, who, "SELECT * FROM piece_minutes WHERE task_id = ? "
+                             "AND peer_id = ? ORDER BY minute", [task_id, peer_id])
+    decisions = await _records(request, who, "SELECT * FROM decision_latency WHERE "
+                               "task_id = ? AND addressee = ? ORDER BY decided_at",
+                               [task_id, peer_id])
     return {"peer": found[0], "pieces_per_minute": minutes, "decisions": decisions}
 
 
+JOBS_SQL = ("SELECT j.*, coalesce(t.tenant, '') AS application FROM jobs j "
+            "LEFT JOIN admin_job_tenants t USING (job_id)")
+
+
 @router.get("/jobs")
-async def jobs(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 200
+@open_router.get("/jobs", summary="Jobs you may see, newest first, with filters")
+async def jobs(request: Request, who: Caller, state: str = "", type: str = "",
+               application: str = "", limit: Annotated[int, Query(ge=1, le=1000)] = 200
                ) -> list[dict[str, object]]:
-    return await _reader(request).records(
-        "SELECT * FROM jobs ORDER BY requested_at DESC NULLS LAST, job_id LIMIT ?", [limit])
+    allow(who, scope="job")
+    return await _records(
+        request, who,
+        f"SELECT * FROM ({JOBS_SQL}) WHERE (? = '' OR state = ?) AND (? = '' OR kind = ?) "
+        "AND (? = '' OR application = ?) ORDER BY requested_at DESC NULLS LAST, job_id LIMIT ?",
+        [state, state, type, type, application, application, limit])
 
 
 @router.get("/jobs/{job_id}")
-async def job(request: Request, job_id: str) -> dict[str, object]:
-    reader = _reader(request)
-    found = await reader.records("SELECT * FROM jobs WHERE job_id = ?", [job_id])
+@open_router.get("/jobs/{job_id}", summary="A job's state and its outcome on each host")
+async def job(request: Request, who: Caller, job_id: str) -> dict[str, object]:
+    allow(who, scope="job")
+    found = await _records(request, who, f"SELECT * FROM ({JOBS_SQL}) WHERE job_id = ?",
+                           [job_id])
     if not found:
         raise HTTPException(404, f"no job {job_id}")
-    outcomes = await reader.records("SELECT * FROM job_hosts WHERE job_id = ? "
-                                    "ORDER BY host_id, task_id", [job_id])
+    outcomes = await _records(request, who, "SELECT * FROM job_hosts WHERE job_id = ? "
+                              "ORDER BY host_id, task_id", [job_id])
     return {"job": found[0], "hosts": outcomes}
 
 
 @router.get("/dashboards")
-async def dashboard_list() -> list[dict[str, object]]:
+async def dashboard_list(who: Caller) -> list[dict[str, object]]:
     return [{"name": p.name, "title": p.title, "chart": p.chart, "description": p.description}
             for p in dashboards.panels()]
 
@@ -167,12 +199,14 @@ def _table(result: store.Result) -> dict[str, object]:
 
 
 @router.get("/dashboards/{name}")
-async def dashboard(request: Request, name: str) -> dict[str, object]:
+async def dashboard(request: Request, who: Caller, name: str) -> dict[str, object]:
+    """One panel's rows, over the caller's tenant only when they are bound to one."""
+    allow(who, scope="task")
     try:
         panel = dashboards.panel(name)
     except ValueError as exc:
         raise HTTPException(404, str(exc)) from None
-    result = await _reader(request).query(panel.sql)
+    result = await _reader(request).query(panel.sql, tenant=who.tenant)
     return {"name": panel.name, "title": panel.title, "chart": panel.chart,
             "description": panel.description, **_table(result)}
 
@@ -182,10 +216,17 @@ class SqlBody(BaseModel):
     max_rows: Annotated[int, Field(ge=1, le=MAX_ROWS)] = MAX_ROWS
 
 
+def _root(who: Principal, what: str) -> None:
+    allow(who, scope="cluster", everywhere=True)
+    if who.role != "root":
+        raise HTTPException(403, f"only root may {what}")
+
+
 @router.post("/sql")
-async def sql(request: Request, body: SqlBody) -> dict[str, object]:
+async def sql(request: Request, who: Caller, body: SqlBody) -> dict[str, object]:
     """Run one read-only SELECT against the live projections (how ``damselfly sql`` reaches
-    a running manager, since DuckDB lets only the manager open its file)."""
+    a running manager, since DuckDB lets only the manager open its file). Root only."""
+    _root(who, "run SQL: it reads every tenant's rows and the user and token tables")
     text = body.sql
     try:
         store.check_read_only(text)
@@ -196,7 +237,7 @@ async def sql(request: Request, body: SqlBody) -> dict[str, object]:
 
 
 @router.get("/projections")
-async def projections(request: Request) -> list[dict[str, object]]:
+async def projections(request: Request, who: Caller) -> list[dict[str, object]]:
     """Each projection's watermark per stream, and how far behind the stream's end it is."""
     marks = await _reader(request).records(
         "SELECT * FROM projection_watermarks ORDER BY projection, stream")
@@ -219,10 +260,13 @@ class RebuildBody(BaseModel):
 
 
 @router.post("/projections/rebuild")
-async def rebuild(request: Request, body: RebuildBody) -> dict[str, object]:
-    """Drop the named projections (all when ``names`` is empty) and replay the log."""
+async def rebuild(request: Request, who: Caller, body: RebuildBody) -> dict[str, object]:
+    """Drop the named projections (all when ``names`` is empty) and replay the log. Root
+    only."""
+    _root(who, "rebuild projections")
     try:
         names = await request.app.state.projector.rebuild(body.names or None)
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from None
+    await record(request, who, "projections.rebuild", ",".join(names))
     return {"rebuilding": names}

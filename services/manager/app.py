@@ -21,7 +21,7 @@ from services.manager import api
 from services.manager.control import service as control
 
 CONSOLE: Final = Path(__file__).parent / "console"
-ROUTERS: Final[tuple[APIRouter, ...]] = (api.router, *control.ROUTERS)
+ROUTERS: Final[tuple[APIRouter, ...]] = (api.router, api.open_router, *control.ROUTERS)
 
 
 def create_app(**state: object) -> FastAPI:

@@ -13,6 +13,7 @@ import duckdb
 import dashboards
 from projections import by_name, store
 from projections.projector import replay
+from services.manager.client import add_login_args
 from services.manager.output import FORMATS, render
 from services.manager.sources import ManagerSource, resolve
 from services.natsconn import connect
@@ -53,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     b.add_argument("--nats", help="NATS URL, with --db")
     b.add_argument("--data-dir", type=Path, default=Path(".data"),
                    help="cluster dir whose manager to ask (default .data)")
+    add_login_args(b)
     b.set_defaults(run=_run_rebuild)
 
 
@@ -62,6 +64,7 @@ def _add_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, default=Path(".data"),
                    help="cluster dir: its running manager, else its file (default .data)")
     p.add_argument("--format", choices=FORMATS, default="table", help="output (default table)")
+    add_login_args(p)
 
 
 def _run_manager(args: argparse.Namespace) -> int:
@@ -81,7 +84,7 @@ def _run_manager(args: argparse.Namespace) -> int:
 
 
 def _run_sql(args: argparse.Namespace) -> int:
-    result = resolve(args.db, args.manager, args.data_dir).query(args.sql)
+    result = resolve(args.db, args.manager, args.data_dir, args).query(args.sql)
     sys.stdout.write(render(result, args.format))
     if result.truncated:
         print(f"damselfly sql: only the first {len(result.rows)} rows; add a LIMIT or read the "
@@ -97,7 +100,7 @@ def _run_dashboards_list(args: argparse.Namespace) -> int:
 
 def _run_dashboard(args: argparse.Namespace) -> int:
     panel = dashboards.panel(args.name)
-    result = resolve(args.db, args.manager, args.data_dir).query(panel.sql)
+    result = resolve(args.db, args.manager, args.data_dir, args).query(panel.sql)
     if args.format == "table":
         print(f"{panel.title} ({panel.chart})")
     sys.stdout.write(render(result, args.format))
@@ -113,16 +116,14 @@ def _run_rebuild(args: argparse.Namespace) -> int:
         print(f"rebuilt {', '.join(p.name for p in chosen)} in {args.db}: "
               f"{count} events applied")
         return 0
-    url = args.manager
-    if url is None:
-        source = resolve(None, None, args.data_dir)
-        if not isinstance(source, ManagerSource):
-            raise ValueError("no running manager found; give --manager URL, or --db and --nats")
-        url = source.url
-    reply = ManagerSource(url).call("POST", "/api/v1/projections/rebuild",
-                                    {"names": [p.name for p in chosen]})
+    source = resolve(None, args.manager, args.data_dir, args)
+    if not isinstance(source, ManagerSource):  # a user's mistake, not a type error
+        raise ValueError(  # noqa: TRY004
+            "no running manager found; give --manager URL, or --db and --nats")
+    reply = source.call("POST", "/api/v1/projections/rebuild",
+                        {"names": [p.name for p in chosen]})
     assert isinstance(reply, dict)
-    print(f"manager {url} is rebuilding {', '.join(reply['rebuilding'])} from the log")
+    print(f"manager {source.url} is rebuilding {', '.join(reply['rebuilding'])} from the log")
     return 0
 
 

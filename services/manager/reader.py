@@ -1,5 +1,6 @@
 """Read access to the manager's DuckDB for HTTP handlers: off the event loop, never
-blocking the projection writer (each read gets its own cursor, i.e. its own MVCC view)."""
+blocking the projection writer (each read gets its own cursor, i.e. its own MVCC view).
+A read for a caller bound to a tenant sees only that tenant's rows (``tenancy``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ import threading
 import duckdb
 
 from projections import store
+from services.manager import tenancy
+
+RELATIONS = ("SELECT table_name, list(column_name) FROM information_schema.columns "
+             "WHERE table_schema = 'main' GROUP BY table_name")
 
 
 class Reader:
@@ -17,22 +22,27 @@ class Reader:
         self._con = con.cursor()
         self._lock = threading.Lock()
 
-    def _run(self, sql: str, params: list[object] | None, max_rows: int | None
+    def _run(self, sql: str, params: list[object] | None, max_rows: int | None, tenant: str
              ) -> store.Result:
         with self._lock:
             cursor = self._con.cursor()
         try:
+            if tenant:
+                relations = {name: set(cols) for name, cols in cursor.execute(RELATIONS).fetchall()}
+                sql, params = tenancy.scoped(sql, params, relations, tenant)
             return store.query(cursor, sql, params, max_rows)
         finally:
             cursor.close()
 
     async def query(self, sql: str, params: list[object] | None = None,
-                    max_rows: int | None = None) -> store.Result:
-        """Run one query in a worker thread. Raises ``duckdb.Error``."""
-        return await asyncio.to_thread(self._run, sql, params, max_rows)
+                    max_rows: int | None = None, tenant: str = "") -> store.Result:
+        """Run one query in a worker thread, over only ``tenant``'s rows when one is given.
+        Raises ``duckdb.Error``."""
+        return await asyncio.to_thread(self._run, sql, params, max_rows, tenant)
 
-    async def records(self, sql: str, params: list[object] | None = None) -> list[dict[str, object]]:
-        result = await self.query(sql, params)
+    async def records(self, sql: str, params: list[object] | None = None, tenant: str = ""
+                      ) -> list[dict[str, object]]:
+        result = await self.query(sql, params, tenant=tenant)
         return [{c: store.plain(v) for c, v in zip(result.columns, row)} for row in result.rows]
 
     def close(self) -> None:

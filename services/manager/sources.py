@@ -4,14 +4,14 @@ DuckDB lets one process open a file for writing and no one else while it does, s
 running manager is asked over HTTP (``POST /api/v1/sql``, read-only statements only) and a
 stopped one's file is opened read-only. With neither ``--db`` nor ``--manager``, the
 cluster directory's ``cluster.json`` (written by ``damselfly up``) names the manager; if
-it does not answer, its file is read directly.
+it does not answer, its file is read directly. The SQL door is root's: the CLI signs in as
+``client.token_for`` says.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Protocol
 
@@ -19,6 +19,7 @@ import duckdb
 
 from projections import store
 from projections.store import Result
+from services.manager.client import call, token_for
 
 DB_NAME = "damselfly.duckdb"
 
@@ -52,27 +53,24 @@ class FileSource:
 
 
 class ManagerSource:
-    """A running manager's live projections, over its HTTP API."""
+    """A running manager's live projections, over its HTTP API, as the caller the login
+    arguments name."""
 
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, login: argparse.Namespace, data_dir: Path) -> None:
         self.url = url.rstrip("/")
-        self.timeout = timeout
+        self.login = login
+        self.data_dir = data_dir
+        self._token = ""
 
     def call(self, method: str, path: str, body: object | None = None) -> object:
         """Raises ``ValueError`` with the manager's reason, ``OSError`` when unreachable."""
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            detail = json.loads(exc.read() or b"{}").get("detail", exc.reason)
-            raise ValueError(f"manager said {exc.code}: {detail}") from None
+        if not self._token:
+            self._token = token_for(self.url, self.login, self.data_dir)
+        return call(self.url, method, path, body, self._token)
 
     def answers(self) -> bool:
         try:
-            self.call("GET", "/healthz")
+            call(self.url, "GET", "/healthz")
             return True
         except (OSError, ValueError):
             return False
@@ -93,15 +91,16 @@ def manager_url(data_dir: Path) -> str | None:
     return str(url) if url else None
 
 
-def resolve(db: Path | None, manager: str | None, data_dir: Path) -> Source:
+def resolve(db: Path | None, manager: str | None, data_dir: Path,
+            login: argparse.Namespace) -> Source:
     """Pick the source the user asked for, else the cluster's manager, else its file."""
     if db is not None:
         return FileSource(db)
     if manager is not None:
-        return ManagerSource(manager)
+        return ManagerSource(manager, login, data_dir)
     url = manager_url(data_dir)
     if url is not None:
-        live = ManagerSource(url)
+        live = ManagerSource(url, login, data_dir)
         if live.answers():
             return live
     return FileSource(data_dir / "manager" / DB_NAME)

@@ -1,6 +1,7 @@
 """The console in a real browser (Debian's chromium driven by Playwright) against a running
 swarm — scheduler, seed peer, two peers and the manager, all processes — that has just
-downloaded a file: every view loads offline and the dashboard charts draw the download."""
+downloaded a file: sign-in, every view loads offline, the dashboard charts draw the download,
+and a user bound to a tenant sees that tenant's task only."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -31,21 +33,52 @@ FED_BY_A_DOWNLOAD = {"back_to_source_ratio", "p2p_vs_origin", "active_peers",
                      "download_duration", "scheduling_latency", "top_tasks"}
 
 
-def get_json(url: str) -> object:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.loads(resp.read())
+ROOT_PASSWORD = "root-password-for-the-console"
+ALICE_PASSWORD = "alice-password-for-the-console"
+
+
+def call(url: str, body: object = None, token: str = "") -> object:
+    """JSON from the manager; ``None`` for a 4xx/5xx answer."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None if body is None else json.dumps(body).encode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data, headers),
+                                    timeout=10) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError:
+        return None
 
 
 def start_manager(nats_url: str, tmp_path: Path) -> subprocess.Popen[bytes]:
     with open(tmp_path / "manager.log", "wb") as log:
         return spawn([sys.executable, "-m", "services.cli", "manager", "--nats", nats_url,
                       "--data-dir", str(tmp_path / "manager"),
-                      "--ready-file", str(tmp_path / "manager.json")], log)
+                      "--ready-file", str(tmp_path / "manager.json")], log,
+                     {"DAMSELFLY_ROOT_PASSWORD": ROOT_PASSWORD})
+
+
+async def signed_in(url: str, name: str, password: str) -> str:
+    """A session token, once the manager's projections know the user."""
+    with anyio.fail_after(30):
+        while not (answer := call(f"{url}/api/v1/users/signin",
+                                  {"name": name, "password": password})):
+            await anyio.sleep(0.2)
+    assert isinstance(answer, dict)
+    return str(answer["token"])
+
+
+def sign_in(page, name: str, password: str) -> None:  # type: ignore[no-untyped-def]
+    page.fill("form.signin input[name=name]", name)
+    page.fill("form.signin input[name=password]", password)
+    page.click("form.signin button")
 
 
 def browse(url: str, shot: Path, download_another: Callable[[], None]) -> dict[str, object]:
-    """Open the console's views, with a download happening while the overview is open;
-    returns what the page showed. Blocks (Playwright sync)."""
+    """Sign in and open the console's views, with a download for tenant team-a happening
+    while the overview is open; then sign in as that tenant's user. Returns what the page
+    showed. Blocks (Playwright sync)."""
     from playwright.sync_api import sync_playwright
 
     seen: dict[str, object] = {"offsite": []}
@@ -58,6 +91,9 @@ def browse(url: str, shot: Path, download_another: Callable[[], None]) -> dict[s
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(url + "/#/overview")
+            sign_in(page, "root", "wrong-password")
+            page.wait_for_selector("form.signin .error:has-text('wrong user name or password')")
+            sign_in(page, "root", ROOT_PASSWORD)
             page.wait_for_selector(".card[data-key=peers]")
             page.wait_for_selector("section[data-panel=p2p_vs_origin] polyline.series",
                                    state="attached")
@@ -86,6 +122,17 @@ def browse(url: str, shot: Path, download_another: Callable[[], None]) -> dict[s
             page.click("button")
             page.wait_for_selector("#result td")
             seen["sql"] = page.locator("#result td").inner_text()
+            page.click("#signout")
+            page.wait_for_selector("form.signin")
+            sign_in(page, "alice", ALICE_PASSWORD)
+            page.wait_for_selector("#who:has-text('tenant team-a')")
+            page.goto(url + "/#/tasks")
+            page.wait_for_selector("#list tr.link")
+            seen["alice_tasks"] = page.locator("#list tbody tr").all_inner_texts()
+            seen["alice_sql_link"] = page.locator("nav a[href='#/sql']").is_visible()
+            page.goto(url + "/#/overview")
+            page.wait_for_selector(".card[data-key=tasks]")
+            seen["alice_task_count"] = page.locator(".card[data-key=tasks] .n").inner_text()
             seen["errors"] = errors
         finally:
             browser.close()
@@ -104,11 +151,12 @@ async def test_console_draws_a_real_download(nats_url: str, tmp_path: Path) -> N
     try:
         url = str(wait_ready(tmp_path / "manager.json", manager)["url"])
         with Swarm(nats_url, tmp_path / "swarm", 2, cluster="console") as swarm:
-            def download(name: str, peer: int) -> None:
+            def download(name: str, peer: int, application: str = "") -> None:
                 out = tmp_path / f"{name}.{peer}"
                 done = subprocess.run(
                     [sys.executable, "-m", "services.cli", "get", f"{origin.url}/{name}",
-                     "-O", str(out), "--piece-length", str(PIECE), "--endpoint",
+                     "-O", str(out), "--piece-length", str(PIECE), "--application", application,
+                     "--endpoint",
                      str(swarm.peer_services[peer].endpoints["api_url"]), "--no-progress",
                      "--timeout", "60"], check=False, capture_output=True, text=True,
                     timeout=90)
@@ -117,13 +165,19 @@ async def test_console_draws_a_real_download(nats_url: str, tmp_path: Path) -> N
 
             for peer in range(len(swarm.peer_services)):
                 await anyio.to_thread.run_sync(download, "blob.bin", peer)
+            root = await signed_in(url, "root", ROOT_PASSWORD)
+            assert call(f"{url}/api/v1/applications", {"name": "team-a"}, root)
             with anyio.fail_after(30):  # each stream is projected on its own
-                while not all(get_json(f"{url}/api/v1/dashboards/{name}")["rows"]  # type: ignore[index]
-                              for name in FED_BY_A_DOWNLOAD):
+                while not (all(call(f"{url}/api/v1/dashboards/{name}", token=root)["rows"]  # type: ignore[index]
+                               for name in FED_BY_A_DOWNLOAD)
+                           and call(f"{url}/api/v1/applications/team-a", token=root)):
                     await anyio.sleep(0.2)
+            assert call(f"{url}/api/v1/users", {"name": "alice", "password": ALICE_PASSWORD,
+                                                "role": "guest", "tenant": "team-a"}, root)
+            await signed_in(url, "alice", ALICE_PASSWORD)
             shot = tmp_path / "console.png"
             seen = await anyio.to_thread.run_sync(
-                browse, url, shot, functools.partial(download, "other.bin", 0))
+                browse, url, shot, functools.partial(download, "other.bin", 0, "team-a"))
     finally:
         stop([manager])
         await origin.stop()
@@ -135,6 +189,9 @@ async def test_console_draws_a_real_download(nats_url: str, tmp_path: Path) -> N
     assert seen["task_peers"] >= 3  # the seed and both peers took part
     assert seen["schedulers"] == 1
     assert seen["sql"] == "5"  # three downloads of the first file, two of the other
+    (row,) = seen["alice_tasks"]  # type: ignore[misc]
+    assert "other.bin" in row
+    assert seen["alice_sql_link"] is False and seen["alice_task_count"] == "1"
     assert shot.stat().st_size > 10_000
     if keep := os.environ.get("DAMSELFLY_CONSOLE_SHOTS"):  # a folder to look at them in
         for taken in (shot, shot.with_name("overview.png")):

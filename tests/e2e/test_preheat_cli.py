@@ -106,7 +106,7 @@ def test_preheat_to_every_peer_then_get_and_delete(tmp_path: Path) -> None:
         token = _until(lambda: _call(manager, "POST", "/api/v1/users/signin",
                                      {"name": "root", "password": ROOT_PASSWORD})["token"])
         # Every daemon must be announced before a job for all of them is asked for.
-        _until(lambda: len(_call(manager, "GET", "/api/v1/hosts")) >= 2)
+        _until(lambda: len(_call(manager, "GET", "/api/v1/hosts", token=token)) >= 2)
 
         preheat = subprocess.run(
             [*DAMSELFLY, "preheat", url, "--scope", "all_peers", "--data-dir", str(data),

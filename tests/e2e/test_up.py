@@ -101,11 +101,25 @@ def test_up_writes_cluster_json_serves_events_and_leaves_nothing_behind(tmp_path
                   and r.event.host_id == "probe"]
         assert len(probes) == 1 and probes[0].stream == "DF_HOSTS"
         assert decode(json.dumps(json.loads(dump.stdout.splitlines()[0])["event"]).encode())
+
+        # The CLI signs in to this cluster's manager by itself, as root, with the password
+        # `up` keeps (0600) in the data dir.
+        assert (data / "root.password").stat().st_mode & 0o777 == 0o600
+        deadline = time.monotonic() + 30
+        while True:
+            sql = subprocess.run([*DAMSELFLY, "sql", "SELECT count(*) AS n FROM hosts WHERE "
+                                  "host_id = 'probe'", "--data-dir", str(data), "--format", "csv"],
+                                 capture_output=True, text=True, timeout=60, check=False)
+            if sql.returncode == 0 and sql.stdout.split() == ["n", "1"]:
+                break
+            assert time.monotonic() < deadline, sql.stderr
+            time.sleep(0.5)
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out.decode()
     assert "nats" in out.decode()
+    assert f"sign in as root with the password in {data / 'root.password'}" in out.decode()
     left = {pid for pid in children if Path(f"/proc/{pid}").exists()
             and (Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z")}
     assert not left, f"processes left behind: {left}"

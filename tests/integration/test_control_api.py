@@ -53,6 +53,12 @@ async def test_root_signs_in_guests_only_read(nats_url: str, tmp_path: Path,
         assert status == 403 and "may only read" in body["detail"]
         status, _ = await m.call("GET", "/api/v1/scheduler-clusters", token=guest)
         assert status == 200
+        status, _ = await m.call("GET", "/api/v1/overview", token=guest)
+        assert status == 200
+        status, body = await m.call("POST", "/api/v1/sql", {"sql": "SELECT 1"}, guest)
+        assert status == 403 and "only root may run SQL" in body["detail"]
+        status, body = await m.call("POST", "/api/v1/projections/rebuild", {}, guest)
+        assert status == 403 and "only root may rebuild" in body["detail"]
         status, body = await m.call("GET", "/api/v1/users", token=root)
         users = {u["user_id"]: u for u in body}
         assert users["gina"]["role"] == "guest" and "password_hash" not in users["gina"]
@@ -232,11 +238,14 @@ async def test_tokens_tenants_and_sealed_credentials(nats_url: str, tmp_path: Pa
         assert status == 403 and "lacks the 'cluster' scope" in body["detail"]
 
         # ... and their own tasks and peers only.
-        await Publisher(m.nc.jetstream()).publish_many(
-            PeerRegistered(id=new_id(), at=time.time(), cluster="default", task_id=task * 64,
-                           peer_id=f"peer-{task}", host_id="h", url=f"http://o/{app}",
-                           application=app)
-            for task, app in (("a", "team-a"), ("b", "team-b")))
+        facts = (("a", "team-a"), ("b", "team-b"))
+        await Publisher(m.nc.jetstream()).publish_many([
+            *(HostAnnounced(id=new_id(), at=time.time(), cluster="default", host_id=f"h-{task}",
+                            hostname=f"h-{task}", ip="127.0.0.1", upload_url="http://h")
+              for task, _ in facts),
+            *(PeerRegistered(id=new_id(), at=time.time(), cluster="default", task_id=task * 64,
+                             peer_id=f"peer-{task}", host_id=f"h-{task}", url=f"http://o/{app}",
+                             application=app) for task, app in facts)])
         await eventually(lambda: _get(m, f"/oapi/v1/tasks/{'b' * 64}", root))
         status, seen = await m.call("GET", "/oapi/v1/tasks", token=alice)
         assert [t["task_id"] for t in seen] == ["a" * 64]
@@ -246,6 +255,33 @@ async def test_tokens_tenants_and_sealed_credentials(nats_url: str, tmp_path: Pa
         assert [p["peer_id"] for p in seen] == ["peer-a"]
         status, body = await m.call("GET", "/oapi/v1/tasks", token=pat)
         assert status == 403 and "lacks the 'task' scope" in body["detail"]
+
+        # The read API behind the console answers the same: no login, nothing; a tenant's
+        # user, its rows only — in lists, drill-downs, the overview and every dashboard.
+        await eventually(lambda: _get(m, "/api/v1/hosts?q=h-b", root))
+        status, body = await m.call("GET", "/api/v1/tasks")
+        assert status == 401 and "sign in first" in body["detail"]
+        for path, key in (("/api/v1/tasks", "task_id"), ("/api/v1/peers", "peer_id"),
+                          ("/api/v1/hosts", "host_id"), ("/api/v1/jobs", "application")):
+            status, seen = await m.call("GET", path, token=alice)
+            assert status == 200 and {r[key] for r in seen} == {
+                "task_id": {"a" * 64}, "peer_id": {"peer-a"}, "host_id": {"h-a"},
+                "application": {"team-a"}}[key], path
+        status, seen = await m.call("GET", "/api/v1/tasks", token=root)
+        assert {t["task_id"] for t in seen} == {"a" * 64, "b" * 64}
+        status, _ = await m.call("GET", f"/api/v1/tasks/{'b' * 64}", token=alice)
+        assert status == 404
+        status, _ = await m.call("GET", f"/api/v1/tasks/{'b' * 64}/peers/peer-b", token=alice)
+        assert status == 404
+        status, _ = await m.call("GET", f"/api/v1/jobs/{other['id']}", token=alice)
+        assert status == 404
+        status, seen = await m.call("GET", "/api/v1/overview", token=alice)
+        assert (seen["totals"]["tasks"], seen["totals"]["peers"]) == (1, 1)
+        assert {j["state"] for j in seen["jobs"]} and sum(j["jobs"] for j in seen["jobs"]) == 1
+        status, panel = await m.call("GET", "/api/v1/dashboards/top_tasks", token=alice)
+        assert [r[0] for r in panel["rows"]] == ["http://o/team-a"]
+        status, body = await m.call("POST", "/api/v1/sql", {"sql": "SELECT * FROM tasks"}, alice)
+        assert status == 403 and "bound to tenant 'team-a'" in body["detail"]
 
         # Credentials never reach the log or DuckDB in clear text.
         await eventually(lambda: _get(m, f"/oapi/v1/jobs/{other['id']}", root))

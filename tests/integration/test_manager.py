@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -32,6 +34,8 @@ from services.scheduler.lease import (
 )
 
 SWARM = Swarm(cluster="m1", tasks=2, peers_per_task=3, pieces=4)
+ROOT_PASSWORD = "root-password-for-manager-tests"
+ROOT_ENV = {"DAMSELFLY_ROOT_PASSWORD": ROOT_PASSWORD}
 
 
 def publish(url: str, swarm: Swarm) -> None:
@@ -46,14 +50,17 @@ def publish(url: str, swarm: Swarm) -> None:
     asyncio.run(main())
 
 
-def get(url: str) -> object:
-    with urllib.request.urlopen(url, timeout=10) as resp:
+def get(url: str, token: str = "") -> object:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as resp:
         return json.loads(resp.read())
 
 
-def post(url: str, body: object) -> tuple[int, object]:
-    req = urllib.request.Request(url, json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+def post(url: str, body: object, token: str = "") -> tuple[int, object]:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, json.dumps(body).encode(), method="POST", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read())
@@ -61,9 +68,24 @@ def post(url: str, body: object) -> tuple[int, object]:
         return exc.code, json.loads(exc.read())
 
 
+def sign_in(url: str) -> str:
+    """A root session on the manager at ``url``, once its projections know root."""
+    token = ""
+
+    def signed_in() -> bool:
+        nonlocal token
+        status, body = post(url + "/api/v1/users/signin", {"name": "root",
+                                                           "password": ROOT_PASSWORD})
+        token = str(body["token"]) if status == 200 else ""  # type: ignore[index]
+        return bool(token)
+    wait_for(signed_in)
+    return token
+
+
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "services.cli", *args], check=False,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "DAMSELFLY_PASSWORD": ROOT_PASSWORD})
 
 
 def wait_for(check, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
@@ -79,16 +101,18 @@ def manager(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     publish(nats_url, SWARM)
     with open(data / "manager.log", "wb") as log:
         proc = spawn([sys.executable, "-m", "services.cli", "manager", "--nats", nats_url,
-                      "--data-dir", str(data), "--ready-file", str(data / "ready.json")], log)
+                      "--data-dir", str(data), "--ready-file", str(data / "ready.json")], log,
+                     ROOT_ENV)
     try:
         ready = wait_ready(data / "ready.json", proc)
         endpoints = {"url": str(ready["url"]), "db": str(ready["db"]), "dir": str(data)}
+        endpoints["token"] = token = sign_in(endpoints["url"])
         # every stream is projected on its own: wait for the last fact of each
         everything = {"seed_peers": 1, "hosts": SWARM.peers_per_task, "active_peers": 0,
                       "peers": SWARM.tasks * (SWARM.peers_per_task + 1), "tasks": SWARM.tasks,
                       "decisions": SWARM.tasks * (SWARM.peers_per_task + 2), "schedulers": 0}
         def projected() -> bool:
-            seen = get(endpoints["url"] + "/api/v1/overview")
+            seen = get(endpoints["url"] + "/api/v1/overview", token)
             return seen["totals"] == everything and seen["jobs"] == [  # type: ignore[index]
                 {"state": "succeeded", "jobs": 1}]
 
@@ -109,82 +133,87 @@ def test_ready_file_names_a_loopback_url_and_the_db(manager: dict[str, str]) -> 
 
 def test_overview_tasks_and_drill_down(manager: dict[str, str]) -> None:
     url = manager["url"] + "/api/v1"
-    (cluster,) = get(url + "/overview")["clusters"]
+    read = functools.partial(get, token=manager["token"])
+    (cluster,) = read(url + "/overview")["clusters"]
     assert cluster["cluster"] == "m1"
     assert (cluster["seed_peers"], cluster["hosts"], cluster["tasks"]) == (
         1, SWARM.peers_per_task, SWARM.tasks)
-    found = get(url + "/tasks?q=files/1.bin")
+    found = read(url + "/tasks?q=files/1.bin")
     assert [t["url"] for t in found] == ["http://origin.example/files/1.bin"]
-    task = get(url + "/tasks/" + found[0]["task_id"])
+    task = read(url + "/tasks/" + found[0]["task_id"])
     assert len(task["peers"]) == SWARM.peers_per_task + 1
     assert {d["kind"] for d in task["decisions"]} == {"seed_triggered", "back_to_source",
                                                       "parents_assigned"}
-    peer = get(url + f"/tasks/{found[0]['task_id']}/peers/m1-host1-t1")
+    peer = read(url + f"/tasks/{found[0]['task_id']}/peers/m1-host1-t1")
     assert peer["peer"]["bytes_from_peers"] == SWARM.pieces * SWARM.piece_length
     assert sum(m["pieces_from_peers"] for m in peer["pieces_per_minute"]) == SWARM.pieces
     with pytest.raises(urllib.error.HTTPError) as missing:
-        get(url + "/tasks/nope")
+        read(url + "/tasks/nope")
     assert missing.value.code == 404
-    assert [p["peer_id"] for p in get(url + "/peers?q=host1-t1")] == ["m1-host1-t1"]
-    assert get(url + "/peers?q=%25") == []  # a literal "%", not a wildcard
-    assert len(get(url + "/peers?state=failed")) == SWARM.tasks
-    (job,) = get(url + "/jobs")
-    assert get(url + "/jobs/" + job["job_id"])["hosts"][0]["state"] == "succeeded"
+    assert [p["peer_id"] for p in read(url + "/peers?q=host1-t1")] == ["m1-host1-t1"]
+    assert read(url + "/peers?q=%25") == []  # a literal "%", not a wildcard
+    assert len(read(url + "/peers?state=failed")) == SWARM.tasks
+    (job,) = read(url + "/jobs")
+    assert read(url + "/jobs/" + job["job_id"])["hosts"][0]["state"] == "succeeded"
 
 
 def test_sql_endpoint_runs_selects_and_refuses_writes(manager: dict[str, str]) -> None:
-    status, body = post(manager["url"] + "/api/v1/sql", {"sql": "SELECT count(*) AS n FROM hosts"})
+    send = functools.partial(post, token=manager["token"])
+    status, body = send(manager["url"] + "/api/v1/sql", {"sql": "SELECT count(*) AS n FROM hosts"})
     assert (status, body) == (200, {"columns": ["n"], "rows": [[SWARM.peers_per_task + 1]],
                                     "truncated": False})
-    status, body = post(manager["url"] + "/api/v1/sql",
+    status, body = send(manager["url"] + "/api/v1/sql",
                         {"sql": "SELECT * FROM range(10)", "max_rows": 3})
     assert (status, body["rows"], body["truncated"]) == (200, [[0], [1], [2]], True)
-    status, body = post(manager["url"] + "/api/v1/sql", {"sql": "DELETE FROM hosts"})
+    status, body = send(manager["url"] + "/api/v1/sql", {"sql": "DELETE FROM hosts"})
     assert status == 400 and "only one SELECT" in body["detail"]
-    status, body = post(manager["url"] + "/api/v1/sql", {"sql": "SELECT * FROM nowhere"})
+    status, body = send(manager["url"] + "/api/v1/sql", {"sql": "SELECT * FROM nowhere"})
     assert status == 400 and "nowhere" in body["detail"]
-    status, body = post(manager["url"] + "/api/v1/sql",
+    status, body = send(manager["url"] + "/api/v1/sql",
                         {"sql": "SELECT * FROM read_text('/etc/hostname')"})
     assert status == 400 and "disabled by configuration" in body["detail"]
 
 
 def test_cli_reaches_the_live_manager(manager: dict[str, str]) -> None:
     done = cli("sql", "SELECT state, count(*) AS n FROM peers GROUP BY state ORDER BY state",
-               "--manager", manager["url"], "--format", "json")
+               "--manager", manager["url"], "--format", "json", "--user", "root")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [
         {"state": "failed", "n": SWARM.tasks},
         {"state": "succeeded", "n": SWARM.tasks * SWARM.peers_per_task}]
-    done = cli("dashboards", "run", "top_tasks", "--manager", manager["url"], "--format", "csv")
+    done = cli("dashboards", "run", "top_tasks", "--manager", manager["url"], "--format", "csv",
+               "--token", manager["token"])
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == "task,peers,succeeded_peers,failed_peers"
     assert len(done.stdout.splitlines()) == 1 + SWARM.tasks
     done = cli("sql", "SELECT 1", "--db", manager["db"])
     assert done.returncode == 1 and "held by a running manager" in done.stderr
-    done = cli("dashboards", "run", "nope", "--manager", manager["url"])
+    done = cli("dashboards", "run", "nope", "--manager", manager["url"], "--user", "root")
     assert done.returncode == 1 and "no dashboard panel 'nope'" in done.stderr
 
 
 def test_every_panel_is_served_with_rows(manager: dict[str, str]) -> None:
-    panels = get(manager["url"] + "/api/v1/dashboards")
+    read = functools.partial(get, token=manager["token"])
+    panels = read(manager["url"] + "/api/v1/dashboards")
     for panel in panels:
-        body = get(manager["url"] + "/api/v1/dashboards/" + panel["name"])
+        body = read(manager["url"] + "/api/v1/dashboards/" + panel["name"])
         assert body["rows"] and body["chart"] == panel["chart"], panel["name"]
 
 
 def test_projections_report_their_lag(manager: dict[str, str]) -> None:
-    marks = get(manager["url"] + "/api/v1/projections")
+    marks = get(manager["url"] + "/api/v1/projections", manager["token"])
     assert {m["projection"] for m in marks} == {p.name for p in PROJECTIONS}
     assert all(m["lag"] == 0 and m["last_seq"] == m["stream_last_seq"] for m in marks), marks
 
 
 def test_live_rebuild_through_the_cli_restores_the_rows(manager: dict[str, str]) -> None:
     query = "SELECT * FROM peers ORDER BY task_id, peer_id"
-    _, before = post(manager["url"] + "/api/v1/sql", {"sql": query})
-    done = cli("projections", "rebuild", "peers", "--manager", manager["url"])
+    send = functools.partial(post, token=manager["token"])
+    _, before = send(manager["url"] + "/api/v1/sql", {"sql": query})
+    done = cli("projections", "rebuild", "peers", "--manager", manager["url"], "--user", "root")
     assert done.returncode == 0, done.stderr
     assert "rebuilding peers" in done.stdout
-    wait_for(lambda: post(manager["url"] + "/api/v1/sql", {"sql": query})[1] == before)
+    wait_for(lambda: send(manager["url"] + "/api/v1/sql", {"sql": query})[1] == before)
 
 
 def test_after_sigterm_the_file_opens_directly(nats_url: str, tmp_path: Path) -> None:
@@ -192,10 +221,12 @@ def test_after_sigterm_the_file_opens_directly(nats_url: str, tmp_path: Path) ->
     publish(nats_url, swarm)
     with open(tmp_path / "manager.log", "wb") as log:
         proc = spawn([sys.executable, "-m", "services.cli", "manager", "--nats", nats_url,
-                      "--data-dir", str(tmp_path), "--ready-file", str(tmp_path / "r.json")], log)
+                      "--data-dir", str(tmp_path), "--ready-file", str(tmp_path / "r.json")], log,
+                     ROOT_ENV)
     try:
         url = str(wait_ready(tmp_path / "r.json", proc)["url"])
-        wait_for(lambda: get(url + "/api/v1/overview")["totals"]["tasks"] >= 1)
+        token = sign_in(url)
+        wait_for(lambda: get(url + "/api/v1/overview", token)["totals"]["tasks"] >= 1)
     finally:
         stop([proc])
     assert proc.returncode == 0
@@ -225,7 +256,7 @@ def test_overview_lists_schedulers_by_their_leases(manager: dict[str, str], nats
         finally:
             await nc.drain()
     asyncio.run(hold())
-    overview = get(manager["url"] + "/api/v1/overview")
+    overview = get(manager["url"] + "/api/v1/overview", manager["token"])
     assert overview["schedulers"] == [
         {"cluster": "m1", "scheduler": "sched-a", "partitions": [1, 3]},
         {"cluster": "m1", "scheduler": "sched-b", "partitions": []}]
@@ -240,8 +271,8 @@ def test_a_killed_manager_resumes_without_counting_twice(nats_url: str, tmp_path
     query = ("SELECT count(*), sum(pieces), sum(bytes_from_peers) FROM peers "
              "WHERE cluster IN ('k1', 'k2')")
 
-    def totals(url: str) -> list[object]:
-        return post(url + "/api/v1/sql", {"sql": query})[1]["rows"][0]  # type: ignore[index]
+    def totals(url: str, token: str) -> list[object]:
+        return post(url + "/api/v1/sql", {"sql": query}, token)[1]["rows"][0]  # type: ignore[index]
 
     def expected(*swarms: Swarm) -> list[object]:
         log = [e for s in swarms for e in events(s)]
@@ -251,20 +282,22 @@ def test_a_killed_manager_resumes_without_counting_twice(nats_url: str, tmp_path
 
     publish(nats_url, before)
     with open(tmp_path / "first.log", "wb") as out:
-        first = spawn(argv, out)
+        first = spawn(argv, out, ROOT_ENV)
     try:
         url = str(wait_ready(tmp_path / "r.json", first)["url"])
-        wait_for(lambda: totals(url) == expected(before))
+        token = sign_in(url)
+        wait_for(lambda: totals(url, token) == expected(before))
     finally:
         first.kill()  # no goodbye, no clean shutdown
         first.wait()
     publish(nats_url, after)
     (tmp_path / "r.json").unlink()
     with open(tmp_path / "second.log", "wb") as out:
-        second = spawn(argv, out)
+        second = spawn(argv, out, ROOT_ENV)
     try:
         url = str(wait_ready(tmp_path / "r.json", second)["url"])
-        wait_for(lambda: totals(url) == expected(before, after))
+        token = sign_in(url)
+        wait_for(lambda: totals(url, token) == expected(before, after))
     finally:
         stop([second])
     assert second.returncode == 0

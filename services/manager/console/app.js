@@ -1,11 +1,32 @@
-// The console: hash-routed views over /api/v1, refreshed live every few seconds.
+// The console: hash-routed views over /api/v1, refreshed live every few seconds, for a
+// signed-in user (the session token lives in this tab's sessionStorage). The manager answers
+// a user bound to a tenant with that tenant's rows only; the SQL door is root's.
 "use strict";
 const REFRESH_MS = 3000;
 const $view = document.getElementById("view");
 const $status = document.getElementById("status");
+const $who = document.getElementById("who");
 
+const session = {
+  get token() { return sessionStorage.getItem("damselfly.token"); },
+  get user() { return JSON.parse(sessionStorage.getItem("damselfly.user") || "null"); },
+  save(body) {
+    sessionStorage.setItem("damselfly.token", body.token);
+    sessionStorage.setItem("damselfly.user", JSON.stringify(body.user));
+  },
+  clear() { sessionStorage.removeItem("damselfly.token"); sessionStorage.removeItem("damselfly.user"); },
+};
+class SignedOut extends Error {}
+
+async function request(path, options = {}) {
+  const headers = { "Content-Type": "application/json", ...(options.headers || {}) };
+  if (session.token) headers.Authorization = "Bearer " + session.token;
+  const resp = await fetch("/api/v1" + path, { ...options, headers });
+  if (resp.status === 401 && session.token) { session.clear(); throw new SignedOut(); }
+  return resp;
+}
 async function api(path) {
-  const resp = await fetch("/api/v1" + path);
+  const resp = await request(path);
   if (!resp.ok) throw new Error(`${path}: ${resp.status} ${(await resp.json()).detail || ""}`);
   return resp.json();
 }
@@ -164,8 +185,7 @@ const views = {
     text.value = "SELECT state, count(*) AS peers FROM peers GROUP BY state ORDER BY peers DESC";
     const out = h("div", { id: "result" });
     const run = async () => {
-      const resp = await fetch("/api/v1/sql", { method: "POST",
-        headers: { "Content-Type": "application/json" }, body: JSON.stringify({ sql: text.value }) });
+      const resp = await request("/sql", { method: "POST", body: JSON.stringify({ sql: text.value }) });
       const body = await resp.json();
       if (!resp.ok) { out.replaceChildren(h("p", { class: "error" }, body.detail)); return; }
       const note = body.truncated ? h("p", {}, `first ${body.rows.length} rows only`) : "";
@@ -189,6 +209,37 @@ const views = {
   },
 };
 
+function signIn(reason) {
+  const name = h("input", { name: "name", autocomplete: "username", placeholder: "user", required: "" });
+  const password = h("input", { name: "password", type: "password", autocomplete: "current-password",
+    placeholder: "password", required: "" });
+  const message = h("p", { class: "error" }, reason || "");
+  const form = h("form", { class: "signin", onsubmit: async (event) => {
+    event.preventDefault();
+    const resp = await fetch("/api/v1/users/signin", { method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ name: name.value, password: password.value }) });
+    const body = await resp.json();
+    if (!resp.ok) { message.textContent = body.detail; return; }
+    session.save(body);
+    start();
+  } }, h("h2", {}, "Sign in"), name, password, h("button", { type: "submit" }, "Sign in"), message);
+  $view.replaceChildren(form);
+  name.focus();
+}
+async function signOut() {
+  try { await request("/users/signout", { method: "POST" }); } finally { session.clear(); start(); }
+}
+function showUser() {
+  const user = session.user;
+  document.body.classList.toggle("signed-out", !user);
+  document.body.classList.toggle("root", user?.role === "root");
+  $who.replaceChildren(...(user ? [
+    h("span", {}, user.user_id + (user.tenant ? ` · tenant ${user.tenant}` : "") + ` · ${user.role}`),
+    " ", h("a", { href: "#", id: "signout", onclick: (e) => { e.preventDefault(); signOut(); } }, "sign out"),
+  ] : []));
+}
+
 function route() {
   const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   for (const a of document.querySelectorAll("nav a"))
@@ -206,11 +257,18 @@ async function tick(gen) {
     await current();
     $status.className = ""; $status.title = "updated " + new Date().toLocaleTimeString();
   } catch (err) {
+    if (err instanceof SignedOut) { generation += 1; showUser(); signIn("your session ended; sign in again"); return; }
     $status.className = "stale"; $status.title = String(err);
     if (!$view.querySelector(".error")) $view.append(h("p", { class: "error" }, String(err)));
   }
   if (gen === generation) setTimeout(() => tick(gen), REFRESH_MS);
 }
-function start() { generation += 1; current = route(); tick(generation); }
+function start() {
+  generation += 1;
+  showUser();
+  if (!session.token) { signIn(); return; }
+  current = route();
+  tick(generation);
+}
 window.addEventListener("hashchange", start);
 start();

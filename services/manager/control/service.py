@@ -11,14 +11,14 @@ from fastapi import APIRouter
 from nats.aio.client import Client
 
 from events.bus import Publisher
-from services.manager.control import clusters, jobs, tasks, tenants, tokens, users
+from services.manager.control import clusters, jobs, tenants, tokens, users
 from services.manager.control.coordinator import Coordinator
 from services.manager.control.search import serve_search
 from services.manager.control.users import ensure_root
 from services.manager.reader import Reader
 
 ROUTERS: Final[tuple[APIRouter, ...]] = (
-    clusters.router, jobs.router, tasks.router, users.router, tokens.router, tenants.router)
+    clusters.router, jobs.router, users.router, tokens.router, tenants.router)
 
 
 async def run(nc: Client, reader: Reader, publisher: Publisher, stop: asyncio.Event,
