@@ -38,9 +38,12 @@ class ServiceSpec:
 def service_specs(nats_url: str, data_dir: Path, peers: int) -> list[ServiceSpec]:
     """Every service that exists, in start order."""
     def daemon(name: str, *flags: str) -> ServiceSpec:
-        # Every daemon serves its local API and its registry mirror on free loopback ports.
+        # Every daemon serves its local API and its registry mirror on free loopback ports,
+        # in the one cluster this machine's scheduler serves (no cluster search: a scoped
+        # cluster made in the console would have no scheduler here).
         return ServiceSpec(name, ["daemon", *flags, "--nats", nats_url, "--data-dir",
-                                  str(data_dir / name), "--api-port", "0", "--proxy-port", "0"])
+                                  str(data_dir / name), "--api-port", "0", "--proxy-port", "0",
+                                  "--cluster", "default"])
 
     return [
         ServiceSpec("scheduler", ["scheduler", "--nats", nats_url,

@@ -324,7 +324,7 @@ async def _refused(m, path: str, body: object, token: str) -> object:  # type: i
 
 @pytest.mark.parametrize(("body", "status", "says"), [
     ({"type": "warm", "args": {}}, 422, "type"),
-    ({"type": "preheat", "args": {}}, 422, "args.url: Field required"),
+    ({"type": "preheat", "args": {}}, 422, "args: give url, or urls"),
     ({"type": "preheat", "args": {"url": "ftp://x/y"}}, 422, "args.url"),
     ({"type": "preheat", "args": {"url": "http://x/y", "scope": "everyone"}}, 422, "args.scope"),
     ({"type": "preheat", "args": {"url": "http://x/y"}, "scheduler_cluster_ids": ["mars"]},
