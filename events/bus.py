@@ -6,6 +6,11 @@ returned; a ``TransientError`` naks with a delay; a message that cannot be decod
 the handler rejects with ``PoisonEvent``, or that keeps failing past ``max_deliver`` is
 copied to ``df.dlq.<stream>`` with the reason and terminated. The consumer never stops on
 one bad message.
+
+Consuming in batches is for handlers that keep their own position with their state (one
+transaction each): nothing is nak'd, since a redelivery after later batches would land out
+of order. A failure other than ``PoisonEvent`` ends the run instead, and the caller reopens
+from its position.
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ class Delivered:
 
 EventHandler = Callable[[Delivered], Awaitable[None]]
 BatchHandler = Callable[[Sequence[Delivered]], Awaitable[None]]
+DeadHandler = Callable[[int], Awaitable[None]]
 
 
 @dataclass
@@ -142,25 +148,44 @@ class Consumer:
                 config=self._config)
         return self._sub
 
-    async def fetch(self, timeout: float = 1.0) -> list[Delivered]:
-        """Fetch up to one batch; poison messages are dead-lettered and left out."""
+    async def _pull(self, timeout: float) -> list[Msg]:
         sub = await self._subscription()
         try:
-            msgs = await sub.fetch(self._batch, timeout=timeout)
+            return await sub.fetch(self._batch, timeout=timeout)
         except (TimeoutError, NatsTimeoutError):
             # nats-py raises the bare asyncio error when a poll expires partway through.
             return []
+
+    async def _decode(self, msgs: Sequence[Msg]) -> tuple[list[Delivered], list[int]]:
+        """The decodable messages, and the stream sequences of the rest, dead-lettered."""
         out: list[Delivered] = []
+        dead: list[int] = []
         for msg in msgs:
             try:
                 event = decode(msg.data)
             except EventDecodeError as exc:
                 await dead_letter(self._js, msg, f"undecodable: {exc}")
                 self.stats.dead += 1
+                dead.append(msg.metadata.sequence.stream)
                 continue
             out.append(Delivered(msg.metadata.stream, msg.metadata.sequence.stream, msg.subject,
                                  event, msg))
-        return out
+        return out, dead
+
+    async def fetch(self, timeout: float = 1.0) -> list[Delivered]:
+        """Fetch up to one batch; poison messages are dead-lettered and left out."""
+        return (await self._decode(await self._pull(timeout)))[0]
+
+    async def _gather(self, max_events: int) -> list[Msg]:
+        """One fetch when caught up; while behind, up to ``max_events`` messages (a handler
+        whose cost is per batch, not per event, catches up faster on big ones)."""
+        msgs = await self._pull(1.0)
+        while msgs and len(msgs) < max_events and msgs[-1].metadata.num_pending > 0:
+            more = await self._pull(0.2)
+            if not more:
+                break
+            msgs += more
+        return msgs
 
     async def _settle_failure(self, item: Delivered, exc: Exception) -> None:
         if isinstance(exc, PoisonEvent) or item.msg.metadata.num_delivered >= self._max_deliver:
@@ -189,38 +214,61 @@ class Consumer:
                 await item.msg.ack()
                 self.stats.acked += 1
 
-    async def run_batches(self, handler: BatchHandler, stop: asyncio.Event) -> None:
-        """Hand whole batches to ``handler`` (one transaction each); ack all after it."""
+    async def run_batches(self, handler: BatchHandler, stop: asyncio.Event, *,
+                          max_events: int | None = None, on_dead: DeadHandler | None = None,
+                          drain: bool = False) -> None:
+        """Hand batches of up to ``max_events`` (default: one fetch) to ``handler``, in
+        stream order, until ``stop`` is set (or, with ``drain``, nothing is pending); ack
+        them after it returned. A ``PoisonEvent`` splits the batch to dead-letter the culprit.
+        ``on_dead`` gets the stream sequence of every dead-lettered message once the handler
+        has seen every message before it, so a handler can step over it in its position.
+
+        Raises whatever else the handler raised; that batch stays unacked.
+        """
         try:
-            await self._run_batches(handler, stop)
+            await self._run_batches(handler, stop, max_events or self._batch, on_dead, drain)
         finally:
             await self.close()
 
-    async def _run_batches(self, handler: BatchHandler, stop: asyncio.Event) -> None:
+    async def _run_batches(self, handler: BatchHandler, stop: asyncio.Event, max_events: int,
+                           on_dead: DeadHandler | None, drain: bool) -> None:
         while not stop.is_set():
-            batch = await self.fetch()
-            if not batch:
+            msgs = await self._gather(max_events)
+            if not msgs:
+                if drain:
+                    return
                 continue
-            try:
-                await handler(batch)
-            except PoisonEvent:
-                # Find the culprit by applying one at a time; the rest still land.
-                for item in batch:
-                    try:
-                        await handler([item])
-                    except Exception as exc:  # noqa: BLE001
-                        await self._settle_failure(item, exc)
-                        continue
-                    await item.msg.ack()
-                    self.stats.acked += 1
-                continue
-            except Exception as exc:  # noqa: BLE001
-                for item in batch:
-                    await self._settle_failure(item, exc)
-                continue
+            batch, dead = await self._decode(msgs)
+            if batch:
+                dead += await self._handle_batch(handler, batch)
+            if on_dead is not None:
+                for seq in sorted(dead):
+                    await on_dead(seq)
+            if drain and msgs[-1].metadata.num_pending == 0:
+                return
+
+    async def _handle_batch(self, handler: BatchHandler, batch: Sequence[Delivered]) -> list[int]:
+        """Apply and ack a batch; returns the sequences of the poison events left out."""
+        try:
+            await handler(batch)
+        except PoisonEvent:
+            # Find the culprit by applying one at a time; the rest still land.
+            dead: list[int] = []
             for item in batch:
+                try:
+                    await handler([item])
+                except PoisonEvent as exc:
+                    await dead_letter(self._js, item.msg, f"{type(exc).__name__}: {exc}")
+                    self.stats.dead += 1
+                    dead.append(item.seq)
+                    continue
                 await item.msg.ack()
-            self.stats.acked += len(batch)
+                self.stats.acked += 1
+            return dead
+        for item in batch:
+            await item.msg.ack()
+        self.stats.acked += len(batch)
+        return []
 
     async def close(self) -> None:
         if self._sub is not None:

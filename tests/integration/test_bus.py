@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import nats
 import pytest
@@ -167,26 +167,53 @@ async def test_an_event_that_keeps_failing_is_dead_lettered_after_max_deliver(
 
 async def test_batches_are_acked_together_and_a_poison_batch_is_split(js: JetStreamContext) -> None:
     events = [_announced(f"h{i}") for i in range(10)]
-    await Publisher(js).publish_many(events)
-    applied: list[list[str]] = []
+    publisher = Publisher(js)
+    seqs = await publisher.publish_many(events[:6])
+    garbled = await js.publish(host_subject("default", "x", "announced"), b"not json")
+    await publisher.publish_many(events[6:])
+    tail = await js.publish(host_subject("default", "y", "announced"), b"not json either")
+    calls: list[list[str]] = []
+    stepped_over: list[int] = []
 
-    async def apply(batch) -> None:  # type: ignore[no-untyped-def]
-        hosts = [d.event.host_id for d in batch]
+    async def apply(batch: Sequence[Delivered]) -> None:
+        hosts = [d.event.host_id for d in batch]  # type: ignore[union-attr]
+        calls.append(hosts)
         if "h4" in hosts:
             raise PoisonEvent("h4 is malformed for this projection")
-        applied.append(hosts)
 
-    consumer = Consumer(js, stream="DF_HOSTS", durable="batches")
-    stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run_batches(apply, stop))
-    for _ in range(100):
-        if consumer.stats.acked + consumer.stats.dead == 10:
+    async def on_dead(seq: int) -> None:
+        stepped_over.append(seq)
+
+    consumer = Consumer(js, stream="DF_HOSTS", durable="batches", batch=4)
+    # Drained: it returns by itself once nothing is pending.
+    await asyncio.wait_for(consumer.run_batches(apply, asyncio.Event(), max_events=100,
+                                                on_dead=on_dead, drain=True), timeout=20)
+    # Three fetches gathered into one batch; the poison split it into single events.
+    assert calls[0] == [f"h{i}" for i in range(10)]
+    assert calls[1:] == [[f"h{i}"] for i in range(10)]
+    assert stepped_over == [seqs[4], garbled.seq, tail.seq]
+    assert (consumer.stats.acked, consumer.stats.dead) == (9, 3)
+    for _ in range(100):  # acks and terms are sent without waiting for the server
+        info = await js.consumer_info("DF_HOSTS", "batches")
+        if info.num_ack_pending == 0:
             break
         await asyncio.sleep(0.05)
-    stop.set()
-    await asyncio.wait_for(task, timeout=5)
-    assert [h for batch in applied for h in batch] == [f"h{i}" for i in range(10) if i != 4]
-    assert (consumer.stats.acked, consumer.stats.dead) == (9, 1)
+    assert info.num_pending == 0 and info.num_ack_pending == 0
+
+
+async def test_a_failed_batch_ends_the_run_and_stays_unacked(js: JetStreamContext) -> None:
+    await Publisher(js).publish_many([_announced(f"h{i}") for i in range(3)])
+
+    async def broken(batch: Sequence[Delivered]) -> None:
+        raise RuntimeError("disk full")
+
+    consumer = Consumer(js, stream="DF_HOSTS", durable="failing")
+    with pytest.raises(RuntimeError, match="disk full"):
+        await asyncio.wait_for(consumer.run_batches(broken, asyncio.Event()), timeout=20)
+    # Not nak'd: a redelivery after later batches would arrive out of order.
+    assert (consumer.stats.acked, consumer.stats.naked, consumer.stats.dead) == (0, 0, 0)
+    info = await js.consumer_info("DF_HOSTS", "failing")
+    assert info.num_ack_pending == 3 and info.num_redelivered == 0
 
 
 async def test_a_cluster_url_list_connects_past_a_dead_server(nats_url: str) -> None:
