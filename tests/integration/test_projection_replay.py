@@ -15,13 +15,13 @@ import duckdb
 import pytest
 from nats.js import JetStreamContext
 
-from events.bus import DEAD_REASON, Publisher
+from events.bus import DEAD_REASON, DEAD_SEQ, Publisher
 from events.codec import decode
 from events.streams import ensure_streams
-from events.subjects import dlq_subject
+from events.subjects import dlq_subject, task_subject
 from events.tasks import PieceFinished
 from projections import PROJECTIONS, store
-from projections.projector import Projector
+from projections.projector import Projector, replay
 from projections.synthetic import Swarm, by_stream, events
 from services.natsconn import connect
 
@@ -162,6 +162,38 @@ async def test_an_event_no_projection_can_hold_is_dead_lettered_and_stepped_over
     dead = await js.get_last_msg("DF_DLQ", dlq_subject("DF_TASKS"))
     assert decode(dead.data) == poison
     assert "cannot be projected: ConversionException" in dead.headers[DEAD_REASON]
+
+
+async def test_an_undecodable_message_is_dead_lettered_and_the_watermarks_step_over_it(
+        js: JetStreamContext, tmp_path: Path) -> None:
+    swarm = Swarm(cluster="c6", tasks=1, peers_per_task=2, pieces=3)
+    log = list(events(swarm))
+    await Publisher(js).publish_many(log)
+    task = next(e.task_id for e in log if isinstance(e, PieceFinished))
+    # Last in its stream, so no later batch carries the watermarks past it.
+    garbled = await js.publish(task_subject("c6", task, "c6-host0-t0", "piece.finished"),
+                               b"not json")
+    con = store.connect(tmp_path / "live.duckdb")
+    try:
+        async with running(js, con):
+            await caught_up(js, con)
+        assert rows(con) == expected(tmp_path, swarm)
+        assert store.start_seq(con, "DF_TASKS") == garbled.seq + 1
+    finally:
+        con.close()
+    dead = await js.get_last_msg("DF_DLQ", dlq_subject("DF_TASKS"))
+    assert dead.headers[DEAD_SEQ] == str(garbled.seq)
+    assert dead.headers[DEAD_REASON].startswith("undecodable:")
+
+    # A replay stops once caught up, although the last message never reached a handler.
+    con = store.connect(tmp_path / "replayed.duckdb")
+    try:
+        with anyio.fail_after(30):
+            await replay(js, con)
+        assert rows(con) == expected(tmp_path / "again", swarm)
+        assert store.start_seq(con, "DF_TASKS") == garbled.seq + 1
+    finally:
+        con.close()
 
 
 async def test_a_rebuild_while_events_keep_arriving_loses_nothing(
