@@ -61,6 +61,17 @@ class _HttpStream:
         self._conn.close()
 
 
+# Not sent on to another origin after a redirect (as curl and requests do): a presigned
+# object-store URL rejects a second credential, and the other host has no business with it.
+CREDENTIAL_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or {
+        "http": 80, "https": 443}.get(parts.scheme)
+
+
 class HttpSource:
     """http:// and https:// with request headers, Range and redirects."""
 
@@ -76,7 +87,11 @@ class HttpSource:
             conn, resp = self._get(url, request_headers)
             if resp.status in (301, 302, 303, 307, 308) and resp.getheader("Location"):
                 conn.close()
-                url = urljoin(url, resp.getheader("Location", ""))
+                target = urljoin(url, resp.getheader("Location", ""))
+                if _origin(target) != _origin(url):  # e.g. a registry's blob sent to S3
+                    request_headers = {k: v for k, v in request_headers.items()
+                                       if k.lower() not in CREDENTIAL_HEADERS}
+                url = target
                 continue
             return self._stream(conn, resp, url)
         raise SourceError(f"more than {MAX_REDIRECTS} redirects from {url}", transient=False)

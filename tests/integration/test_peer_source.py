@@ -7,8 +7,10 @@ import hashlib
 import os
 import secrets
 import ssl
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from services.peer.daemon import DaemonConfig
 from services.peer.downloader import Settings
 from services.peer.get import ApiClient
 from services.peer.request import DownloadRequest
+from services.peer.sources import HttpSource
 from services.peer.swarm import Origin, OriginFaults, daemon_in_process, read_events
 
 pytestmark = pytest.mark.anyio
@@ -305,3 +308,47 @@ async def test_https_origin_with_a_trusted_certificate(
                                   "self-signed certificate")
     assert trusted["state"] == "succeeded"
     assert (tmp_path / "out.bin").read_bytes() == body
+
+
+def test_a_redirect_to_another_origin_drops_the_credentials() -> None:
+    """A registry sends blob GETs to object storage with a presigned URL: the client's
+    Authorization and cookies must not follow it there (S3 refuses a second credential);
+    on the same origin they do."""
+    seen: dict[str, dict[str, str]] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen[f"{self.server.server_address[1]}{self.path}"] = dict(self.headers)
+            if self.path.startswith("/hop"):
+                self.send_response(302)
+                self.send_header("Location", self.path.removeprefix("/hop"))
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Handler) for _ in range(2)]
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    for t in threads:
+        t.start()
+    registry, storage = (s.server_address[1] for s in servers)
+    headers = {"Authorization": "Bearer registry-token", "Cookie": "s=1", "X-Trace": "t"}
+    try:
+        for path in ("/hop/blob", f"/hophttp://127.0.0.1:{storage}/blob?sig=presigned"):
+            stream = HttpSource(timeout=10).open(f"http://127.0.0.1:{registry}{path}", headers)
+            buf = bytearray(2)
+            assert stream.readinto(memoryview(buf)) == 2 and bytes(buf) == b"ok"
+            stream.close()
+    finally:
+        for s, t in zip(servers, threads, strict=True):
+            s.shutdown()
+            s.server_close()
+            t.join()
+    same, moved = seen[f"{registry}/blob"], seen[f"{storage}/blob?sig=presigned"]
+    assert same["Authorization"] == "Bearer registry-token" and same["Cookie"] == "s=1"
+    assert "Authorization" not in moved and "Cookie" not in moved and moved["X-Trace"] == "t"
