@@ -1,6 +1,6 @@
 """OCI distribution client bits shared by the registry mirror and preheat: which upstream a
-request is for, blob URLs and task ids, registry-style errors, byte ranges and bearer-token
-auth. Everything but ``bearer_token`` is pure."""
+request is for, blob and manifest paths, blob URLs and task ids, registry-style errors, byte
+ranges and bearer-token auth. Everything but ``bearer_token`` is pure."""
 
 from __future__ import annotations
 
@@ -16,7 +16,11 @@ from services.peer.taskid import task_id
 
 REGISTRY_HEADER: Final = "X-Dragonfly-Registry"
 DOCKER_HUB: Final = "https://registry-1.docker.io"
-_BLOB_PATH: Final = re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<digest>sha256:[0-9a-f]{64})$")
+_SHA256: Final = r"sha256:[0-9a-f]{64}"
+_BLOB_PATH: Final = re.compile(rf"^/v2/(?P<name>.+)/blobs/(?P<digest>{_SHA256})$")
+_MANIFEST_PATH: Final = re.compile(r"^/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)$")
+_DIGEST: Final = re.compile(rf"^{_SHA256}$")
+_TAG: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 _CHALLENGE_PARAM: Final = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -30,6 +34,31 @@ def parse_blob_path(path: str) -> BlobRef | None:
     """``/v2/<name>/blobs/sha256:<hex>`` → its repository and digest; None for other paths."""
     match = _BLOB_PATH.match(path)
     return BlobRef(match["name"], match["digest"]) if match else None
+
+
+def is_sha256(value: str) -> bool:
+    """Whether ``value`` is a ``sha256:<hex>`` digest in the form registries write it."""
+    return _DIGEST.match(value) is not None
+
+
+@dataclass(frozen=True)
+class ManifestRef:
+    name: str
+    reference: str
+    """A sha256 digest or a tag."""
+
+    @property
+    def by_digest(self) -> bool:
+        return is_sha256(self.reference)
+
+
+def parse_manifest_path(path: str) -> ManifestRef | None:
+    """``/v2/<name>/manifests/<tag or sha256 digest>`` → its repository and reference; None
+    for other paths and for digests of other algorithms."""
+    match = _MANIFEST_PATH.match(path)
+    if match is None or not (is_sha256(match["reference"]) or _TAG.match(match["reference"])):
+        return None
+    return ManifestRef(match["name"], match["reference"])
 
 
 def registry_url(value: str) -> str:

@@ -3,7 +3,10 @@
 As a registry mirror (``/v2/…``), blob GETs go through the swarm — one task per digest, so
 the same blob from two registries is stored once — and everything else (``/v2/``,
 manifests, HEADs) goes to the upstream registry chosen by the ``X-Dragonfly-Registry``
-header, then containerd's ``ns`` query parameter, then the configured default. As a
+header, then containerd's ``ns`` query parameter, then the configured default. Manifests
+are kept (``manifests.py``): one asked for by digest is answered from the cache when it
+holds it; one asked for by tag, and the ``/v2/`` ping, are answered from it (marked
+``X-Damselfly-Stale: 1``) only when the upstream cannot be reached or answers 5xx. As a
 forward proxy (absolute request URLs, ``HTTP_PROXY``), a GET whose URL matches a ``swarm``
 rule goes through the swarm, and so does a registry blob unless a ``direct`` rule matches;
 everything else goes straight to the origin. CONNECT is passed through as a tunnel, or,
@@ -16,7 +19,7 @@ from __future__ import annotations
 import logging
 import re
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,18 +28,23 @@ from typing import TYPE_CHECKING, Final
 import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from multidict import CIMultiDict
+from anyio import to_thread
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from services.peer.manifests import MAX_MANIFEST, CachedManifest, ManifestCache
 from services.peer.oci import (
     DOCKER_HUB,
     ERROR_CODES,
     REGISTRY_HEADER,
     BlobRef,
+    ManifestRef,
     blob_task_id,
     blob_url,
     choose_upstream,
+    is_sha256,
     parse_blob_path,
+    parse_manifest_path,
     registry_error,
     registry_url,
 )
@@ -57,6 +65,8 @@ CREDENTIALS: Final = ("Authorization", "Cookie")
 # A client's Authorization is for the origin: a seed peer fetching on its behalf would not
 # have it, so such a download goes back to source itself (Dragonfly's priority 3).
 PRIORITY_WITH_CREDENTIALS: Final = 3
+STALE_HEADER: Final = "X-Damselfly-Stale"
+"""On an answer the mirror gave from its cache because the upstream could not."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +144,8 @@ def proxy_app(downloads: Downloads, config: ProxyConfig) -> web.Application:
         connector = aiohttp.TCPConnector(ssl=ssl.create_default_context())
         async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False,
                                          connector=connector) as s:
-            app[_proxy_key] = Proxy(downloads, config, s)
+            manifests = ManifestCache(downloads.ctx.storage.root / "manifests")
+            app[_proxy_key] = Proxy(downloads, config, s, manifests)
             yield
 
     async def route(request: web.Request) -> web.StreamResponse:
@@ -155,11 +166,13 @@ def proxy_app(downloads: Downloads, config: ProxyConfig) -> web.Application:
 
 @dataclass(frozen=True)
 class Proxy:
-    """What every request needs: the daemon's downloads, the settings, one HTTP session."""
+    """What every request needs: the daemon's downloads, the settings, one HTTP session,
+    the manifest cache."""
 
     downloads: Downloads
     config: ProxyConfig
     session: aiohttp.ClientSession
+    manifests: ManifestCache
 
     async def connect(self, request: web.Request) -> web.StreamResponse:
         """Intercept with the configured CA, else tunnel; a target that cannot be reached
@@ -195,7 +208,67 @@ class Proxy:
             return await self._blob(request, upstream, blob)
         target = URL(upstream + request.rel_url.without_query_params("ns").raw_path_qs,
                      encoded=True)
+        if request.method not in ("GET", "HEAD"):
+            return await self._forward(request, target)
+        manifest = parse_manifest_path(request.path)
+        if manifest is not None:
+            return await self._manifest(request, upstream, manifest, target)
+        if request.path == "/v2/":
+            return await self._forward(request, target, stale=partial(self._ping, upstream))
         return await self._forward(request, target)
+
+    async def _manifest(self, request: web.BaseRequest, upstream: str, ref: ManifestRef,
+                        target: URL) -> web.StreamResponse:
+        """By digest from the cache when it holds it, else from the upstream and kept; by
+        tag from the upstream (tags move), from the cache only when the upstream cannot
+        answer."""
+        keep = partial(self._keep, upstream, ref)
+        if ref.by_digest:
+            cached = await to_thread.run_sync(self.manifests.get, ref.reference)
+            if cached is not None:
+                return _cached(cached)
+            return await self._forward(request, target, keep=keep)
+        return await self._forward(request, target, keep=keep,
+                                   stale=partial(self._stale_tag, upstream, ref))
+
+    async def _keep(self, upstream: str, ref: ManifestRef, headers: CIMultiDictProxy[str],
+                    body: bytes | None) -> None:
+        """Keep a manifest the upstream sent (``body`` None: a HEAD, or too large), and
+        which digest a tag points at; a cache that cannot write never fails the answer."""
+        announced = headers.get("Docker-Content-Digest", "")
+        try:
+            if body is None:
+                digest = announced if is_sha256(announced) else ""
+            else:
+                expected = ref.reference if ref.by_digest else announced
+                digest = await to_thread.run_sync(self.manifests.put, body,
+                                                  headers.get("Content-Type", ""), expected)
+                if not digest:
+                    log.warning("manifest %s:%s not cached: its body is not %s", ref.name,
+                                ref.reference, expected)
+            if digest and not ref.by_digest:
+                await to_thread.run_sync(self.manifests.set_tag, upstream, ref.name,
+                                         ref.reference, digest)
+        except OSError as exc:
+            log.warning("manifest %s:%s not cached: %s", ref.name, ref.reference, exc)
+
+    async def _stale_tag(self, upstream: str, ref: ManifestRef, reason: str
+                         ) -> web.StreamResponse | None:
+        cached = await to_thread.run_sync(self.manifests.tagged, upstream, ref.name,
+                                          ref.reference)
+        if cached is None:
+            return None
+        log.warning("%s:%s served from the cache as %s: %s", ref.name, ref.reference,
+                    cached.digest, reason)
+        return _cached(cached, {STALE_HEADER: "1"})
+
+    async def _ping(self, upstream: str, reason: str) -> web.StreamResponse | None:
+        """The mirror speaks for an upstream it holds manifests of, so clients go on to ask
+        for them."""
+        if not await to_thread.run_sync(self.manifests.knows, upstream):
+            return None
+        log.warning("/v2/ of %s answered by the mirror: %s", upstream, reason)
+        return web.json_response({}, headers={STALE_HEADER: "1"})
 
     async def _absolute(self, request: web.BaseRequest, url: str) -> web.StreamResponse:
         """A forward-proxy request for ``url``: rules first, then registry blobs."""
@@ -250,26 +323,55 @@ class Proxy:
                           {"WWW-Authenticate": challenge} if challenge else None)
         return _error(502, "UNAVAILABLE", f"the swarm could not fetch it: {reason}")
 
-    async def _forward(self, request: web.BaseRequest, target: URL) -> web.StreamResponse:
+    async def _forward(self, request: web.BaseRequest, target: URL, *,
+                       keep: Keep | None = None, stale: Stale | None = None
+                       ) -> web.StreamResponse:
         """Pass the request to ``target`` and stream the answer back unchanged (no
-        redirects followed, no decompression); an unreachable upstream is a 503."""
+        redirects followed, no decompression); an unreachable upstream is a 503. When the
+        upstream cannot be reached or answers 5xx, ``stale`` may answer instead; a 200 is
+        handed to ``keep`` after the client has it, with the body of a GET up to
+        ``MAX_MANIFEST`` bytes."""
         try:
             answer = await self.session.request(
                 request.method, target, headers=_end_to_end(request.headers),
                 data=request.content if request.body_exists else None, allow_redirects=False)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return _error(503, "UNAVAILABLE", f"upstream {target.host}:{target.port} "
-                                              f"unreachable: {exc.__class__.__name__}")
+            reason = f"upstream {target.host}:{target.port} unreachable: " \
+                     f"{exc.__class__.__name__}"
+            served = await stale(reason) if stale is not None else None
+            return served or _error(503, "UNAVAILABLE", reason)
         try:
+            if stale is not None and answer.status >= 500:
+                served = await stale(f"upstream {target.host}:{target.port} answered "
+                                     f"{answer.status}")
+                if served is not None:
+                    return served
             response = web.StreamResponse(status=answer.status, reason=answer.reason,
                                           headers=_end_to_end(answer.headers))
             await response.prepare(request)
+            body = bytearray()
             async for chunk in answer.content.iter_chunked(1 << 16):
                 await response.write(chunk)
+                if keep is not None and len(body) <= MAX_MANIFEST:
+                    body += chunk
             await response.write_eof()
+            if keep is not None and answer.status == 200:
+                whole = request.method == "GET" and len(body) <= MAX_MANIFEST
+                await keep(answer.headers, bytes(body) if whole else None)
             return response
         finally:
             answer.release()
+
+
+Keep = Callable[[CIMultiDictProxy[str], bytes | None], Awaitable[None]]
+Stale = Callable[[str], Awaitable[web.StreamResponse | None]]
+
+
+def _cached(manifest: CachedManifest, headers: dict[str, str] | None = None) -> web.Response:
+    """A manifest from the cache, as a registry answers it (HEAD: the headers alone)."""
+    return web.Response(body=manifest.body, headers={
+        "Docker-Content-Digest": manifest.digest, "Content-Type": manifest.content_type,
+        **(headers or {})})
 
 
 _proxy_key: Final = web.AppKey("proxy", Proxy)
