@@ -20,7 +20,8 @@ JOBS = Table(
     "jobs",
     key=(Column("job_id", "VARCHAR"),),
     columns=(
-        Column("kind", "VARCHAR"), Column("url", "VARCHAR"), Column("task_id", "VARCHAR"),
+        Column("kind", "VARCHAR"), Column("url", "VARCHAR"), Column("urls", "VARCHAR[]"),
+        Column("task_id", "VARCHAR"),
         Column("preheat_type", "VARCHAR"), Column("scope", "VARCHAR"),
         Column("clusters", "VARCHAR[]"), Column("state", "VARCHAR"),
         Column("reason", "VARCHAR"), Column("task_ids", "VARCHAR[]"),
@@ -44,7 +45,8 @@ def fold(events: Sequence[AnyEvent]) -> list[Patches]:
     for e in events:
         match e:
             case PreheatRequested():
-                jobs.put((e.job_id,), kind="preheat", url=e.url, preheat_type=e.kind,
+                jobs.put((e.job_id,), kind="preheat", url=e.url, urls=[e.url, *e.urls],
+                         preheat_type=e.kind,
                          scope=e.scope, clusters=e.scheduler_cluster_ids, state="pending",
                          requested_at=e.at, updated_at=e.at)
             case DeleteTaskRequested() | GetTaskRequested():

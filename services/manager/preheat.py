@@ -1,29 +1,23 @@
 """``damselfly preheat URL [URL …]``: ask the manager to fetch files or images into the
 swarm before anyone needs them, as one job, and follow the job to its end.
 
-Authenticates with a personal access token (``--token`` or ``DAMSELFLY_TOKEN``), else signs
-in as ``--user`` with the password in ``DAMSELFLY_PASSWORD`` (asked for on a terminal).
-Registry or origin passwords come from ``DAMSELFLY_SOURCE_PASSWORD``, never from the
-command line, where other users could read them. Exits 1 with the job's reason when it fails.
+Authenticates as ``client.token_for`` says: a token (``--token`` or ``DAMSELFLY_TOKEN``),
+``--user`` with ``DAMSELFLY_PASSWORD``, or root of a ``damselfly up`` data dir. Registry
+or origin passwords come from ``DAMSELFLY_SOURCE_PASSWORD``, never from the command line,
+where other users could read them. Exits 1 with the job's reason when it fails.
 """
 
 from __future__ import annotations
 
 import argparse
-import getpass
-import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
 
+from services.manager.client import ManagerError, add_login_args, call, token_for
 from services.manager.sources import manager_url
 
-TOKEN_ENV = "DAMSELFLY_TOKEN"
-PASSWORD_ENV = "DAMSELFLY_PASSWORD"
 SOURCE_PASSWORD_ENV = "DAMSELFLY_SOURCE_PASSWORD"
 SCOPES = ("single_seed_peer", "all_seed_peers", "all_peers")
 
@@ -50,36 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--manager", help="manager URL (default: the one in DIR/cluster.json)")
     p.add_argument("--data-dir", type=Path, default=Path(".data"),
                    help="cluster dir of `damselfly up` (default .data)")
-    p.add_argument("--token", default=os.environ.get(TOKEN_ENV, ""),
-                   help=f"personal access token (default ${TOKEN_ENV})")
-    p.add_argument("--user", default="", help=f"sign in as this user (password in "
-                                               f"${PASSWORD_ENV})")
+    add_login_args(p)
     p.add_argument("--no-wait", action="store_true", help="print the job id and return")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait (default 1800)")
     p.set_defaults(run=_run)
-
-
-class ManagerError(ValueError):
-    """The manager refused a request; ``status`` is its HTTP status."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(f"manager said {status}: {detail}")
-        self.status = status
-
-
-def _call(base: str, method: str, path: str, body: object = None, token: str = "") -> Any:
-    """Raises ``ManagerError`` with the manager's one-line reason, ``OSError`` if unreachable."""
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(base + path, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        detail = json.loads(exc.read() or b"{}").get("detail", exc.reason)
-        raise ManagerError(exc.code, str(detail)) from None
 
 
 def job_body(args: argparse.Namespace) -> dict[str, object]:
@@ -105,26 +73,13 @@ def job_body(args: argparse.Namespace) -> dict[str, object]:
     return {"type": "preheat", "args": preheat, "scheduler_cluster_ids": args.clusters}
 
 
-def _token(base: str, args: argparse.Namespace) -> str:
-    if args.token:
-        return str(args.token)
-    if not args.user:
-        raise ValueError(f"give --token (or set {TOKEN_ENV}), or --user with {PASSWORD_ENV}")
-    password = os.environ.get(PASSWORD_ENV) or (
-        getpass.getpass(f"password of {args.user}: ") if sys.stdin.isatty() else "")
-    if not password:
-        raise ValueError(f"no password for {args.user}: set {PASSWORD_ENV}")
-    reply = _call(base, "POST", "/api/v1/users/signin", {"name": args.user, "password": password})
-    return str(reply["token"])
-
-
 def _run(args: argparse.Namespace) -> int:
     base = (args.manager or manager_url(args.data_dir) or "").rstrip("/")
     if not base:
         raise ValueError(f"no manager: give --manager URL, or run `damselfly up` in "
                          f"{args.data_dir}")
-    token = _token(base, args)
-    job = _call(base, "POST", "/oapi/v1/jobs", job_body(args), token)
+    token = token_for(base, args, args.data_dir)
+    job = call(base, "POST", "/oapi/v1/jobs", job_body(args), token)
     print(f"job {job['id']}: preheat {' '.join(args.urls)}", file=sys.stderr)
     if args.no_wait:
         print(job["id"])
@@ -133,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
     state = "pending"
     while True:
         try:
-            status = _call(base, "GET", f"/oapi/v1/jobs/{job['id']}", token=token)
+            status = call(base, "GET", f"/oapi/v1/jobs/{job['id']}", token=token)
             state = status["job"]["state"]
         except ManagerError as exc:
             if exc.status != 404:  # 404: the manager's projections have not caught up yet

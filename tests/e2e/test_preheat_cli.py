@@ -18,7 +18,6 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 DAMSELFLY = [sys.executable, "-m", "services.cli"]
-ROOT_PASSWORD = "e2e-root-password"
 
 
 @contextmanager
@@ -51,7 +50,7 @@ def origin(root: Path) -> Iterator[tuple[str, list[int]]]:
 
 @contextmanager
 def cluster(data: Path) -> Iterator[dict[str, object]]:
-    env = {**os.environ, "DAMSELFLY_ROOT_PASSWORD": ROOT_PASSWORD}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAMSELFLY_")}
     proc = subprocess.Popen([*DAMSELFLY, "up", "--data-dir", str(data), "--peers", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
@@ -103,16 +102,16 @@ def test_preheat_to_every_peer_then_get_and_delete(tmp_path: Path) -> None:
         assert isinstance(services, dict)
         manager = str(services["manager"]["url"])
         url = f"{base}/dataset.bin"
+        root_password = (data / "root.password").read_text()  # made by `up`
         token = _until(lambda: _call(manager, "POST", "/api/v1/users/signin",
-                                     {"name": "root", "password": ROOT_PASSWORD})["token"])
+                                     {"name": "root", "password": root_password})["token"])
         # Every daemon must be announced before a job for all of them is asked for.
         _until(lambda: len(_call(manager, "GET", "/api/v1/hosts", token=token)) >= 2)
 
+        # no login given: the CLI signs in as root with the password `up` keeps
         preheat = subprocess.run(
             [*DAMSELFLY, "preheat", url, "--scope", "all_peers", "--data-dir", str(data),
-             "--user", "root", "--timeout", "120"],
-            env={**os.environ, "DAMSELFLY_PASSWORD": ROOT_PASSWORD}, capture_output=True,
-            text=True, timeout=180, check=False)
+             "--timeout", "120"], capture_output=True, text=True, timeout=180, check=False)
         assert preheat.returncode == 0, preheat.stderr
         lines = [line.split("\t") for line in preheat.stdout.splitlines()]
         assert len(lines) == 2 and all(state == "succeeded" for _, _, state, _ in lines)

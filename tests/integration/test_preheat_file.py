@@ -120,7 +120,7 @@ async def test_preheat_a_file_through_the_api_and_from_outside(
             "password": LOGIN[1]}}, root)
         assert status == 201 and created["urls"] == urls, created
         done = await eventually(lambda: job_outcome(m, root, created["id"]), timeout=60)
-        assert done["job"]["state"] == "succeeded", done
+        assert done["job"]["state"] == "succeeded" and done["job"]["urls"] == urls, done
         tasks = {task_id(url): name for url, name in zip(urls, parts, strict=True)}
         assert {(h["host_id"], h["task_id"], h["state"]) for h in done["hosts"]} == {
             (host, t, "succeeded") for host in ("seed-1", "seed-2") for t in tasks}

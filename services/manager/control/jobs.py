@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from events.base import Event
@@ -158,31 +158,3 @@ async def create_job(request: Request, who: Caller, body: JobCreate) -> dict[str
              "token")
 async def create_job_open(request: Request, who: Caller, body: JobCreate) -> dict[str, object]:
     return await _create(request, who, body)
-
-
-JOBS_SQL = ("SELECT j.*, coalesce(t.tenant, '') AS application FROM jobs j "
-            "LEFT JOIN admin_job_tenants t USING (job_id)")
-
-
-@router.get("/oapi/v1/jobs", summary="Jobs you may see, newest first, with filters")
-async def list_jobs(request: Request, who: Caller, state: str = "", type: str = "",
-                    application: str = "", limit: Annotated[int, Query(ge=1, le=1000)] = 200
-                    ) -> list[dict[str, object]]:
-    allow(who, scope="job")
-    tenant = _tenant(who, application)
-    return await reader_of(request).records(
-        f"SELECT * FROM ({JOBS_SQL}) WHERE (? = '' OR state = ?) AND (? = '' OR kind = ?) "
-        "AND (? = '' OR application = ?) ORDER BY requested_at DESC NULLS LAST, job_id LIMIT ?",
-        [state, state, type, type, tenant, tenant, limit])
-
-
-@router.get("/oapi/v1/jobs/{job_id}", summary="A job's state and its outcome on each host")
-async def get_job(request: Request, who: Caller, job_id: str) -> dict[str, object]:
-    allow(who, scope="job")
-    reader = reader_of(request)
-    found = await reader.records(f"SELECT * FROM ({JOBS_SQL}) WHERE job_id = ?", [job_id])
-    if not found or not who.sees(str(found[0]["application"])):
-        raise HTTPException(404, f"no job {job_id}")
-    hosts = await reader.records("SELECT * FROM job_hosts WHERE job_id = ? "
-                                 "ORDER BY host_id, task_id", [job_id])
-    return {"job": found[0], "hosts": hosts}
