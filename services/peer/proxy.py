@@ -329,8 +329,8 @@ class Proxy:
         """Pass the request to ``target`` and stream the answer back unchanged (no
         redirects followed, no decompression); an unreachable upstream is a 503. When the
         upstream cannot be reached or answers 5xx, ``stale`` may answer instead; a 200 is
-        handed to ``keep`` after the client has it, with the body of a GET up to
-        ``MAX_MANIFEST`` bytes."""
+        handed to ``keep`` before the client has it (so what a client got is kept), with
+        the body of a GET up to ``MAX_MANIFEST`` bytes."""
         try:
             answer = await self.session.request(
                 request.method, target, headers=_end_to_end(request.headers),
@@ -346,18 +346,21 @@ class Proxy:
                                      f"{answer.status}")
                 if served is not None:
                     return served
+            head = bytearray()
+            if keep is not None:
+                while len(head) <= MAX_MANIFEST and (
+                        chunk := await answer.content.read(MAX_MANIFEST + 1 - len(head))):
+                    head += chunk
+                if answer.status == 200:
+                    whole = request.method == "GET" and len(head) <= MAX_MANIFEST
+                    await keep(answer.headers, bytes(head) if whole else None)
             response = web.StreamResponse(status=answer.status, reason=answer.reason,
                                           headers=_end_to_end(answer.headers))
             await response.prepare(request)
-            body = bytearray()
+            await response.write(head)
             async for chunk in answer.content.iter_chunked(1 << 16):
                 await response.write(chunk)
-                if keep is not None and len(body) <= MAX_MANIFEST:
-                    body += chunk
             await response.write_eof()
-            if keep is not None and answer.status == 200:
-                whole = request.method == "GET" and len(body) <= MAX_MANIFEST
-                await keep(answer.headers, bytes(body) if whole else None)
             return response
         finally:
             answer.release()

@@ -1,13 +1,16 @@
 """The issue's "done when": a real registry (Debian's ``docker-registry``) holding a
 multi-layer image, and ``skopeo`` on three peers pulling it at once through their daemons'
 mirrors (configured the way a user does, in ``registries.conf``): the images are
-byte-identical and the registry serves each blob about once."""
+byte-identical and the registry serves each blob about once. And once pulled, the image
+comes through the mirror with the registry stopped, but never a tampered manifest."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import subprocess
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -31,6 +34,13 @@ def registries_conf(path: Path, registry_host: str, proxy_url: str) -> Path:
         f'location = "{proxy_url.removeprefix("http://")}"\n'
         "insecure = true\n")
     return path
+
+
+def skopeo_copy(conf: Path, ref: str, dest: Path) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["skopeo", "--registries-conf", str(conf), "copy", "--quiet",
+                           f"docker://{ref}", f"dir:{dest}"],
+                          check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          timeout=120)
 
 
 def test_three_peers_pull_one_image_through_their_mirrors_while_the_registry_serves_it_once(
@@ -64,3 +74,40 @@ def test_three_peers_pull_one_image_through_their_mirrors_while_the_registry_ser
         assert 0 < served[digest] / len(data) <= 1.1, (digest, served[digest], len(data))
     assert all(hashlib.sha256((tmp_path / "peer-1" / d.removeprefix("sha256:")).read_bytes())
                .hexdigest() == d.removeprefix("sha256:") for d in image.layers)
+
+
+def test_with_the_registry_stopped_a_pulled_image_still_comes_through_the_mirror(
+        tmp_path: Path, nats_url: str) -> None:
+    image = write_image(tmp_path / "layout", "v1", LAYER_SIZES)
+    with ExitStack() as registry_running:
+        registry = registry_running.enter_context(running_registry(tmp_path / "registry"))
+        ref = push(image, registry, "team/app")
+        with Swarm(nats_url, tmp_path / "swarm", 1, cluster=f"c{secrets.token_hex(4)}",
+                   daemon_args=("--proxy-port", "0", "--registry-mirror",
+                                registry.url)) as swarm:
+            peer = swarm.peer_services[0]
+            conf = registries_conf(tmp_path / "peer.conf", registry.host,
+                                   str(peer.endpoints["proxy_url"]))
+            first = skopeo_copy(conf, ref, tmp_path / "first")
+            registry_running.close()
+            second = skopeo_copy(conf, ref, tmp_path / "second")
+            # A manifest that would pull fine (its one layer is in the swarm) but is not
+            # the one its digest names.
+            cached = peer.data_dir / "manifests" / "sha256" / hashlib.sha256(
+                image.manifest).hexdigest()
+            content_type, _, body = cached.read_bytes().partition(b"\n")
+            manifest = json.loads(body)
+            manifest["layers"] = manifest["layers"][:1]
+            cached.write_bytes(content_type + b"\n" + json.dumps(manifest).encode())
+            tampered = skopeo_copy(conf, ref, tmp_path / "tampered")
+
+    assert first.returncode == 0, first.stdout
+    assert second.returncode == 0, second.stdout
+    files = sorted(p.name for p in (tmp_path / "first").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "second").iterdir())
+    for name in files:
+        assert (tmp_path / "first" / name).read_bytes() == \
+            (tmp_path / "second" / name).read_bytes(), name
+    assert (tmp_path / "second" / "manifest.json").read_bytes() == image.manifest
+    assert tampered.returncode != 0, tampered.stdout
+    assert not (tmp_path / "tampered" / "manifest.json").exists()

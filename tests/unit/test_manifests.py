@@ -19,10 +19,10 @@ def digest_of(body: bytes) -> str:
 
 def test_manifest_paths_are_a_repository_and_a_tag_or_sha256_digest() -> None:
     digest = digest_of(b"m")
-    assert parse_manifest_path(f"/v2/team/app/manifests/{digest}") == ManifestRef("team/app",
-                                                                                   digest)
-    assert parse_manifest_path(f"/v2/team/app/manifests/{digest}").by_digest  # type: ignore[union-attr]
-    assert not parse_manifest_path("/v2/app/manifests/v1.2_rc-3").by_digest  # type: ignore[union-attr]
+    by_digest = parse_manifest_path(f"/v2/team/app/manifests/{digest}")
+    by_tag = parse_manifest_path("/v2/app/manifests/v1.2_rc-3")
+    assert by_digest == ManifestRef("team/app", digest) and by_digest.by_digest
+    assert by_tag == ManifestRef("app", "v1.2_rc-3") and not by_tag.by_digest
     for other in ("/v2/app/manifests/sha512:" + "a" * 128, "/v2/app/manifests/.hidden",
                   "/v2/app/manifests/", "/v2/app/blobs/" + digest, "/v2/"):
         assert parse_manifest_path(other) is None, other
