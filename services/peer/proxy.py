@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 import re
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -66,6 +67,8 @@ CREDENTIALS: Final = ("Authorization", "Cookie")
 # have it, so such a download goes back to source itself (Dragonfly's priority 3).
 PRIORITY_WITH_CREDENTIALS: Final = 3
 STALE_HEADER: Final = "X-Damselfly-Stale"
+DOWN_FOR: Final = 30.0
+"""Seconds after an upstream failed to answer during which cached manifests answer first."""
 """On an answer the mirror gave from its cache because the upstream could not."""
 
 
@@ -173,6 +176,8 @@ class Proxy:
     config: ProxyConfig
     session: aiohttp.ClientSession
     manifests: ManifestCache
+    down: dict[str, float] = field(default_factory=dict)
+    """Upstreams (host:port) that could not be reached, until when cached answers go first."""
 
     async def connect(self, request: web.Request) -> web.StreamResponse:
         """Intercept with the configured CA, else tunnel; a target that cannot be reached
@@ -331,15 +336,22 @@ class Proxy:
         upstream cannot be reached or answers 5xx, ``stale`` may answer instead; a 200 is
         handed to ``keep`` before the client has it (so what a client got is kept), with
         the body of a GET up to ``MAX_MANIFEST`` bytes."""
+        upstream = f"{target.host}:{target.port}"
+        if stale is not None and self.down.get(upstream, 0.0) > time.monotonic():
+            # it failed moments ago: a hung upstream would cost every request its timeout
+            served = await stale(f"upstream {upstream} unreachable moments ago")
+            if served is not None:
+                return served
         try:
             answer = await self.session.request(
                 request.method, target, headers=_end_to_end(request.headers),
                 data=request.content if request.body_exists else None, allow_redirects=False)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            reason = f"upstream {target.host}:{target.port} unreachable: " \
-                     f"{exc.__class__.__name__}"
+            self.down[upstream] = time.monotonic() + DOWN_FOR
+            reason = f"upstream {upstream} unreachable: {exc.__class__.__name__}"
             served = await stale(reason) if stale is not None else None
             return served or _error(503, "UNAVAILABLE", reason)
+        self.down.pop(upstream, None)
         try:
             if stale is not None and answer.status >= 500:
                 served = await stale(f"upstream {target.host}:{target.port} answered "

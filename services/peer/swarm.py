@@ -31,13 +31,15 @@ from services.procs import spawn, stop, wait_ready
 class OriginFaults:
     """Misbehaviour on purpose: answer ``fail_status`` to the first ``fail_first`` requests
     (all of them when ``fail_always``), drop the connection once after ``reset_after`` bytes,
-    and serve at most ``rate`` bytes/s (0: unthrottled)."""
+    serve at most ``rate`` bytes/s (0: unthrottled), and, when ``hang``, take requests and
+    never answer (a stopped process: the kernel still accepts connections)."""
 
     fail_first: int = 0
     fail_always: bool = False
     fail_status: int = 503
     reset_after: int = 0
     rate: float = 0.0
+    hang: bool = False
 
 
 @dataclass
@@ -74,6 +76,8 @@ class Origin:
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(request.headers.get("Range", ""))
         self.headers.append(dict(request.headers))
+        while self.faults.hang and request.transport and not request.transport.is_closing():
+            await asyncio.sleep(0.05)  # until the client gives up (or the fault is lifted)
         if self.faults.fail_always or len(self.requests) <= self.faults.fail_first:
             return web.Response(status=self.faults.fail_status, text="injected failure\n")
         path = (self.root / request.match_info["name"]).resolve()

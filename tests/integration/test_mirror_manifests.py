@@ -101,3 +101,31 @@ async def test_a_tampered_cached_manifest_is_never_served(
     for answer in (down_by_digest, down_by_tag):
         assert answer[0] == 503 and SECOND not in answer[1]
     assert not cached.exists()
+
+
+async def test_a_hung_upstream_costs_one_timeout_not_one_per_request(
+        tmp_path: Path, nats_url: str) -> None:
+    """A registry that takes connections and never answers (a stopped process): the first
+    request waits out the mirror's timeout, the ones after it get the cached manifest without
+    asking; once the upstream has answered again, tags are asked of it first again."""
+    manifests = tmp_path / "www" / "v2" / NAME / "manifests"
+    async with mirror(tmp_path, nats_url) as m, aiohttp.ClientSession() as http:
+        manifests.mkdir(parents=True)
+        (manifests / "v1").write_bytes(FIRST)
+        tag = f"{m.url}/v2/{NAME}/manifests/v1"
+        assert (await fetch(http, tag))[:2] == (200, FIRST)
+        m.origin.faults.hang = True
+        timed_out = await fetch(http, tag)  # waits out the 5 s timeout, then the cache
+        asked = len(m.origin.requests)
+        later = [await fetch(http, tag), await fetch(http, f"{m.url}/v2/")]
+        not_asked = len(m.origin.requests) == asked
+        m.origin.faults.hang = False
+        (manifests / "v1").write_bytes(SECOND)
+        (manifests / digest_of(SECOND)).write_bytes(SECOND)
+        # a manifest the cache lacks is always asked for; its answer shows the upstream is back
+        assert (await fetch(http, f"{m.url}/v2/{NAME}/manifests/{digest_of(SECOND)}"))[0] == 200
+        back = await fetch(http, tag)
+
+    assert timed_out[:2] == (200, FIRST) and timed_out[2][STALE_HEADER] == "1"
+    assert all(r[0] == 200 and r[2][STALE_HEADER] == "1" for r in later) and not_asked
+    assert back[:2] == (200, SECOND) and STALE_HEADER not in back[2]
