@@ -285,6 +285,7 @@ def _on_piece_finished(state: State, e: PieceFinished, out: list[Event], trace: 
     if peer.finished == 1 and peer.state not in (FAILED, LEFT):
         task.holders.append(peer.peer_id)
         _wake_waiting(state, task, e, out, trace)
+        _top_up(state, task, e, out, trace)
 
 
 def _on_piece_failed(state: State, e: PieceFailed, out: list[Event], trace: Trace) -> None:
@@ -312,6 +313,7 @@ def _on_succeeded(state: State, e: PeerSucceeded, out: list[Event], trace: Trace
     if peer.finished and peer.peer_id not in task.holders:
         task.holders.append(peer.peer_id)
     _wake_waiting(state, task, e, out, trace)
+    _top_up(state, task, e, out, trace)
 
 
 def _on_failed(state: State, e: PeerFailed, out: list[Event], trace: Trace) -> None:
@@ -415,11 +417,19 @@ def _can_serve(state: State, task: Task, child: Peer, cand: Peer) -> bool:
     if cand.host_id == child.host_id or cand.peer_id in child.blocklist:
         return False
     host = state.hosts.get(cand.host_id)
-    if host is None or host.uploads >= host.upload_limit and cand.peer_id not in child.parents:
+    if host is None or host.uploads >= children_limit(state, host) \
+            and cand.peer_id not in child.parents:
         return False
     if cand.state != SUCCEEDED and cand.finished <= child.finished and _has_all(cand, child):
         return False  # nothing to give yet beyond what the child holds
     return not _descends_from(task, cand, child.peer_id)
+
+
+def children_limit(state: State, host: Host) -> int:
+    """How many children a host serves at once: no more than a child has parents (nor than
+    the host announced). With every upload capped, a parent shared by more children than
+    that gives each less than its own upload, while newer holders' uploads sit idle."""
+    return min(host.upload_limit, state.config.candidate_parent_limit)
 
 
 def _has_all(cand: Peer, child: Peer) -> bool:
@@ -457,7 +467,8 @@ def _features(state: State, task: Task, cand: Peer, child_host: Host | None, chi
     gain = (_pad(cand_bits, cand, child) & ~_pad(child_bits, child, cand)).bit_count()
     total = max(task.piece_count, cand.finished, 1)
     tries = host.upload_ok + host.upload_failed
-    free = max(0, host.upload_limit - host.uploads) / host.upload_limit if host.upload_limit else 0.0
+    limit = children_limit(state, host)
+    free = max(0, limit - host.uploads) / limit if limit > 0 else 0.0
     idc = child_host is not None and bool(host.idc) and host.idc == child_host.idc
     return {
         "pieces": gain / total,
@@ -567,6 +578,23 @@ def _wake_waiting(state: State, task: Task, trigger: Event, out: list[Event],
     for peer in list(task.peers.values()):
         if peer.waiting and peer.state not in _DONE:
             _schedule(state, task, peer, trigger, out, trace)
+
+
+def _top_up(state: State, task: Task, trigger: Event, out: list[Event], trace: Trace) -> None:
+    """Give peers downloading from fewer parents than they may have the holders that can
+    now serve them too (after the waiting ones had their turn): as pieces spread, children
+    fetch from each other instead of only from the first holders they were given."""
+    if not task.shaped:
+        return
+    limit = state.config.candidate_parent_limit
+    for peer in list(task.peers.values()):
+        if peer.state in (PENDING, RUNNING) and 0 < len(peer.parents) < limit:
+            rows: Trace = [] if trace is not None else None
+            parents = choose_parents(state, task, peer, trigger.id, rows)
+            if len(parents) > len(peer.parents):
+                if trace is not None and rows:
+                    trace.extend(rows)  # explain only the decisions made
+                _assign(state, task, peer, parents, trigger, out)
 
 
 # --- bad parents, departures, bookkeeping ------------------------------------------------
