@@ -1,8 +1,8 @@
 """Back-to-source: where the bytes come from when no peer has them.
 
 A ``Source`` opens a byte range of a URL and returns a blocking stream (the downloader runs
-it in a worker thread, so plug-ins for s3://, hdfs:// or oci:// may use blocking SDKs).
-``Sources`` maps URL schemes to sources; later issues register more.
+it in a worker thread, so plug-ins for hdfs:// or oci:// may use blocking SDKs).
+``Sources`` maps URL schemes to sources: http(s), file and s3 (``s3.py``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import http.client
 import os
 import re
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final, Protocol
 from urllib.parse import unquote, urljoin, urlsplit
 
@@ -25,6 +25,14 @@ class SourceError(Exception):
     def __init__(self, message: str, *, transient: bool) -> None:
         super().__init__(message)
         self.transient = transient
+
+
+class OriginStatusError(SourceError):
+    """The origin answered with a status that carries no content, and this body."""
+
+    def __init__(self, message: str, *, status: int, body: bytes) -> None:
+        super().__init__(message, transient=status >= 500 or status == 429)
+        self.status, self.body = status, body
 
 
 class SourceStream(Protocol):
@@ -72,11 +80,18 @@ def _origin(url: str) -> tuple[str, str, int | None]:
         "http": 80, "https": 443}.get(parts.scheme)
 
 
-class HttpSource:
-    """http:// and https:// with request headers, Range and redirects."""
+PrepareHeaders = Callable[[str, dict[str, str]], dict[str, str]]
+"""A request's URL and headers → the headers to send (a signing source signs here)."""
+MAX_ERROR_BODY: Final = 64 << 10
 
-    def __init__(self, timeout: float = 30.0) -> None:
+
+class HttpSource:
+    """http:// and https:// with request headers, Range and redirects. ``prepare`` gives the
+    headers of each request, after Range and again after every redirect."""
+
+    def __init__(self, timeout: float = 30.0, prepare: PrepareHeaders | None = None) -> None:
         self.timeout = timeout
+        self._prepare = prepare
 
     def open(self, url: str, headers: Mapping[str, str], start: int = 0,
              end: int = -1) -> SourceStream:
@@ -84,7 +99,8 @@ class HttpSource:
         if start > 0 or end >= 0:
             request_headers["Range"] = f"bytes={start}-{end - 1 if end >= 0 else ''}"
         for _ in range(MAX_REDIRECTS + 1):
-            conn, resp = self._get(url, request_headers)
+            conn, resp = self._get(url, self._prepare(url, request_headers) if self._prepare
+                                   else request_headers)
             if resp.status in (301, 302, 303, 307, 308) and resp.getheader("Location"):
                 conn.close()
                 target = urljoin(url, resp.getheader("Location", ""))
@@ -130,10 +146,14 @@ class HttpSource:
         if resp.status == 200:
             length = resp.getheader("Content-Length")
             return _HttpStream(conn, resp, int(length) if length else -1, 0, url)
-        conn.close()
-        transient = resp.status >= 500 or resp.status == 429
-        raise SourceError(f"origin answered {resp.status} {resp.reason} for {url}",
-                          transient=transient)
+        try:
+            body = resp.read(MAX_ERROR_BODY)
+        except (OSError, http.client.HTTPException):
+            body = b""
+        finally:
+            conn.close()
+        raise OriginStatusError(f"origin answered {resp.status} {resp.reason} for {url}",
+                                status=resp.status, body=body)
 
 
 class _FileStream:
@@ -172,9 +192,14 @@ class Sources:
         self._by_scheme = dict(by_scheme)
 
     @classmethod
-    def default(cls, timeout: float = 30.0) -> Sources:
+    def default(cls, timeout: float = 30.0, environ: Mapping[str, str] = os.environ) -> Sources:
+        """http(s), file and s3 (configured from ``environ``: see ``s3.s3_config``). Raises
+        ``ValueError`` for an S3 configuration that cannot work."""
+        from services.peer.s3 import S3Source, s3_config  # s3 builds on HttpSource, here
+
         http_source = HttpSource(timeout)
-        return cls({"http": http_source, "https": http_source, "file": FileSource()})
+        return cls({"http": http_source, "https": http_source, "file": FileSource(),
+                    "s3": S3Source(s3_config(environ), timeout)})
 
     def register(self, scheme: str, source: Source) -> None:
         self._by_scheme[scheme] = source
