@@ -73,6 +73,8 @@ def s3_error(url: str, status: int, body: bytes) -> SourceError:
 
 
 class S3Source:
+    """``s3://`` objects, through an ``HttpSource`` that signs each request it sends."""
+
     def __init__(self, config: S3Config, timeout: float = 30.0) -> None:
         self.config = config
         self._http = HttpSource(timeout, prepare=self._sign)
