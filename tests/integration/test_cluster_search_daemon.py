@@ -95,6 +95,7 @@ async def test_auto_falls_back_to_default_when_no_manager_answers(
 
     if manager == "silent":
         await nc.subscribe(SUBJECT, cb=never_answer)
+        await nc.flush()  # the SUB reaches the server before the daemon asks
     try:
         async with daemon(nats_url, tmp_path / "d", "auto") as d:
             host_id = d.endpoints["host_id"]

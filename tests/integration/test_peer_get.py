@@ -123,6 +123,7 @@ async def test_get_starts_a_daemon_when_none_answers(tmp_path: Path, nats_url: s
             trigger_id=e.id, reason="scripted"))
 
     await nc.subscribe(f"df.task.{cluster}.*.*.*.registered", cb=order_source)
+    await nc.flush()  # the SUB reaches the server before the daemon registers
     home = tmp_path / "home"
     pid_file = home / "daemon" / "daemon.pid"
     try:

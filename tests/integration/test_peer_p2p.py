@@ -56,6 +56,9 @@ class ScriptedScheduler:
     async def start(self) -> None:
         for name in ("registered", "reschedule_requested"):
             await self.nc.subscribe(f"df.task.{self.cluster}.*.*.*.{name}", cb=self._on)
+        # nats-py only queues the SUB: without a flush a child's registration, published on
+        # its own connection, can reach the server first and is never seen.
+        await self.nc.flush()
 
     async def _on(self, msg: Msg) -> None:
         event = decode(msg.data)
@@ -238,6 +241,7 @@ async def test_a_parent_killed_mid_transfer_leaves_the_child_to_finish_from_othe
             doomed_peer = sources[0]["peer_id"]
 
             sub = await nc.subscribe(f"df.task.{cluster}.*.*.*.piece_finished")
+            await nc.flush()  # subscribed before the child's first piece, not after
 
             async def kill_after_first_piece_from_doomed() -> None:
                 async for msg in sub.messages:
