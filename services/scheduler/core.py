@@ -285,7 +285,7 @@ def _on_piece_finished(state: State, e: PieceFinished, out: list[Event], trace: 
     if peer.finished == 1 and peer.state not in (FAILED, LEFT):
         task.holders.append(peer.peer_id)
         _wake_waiting(state, task, e, out, trace)
-        _top_up(state, task, e, out, trace)
+        _top_up(state, task, [peer], e, out, trace)
 
 
 def _on_piece_failed(state: State, e: PieceFailed, out: list[Event], trace: Trace) -> None:
@@ -304,6 +304,7 @@ def _on_succeeded(state: State, e: PeerSucceeded, out: list[Event], trace: Trace
     peer = task.peers.get(e.peer_id) if task else None
     if task is None or peer is None or peer.state in (FAILED, LEFT):
         return
+    freed = [task.peers[p] for p in peer.parents if p in task.peers]
     _release_parents(state, task, peer)
     peer.state, peer.waiting = SUCCEEDED, False
     if task.piece_count and peer.finished < task.piece_count:
@@ -313,7 +314,7 @@ def _on_succeeded(state: State, e: PeerSucceeded, out: list[Event], trace: Trace
     if peer.finished and peer.peer_id not in task.holders:
         task.holders.append(peer.peer_id)
     _wake_waiting(state, task, e, out, trace)
-    _top_up(state, task, e, out, trace)
+    _top_up(state, task, [*freed, peer], e, out, trace)
 
 
 def _on_failed(state: State, e: PeerFailed, out: list[Event], trace: Trace) -> None:
@@ -352,8 +353,9 @@ def _on_reschedule(state: State, e: RescheduleRequested, out: list[Event], trace
 # --- the decision ------------------------------------------------------------------------
 
 def _schedule(state: State, task: Task, peer: Peer, trigger: Event, out: list[Event],
-              trace: Trace) -> None:
-    """Decide for one peer: parents, back-to-source, a seed trigger, waiting, or failure."""
+              trace: Trace, holders: list[str] | None = None) -> None:
+    """Decide for one peer: parents (among ``holders``, default the task's), back-to-source,
+    a seed trigger, waiting, or failure."""
     if peer.state in _DONE:
         return
     if peer.priority == 1:
@@ -361,7 +363,7 @@ def _schedule(state: State, task: Task, peer: Peer, trigger: Event, out: list[Ev
     if peer.retries > state.config.retry_limit:
         return _fail(state, task, peer, trigger, out,
                      f"retry limit {state.config.retry_limit} reached")
-    parents = choose_parents(state, task, peer, trigger.id, trace)
+    parents = choose_parents(state, task, peer, trigger.id, trace, holders)
     if parents:
         if task.shaped:
             _assign(state, task, peer, parents, trigger, out)
@@ -391,10 +393,12 @@ def _schedule(state: State, task: Task, peer: Peer, trigger: Event, out: list[Ev
 
 
 def choose_parents(state: State, task: Task, child: Peer, trigger_id: str,
-                   trace: Trace = None) -> list[Peer]:
-    """The best candidate parents for ``child``, best first (may be empty)."""
+                   trace: Trace = None, holders: list[str] | None = None) -> list[Peer]:
+    """The best candidate parents for ``child`` among ``holders`` (default: the task's),
+    best first (may be empty)."""
     config = state.config
-    pool = [task.peers[p] for p in task.holders if _can_serve(state, task, child, task.peers[p])]
+    pool = [task.peers[p] for p in (task.holders if holders is None else holders)
+            if _can_serve(state, task, child, task.peers[p])]
     if len(pool) > config.filter_parent_limit:
         pool = random.Random(f"{trigger_id}|{child.peer_id}").sample(
             pool, config.filter_parent_limit)
@@ -417,19 +421,11 @@ def _can_serve(state: State, task: Task, child: Peer, cand: Peer) -> bool:
     if cand.host_id == child.host_id or cand.peer_id in child.blocklist:
         return False
     host = state.hosts.get(cand.host_id)
-    if host is None or host.uploads >= children_limit(state, host) \
-            and cand.peer_id not in child.parents:
+    if host is None or host.uploads >= host.upload_limit and cand.peer_id not in child.parents:
         return False
     if cand.state != SUCCEEDED and cand.finished <= child.finished and _has_all(cand, child):
         return False  # nothing to give yet beyond what the child holds
     return not _descends_from(task, cand, child.peer_id)
-
-
-def children_limit(state: State, host: Host) -> int:
-    """How many children a host serves at once: no more than a child has parents (nor than
-    the host announced). With every upload capped, a parent shared by more children than
-    that gives each less than its own upload, while newer holders' uploads sit idle."""
-    return min(host.upload_limit, state.config.candidate_parent_limit)
 
 
 def _has_all(cand: Peer, child: Peer) -> bool:
@@ -467,8 +463,7 @@ def _features(state: State, task: Task, cand: Peer, child_host: Host | None, chi
     gain = (_pad(cand_bits, cand, child) & ~_pad(child_bits, child, cand)).bit_count()
     total = max(task.piece_count, cand.finished, 1)
     tries = host.upload_ok + host.upload_failed
-    limit = children_limit(state, host)
-    free = max(0, limit - host.uploads) / limit if limit > 0 else 0.0
+    free = max(0, host.upload_limit - host.uploads) / host.upload_limit if host.upload_limit else 0.0
     idc = child_host is not None and bool(host.idc) and host.idc == child_host.idc
     return {
         "pieces": gain / total,
@@ -575,26 +570,47 @@ def _trigger_seed(state: State, task: Task, seed: Host, trigger: Event,
 
 def _wake_waiting(state: State, task: Task, trigger: Event, out: list[Event],
                   trace: Trace) -> None:
+    # Only holders with a free slot can take a waiting peer (it has no parents yet): looking
+    # at just those keeps a wake cheap when hundreds wait for a few slots.
+    free = [p for p in task.holders if _has_slot(state, task.peers[p])]
     for peer in list(task.peers.values()):
         if peer.waiting and peer.state not in _DONE:
-            _schedule(state, task, peer, trigger, out, trace)
+            _schedule(state, task, peer, trigger, out, trace, free)
+            if peer.parents:
+                free = [p for p in free if _has_slot(state, task.peers[p])]
 
 
-def _top_up(state: State, task: Task, trigger: Event, out: list[Event], trace: Trace) -> None:
-    """Give peers downloading from fewer parents than they may have the holders that can
-    now serve them too (after the waiting ones had their turn): as pieces spread, children
-    fetch from each other instead of only from the first holders they were given."""
-    if not task.shaped:
-        return
+def _top_up(state: State, task: Task, offered: list[Peer], trigger: Event,
+            out: list[Event], trace: Trace) -> None:
+    """Offer holders with free upload slots — one that just got its first piece, or the
+    parents a finished child let go, and that child — to the peers downloading from fewer
+    parents than they may have, earliest registered first (after the waiting ones had their
+    turn): as pieces spread, children fetch from each other instead of only from the first
+    holders they were given. Only the offered holders are scored, and the walk ends when
+    their slots are taken, so one event costs a walk over the task's peers, not a parent
+    choice per peer (at 1,000 peers a task that was 1,000x slower)."""
     limit = state.config.candidate_parent_limit
-    for peer in list(task.peers.values()):
-        if peer.state in (PENDING, RUNNING) and 0 < len(peer.parents) < limit:
-            rows: Trace = [] if trace is not None else None
-            parents = choose_parents(state, task, peer, trigger.id, rows)
-            if len(parents) > len(peer.parents):
-                if trace is not None and rows:
-                    trace.extend(rows)  # explain only the decisions made
-                _assign(state, task, peer, parents, trigger, out)
+    offered = [c for c in offered if _has_slot(state, c)]
+    for peer in task.peers.values():
+        if not offered:
+            return
+        if peer.state not in (PENDING, RUNNING) or not 0 < len(peer.parents) < limit:
+            continue
+        rows: Trace = [] if trace is not None else None
+        extra = [c for c in choose_parents(state, task, peer, trigger.id, rows,
+                                           [c.peer_id for c in offered])
+                 if c.peer_id not in peer.parents]
+        if extra:
+            if trace is not None and rows:
+                trace.extend(rows)  # explain only the decisions made
+            current = [task.peers[p] for p in peer.parents]
+            _assign(state, task, peer, current + extra[:limit - len(current)], trigger, out)
+            offered = [c for c in offered if _has_slot(state, c)]
+
+
+def _has_slot(state: State, peer: Peer) -> bool:
+    host = state.hosts.get(peer.host_id)
+    return host is not None and host.uploads < host.upload_limit
 
 
 # --- bad parents, departures, bookkeeping ------------------------------------------------

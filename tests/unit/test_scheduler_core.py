@@ -354,20 +354,6 @@ def test_upload_capacity_limits_children_and_frees_on_success() -> None:
     assert d.peer_id == "p3"  # type: ignore[attr-defined]
 
 
-def test_a_host_serves_no_more_children_than_a_child_has_parents() -> None:
-    s = swarm_with_source()
-    s.host("h5")
-    s.config(candidate_parent_limit=2, back_to_source_limit=1)
-    for peer, host in (("p2", "h2"), ("p3", "h3")):
-        d = only(s.register(peer, host), ParentsAssigned)
-        assert [p.peer_id for p in d.parents] == ["p1"]  # type: ignore[attr-defined]
-    # h1 serves two children although it announced 50 uploads; p4 waits for a holder
-    queued(s.register("p4", "h4"), "the task is at its back-to-source limit")
-    out = s.piece("p2", 0, parent="p1")
-    assert {d.peer_id: [p.peer_id for p in d.parents]  # type: ignore[attr-defined]
-            for d in out} == {"p4": ["p2"], "p3": ["p1", "p2"]}
-
-
 def test_children_get_more_parents_as_pieces_spread() -> None:
     s = swarm_with_source()
     s.config(candidate_parent_limit=2)

@@ -63,7 +63,7 @@ def test_a_decision_the_core_would_not_make_is_reported() -> None:
 def test_other_weights_list_the_decisions_that_change() -> None:
     records = recorded_log()
     out = io.StringIO()
-    changed = print_changes(replay(records, C), replay(records, C, {"location": 5.0}), out)
+    changed = print_changes(replay(records, C), replay(records, C, {"idc": 0.0}), out)
     assert changed > 0
     assert out.getvalue().count("=>") == changed
     same = print_changes(replay(records, C), replay(records, C), io.StringIO())
