@@ -24,6 +24,7 @@ def main(names: list[str]) -> int:
     failed = []
     for module in chosen:
         print(f"== {module}", flush=True)
+        sys.argv = [module]  # the benchmark parses its own (empty) command line
         try:
             runpy.run_module(f"bench.{module}", run_name="__main__")
         except RuntimeError as exc:  # a failure the benchmark explained in one line
