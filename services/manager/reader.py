@@ -18,9 +18,14 @@ RELATIONS = ("SELECT table_name, list(column_name) FROM information_schema.colum
 
 class Reader:
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        """``con``: a projection database whose schema is in place (``store.connect``)."""
         # A connection of its own, so cursors are never made on the one the writer is using.
         self._con = con.cursor()
         self._lock = threading.Lock()
+        # Every table and view with its columns, read once: the projections' code fixes them,
+        # and a rebuild recreates the same ones (read mid-rebuild, one could be missing and
+        # so not shadowed for tenants).
+        self._relations = {name: set(cols) for name, cols in self._con.execute(RELATIONS).fetchall()}
 
     def _run(self, sql: str, params: list[object] | None, max_rows: int | None, tenant: str
              ) -> store.Result:
@@ -28,8 +33,7 @@ class Reader:
             cursor = self._con.cursor()
         try:
             if tenant:
-                relations = {name: set(cols) for name, cols in cursor.execute(RELATIONS).fetchall()}
-                sql, params = tenancy.scoped(sql, params, relations, tenant)
+                sql, params = tenancy.scoped(sql, params, self._relations, tenant)
             return store.query(cursor, sql, params, max_rows)
         finally:
             cursor.close()
