@@ -16,8 +16,7 @@ from pydantic import BaseModel, Field
 
 import dashboards
 from projections import store
-from services.manager.control.auth import Caller, Principal, allow, record
-from services.manager.reader import Reader
+from services.manager.control.auth import Caller, Principal, allow, reader_of, record
 from services.manager.schedulers import live_schedulers
 
 log = logging.getLogger("damselfly.manager.api")
@@ -28,15 +27,9 @@ ACTIVE_STATES = "('registered', 'running', 'back_to_source')"
 MAX_ROWS = 100_000  # per answer of the SQL door; the DuckDB file has them all
 
 
-def _reader(request: Request) -> Reader:
-    reader = request.app.state.reader
-    assert isinstance(reader, Reader)
-    return reader
-
-
 async def _records(request: Request, who: Principal, sql: str,
                    params: list[object] | None = None) -> list[dict[str, object]]:
-    return await _reader(request).records(sql, params, tenant=who.tenant)
+    return await reader_of(request).records(sql, params, tenant=who.tenant)
 
 
 LIKE = "ILIKE ? ESCAPE '\\'"  # with _like(q): a search for "a_b" matches only "a_b"
@@ -206,7 +199,7 @@ async def dashboard(request: Request, who: Caller, name: str) -> dict[str, objec
         panel = dashboards.panel(name)
     except ValueError as exc:
         raise HTTPException(404, str(exc)) from None
-    result = await _reader(request).query(panel.sql, tenant=who.tenant)
+    result = await reader_of(request).query(panel.sql, tenant=who.tenant)
     return {"name": panel.name, "title": panel.title, "chart": panel.chart,
             "description": panel.description, **_table(result)}
 
@@ -230,7 +223,7 @@ async def sql(request: Request, who: Caller, body: SqlBody) -> dict[str, object]
     text = body.sql
     try:
         store.check_read_only(text)
-        result = await _reader(request).query(text, max_rows=body.max_rows)
+        result = await reader_of(request).query(text, max_rows=body.max_rows)
     except (store.NotReadOnly, duckdb.Error) as exc:
         raise HTTPException(400, str(exc).splitlines()[0]) from None
     return _table(result)
@@ -239,7 +232,7 @@ async def sql(request: Request, who: Caller, body: SqlBody) -> dict[str, object]
 @router.get("/projections")
 async def projections(request: Request, who: Caller) -> list[dict[str, object]]:
     """Each projection's watermark per stream, and how far behind the stream's end it is."""
-    marks = await _reader(request).records(
+    marks = await reader_of(request).records(
         "SELECT * FROM projection_watermarks ORDER BY projection, stream")
     have = {(m["projection"], m["stream"]): m["last_seq"] for m in marks}
     out = []

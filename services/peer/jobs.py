@@ -31,7 +31,7 @@ from events.codec import EventDecodeError, decode
 from events.ids import derived_id
 from events.jobs import GetTaskRequested, JobProgressed, PreheatRequested
 from services.manager.control.seal import SealError, open_sealed
-from services.peer.oci import BlobRef, bearer_token, blob_task_id, blob_url
+from services.peer.oci import BlobRef, basic_auth, bearer_token, blob_task_id, blob_url
 from services.peer.request import DownloadRequest
 
 if TYPE_CHECKING:  # the daemon starts the worker, so it cannot be imported from here
@@ -181,8 +181,7 @@ class JobWorker:
         secret_headers = credentials.get("headers", {})
         headers = {**e.headers, **(secret_headers if isinstance(secret_headers, dict) else {})}
         username = str(credentials.get("username", ""))
-        login = (aiohttp.encode_basic_auth(username, str(credentials.get("password", "")))
-                 if username else "")
+        login = basic_auth(username, str(credentials.get("password", ""))) if username else ""
         if e.kind == "image":
             # The registry's token service takes the login; the blobs get its bearer token.
             return await image_targets(e, url, headers, login)
@@ -207,14 +206,11 @@ class JobWorker:
 
 
 async def _follow(consumer: Consumer, handler: Callable[[Delivered], Awaitable[None]]) -> None:
-    """``Consumer.run`` minus its stop event, and sure to survive nats-py 2.16's habit of
-    letting asyncio's timeout out of ``fetch``; a job is acked once it was taken on."""
+    """``Consumer.run`` minus its stop event; a job is acked once it was taken on."""
     try:
         while True:
             try:
                 items = await consumer.fetch()
-            except TimeoutError:
-                continue
             except (NatsError, OSError) as exc:  # NATS away: the durable consumer waits
                 log.warning("cannot fetch jobs, retrying: %r", exc)
                 await anyio.sleep(1.0)

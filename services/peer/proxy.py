@@ -67,9 +67,9 @@ CREDENTIALS: Final = ("Authorization", "Cookie")
 # have it, so such a download goes back to source itself (Dragonfly's priority 3).
 PRIORITY_WITH_CREDENTIALS: Final = 3
 STALE_HEADER: Final = "X-Damselfly-Stale"
+"""On an answer the mirror gave from its cache because the upstream could not."""
 DOWN_FOR: Final = 30.0
 """Seconds after an upstream failed to answer during which cached manifests answer first."""
-"""On an answer the mirror gave from its cache because the upstream could not."""
 
 
 @dataclass(frozen=True)

@@ -241,8 +241,6 @@ async def read_events(js: JetStreamContext, stream: str, filter_subject: str) ->
     try:
         while batch := await consumer.fetch(timeout=0.5):
             events.extend(d.event for d in batch)
-    except TimeoutError:
-        pass  # nats-py sometimes raises asyncio's own TimeoutError, which the bus lets through
     finally:
         await consumer.close()
     return events

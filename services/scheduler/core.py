@@ -421,7 +421,7 @@ def _can_serve(state: State, task: Task, child: Peer, cand: Peer) -> bool:
     if cand.host_id == child.host_id or cand.peer_id in child.blocklist:
         return False
     host = state.hosts.get(cand.host_id)
-    if host is None or host.uploads >= host.upload_limit and cand.peer_id not in child.parents:
+    if host is None or not _has_slot(state, cand) and cand.peer_id not in child.parents:
         return False
     if cand.state != SUCCEEDED and cand.finished <= child.finished and _has_all(cand, child):
         return False  # nothing to give yet beyond what the child holds
@@ -490,14 +490,17 @@ def _location_affinity(a: str, b: str) -> float:
 
 
 def _assign(state: State, task: Task, peer: Peer, parents: list[Peer], trigger: Event,
-            out: list[Event]) -> None:
+            out: list[Event], kind: str = "assign") -> None:
+    """Give ``peer`` these parents. ``kind`` keeps the decision's id apart from another one
+    the same trigger made for the same peer (a top-up after a wake), which JetStream would
+    otherwise drop as a duplicate."""
     _release_parents(state, task, peer)
     for p in parents:
         state.hosts[p.host_id].uploads += 1
     peer.parents = [p.peer_id for p in parents]
     peer.waiting = False
     out.append(ParentsAssigned(
-        id=derived_id(trigger.id, "assign", peer.peer_id), at=trigger.at, cluster=state.cluster,
+        id=derived_id(trigger.id, kind, peer.peer_id), at=trigger.at, cluster=state.cluster,
         task_id=task.task_id, peer_id=peer.peer_id, trigger_id=trigger.id,
         parents=[ParentInfo(peer_id=p.peer_id, host_id=p.host_id,
                             upload_url=state.hosts[p.host_id].upload_url,
@@ -604,7 +607,8 @@ def _top_up(state: State, task: Task, offered: list[Peer], trigger: Event,
             if trace is not None and rows:
                 trace.extend(rows)  # explain only the decisions made
             current = [task.peers[p] for p in peer.parents]
-            _assign(state, task, peer, current + extra[:limit - len(current)], trigger, out)
+            _assign(state, task, peer, current + extra[:limit - len(current)], trigger, out,
+                    "top-up")
             offered = [c for c in offered if _has_slot(state, c)]
 
 

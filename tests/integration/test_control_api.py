@@ -17,7 +17,7 @@ from events.config import ClusterConfigSet
 from events.hosts import HostAnnounced, HostKeepalive
 from events.ids import new_id
 from events.tasks import PeerRegistered
-from services.manager.control.search import ClusterQuery, ask_cluster
+from services.clustersearch import ClusterQuery, ask_cluster
 from services.manager.control.users import ensure_root
 from tests.integration.test_control_harness import ROOT_PASSWORD, eventually, running_manager
 

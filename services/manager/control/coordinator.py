@@ -67,10 +67,7 @@ class Coordinator:
             self.book.evolve(e)  # type: ignore[arg-type]
 
     async def _step(self, consumer: Consumer) -> None:
-        try:
-            items = await consumer.fetch(timeout=self._tick)
-        except TimeoutError:  # nats-py 2.16 may let asyncio's timeout through
-            items = []
+        items = await consumer.fetch(timeout=self._tick)
         for item in items:
             self.book.evolve(item.event)
             await item.msg.ack()

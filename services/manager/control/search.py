@@ -21,7 +21,6 @@ from services.clustersearch import (
     SUBJECT,
     ClusterAnswer,
     ClusterQuery,
-    ask_cluster,  # noqa: F401 - re-exported: older callers import it from here
 )
 from services.manager.control.scopes import Candidate, HostFacts, affinity, find_cluster
 from services.manager.reader import Reader
