@@ -26,14 +26,14 @@ from events.bus import Publisher
 from events.codec import decode
 from events.ids import derived_id
 from events.sched import BackToSourceOrdered, ParentInfo, ParentsAssigned
+from events.taskid import piece_length_for
 from events.tasks import PeerRegistered
-from services.broker import start_broker
-from services.natsconn import connect
+from services.launcher.broker import start_broker
 from services.peer.get import ApiClient
 from services.peer.request import DownloadRequest
-from services.peer.swarm import ChildService, Origin, daemon_service
-from services.peer.taskid import piece_length_for
 from services.peer.upload import mint_token
+from services.runtime.natsconn import connect
+from tests.support.swarm import ChildService, Origin, daemon_service
 
 SECRET = "bench-secret"
 CLUSTER = "bench"

@@ -40,11 +40,11 @@ from events.streams import ensure_streams
 from events.tasks import PeerRegistered, PeerSucceeded, PieceFinished
 from projections import store
 from projections.projector import Projector
-from projections.synthetic import Swarm, by_stream, events
-from services.broker import start_broker
+from services.launcher.broker import start_broker
 from services.manager.reader import RELATIONS
 from services.manager.tenancy import scoped
-from services.natsconn import connect
+from services.runtime.natsconn import connect
+from tests.support.synthetic import Swarm, by_stream, events
 
 BATCH = 16384  # what the projector gathers per transaction while behind
 APPLY_SWARM = Swarm(cluster="bench", tasks=40, peers_per_task=50, pieces=100)  # ~206k events
@@ -282,7 +282,8 @@ def main() -> None:
     worst = max(p["p95_ms"] for p in panels.values())
     worst_tenant = max(p["tenant_p95_ms"] for p in panels.values())
     for name, p in panels.items():
-        print(f"{name:<24} rows {p['rows']:>4}  p50 {p['p50_ms']:7.1f} ms  p95 {p['p95_ms']:7.1f} ms"
+        print(f"{name:<24} rows {p['rows']:>4}  p50 {p['p50_ms']:7.1f} ms  "
+              f"p95 {p['p95_ms']:7.1f} ms"
               f"  as a tenant p95 {p['tenant_p95_ms']:7.1f} ms")
     result = {"apply": apply, "through_nats": through_nats,
               "panels": {"runs": RUNS, "projected": large, "worst_p95_ms": worst,

@@ -38,9 +38,9 @@ from events import (
 )
 from events.bus import Publisher
 from events.streams import ensure_streams
-from services.broker import start_broker
-from services.natsconn import connect
-from services.procs import spawn, stop, wait_ready, write_ready
+from services.launcher.broker import start_broker
+from services.runtime.natsconn import connect
+from services.runtime.procs import spawn, stop, wait_ready, write_ready
 from services.scheduler import core
 from services.scheduler.shell import Scheduler
 

@@ -30,11 +30,11 @@ from events.bus import Publisher
 from events.config import ClusterConfig, ClusterConfigSet
 from events.ids import new_id
 from events.streams import ensure_streams
-from services.broker import start_broker
-from services.natsconn import connect
+from services.launcher.broker import start_broker
 from services.peer.get import ApiClient
 from services.peer.request import DownloadRequest
-from services.procs import spawn, stop, wait_ready
+from services.runtime.natsconn import connect
+from services.runtime.procs import spawn, stop, wait_ready
 
 REPO: Final = Path(__file__).resolve().parent.parent
 MiB: Final = 1 << 20

@@ -17,8 +17,8 @@ from typing import Final
 from aiohttp import web
 
 from services.peer.upload import Pacer
-from services.procs import write_ready
-from services.signals import stop_on_signals
+from services.runtime.procs import write_ready
+from services.runtime.signals import stop_on_signals
 
 CHUNK: Final = 64 << 10
 

@@ -7,8 +7,8 @@ A panel file starts with comment lines such as::
     -- order: 10
 
 ``chart`` is ``line`` or ``bar`` (the first column is the x axis or label, every other
-column a numeric series) or ``table``; panels are listed by ``order``. The console draws them; ``damselfly dashboards run``
-prints them.
+column a numeric series) or ``table``; panels are listed by ``order``. The console draws
+them; ``damselfly dashboards run`` prints them.
 """
 
 from __future__ import annotations

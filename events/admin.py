@@ -7,9 +7,18 @@ clear: passwords are salted scrypt hashes and tokens sha256 digests of random va
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 from events.base import Event
+
+ClusterKind = Literal["scheduler", "seed_peer"]
+Role = Literal["root", "guest"]
+"""``root`` may do everything, ``guest`` may read."""
+UserState = Literal["enabled", "disabled"]
+TokenKind = Literal["session", "personal"]
+"""A session from sign-in, or a personal access token."""
 
 
 class ClusterScopes(msgspec.Struct, frozen=True, kw_only=True):
@@ -30,7 +39,7 @@ class ClusterSaved(Event, frozen=True, kw_only=True, tag="admin.cluster_saved.v1
     """
 
     cluster: str
-    kind: str = "scheduler"
+    kind: ClusterKind = "scheduler"
     name: str = ""
     bio: str = ""
     scopes: ClusterScopes = msgspec.field(default_factory=ClusterScopes)
@@ -44,7 +53,7 @@ class ClusterDeleted(Event, frozen=True, kw_only=True, tag="admin.cluster_delete
     """A scheduler or seed-peer cluster was deleted."""
 
     cluster: str
-    kind: str = "scheduler"
+    kind: ClusterKind = "scheduler"
     actor: str = ""
 
 
@@ -57,10 +66,10 @@ class UserSaved(Event, frozen=True, kw_only=True, tag="admin.user_saved.v1"):
 
     user_id: str
     email: str = ""
-    role: str = "guest"
+    role: Role = "guest"
     tenant: str = ""
     password_hash: str
-    state: str = "enabled"
+    state: UserState = "enabled"
     actor: str = ""
 
 
@@ -74,7 +83,7 @@ class TokenIssued(Event, frozen=True, kw_only=True, tag="admin.token_issued.v1")
     scopes: list[str] = msgspec.field(default_factory=list)
     expires_at: float
     token_hash: str
-    kind: str = "personal"
+    kind: TokenKind = "personal"
 
 
 class TokenRevoked(Event, frozen=True, kw_only=True, tag="admin.token_revoked.v1"):

@@ -5,9 +5,17 @@ Subjects: ``df.config.<scope>`` (``scope`` is e.g. ``cluster.<id>``).
 
 from __future__ import annotations
 
+from typing import Final
+
 import msgspec
 
 from events.base import Event
+
+DEFAULT_WEIGHTS: Final = {
+    "pieces": 0.2, "upload_success": 0.2, "free_upload": 0.15,
+    "host_type": 0.15, "idc": 0.15, "location": 0.15,
+}
+"""Dragonfly's default evaluator weights: the features a cluster's ``weights`` may name."""
 
 
 class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):

@@ -5,9 +5,16 @@ Subjects: ``df.job.<job>.<name>``.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 from events.base import Event
+
+PreheatKind = Literal["file", "image"]
+PreheatScope = Literal["single_seed_peer", "all_seed_peers", "all_peers"]
+HostJobState = Literal["running", "succeeded", "failed"]
+"""Where one host's part of a job stands."""
 
 
 class PreheatRequested(Event, frozen=True, kw_only=True, tag="job.preheat_requested.v1"):
@@ -22,8 +29,8 @@ class PreheatRequested(Event, frozen=True, kw_only=True, tag="job.preheat_reques
     job_id: str
     url: str
     urls: list[str] = msgspec.field(default_factory=list)
-    kind: str = "file"
-    scope: str = "single_seed_peer"
+    kind: PreheatKind = "file"
+    scope: PreheatScope = "single_seed_peer"
     tag: str = ""
     application: str = ""
     platform: str = ""
@@ -48,7 +55,7 @@ class JobProgressed(Event, frozen=True, kw_only=True, tag="job.progressed.v1"):
     job_id: str
     host_id: str
     task_id: str
-    state: str
+    state: HostJobState
     reason: str = ""
 
 

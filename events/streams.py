@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Final
 
 from nats.js import JetStreamContext
@@ -9,36 +10,43 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from nats.js.errors import BadRequestError, NotFoundError
 
 DAY: Final = 24 * 3600.0
+LEASE_BUCKET: Final = "df_sched_leases"
+"""KV: which scheduler owns which partition of a cluster (``<cluster>-<partition>``)."""
+MEMBER_BUCKET: Final = "df_sched_members"
+"""KV: the schedulers alive in a cluster, one key each, kept by their heartbeats."""
+SNAPSHOT_BUCKET: Final = "df_sched_snapshots"
+"""KV: a scheduler partition's folded state, so a new owner replays less."""
 DEDUP_WINDOW: Final = 120.0
 
 
-def stream_configs(*, task_max_age: float = DAY, task_max_bytes: int = 8 << 30) -> list[StreamConfig]:
+def stream_configs(*, task_max_age: float = DAY, task_max_bytes: int = 8 << 30
+                   ) -> list[StreamConfig]:
     """Every stream of the system; see ``events.subjects`` for the subject scheme."""
-    common = {"storage": StorageType.FILE, "retention": RetentionPolicy.LIMITS,
-              "duplicate_window": DEDUP_WINDOW, "discard": DiscardPolicy.OLD}
+    common = StreamConfig(storage=StorageType.FILE, retention=RetentionPolicy.LIMITS,
+                          duplicate_window=DEDUP_WINDOW, discard=DiscardPolicy.OLD)
     return [
-        StreamConfig(name="DF_HOSTS", subjects=["df.host.>"], max_msgs_per_subject=5, **common),
-        StreamConfig(name="DF_TASKS", subjects=["df.task.>"], max_age=task_max_age,
-                     max_bytes=task_max_bytes, **common),
-        StreamConfig(name="DF_SCHED", subjects=["df.sched.>"], max_age=task_max_age, **common),
-        StreamConfig(name="DF_JOBS", subjects=["df.job.>"], max_age=7 * DAY, **common),
-        StreamConfig(name="DF_CONFIG", subjects=["df.config.>"], max_msgs_per_subject=1, **common),
-        StreamConfig(name="DF_ADMIN", subjects=["df.admin.>"], **common),
-        StreamConfig(name="DF_DLQ", subjects=["df.dlq.>"], max_age=7 * DAY, **common),
+        replace(common, name="DF_HOSTS", subjects=["df.host.>"], max_msgs_per_subject=5),
+        replace(common, name="DF_TASKS", subjects=["df.task.>"], max_age=task_max_age,
+                max_bytes=task_max_bytes),
+        replace(common, name="DF_SCHED", subjects=["df.sched.>"], max_age=task_max_age),
+        replace(common, name="DF_JOBS", subjects=["df.job.>"], max_age=7 * DAY),
+        replace(common, name="DF_CONFIG", subjects=["df.config.>"], max_msgs_per_subject=1),
+        replace(common, name="DF_ADMIN", subjects=["df.admin.>"]),
+        replace(common, name="DF_DLQ", subjects=["df.dlq.>"], max_age=7 * DAY),
     ]
 
 
-STREAM_NAMES: Final = tuple(c.name for c in stream_configs())
+STREAM_NAMES: Final = tuple(str(c.name) for c in stream_configs())
 
 
-async def ensure_streams(js: JetStreamContext, **limits: float) -> None:
+async def ensure_streams(js: JetStreamContext) -> None:
     """Create every stream, or bring an existing one to the current definition.
 
     Raises ``nats.js.errors.APIError`` when the server refuses a definition.
     """
-    for config in stream_configs(**limits):  # type: ignore[arg-type]
+    for config in stream_configs():
         try:
-            await js.stream_info(config.name)  # type: ignore[arg-type]
+            await js.stream_info(str(config.name))
         except NotFoundError:
             try:
                 await js.add_stream(config)

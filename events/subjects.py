@@ -17,7 +17,7 @@ The family comes before the cluster so that no two streams' subjects overlap
 from __future__ import annotations
 
 import re
-from typing import Final, NamedTuple
+from typing import Final
 
 from events.admin import (
     AuditRecorded,
@@ -62,6 +62,10 @@ from events.tasks import (
 )
 
 PARTITIONS: Final = 16
+ALL: Final = "df.>"
+"""Every subject of every stream (``damselfly events tail``'s default)."""
+CLUSTER_SEARCH: Final = "df.rpc.cluster_search"
+"""Core NATS request/reply, outside every stream: a question is not a fact."""
 _TOKEN: Final = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
@@ -90,6 +94,11 @@ def host_subject(cluster: str, host_id: str, name: str) -> str:
     return f"df.host.{token(cluster)}.{token(host_id)}.{name}"
 
 
+def host_filter(cluster: str, host_id: str = "*", name: str = "*") -> str:
+    """A subscription filter over host events; ``*`` for any token."""
+    return f"df.host.{cluster}.{host_id}.{name}"
+
+
 def task_subject(cluster: str, task_id: str, peer_id: str, name: str) -> str:
     return f"df.task.{token(cluster)}.{partition(task_id)}.{token(task_id)}.{token(peer_id)}.{name}"
 
@@ -104,12 +113,26 @@ def sched_subject(cluster: str, task_id: str, addressee: str) -> str:
     return f"df.sched.{token(cluster)}.{partition(task_id)}.{token(addressee)}"
 
 
+def sched_filter(cluster: str, part: int | str = "*", addressee: str = "*") -> str:
+    """A subscription filter over decisions; ``*`` for any token."""
+    return f"df.sched.{cluster}.{part}.{addressee}"
+
+
 def job_subject(job_id: str, name: str) -> str:
     return f"df.job.{token(job_id)}.{name}"
 
 
+def job_filter(name: str = "*") -> str:
+    """Every job's events of one kind (``preheat_requested``, say)."""
+    return f"df.job.*.{name}"
+
+
 def config_subject(scope: str) -> str:
     return f"df.config.{scope}"
+
+
+def cluster_config_subject(cluster: str) -> str:
+    return config_subject(f"cluster.{token(cluster)}")
 
 
 def admin_subject(family: str, key: str, name: str) -> str:
@@ -120,54 +143,40 @@ def dlq_subject(stream: str) -> str:
     return f"df.dlq.{token(stream)}"
 
 
-class TaskSubject(NamedTuple):
-    cluster: str
-    partition: int
-    task_id: str
-    peer_id: str
-    name: str
-
-
-def parse_task_subject(subject: str) -> TaskSubject:
-    parts = subject.split(".")
-    if len(parts) != 7 or parts[:2] != ["df", "task"]:
-        raise SubjectError(f"not a task subject: {subject!r}")
-    return TaskSubject(parts[2], int(parts[3]), parts[4], parts[5], parts[6])
-
-
 def subject_for(event: Event) -> str:
     """The one subject an event is published on."""
     match event:
         case HostAnnounced() | HostKeepalive() | HostLeft():
-            return host_subject(event.cluster, event.host_id, _name(event))
+            return host_subject(event.cluster, event.host_id, name_of(type(event)))
         case (PeerRegistered() | PeerStarted() | BackToSourceStarted() | TaskMetadataReported()
               | PieceFinished() | PieceFailed() | PeerSucceeded() | PeerFailed() | PeerLeft()
               | RescheduleRequested()):
-            return task_subject(event.cluster, event.task_id, event.peer_id, _name(event))
+            return task_subject(event.cluster, event.task_id, event.peer_id, name_of(type(event)))
         case ParentsAssigned() | BackToSourceOrdered() | PeerQueued() | ScheduleFailed():
             return sched_subject(event.cluster, event.task_id, event.peer_id)
         case SeedPeerTriggered():
             return sched_subject(event.cluster, event.task_id, event.host_id)
         case (PreheatRequested() | JobStarted() | JobProgressed() | JobSucceeded() | JobFailed()
               | DeleteTaskRequested() | GetTaskRequested()):
-            return job_subject(event.job_id, _name(event))
+            return job_subject(event.job_id, name_of(type(event)))
         case ClusterConfigSet():
-            return config_subject(f"cluster.{token(event.cluster)}")
+            return cluster_config_subject(event.cluster)
         case ClusterSaved() | ClusterDeleted():
-            return admin_subject(f"{event.kind}_cluster", event.cluster, _name(event))
+            return admin_subject(f"{event.kind}_cluster", event.cluster, name_of(type(event)))
         case UserSaved():
-            return admin_subject("user", event.user_id, _name(event))
+            return admin_subject("user", event.user_id, name_of(type(event)))
         case TokenIssued() | TokenRevoked():
-            return admin_subject("token", event.token_id, _name(event))
+            return admin_subject("token", event.token_id, name_of(type(event)))
         case TenantSaved() | TenantDeleted():
-            return admin_subject("tenant", event.tenant, _name(event))
+            return admin_subject("tenant", event.tenant, name_of(type(event)))
         case AuditRecorded():
-            return admin_subject("audit", safe_token(event.actor), _name(event))
+            return admin_subject("audit", safe_token(event.actor), name_of(type(event)))
     raise TypeError(f"no subject for {type(event).__name__}")
 
 
-def _name(event: Event) -> str:
-    """The subject's last token: the middle of the tag (``peer.piece_finished.v1`` → ``piece_finished``)."""
-    tag = type(event).__struct_config__.tag
+def name_of(kind: type[Event]) -> str:
+    """The subject's last token for an event type: the middle of its tag
+    (``task.piece_finished.v1`` → ``piece_finished``)."""
+    tag = kind.__struct_config__.tag
     assert isinstance(tag, str)
     return tag.split(".")[1]

@@ -157,8 +157,8 @@ def apply_batch(con: duckdb.DuckDBPyConnection, stream: str,
             moved.append(projection.name)
             applied += len(fresh)
         if moved:  # one statement for all: each costs DuckDB milliseconds, whatever its size
-            con.execute("INSERT OR REPLACE INTO projection_watermarks SELECT unnest($1::VARCHAR[]), "
-                        "$2, $3", [moved, stream, batch[-1][0]])
+            con.execute("INSERT OR REPLACE INTO projection_watermarks "
+                        "SELECT unnest($1::VARCHAR[]), $2, $3", [moved, stream, batch[-1][0]])
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from services.broker import start_broker
+from services.launcher.broker import start_broker
 
 
 @pytest.fixture

@@ -90,7 +90,7 @@ async def overview(request: Request, who: Caller) -> dict[str, object]:
 async def hosts(request: Request, who: Caller, q: str = "",
                 limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[dict[str, object]]:
     allow(who, scope="cluster")
-    return await _records(request, who, 
+    return await _records(request, who,
         f"SELECT * FROM hosts WHERE host_id {LIKE} OR hostname {LIKE} OR ip {LIKE} "
         "ORDER BY cluster, seed DESC, host_id LIMIT ?", [_like(q)] * 3 + [limit])
 
@@ -100,7 +100,7 @@ async def hosts(request: Request, who: Caller, q: str = "",
 async def tasks(request: Request, who: Caller, q: str = "",
                 limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[dict[str, object]]:
     allow(who, scope="task")
-    return await _records(request, who, 
+    return await _records(request, who,
         f"SELECT * FROM tasks WHERE task_id {LIKE} OR url {LIKE} "
         "ORDER BY updated_at DESC NULLS LAST, task_id LIMIT ?", [_like(q), _like(q), limit])
 

@@ -16,8 +16,8 @@ from projections.projector import replay
 from services.manager.client import add_login_args
 from services.manager.output import FORMATS, render
 from services.manager.sources import ManagerSource, resolve
-from services.natsconn import connect
-from services.signals import stop_on_signals
+from services.runtime.natsconn import connect
+from services.runtime.signals import stop_on_signals
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -118,7 +118,7 @@ def _run_rebuild(args: argparse.Namespace) -> int:
         return 0
     source = resolve(None, args.manager, args.data_dir, args)
     if not isinstance(source, ManagerSource):  # a user's mistake, not a type error
-        raise ValueError(  # noqa: TRY004
+        raise ValueError(
             "no running manager found; give --manager URL, or --db and --nats")
     reply = source.call("POST", "/api/v1/projections/rebuild",
                         {"names": [p.name for p in chosen]})

@@ -18,10 +18,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from services.cluster import root_password_file
-
 TOKEN_ENV = "DAMSELFLY_TOKEN"
 PASSWORD_ENV = "DAMSELFLY_PASSWORD"
+
+
+def root_password_file(data_dir: Path) -> Path:
+    """Where ``up`` keeps the manager's first root password (when the environment gives none);
+    the CLI signs in with it against this cluster's manager."""
+    return data_dir / "root.password"
 
 
 class ManagerError(ValueError):

@@ -24,7 +24,8 @@ def _cell(value: object) -> str:
 def render(result: Result, fmt: str) -> str:
     """The result as text in ``fmt``; ends with a newline."""
     if fmt == "json":
-        rows = [{c: plain(v) for c, v in zip(result.columns, row)} for row in result.rows]
+        rows = [{c: plain(v) for c, v in zip(result.columns, row, strict=True)}
+                for row in result.rows]
         return json.dumps(rows, indent=2) + "\n"
     cells = [[_cell(v) for v in row] for row in result.rows]
     if fmt == "csv":
@@ -36,8 +37,9 @@ def render(result: Result, fmt: str) -> str:
     if fmt != "table":
         raise ValueError(f"unknown format {fmt!r}; use {', '.join(FORMATS)}")
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(result.columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(result.columns, widths)).rstrip(),
+    lines = ["  ".join(c.ljust(w) for c, w in zip(result.columns, widths, strict=False)).rstrip(),
              "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+              for row in cells]
     lines.append(f"({len(cells)} row{'s' if len(cells) != 1 else ''})")
     return "\n".join(lines) + "\n"

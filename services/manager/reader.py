@@ -25,7 +25,8 @@ class Reader:
         # Every table and view with its columns, read once: the projections' code fixes them,
         # and a rebuild recreates the same ones (read mid-rebuild, one could be missing and
         # so not shadowed for tenants).
-        self._relations = {name: set(cols) for name, cols in self._con.execute(RELATIONS).fetchall()}
+        self._relations = {name: set(cols)
+                           for name, cols in self._con.execute(RELATIONS).fetchall()}
 
     def _run(self, sql: str, params: list[object] | None, max_rows: int | None, tenant: str
              ) -> store.Result:
@@ -47,7 +48,8 @@ class Reader:
     async def records(self, sql: str, params: list[object] | None = None, tenant: str = ""
                       ) -> list[dict[str, object]]:
         result = await self.query(sql, params, tenant=tenant)
-        return [{c: store.plain(v) for c, v in zip(result.columns, row)} for row in result.rows]
+        return [{c: store.plain(v) for c, v in zip(result.columns, row, strict=True)}
+                for row in result.rows]
 
     def close(self) -> None:
         self._con.close()

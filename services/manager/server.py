@@ -20,8 +20,8 @@ from services.manager.app import create_app
 from services.manager.control import service as control
 from services.manager.reader import Reader
 from services.manager.sources import DB_NAME
-from services.natsconn import connect
-from services.procs import write_ready
+from services.runtime.natsconn import connect
+from services.runtime.procs import write_ready
 
 log = logging.getLogger("damselfly.manager")
 

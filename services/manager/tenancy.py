@@ -37,7 +37,8 @@ def _rule(name: str, columns: AbstractSet[str]) -> tuple[int, str, int]:
     return 5, "false", 0
 
 
-def shadows(relations: Mapping[str, AbstractSet[str]], tenant: str) -> tuple[list[str], list[object]]:
+def shadows(relations: Mapping[str, AbstractSet[str]], tenant: str
+            ) -> tuple[list[str], list[object]]:
     """The CTEs (``name AS (…)``) that keep ``tenant``'s rows of each relation (name →
     column names), with their parameters in order."""
     ruled = sorted((_rule(name, cols), name) for name, cols in relations.items())

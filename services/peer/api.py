@@ -8,17 +8,15 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import anyio
 import msgspec
 from aiohttp import web
 
+from services.peer.downloads import Downloads
 from services.peer.request import DownloadRequest
 from services.peer.upload import TransferStats, metrics_text
-
-if TYPE_CHECKING:
-    from services.peer.daemon import Downloads
 
 TERMINAL: Final = ("succeeded", "failed", "cancelled")
 PROGRESS_INTERVAL: Final = 0.2

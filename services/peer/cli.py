@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 
 from services.peer.containerd import register as register_init
-from services.signals import stop_on_signals
+from services.runtime.signals import stop_on_signals
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -86,7 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _daemon(args: argparse.Namespace) -> int:
-    from services.peer.daemon import DaemonConfig, read_secret, serve
+    from events.secrets import read_secret
+    from services.peer.daemon import DaemonConfig, serve
     from services.peer.downloader import Settings
     from services.peer.proxy import proxy_config
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
 import secrets
 import socket
 import time
@@ -19,34 +18,33 @@ import anyio
 import msgspec
 import nats.errors
 from aiohttp import web
-from anyio.abc import TaskGroup
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from events.bus import Publisher
+from events.clustersearch import FALLBACK, TIMEOUT, ClusterQuery, ask_cluster
 from events.codec import EventDecodeError, decode
 from events.hosts import HostAnnounced, HostKeepalive, HostLeft
 from events.ids import derived_id, new_id
 from events.jobs import DeleteTaskRequested, JobProgressed
 from events.sched import SeedPeerTriggered
 from events.streams import ensure_streams
-from events.subjects import safe_token
-from services.clustersearch import FALLBACK, TIMEOUT, ClusterQuery, ask_cluster
-from services.natsconn import connect
+from events.subjects import job_filter, name_of, safe_token, sched_filter
 from services.peer.api import api_app
-from services.peer.downloader import Download, PeerContext, Settings
+from services.peer.downloader import PeerContext, Settings
+from services.peer.downloads import Downloads
 from services.peer.jobs import run_job_worker
+from services.peer.origins import Sources
 from services.peer.parents import ParentClient
 from services.peer.proxy import ProxyConfig, proxy_app
 from services.peer.request import DownloadRequest
-from services.peer.sources import Sources
 from services.peer.storage import Storage
 from services.peer.upload import TransferStats, upload_app
-from services.procs import write_ready
+from services.runtime.natsconn import connect
+from services.runtime.procs import write_ready
 
 log = logging.getLogger("damselfly.daemon")
 
-SECRET_ENV = "DAMSELFLY_CLUSTER_SECRET"
 AUTO: Final = "auto"
 
 
@@ -78,69 +76,12 @@ class DaemonConfig:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
 
 
-def read_secret(secret_file: Path | None) -> str:
-    """The cluster secret from ``--secret-file`` or the environment. Raises ``RuntimeError``."""
-    if secret_file is not None:
-        value = secret_file.read_text().strip()
-    else:
-        value = os.environ.get(SECRET_ENV, "").strip()
-    if not value:
-        raise RuntimeError(f"no cluster secret: set {SECRET_ENV} or pass --secret-file")
-    return value
-
-
 def host_id_for(data_dir: Path) -> str:
     """This daemon's id, kept in the data dir so that a restart keeps it."""
     path = data_dir / "host_id"
     if not path.exists():
         path.write_text(f"{safe_token(socket.gethostname())}-{secrets.token_hex(4)}")
     return path.read_text().strip()
-
-
-class Downloads:
-    """The daemon's downloads by task: a second request for a running task joins it."""
-
-    def __init__(self, ctx: PeerContext, tg: TaskGroup) -> None:
-        self.ctx = ctx
-        self._tg = tg
-        self._by_task: dict[str, Download] = {}
-
-    def start(self, request: DownloadRequest, *, task_id: str = "",
-              straight_to_source: str = "") -> Download:
-        task_id = task_id or request.task_id()
-        current = self._by_task.get(task_id)
-        if current is not None and not current.finished.is_set():
-            return current
-        download = Download(self.ctx, request, task_id, straight_to_source=straight_to_source)
-        self._by_task[task_id] = download
-        self._tg.start_soon(download.run)
-        return download
-
-    def get(self, task_id: str) -> Download | None:
-        download = self._by_task.get(task_id)
-        if download is not None and download.state == "succeeded" \
-                and self.ctx.storage.get(task_id) is None:
-            del self._by_task[task_id]  # garbage-collected since it finished
-            return None
-        return download
-
-    def active(self) -> set[str]:
-        return {t for t, d in self._by_task.items() if not d.finished.is_set()}
-
-    async def cancel(self, task_id: str) -> bool:
-        """Stop a running download (if any) and drop the task's files; False if unknown."""
-        download = self._by_task.pop(task_id, None)
-        if download is not None:
-            download.cancel()
-            await download.finished.wait()
-        meta = self.ctx.storage.remove(task_id)
-        if meta is not None:
-            await self.ctx.forget([meta])
-        return download is not None or meta is not None
-
-    def cancel_all(self) -> None:
-        for download in self._by_task.values():
-            download.cancel()
 
 
 async def choose_cluster(nc: Client, cfg: DaemonConfig, hostname: str) -> str:
@@ -257,11 +198,12 @@ async def serve(cfg: DaemonConfig, stop: asyncio.Event) -> None:
                 async def on_trigger(msg: Msg) -> None:
                     await _on_seed_trigger(msg, downloads, host_id)
 
-                await nc.subscribe(f"df.sched.{cfg.cluster}.*.{host_id}", cb=on_trigger)
+                await nc.subscribe(sched_filter(cfg.cluster, addressee=host_id),
+                                   cb=on_trigger)
             async def on_delete(msg: Msg) -> None:
                 await _on_delete_requested(msg, downloads, cfg.cluster)
 
-            await nc.subscribe("df.job.*.delete_task_requested", cb=on_delete)
+            await nc.subscribe(job_filter(name_of(DeleteTaskRequested)), cb=on_delete)
             for tf in storage.tasks():
                 if not tf.complete:
                     log.info("resuming task %s", tf.task_id[:12])

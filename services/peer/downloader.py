@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Final, TypedDict
+from typing import Final, Literal, TypedDict
 
 import anyio
 from anyio import from_thread, to_thread
@@ -40,6 +40,7 @@ from events.sched import (
 )
 from events.secrets import public_headers
 from events.subjects import partition, sched_subject, task_filter
+from events.taskid import piece_length_for, piece_range
 from events.tasks import (
     BackToSourceStarted,
     PeerFailed,
@@ -54,12 +55,12 @@ from events.tasks import (
 )
 from services.peer.bitmap import Bitmap
 from services.peer.digests import file_digest, parse_digest, same_digest
+from services.peer.origins import Sources
 from services.peer.parents import ParentClient, PieceError
 from services.peer.planner import choose_pieces
 from services.peer.request import DownloadRequest
-from services.peer.sources import Source, SourceError, Sources, SourceStream
+from services.peer.sources import Source, SourceError, SourceStream
 from services.peer.storage import Storage, TaskFile, TaskMeta
-from services.peer.taskid import piece_length_for, piece_range
 from services.peer.upload import TransferStats, mint_token
 
 log = logging.getLogger("damselfly.peer")
@@ -130,6 +131,10 @@ class PeerContext:
                                             reason="garbage-collected"))
 
 
+DownloadState = Literal["pending", "running", "succeeded", "failed", "cancelled"]
+"""What the local API reports (and ``paused`` for a stored task nobody is downloading)."""
+
+
 class Download:
     """Run with ``run()``; ``status()`` at any time; cancel through ``cancel()``."""
 
@@ -142,7 +147,7 @@ class Download:
         self.task_id = task_id
         self.peer_id = f"{ctx.host_id}-{new_id()[:8]}"
         self.straight_to_source = straight_to_source
-        self.state = "pending"
+        self.state: DownloadState = "pending"
         self.error = ""
         self.bytes_from_origin = 0
         self.bytes_from_peers = 0
@@ -355,7 +360,7 @@ class Download:
                     tries = f" after {failures} attempts" if exc.transient else ""
                     raise DownloadFailed(f"back-to-source failed{tries}: {exc}") from exc
                 if self._stop.wait(settings.source_backoff * 2 ** (failures - 1)):
-                    raise DownloadFailed("cancelled")
+                    raise DownloadFailed("cancelled") from exc
 
     def _pump_run(self, source: Source, tf: TaskFile) -> None:
         first = 0

@@ -24,7 +24,7 @@ import msgspec
 
 from services.peer.digests import parse_digest
 from services.peer.request import DownloadRequest
-from services.procs import wait_ready
+from services.runtime.procs import wait_ready
 
 
 def damselfly_home() -> Path:

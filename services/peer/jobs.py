@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import aiohttp
 import anyio
@@ -29,13 +29,12 @@ from nats.js.errors import BadRequestError
 from events.bus import Consumer, Delivered
 from events.codec import EventDecodeError, decode
 from events.ids import derived_id
-from events.jobs import GetTaskRequested, JobProgressed, PreheatRequested
-from services.manager.control.seal import SealError, open_sealed
+from events.jobs import GetTaskRequested, HostJobState, JobProgressed, PreheatRequested
+from events.secrets import SealError, open_sealed
+from events.subjects import job_filter, name_of
+from services.peer.downloads import Downloads
 from services.peer.oci import BlobRef, basic_auth, bearer_token, blob_task_id, blob_url
 from services.peer.request import DownloadRequest
-
-if TYPE_CHECKING:  # the daemon starts the worker, so it cannot be imported from here
-    from services.peer.daemon import Downloads
 
 log = logging.getLogger("damselfly.jobs")
 
@@ -44,7 +43,7 @@ INDEX_TYPES: Final = ("application/vnd.oci.image.index.v1+json",
                       "application/vnd.docker.distribution.manifest.list.v2+json")
 ACCEPT: Final = ", ".join((*INDEX_TYPES, "application/vnd.oci.image.manifest.v1+json",
                            "application/vnd.docker.distribution.manifest.v2+json"))
-REQUESTS: Final = "df.job.*.preheat_requested"
+REQUESTS: Final = job_filter(name_of(PreheatRequested))
 INACTIVE_AFTER: Final = 7 * 24 * 3600.0
 
 
@@ -142,7 +141,7 @@ class JobWorker:
             self._tg.start_soon(self.preheat, e)
 
     async def _progress(self, e: PreheatRequested | GetTaskRequested, task_id: str,
-                        state: str, reason: str = "") -> None:
+                        state: HostJobState, reason: str = "") -> None:
         host = self.ctx.host_id
         await self.ctx.publish(JobProgressed(
             id=derived_id(e.id, host, task_id, state), at=time.time(), job_id=e.job_id,
@@ -241,7 +240,7 @@ async def run_job_worker(downloads: Downloads, *, seed: bool) -> None:
     ctx = downloads.ctx
     async with anyio.create_task_group() as tg:
         worker = JobWorker(downloads, tg, seed=seed)
-        sub = await ctx.nc.subscribe("df.job.*.get_task_requested", cb=worker.on_get_task)
+        sub = await ctx.nc.subscribe(job_filter(name_of(GetTaskRequested)), cb=worker.on_get_task)
         try:
             if seed:
                 shared = await _durable(ctx.js, f"jobs-seed-{ctx.cluster}")

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import aiohttp
 from aiohttp import web
@@ -33,6 +33,8 @@ from anyio import to_thread
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from events.secrets import sensitive_headers
+from services.peer.downloads import Downloads
 from services.peer.manifests import MAX_MANIFEST, CachedManifest, ManifestCache
 from services.peer.oci import (
     DOCKER_HUB,
@@ -54,15 +56,11 @@ from services.peer.proxy_stream import TaskUnavailable, shaped_task, stream_task
 from services.peer.proxy_tunnel import parse_authority, tunnel
 from services.peer.request import DownloadRequest
 
-if TYPE_CHECKING:
-    from services.peer.daemon import Downloads
-
 log = logging.getLogger("damselfly.proxy")
 
 HOP_BY_HOP: Final = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
     "te", "trailer", "transfer-encoding", "upgrade", "host", REGISTRY_HEADER.lower()})
-CREDENTIALS: Final = ("Authorization", "Cookie")
 # A client's Authorization is for the origin: a seed peer fetching on its behalf would not
 # have it, so such a download goes back to source itself (Dragonfly's priority 3).
 PRIORITY_WITH_CREDENTIALS: Final = 3
@@ -128,7 +126,8 @@ def _error(status: int, code: str, message: str,
 
 
 def _credentials(request: web.BaseRequest) -> dict[str, str]:
-    return {k: request.headers[k] for k in CREDENTIALS if k in request.headers}
+    return {k: v for k, v in sensitive_headers(request.headers).items()
+            if k.lower() not in HOP_BY_HOP}
 
 
 def _end_to_end(headers: Mapping[str, str]) -> CIMultiDict[str]:

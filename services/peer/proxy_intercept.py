@@ -46,7 +46,7 @@ class InterceptCA:
             raise ValueError(f"{path}: want a PEM CA certificate and its unencrypted key "
                              f"({exc})") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-            raise ValueError(f"{path}: the CA key must be RSA or EC")  # noqa: TRY004 - a bad file
+            raise ValueError(f"{path}: the CA key must be RSA or EC")
         return cls(cert, key)
 
     def context_for(self, host: str) -> ssl.SSLContext:

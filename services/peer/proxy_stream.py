@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import anyio
 from aiohttp import web
 from anyio import to_thread
 
+from events.taskid import piece_range
 from services.peer.digests import file_digest, same_digest
+from services.peer.downloader import Download
 from services.peer.oci import parse_range
 from services.peer.storage import TaskFile
-from services.peer.taskid import piece_range
-
-if TYPE_CHECKING:
-    from services.peer.downloader import Download
 
 log = logging.getLogger("damselfly.proxy")
 

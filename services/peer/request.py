@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import msgspec
 
-from services.peer.taskid import task_id
+from events.taskid import task_id
 
 
 class DownloadRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -2,7 +2,7 @@
 
 A ``Source`` opens a byte range of a URL and returns a blocking stream (the downloader runs
 it in a worker thread, so plug-ins for hdfs:// or oci:// may use blocking SDKs).
-``Sources`` maps URL schemes to sources: http(s), file and s3 (``s3.py``).
+``origins.Sources`` maps URL schemes to them: http(s), file and s3 (``s3.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import ssl
 from collections.abc import Callable, Mapping
 from typing import Final, Protocol
 from urllib.parse import unquote, urljoin, urlsplit
+
+from events.secrets import public_headers
 
 MAX_REDIRECTS: Final = 5
 _CONTENT_RANGE: Final = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -69,9 +71,6 @@ class _HttpStream:
         self._conn.close()
 
 
-# Not sent on to another origin after a redirect (as curl and requests do): a presigned
-# object-store URL rejects a second credential, and the other host has no business with it.
-CREDENTIAL_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -105,8 +104,7 @@ class HttpSource:
                 conn.close()
                 target = urljoin(url, resp.getheader("Location", ""))
                 if _origin(target) != _origin(url):  # e.g. a registry's blob sent to S3
-                    request_headers = {k: v for k, v in request_headers.items()
-                                       if k.lower() not in CREDENTIAL_HEADERS}
+                    request_headers = public_headers(request_headers)
                 url = target
                 continue
             return self._stream(conn, resp, url)
@@ -183,31 +181,3 @@ class FileSource:
             return _FileStream(path, start, end)
         except OSError as exc:
             raise SourceError(f"cannot read {path}: {exc.strerror}", transient=False) from exc
-
-
-class Sources:
-    """The sources this daemon knows, by URL scheme."""
-
-    def __init__(self, by_scheme: Mapping[str, Source]) -> None:
-        self._by_scheme = dict(by_scheme)
-
-    @classmethod
-    def default(cls, timeout: float = 30.0, environ: Mapping[str, str] = os.environ) -> Sources:
-        """http(s), file and s3 (configured from ``environ``: see ``s3.s3_config``). Raises
-        ``ValueError`` for an S3 configuration that cannot work."""
-        from services.peer.s3 import S3Source, s3_config  # s3 builds on HttpSource, here
-
-        http_source = HttpSource(timeout)
-        return cls({"http": http_source, "https": http_source, "file": FileSource(),
-                    "s3": S3Source(s3_config(environ), timeout)})
-
-    def register(self, scheme: str, source: Source) -> None:
-        self._by_scheme[scheme] = source
-
-    def for_url(self, url: str) -> Source:
-        """Raises ``ValueError`` for a scheme nobody registered."""
-        scheme = urlsplit(url).scheme
-        if scheme not in self._by_scheme:
-            raise ValueError(f"unsupported URL scheme {scheme!r} in {url} "
-                             f"(supported: {', '.join(sorted(self._by_scheme))})")
-        return self._by_scheme[scheme]

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import msgspec
 
+from events.taskid import piece_count
 from services.peer.bitmap import Bitmap
 from services.peer.request import DownloadRequest
-from services.peer.taskid import piece_count
 
 
 class DiskFullError(OSError):
@@ -82,7 +82,8 @@ class TaskFile:
         held = len(self.bitmap)
         last = self.piece_count - 1
         full = held - (1 if last in self.bitmap else 0)
-        tail = self.meta.content_length - last * self.meta.piece_length if last in self.bitmap else 0
+        tail = (self.meta.content_length - last * self.meta.piece_length
+                if last in self.bitmap else 0)
         return full * self.meta.piece_length + tail
 
     def shape(self, content_length: int, piece_length: int) -> None:
@@ -197,7 +198,8 @@ class Storage:
         removed: list[TaskMeta] = []
         others = self.used(besides=tf.task_id)
         if self.gc_high and others + content_length > self.gc_high:
-            removed = self.collect({*active, tf.task_id}, target=max(self.gc_low - content_length, 0))
+            removed = self.collect({*active, tf.task_id},
+                                   target=max(self.gc_low - content_length, 0))
             others = self.used(besides=tf.task_id)
         free = shutil.disk_usage(self.root).free
         if self.quota:

@@ -119,7 +119,8 @@ def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploa
                                                else max(size + asked.start, 0))
         stop = size if asked.stop is None else min(asked.stop, size)
         pl = tf.meta.piece_length
-        if start >= stop or not all(p in tf.bitmap for p in range(start // pl, (stop - 1) // pl + 1)):
+        held = all(p in tf.bitmap for p in range(start // pl, (stop - 1) // pl + 1))
+        if start >= stop or not held:
             return refuse(416, "range not held", **{"Content-Range": f"bytes */{size}"})
         if stats.uploads_running >= max_uploads:
             return refuse(503, "too many uploads", **{"Retry-After": "1"})

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from events.ids import new_id
 from events.log import read_log
-from services.eventlog import dump
-from services.natsconn import connect
-from services.procs import write_ready
+from services.runtime.eventlog import dump
+from services.runtime.natsconn import connect
+from services.runtime.procs import write_ready
+from services.runtime.signals import stop_on_signals
 from services.scheduler.replay import parse_weights, print_changes, print_decisions, replay
 from services.scheduler.shell import Scheduler
-from services.signals import stop_on_signals
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

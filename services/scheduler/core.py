@@ -12,15 +12,16 @@ encoded whole for snapshots.
 
 from __future__ import annotations
 
+import math
 import operator
 import random
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Literal
 
 import msgspec
 
 from events.base import Event
-from events.config import ClusterConfig, ClusterConfigSet
+from events.config import DEFAULT_WEIGHTS, ClusterConfig, ClusterConfigSet
 from events.hosts import HostAnnounced, HostLeft
 from events.ids import derived_id
 from events.sched import (
@@ -44,6 +45,8 @@ from events.tasks import (
     TaskMetadataReported,
 )
 
+PeerState = Literal["pending", "running", "back_to_source", "succeeded", "failed", "left"]
+"""A peer's life in a task: pending → running → back-to-source → succeeded/failed → left."""
 PENDING: Final = "pending"
 RUNNING: Final = "running"
 BACK_TO_SOURCE: Final = "back_to_source"
@@ -53,11 +56,6 @@ LEFT: Final = "left"
 _DONE: Final = frozenset({SUCCEEDED, FAILED, LEFT})
 _SERVING: Final = frozenset({RUNNING, BACK_TO_SOURCE, SUCCEEDED})
 
-# Dragonfly's default evaluator weights.
-DEFAULT_WEIGHTS: Final = {
-    "pieces": 0.2, "upload_success": 0.2, "free_upload": 0.15,
-    "host_type": 0.15, "idc": 0.15, "location": 0.15,
-}
 # Piece-cost outliers as Dragonfly judges them: with a full window (its normal-distribution
 # length, 30) a cost above mean + 3σ; with fewer samples only a cost 20× the mean, since a
 # handful of fast pieces gives a tiny σ and one hiccup (a GC pause, a loaded host) would
@@ -87,7 +85,7 @@ class Peer(msgspec.Struct, kw_only=True):
     host_id: str
     priority: int = 3
     no_source: bool = False    # registered with disable_back_to_source
-    state: str = PENDING
+    state: PeerState = PENDING
     bitmap: bytearray = msgspec.field(default_factory=bytearray)
     finished: int = 0
     parents: list[str] = msgspec.field(default_factory=list)
@@ -187,7 +185,8 @@ def _on_host_announced(state: State, e: HostAnnounced, out: list[Event], trace: 
     host = Host(host_id=e.host_id, upload_url=e.upload_url, seed=e.seed, idc=e.idc,
                 location=e.location, upload_limit=e.upload_limit)
     if old is not None:
-        host.uploads, host.upload_ok, host.upload_failed = old.uploads, old.upload_ok, old.upload_failed
+        host.uploads, host.upload_ok = old.uploads, old.upload_ok
+        host.upload_failed = old.upload_failed
     state.hosts[e.host_id] = host
 
 
@@ -325,7 +324,7 @@ def _on_left(state: State, e: PeerLeft, out: list[Event], trace: Trace) -> None:
     _on_gone(state, e.task_id, e.peer_id, LEFT, e, out, trace)
 
 
-def _on_gone(state: State, task_id: str, peer_id: str, new_state: str, e: Event,
+def _on_gone(state: State, task_id: str, peer_id: str, new_state: PeerState, e: Event,
              out: list[Event], trace: Trace) -> None:
     task = state.tasks.get(task_id)
     peer = task.peers.get(peer_id) if task else None
@@ -357,7 +356,7 @@ def _schedule(state: State, task: Task, peer: Peer, trigger: Event, out: list[Ev
     """Decide for one peer: parents (among ``holders``, default the task's), back-to-source,
     a seed trigger, waiting, or failure."""
     if peer.state in _DONE:
-        return
+        return None
     if peer.priority == 1:
         return _fail(state, task, peer, trigger, out, "priority 1 forbids downloading this task")
     if peer.retries > state.config.retry_limit:
@@ -369,7 +368,7 @@ def _schedule(state: State, task: Task, peer: Peer, trigger: Event, out: list[Ev
             _assign(state, task, peer, parents, trigger, out)
         else:  # holders exist; the origin fetcher reports the shape soon
             _queue(state, task, peer, trigger, out, "waiting for the task's size")
-        return
+        return None
     host = state.hosts.get(peer.host_id)
     is_seed = host is not None and host.seed
     origin_busy = bool(task.origin_fetchers) or _seed_pending(state, task)
@@ -388,8 +387,9 @@ def _schedule(state: State, task: Task, peer: Peer, trigger: Event, out: list[Ev
                 return _queue(state, task, peer, trigger, out, "waiting for the seed peer")
     if is_seed or len(task.origin_fetchers) < state.config.back_to_source_limit:
         _order_back_to_source(state, task, peer, trigger, out)
-        return
+        return None
     _queue(state, task, peer, trigger, out, "the task is at its back-to-source limit")
+    return None
 
 
 def choose_parents(state: State, task: Task, child: Peer, trigger_id: str,
@@ -463,7 +463,8 @@ def _features(state: State, task: Task, cand: Peer, child_host: Host | None, chi
     gain = (_pad(cand_bits, cand, child) & ~_pad(child_bits, child, cand)).bit_count()
     total = max(task.piece_count, cand.finished, 1)
     tries = host.upload_ok + host.upload_failed
-    free = max(0, host.upload_limit - host.uploads) / host.upload_limit if host.upload_limit else 0.0
+    free = (max(0, host.upload_limit - host.uploads) / host.upload_limit
+            if host.upload_limit else 0.0)
     idc = child_host is not None and bool(host.idc) and host.idc == child_host.idc
     return {
         "pieces": gain / total,
@@ -482,7 +483,7 @@ def _location_affinity(a: str, b: str) -> float:
     if a == b:
         return 1.0
     matched = 0
-    for x, y in zip(a.split("|")[:LOCATION_ELEMENTS], b.split("|")[:LOCATION_ELEMENTS]):
+    for x, y in zip(a.split("|")[:LOCATION_ELEMENTS], b.split("|")[:LOCATION_ELEMENTS]):  # noqa: B905
         if x != y:
             break
         matched += 1
@@ -640,7 +641,7 @@ def cost_is_outlier(window: list[float], cost: float) -> bool:
     if n < COST_WINDOW:
         return False
     variance = max(0.0, sum(map(operator.mul, window, window)) / n - mean * mean)
-    return variance > 0 and cost > mean + 3 * variance ** 0.5
+    return variance > 0 and cost > mean + 3 * math.sqrt(variance)
 
 
 def _mark_bad(state: State, task: Task, parent: Peer, trigger: Event, out: list[Event],
@@ -664,7 +665,7 @@ def _reschedule_children(state: State, task: Task, parent_id: str, trigger: Even
                 _schedule(state, task, child, trigger, out, trace)
 
 
-def _drop_peer(state: State, task: Task, peer: Peer, new_state: str, trigger: Event,
+def _drop_peer(state: State, task: Task, peer: Peer, new_state: PeerState, trigger: Event,
                out: list[Event], trace: Trace) -> None:
     _release_parents(state, task, peer)
     peer.state, peer.waiting = new_state, False

@@ -22,13 +22,10 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-log = logging.getLogger("damselfly.scheduler.lease")
-
 from events.subjects import safe_token
 
-LEASE_BUCKET = "df_sched_leases"
-MEMBER_BUCKET = "df_sched_members"
-SNAPSHOT_BUCKET = "df_sched_snapshots"
+log = logging.getLogger("damselfly.scheduler.lease")
+
 
 
 async def open_bucket(js: JetStreamContext, bucket: str, ttl: float | None = None) -> KeyValue:

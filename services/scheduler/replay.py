@@ -14,6 +14,7 @@ from typing import TextIO
 import msgspec
 
 from events.base import Event
+from events.config import DEFAULT_WEIGHTS
 from events.log import LogRecord
 from events.sched import BackToSourceOrdered, ParentsAssigned, ScheduleFailed, SeedPeerTriggered
 from events.subjects import PARTITIONS, partition
@@ -54,8 +55,8 @@ def parse_weights(text: str) -> dict[str, float]:
     weights: dict[str, float] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = part.partition("=")
-        if not sep or name.strip() not in core.DEFAULT_WEIGHTS:
-            raise ValueError(f"--weights: expected one of {sorted(core.DEFAULT_WEIGHTS)}=NUMBER, "
+        if not sep or name.strip() not in DEFAULT_WEIGHTS:
+            raise ValueError(f"--weights: expected one of {sorted(DEFAULT_WEIGHTS)}=NUMBER, "
                              f"got {part!r}")
         try:
             weights[name.strip()] = float(value)
@@ -105,7 +106,7 @@ def describe(decision: Event) -> str:
 
 
 def print_decisions(result: Replay, out: TextIO) -> None:
-    features = list(core.DEFAULT_WEIGHTS)
+    features = list(DEFAULT_WEIGHTS)
     for d in result.decided:
         mark = "" if not result.recorded else (
             "  [as recorded]" if result.as_recorded(d) else

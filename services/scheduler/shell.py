@@ -38,18 +38,22 @@ from events.bus import Publisher, dead_letter
 from events.codec import EventDecodeError, decode
 from events.hosts import HostAnnounced, HostKeepalive, HostLeft
 from events.ids import derived_id
-from events.streams import DEDUP_WINDOW, ensure_streams
-from events.subjects import PARTITIONS, task_filter
-from services.scheduler import core
-from services.scheduler.lease import (
+from events.streams import (
+    DEDUP_WINDOW,
     LEASE_BUCKET,
     MEMBER_BUCKET,
     SNAPSHOT_BUCKET,
-    Leases,
-    Members,
-    lease_key,
-    open_bucket,
+    ensure_streams,
 )
+from events.subjects import (
+    PARTITIONS,
+    cluster_config_subject,
+    host_filter,
+    name_of,
+    task_filter,
+)
+from services.scheduler import core
+from services.scheduler.lease import Leases, Members, lease_key, open_bucket
 
 log = logging.getLogger("damselfly.scheduler")
 
@@ -321,9 +325,10 @@ class PartitionWorker:
         await self._find_stale_bound()
         tasks = LiveFeed(self._js, task_filter(self.cluster, self.part), self.seqs["DF_TASKS"])
         # Keepalives are left out: the core ignores them and they are most of DF_HOSTS.
-        hosts = [f"df.host.{self.cluster}.*.announced", f"df.host.{self.cluster}.*.left"]
+        hosts = [host_filter(self.cluster, name=name_of(HostAnnounced)),
+                 host_filter(self.cluster, name=name_of(HostLeft))]
         feeds = [Feed(self._js, "DF_HOSTS", hosts, self.seqs["DF_HOSTS"]),
-                 Feed(self._js, "DF_CONFIG", [f"df.config.cluster.{self.cluster}"],
+                 Feed(self._js, "DF_CONFIG", [cluster_config_subject(self.cluster)],
                       self.seqs["DF_CONFIG"])]
         last_save = time.monotonic()
         try:
@@ -590,7 +595,7 @@ class Scheduler:
             elif isinstance(event, HostLeft):
                 seen.pop(event.host_id, None)
 
-        sub = await self._nc.subscribe(f"df.host.{self.cluster}.*.*", cb=on_host)
+        sub = await self._nc.subscribe(host_filter(self.cluster), cb=on_host)
         try:
             while not stop.is_set():
                 await asyncio.sleep(min(self._keepalive_timeout / 4, 2.0))

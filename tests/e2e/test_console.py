@@ -19,8 +19,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from services.peer.swarm import Origin, Swarm
-from services.procs import spawn, stop, wait_ready
+from services.runtime.procs import spawn, stop, wait_ready
+from tests.support.swarm import Origin, Swarm
 
 pytestmark = pytest.mark.anyio
 CHROMIUM = "/usr/bin/chromium"

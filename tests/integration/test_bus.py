@@ -217,7 +217,7 @@ async def test_a_failed_batch_ends_the_run_and_stays_unacked(js: JetStreamContex
 
 
 async def test_a_cluster_url_list_connects_past_a_dead_server(nats_url: str) -> None:
-    from services.natsconn import connect
+    from services.runtime.natsconn import connect
 
     nc = await connect(f"nats://127.0.0.1:1,{nats_url}", "list-test")
     try:

@@ -16,16 +16,17 @@ import anyio
 import pytest
 from nats.aio.msg import Msg
 
+from events.clustersearch import ClusterQuery, ask_cluster
 from events.hosts import HostAnnounced
-from services.clustersearch import SUBJECT, ClusterQuery, ask_cluster
-from services.natsconn import connect
-from services.peer.swarm import ChildService, read_events
-from tests.integration.test_control_harness import (
+from events.subjects import CLUSTER_SEARCH
+from services.runtime.natsconn import connect
+from tests.support.control import (
     ROOT_PASSWORD,
     SECRET,
-    eventually,
     running_manager,
 )
+from tests.support.swarm import ChildService, read_events
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -94,7 +95,7 @@ async def test_auto_falls_back_to_default_when_no_manager_answers(
         asked.append(msg.data)
 
     if manager == "silent":
-        await nc.subscribe(SUBJECT, cb=never_answer)
+        await nc.subscribe(CLUSTER_SEARCH, cb=never_answer)
         await nc.flush()  # the SUB reaches the server before the daemon asks
     try:
         async with daemon(nats_url, tmp_path / "d", "auto") as d:

@@ -12,14 +12,15 @@ import msgspec
 import pytest
 
 from events.bus import Publisher
+from events.clustersearch import ClusterQuery, ask_cluster
 from events.codec import decode
 from events.config import ClusterConfigSet
 from events.hosts import HostAnnounced, HostKeepalive
 from events.ids import new_id
 from events.tasks import PeerRegistered
-from services.clustersearch import ClusterQuery, ask_cluster
 from services.manager.control.users import ensure_root
-from tests.integration.test_control_harness import ROOT_PASSWORD, eventually, running_manager
+from tests.support.control import ROOT_PASSWORD, running_manager
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.anyio
 

@@ -12,7 +12,7 @@ from events.codec import decode
 from events.streams import ensure_streams
 from services.manager.control.passwords import verify_password
 from services.manager.control.users import ensure_root
-from services.natsconn import connect
+from services.runtime.natsconn import connect
 
 pytestmark = pytest.mark.anyio
 

@@ -14,7 +14,7 @@ from events import HostAnnounced
 from events.bus import Publisher
 from events.ids import new_id
 from events.streams import ensure_streams
-from services.eventlog import dump, event_line, parse_since
+from services.runtime.eventlog import dump, event_line, parse_since
 
 
 def _announced(host: str) -> HostAnnounced:

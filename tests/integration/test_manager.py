@@ -18,20 +18,13 @@ from pathlib import Path
 import pytest
 
 from events.bus import Publisher
-from events.streams import ensure_streams
+from events.streams import LEASE_BUCKET, MEMBER_BUCKET, ensure_streams
 from events.tasks import PieceFinished
 from projections import PROJECTIONS
-from projections.synthetic import Swarm, events
-from services.natsconn import connect
-from services.procs import spawn, stop, wait_ready
-from services.scheduler.lease import (
-    LEASE_BUCKET,
-    MEMBER_BUCKET,
-    Leases,
-    Members,
-    lease_key,
-    open_bucket,
-)
+from services.runtime.natsconn import connect
+from services.runtime.procs import spawn, stop, wait_ready
+from services.scheduler.lease import Leases, Members, lease_key, open_bucket
+from tests.support.synthetic import Swarm, events
 
 SWARM = Swarm(cluster="m1", tasks=2, peers_per_task=3, pieces=4)
 ROOT_PASSWORD = "root-password-for-manager-tests"

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from services.peer.proxy import STALE_HEADER
-from tests.integration.test_proxy import NAME, mirror
+from tests.support.mirror import NAME, mirror
 
 pytestmark = pytest.mark.anyio
 FIRST = b'{"schemaVersion": 2, "layers": []}'

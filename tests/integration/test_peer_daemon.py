@@ -14,8 +14,8 @@ import anyio
 import pytest
 
 from events.hosts import HostAnnounced, HostLeft
-from services.natsconn import connect
-from services.peer.swarm import ChildService, read_events
+from services.runtime.natsconn import connect
+from tests.support.swarm import ChildService, read_events
 
 pytestmark = pytest.mark.anyio
 

@@ -22,10 +22,10 @@ from events.codec import decode
 from events.ids import derived_id
 from events.sched import BackToSourceOrdered
 from events.tasks import PeerRegistered
-from services.natsconn import connect
 from services.peer.daemon import DaemonConfig
 from services.peer.downloader import Settings
-from services.peer.swarm import Origin, daemon_in_process
+from services.runtime.natsconn import connect
+from tests.support.swarm import Origin, daemon_in_process
 
 pytestmark = pytest.mark.anyio
 SIZE = 300_000

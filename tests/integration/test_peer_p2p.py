@@ -22,12 +22,12 @@ from events.codec import AnyEvent, decode
 from events.ids import derived_id
 from events.sched import ParentInfo, ParentsAssigned, PeerQueued
 from events.tasks import PeerRegistered, PieceFailed, PieceFinished, RescheduleRequested
-from services.natsconn import connect
 from services.peer.daemon import DaemonConfig
 from services.peer.downloader import Settings
 from services.peer.get import ApiClient
 from services.peer.request import DownloadRequest
-from services.peer.swarm import (
+from services.runtime.natsconn import connect
+from tests.support.swarm import (
     ChildService,
     Origin,
     daemon_in_process,
@@ -210,7 +210,8 @@ async def test_a_corrupt_parent_is_detected_reported_and_avoided(
     corrupt = [e for e in events if isinstance(e, PieceFailed) and e.corrupt]
     assert corrupt and {e.parent_id for e in corrupt} == {"liar-1"}
     assert all("digest mismatch" in e.reason for e in corrupt)
-    finished = [e for e in events if isinstance(e, PieceFinished) and e.peer_id == status["peer_id"]]
+    finished = [e for e in events
+                if isinstance(e, PieceFinished) and e.peer_id == status["peer_id"]]
     assert {e.parent_id for e in finished} == {source["peer_id"]}
     assert len(corrupt) <= 8  # at most one batch in flight before the liar was dropped
 
@@ -236,7 +237,7 @@ async def test_a_parent_killed_mid_transfer_leaves_the_child_to_finish_from_othe
             scheduler.rules[str(child["host_id"])] = lambda e: [
                 ParentInfo(peer_id=s["peer_id"], host_id=str(p.endpoints["host_id"]),
                            upload_url=str(p.endpoints["upload_url"]))
-                for s, p in zip(sources, parents)]
+                for s, p in zip(sources, parents, strict=False)]
             await scheduler.start()
             doomed_peer = sources[0]["peer_id"]
 

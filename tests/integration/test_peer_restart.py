@@ -14,8 +14,8 @@ import pytest
 
 from services.peer.get import ApiClient
 from services.peer.request import DownloadRequest
-from services.peer.swarm import Origin, OriginFaults, daemon_service
 from services.peer.upload import mint_token
+from tests.support.swarm import Origin, OriginFaults, daemon_service
 
 pytestmark = pytest.mark.anyio
 PIECE = 32 << 10

@@ -30,13 +30,13 @@ from events.tasks import (
     PieceFinished,
     TaskMetadataReported,
 )
-from services.natsconn import connect
 from services.peer.daemon import DaemonConfig
 from services.peer.downloader import Settings
 from services.peer.get import ApiClient
 from services.peer.request import DownloadRequest
 from services.peer.sources import HttpSource
-from services.peer.swarm import Origin, OriginFaults, daemon_in_process, read_events
+from services.runtime.natsconn import connect
+from tests.support.swarm import Origin, OriginFaults, daemon_in_process, read_events
 
 pytestmark = pytest.mark.anyio
 PIECE = 16 << 10

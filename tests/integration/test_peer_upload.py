@@ -67,7 +67,8 @@ async def test_ranges_it_holds_and_refusals(tmp_path: Path) -> None:
         assert status == 416 and headers["Content-Range"] == f"bytes */{len(body)}"
         assert (await get(url, "f" * 64, "bytes=0-1"))[0] == 404
         assert (await get(url, tf.task_id, "bytes=0-1", token="forged"))[0] == 401
-        assert (await get(url, tf.task_id, "bytes=0-1", token=mint_token("other", tf.task_id)))[0] == 401
+        wrong = mint_token("other", tf.task_id)
+        assert (await get(url, tf.task_id, "bytes=0-1", token=wrong))[0] == 401
         async with aiohttp.ClientSession() as s, s.get(f"{url}/metrics") as r:
             metrics = await r.text()
     assert stats.upload_bytes == 2 * PIECE + 5

@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 
-from services.peer.swarm import ChildService, Origin, OriginFaults, daemon_service
-from services.procs import stop
-from tests.integration.test_control_harness import (
+from services.runtime.procs import stop
+from tests.support.control import (
     ROOT_PASSWORD,
     SECRET,
-    eventually,
     job_outcome,
     running_manager,
 )
+from tests.support.swarm import ChildService, Origin, OriginFaults, daemon_service
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.anyio
 

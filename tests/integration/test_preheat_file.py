@@ -21,18 +21,18 @@ from aiohttp import web
 from events.bus import Publisher
 from events.ids import new_id
 from events.jobs import PreheatRequested
+from events.secrets import seal
+from events.taskid import task_id
 from services.manager import preheat
-from services.manager.control.seal import seal
 from services.peer.storage import Storage
-from services.peer.taskid import task_id
-from tests.integration.test_control_harness import (
+from tests.support.control import (
     ROOT_PASSWORD,
     SECRET,
-    eventually,
     job_outcome,
     peer_host,
     running_manager,
 )
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.anyio
 LOGIN = ("puller", "origin-password-5d1e")
@@ -89,7 +89,8 @@ async def test_preheat_a_file_through_the_api_and_from_outside(
         assert {(h["host_id"], h["task_id"], h["state"]) for h in done["hosts"]} == {
             ("seed-1", task, "succeeded"), ("seed-2", task, "succeeded")}
         for host in (one, two):
-            assert hashlib.sha256(_read(host.storage, task)).digest() == hashlib.sha256(content).digest()
+            got = hashlib.sha256(_read(host.storage, task)).digest()
+            assert got == hashlib.sha256(content).digest()
 
         # Any system may publish the request itself and gets the same result.
         outside = PreheatRequested(

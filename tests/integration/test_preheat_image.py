@@ -20,16 +20,16 @@ from aiohttp import web
 
 from services.peer.oci import blob_task_id
 from services.peer.proxy import ProxyConfig, proxy_app
-from services.procs import spawn, stop, wait_ready
-from tests.integration.test_control_harness import (
+from services.runtime.procs import spawn, stop, wait_ready
+from tests.support.control import (
     ROOT_PASSWORD,
     PeerHost,
-    eventually,
     job_outcome,
     peer_host,
     running_manager,
 )
-from tests.registry import have_registry_tools, push, running_registry, write_image
+from tests.support.registry import have_registry_tools, push, running_registry, write_image
+from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.anyio,
               pytest.mark.skipif(not have_registry_tools(),

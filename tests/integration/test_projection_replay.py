@@ -22,8 +22,8 @@ from events.subjects import dlq_subject, task_subject
 from events.tasks import PieceFinished
 from projections import PROJECTIONS, store
 from projections.projector import Projector, replay
-from projections.synthetic import Swarm, by_stream, events
-from services.natsconn import connect
+from services.runtime.natsconn import connect
+from tests.support.synthetic import Swarm, by_stream, events
 
 pytestmark = pytest.mark.anyio
 

@@ -13,11 +13,7 @@ import secrets
 import ssl
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import anyio
@@ -30,65 +26,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from events.codec import encode
-from services.natsconn import connect
-from services.peer.daemon import DaemonConfig
-from services.peer.downloader import Settings
+from events.taskid import task_id
 from services.peer.oci import blob_task_id
-from services.peer.proxy import ProxyConfig, ProxyRule, parse_rule
+from services.peer.proxy import parse_rule
 from services.peer.proxy_intercept import InterceptCA
-from services.peer.swarm import Origin, OriginFaults, daemon_in_process, read_events
-from services.peer.taskid import task_id
-from tests.registry import free_port
+from services.runtime.natsconn import connect
+from tests.support.mirror import NAME, PIECE, SIZE, mirror, put_blob
+from tests.support.registry import free_port
+from tests.support.swarm import Origin, OriginFaults, read_events
 
 pytestmark = pytest.mark.anyio
-PIECE = 16 << 10
-SIZE = 12 * PIECE + 321
-NAME = "library/app"
-
-
-@dataclass
-class Mirror:
-    url: str
-    origin: Origin
-    api_url: str
-    cluster: str
-    data_dir: Path
-
-    async def status(self, http: aiohttp.ClientSession, task_id: str) -> dict[str, Any]:
-        """The daemon's local API's view of a task."""
-        async with http.get(f"{self.api_url}/v1/tasks/{task_id}") as answer:
-            return dict(await answer.json())
-
-
-def put_blob(root: Path, data: bytes, *, digest: str = "") -> str:
-    """Lay ``data`` out where a registry serves it; returns its digest (or ``digest``)."""
-    digest = digest or f"sha256:{hashlib.sha256(data).hexdigest()}"
-    path = root / "v2" / NAME / "blobs" / digest
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return digest
-
-
-@asynccontextmanager
-async def mirror(tmp_path: Path, nats_url: str, faults: OriginFaults | None = None,
-                 rules: tuple[ProxyRule, ...] = (), ca: InterceptCA | None = None
-                 ) -> AsyncIterator[Mirror]:
-    origin = Origin(tmp_path / "www", faults or OriginFaults())
-    (tmp_path / "www").mkdir(exist_ok=True)
-    await origin.start()
-    cluster = f"c{secrets.token_hex(4)}"
-    cfg = DaemonConfig(nats_url=nats_url, data_dir=tmp_path / "d", secret="s", cluster=cluster,
-                       api_port=0, ready_file=tmp_path / "ready.json", proxy_port=0,
-                       proxy=ProxyConfig(registry=origin.url, rules=rules, piece_length=PIECE,
-                                         timeout=5, ca=ca),
-                       settings=Settings(schedule_timeout=0.3, source_backoff=0.05,
-                                         source_attempts=2))
-    try:
-        async with daemon_in_process(cfg) as endpoints:
-            yield Mirror(str(endpoints["proxy_url"]), origin, str(endpoints["api_url"]), cluster,
-                         tmp_path / "d")
-    finally:
-        await origin.stop()
 
 
 async def test_a_blob_streams_to_the_client_while_the_swarm_still_fetches_it(

@@ -17,7 +17,7 @@ from services.peer.daemon import DaemonConfig
 from services.peer.downloader import Settings
 from services.peer.oci import blob_task_id
 from services.peer.proxy import ProxyConfig
-from services.peer.swarm import ChildService, Origin, OriginFaults, daemon_in_process
+from tests.support.swarm import ChildService, Origin, OriginFaults, daemon_in_process
 
 pytestmark = pytest.mark.anyio
 PIECE = 16 << 10

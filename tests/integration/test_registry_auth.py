@@ -17,12 +17,12 @@ from aiohttp import web
 
 from events.codec import encode
 from events.tasks import PeerRegistered
-from services.natsconn import connect
 from services.peer.daemon import DaemonConfig
 from services.peer.downloader import Settings
 from services.peer.oci import basic_auth, bearer_token
 from services.peer.proxy import ProxyConfig
-from services.peer.swarm import daemon_in_process, read_events
+from services.runtime.natsconn import connect
+from tests.support.swarm import daemon_in_process, read_events
 
 pytestmark = pytest.mark.anyio
 BLOB = os.urandom(40_000)

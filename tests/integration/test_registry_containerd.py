@@ -22,9 +22,9 @@ from services.peer.daemon import DaemonConfig
 from services.peer.downloader import Settings
 from services.peer.oci import blob_task_id
 from services.peer.proxy import ProxyConfig
-from services.peer.swarm import daemon_in_process
-from services.procs import spawn, stop
-from tests.registry import have_registry_tools, push, running_registry, write_image
+from services.runtime.procs import spawn, stop
+from tests.support.registry import have_registry_tools, push, running_registry, write_image
+from tests.support.swarm import daemon_in_process
 
 pytestmark = [pytest.mark.anyio, pytest.mark.skipif(
     not (have_registry_tools() and shutil.which("containerd") and shutil.which("ctr")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from services.peer.swarm import Swarm
-from tests.registry import have_registry_tools, push, running_registry, write_image
+from tests.support.registry import have_registry_tools, push, running_registry, write_image
+from tests.support.swarm import Swarm
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not have_registry_tools(), reason="needs docker-registry and skopeo (make registry-tools)")]

@@ -28,14 +28,15 @@ from moto.moto_server.werkzeug_app import (
 from werkzeug.serving import make_server
 
 from events.tasks import PieceFinished
-from services.natsconn import connect
 from services.peer.daemon import DaemonConfig
 from services.peer.downloader import Settings
 from services.peer.get import ApiClient
+from services.peer.origins import Sources
 from services.peer.request import DownloadRequest
 from services.peer.s3 import S3Source, s3_config
-from services.peer.sources import SourceError, Sources
-from services.peer.swarm import Swarm, daemon_in_process, read_events
+from services.peer.sources import SourceError
+from services.runtime.natsconn import connect
+from tests.support.swarm import Swarm, daemon_in_process, read_events
 
 pytestmark = pytest.mark.anyio
 BUCKET = "models"

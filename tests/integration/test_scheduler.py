@@ -39,13 +39,13 @@ from events import (
 from events.bus import Publisher
 from events.ids import new_id
 from events.log import read_log
-from events.streams import ensure_streams
+from events.streams import SNAPSHOT_BUCKET, ensure_streams
 from events.subjects import partition
-from services.broker import Broker, nats_server_binary, start_broker
-from services.eventlog import dump
-from services.natsconn import connect
-from services.procs import spawn, stop, wait_ready
-from services.scheduler.lease import SNAPSHOT_BUCKET, lease_key, open_bucket
+from services.launcher.broker import Broker, nats_server_binary, start_broker
+from services.runtime.eventlog import dump
+from services.runtime.natsconn import connect
+from services.runtime.procs import spawn, stop, wait_ready
+from services.scheduler.lease import lease_key, open_bucket
 from services.scheduler.replay import replay
 from services.scheduler.shell import Scheduler
 
@@ -280,7 +280,8 @@ async def test_the_scheduler_rides_out_a_nats_restart(tmp_path: Path) -> None:
             async with running(sched_nc, "r1"):
                 assert isinstance(await swarm.register("p0", "h0"), BackToSourceOrdered)
                 await swarm.fetch_from_origin("p0", range(PIECES))
-                restarted = await asyncio.to_thread(_restart_on_same_port, broker, tmp_path / "nats")
+                restarted = await asyncio.to_thread(_restart_on_same_port, broker,
+                                                    tmp_path / "nats")
                 for _ in range(400):
                     if sched_nc.is_connected and peers_nc.is_connected:
                         break

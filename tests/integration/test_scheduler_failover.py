@@ -18,11 +18,11 @@ import pytest
 
 from events.log import LogRecord
 from events.subjects import partition
-from services.eventlog import dump
 from services.peer.get import ApiClient
 from services.peer.request import DownloadRequest
-from services.peer.swarm import ChildService, Origin, OriginFaults, Swarm
+from services.runtime.eventlog import dump
 from services.scheduler.replay import replay
+from tests.support.swarm import ChildService, Origin, OriginFaults, Swarm
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 PIECE = 32 << 10

@@ -15,7 +15,7 @@ import pytest
 
 from services.peer.get import ApiClient
 from services.peer.request import DownloadRequest
-from services.peer.swarm import Origin, Swarm
+from tests.support.swarm import Origin, Swarm
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 PIECE = 32 << 10
@@ -45,7 +45,8 @@ async def test_ten_peers_fetch_one_file_while_the_origin_serves_it_once(
     request = DownloadRequest(url=f"{origin.url}/blob.bin", piece_length=PIECE)
     results: dict[str, dict[str, Any]] = {}
     try:
-        with Swarm(nats_url, tmp_path / "swarm", PEERS, cluster=f"c{secrets.token_hex(4)}") as swarm:
+        cluster = f"c{secrets.token_hex(4)}"
+        with Swarm(nats_url, tmp_path / "swarm", PEERS, cluster=cluster) as swarm:
             async def one(name: str, api_url: str) -> None:
                 results[name] = await fetch(api_url, request, tmp_path / f"{name}.out")
 

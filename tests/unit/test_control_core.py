@@ -17,12 +17,12 @@ from events.jobs import (
     JobSucceeded,
     PreheatRequested,
 )
+from events.secrets import SealError, open_sealed, seal
 from services.manager.control import jobbook
 from services.manager.control.auth import AuthError, new_token, parse_token, token_hash
 from services.manager.control.jobbook import Book, Host
 from services.manager.control.passwords import hash_password, verify_password
 from services.manager.control.scopes import Candidate, HostFacts, find_cluster, valid_scopes
-from services.manager.control.seal import SealError, open_sealed, seal
 from services.peer.jobs import choose_manifest
 
 HZ = Candidate("hz", ClusterScopes(cidrs=["10.1.0.0/16"], idc=["idc-hz"], location=["cn|hz"],

@@ -7,6 +7,7 @@ import hashlib
 
 import pytest
 
+from events.taskid import task_id
 from services.peer.oci import (
     DOCKER_HUB,
     BlobRef,
@@ -21,7 +22,6 @@ from services.peer.oci import (
     registry_url,
     token_url,
 )
-from services.peer.taskid import task_id
 
 DIGEST = f"sha256:{hashlib.sha256(b'layer').hexdigest()}"
 

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.peer.bitmap import Bitmap
-from services.peer.digests import file_digest, parse_digest, same_digest
-from services.peer.taskid import (
+from events.taskid import (
     MAX_PIECE,
     MIN_PIECE,
     filter_query,
@@ -19,6 +17,8 @@ from services.peer.taskid import (
     piece_range,
     task_id,
 )
+from services.peer.bitmap import Bitmap
+from services.peer.digests import file_digest, parse_digest, same_digest
 from services.peer.upload import Pacer, mint_token
 
 

@@ -14,7 +14,7 @@ from events.sched import PeerQueued
 from events.tasks import PeerRegistered, PieceFinished
 from projections import PROJECTIONS, by_name, store
 from projections.model import ADD, LAST, MAX, MIN, Column, Patches, Table
-from projections.synthetic import Swarm, by_stream, events, task_id
+from tests.support.synthetic import Swarm, by_stream, events, task_id
 
 SWARM = Swarm(tasks=2, peers_per_task=3, pieces=4, failing_peers=1)
 

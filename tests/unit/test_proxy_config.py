@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.cli import build_parser
+from services.cli.main import build_parser
 from services.peer.oci import DOCKER_HUB
 from services.peer.proxy import match_rule, parse_rule, proxy_config
 from services.peer.proxy_tunnel import parse_authority

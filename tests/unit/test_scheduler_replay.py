@@ -5,13 +5,13 @@ from __future__ import annotations
 import io
 
 import pytest
-from test_scheduler_core import C, scripted_swarm
 
 from events import Event, ParentsAssigned
 from events.log import LogRecord
 from events.subjects import subject_for
 from services.scheduler import core
 from services.scheduler.replay import parse_weights, print_changes, print_decisions, replay
+from tests.support.scheduling import C, scripted_swarm
 
 
 def recorded_log() -> list[LogRecord]:

@@ -19,12 +19,12 @@ from typing import Annotated, Final
 
 from fastapi import Depends, HTTPException, Request
 
-from events.admin import AuditRecorded, TokenIssued
+from events.admin import AuditRecorded, TokenIssued, TokenKind
 from events.base import Event
 from events.bus import Publisher
 from events.ids import new_id
+from events.secrets import read_secret
 from services.manager.reader import Reader
-from services.peer.daemon import read_secret
 
 ROLES: Final = {"root": ("read", "write"), "guest": ("read",)}
 SCOPES: Final = ("job", "task", "cluster", "user", "tenant")
@@ -59,7 +59,7 @@ def cluster_secret() -> str:
         raise HTTPException(503, f"the manager cannot seal credentials: {exc}") from None
 
 
-def new_token(kind: str) -> tuple[str, str, str]:
+def new_token(kind: TokenKind) -> tuple[str, str, str]:
     """``(token id, token, sha256 of its secret part)`` for a new ``session`` or
     ``personal`` token."""
     token_id = secrets.token_hex(TOKEN_ID_LEN // 2)
@@ -148,7 +148,7 @@ def allow(who: Principal, *, scope: str, write: bool = False, everywhere: bool =
         raise HTTPException(403, f"user {who.user_id} is bound to tenant {who.tenant!r}")
 
 
-async def issue_token(request: Request, who: Principal, *, kind: str, name: str,
+async def issue_token(request: Request, who: Principal, *, kind: TokenKind, name: str,
                       scopes: list[str], ttl: float, wait: float = 5.0) -> dict[str, object]:
     """Record a new token for ``who`` and answer it once it is usable, i.e. projected.
     Raises ``HTTPException`` 503 when the projection does not catch up within ``wait``."""

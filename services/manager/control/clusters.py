@@ -15,20 +15,20 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from nats.errors import Error as NatsError
 from pydantic import BaseModel, ConfigDict, Field
 
-from events.admin import ClusterDeleted, ClusterSaved, ClusterScopes
-from events.config import ClusterConfig, ClusterConfigSet
+from events.admin import ClusterDeleted, ClusterKind, ClusterSaved, ClusterScopes
+from events.config import DEFAULT_WEIGHTS, ClusterConfig, ClusterConfigSet
 from events.ids import new_id
 from services.manager.control.auth import Caller, allow, reader_of, record
 from services.manager.control.scopes import valid_scopes
 from services.manager.reader import Reader
 from services.manager.schedulers import live_schedulers
-from services.scheduler.core import DEFAULT_WEIGHTS
 
 router = APIRouter(prefix="/api/v1", tags=["clusters"])
 
 ID: Final = r"^[A-Za-z0-9_\-]{1,64}$"
 KEEPALIVE_TIMEOUT: Final = 30.0  # a host silent this long (six keepalives) shows inactive
-KINDS: Final = {"scheduler": "scheduler-clusters", "seed_peer": "seed-peer-clusters"}
+KINDS: Final[dict[ClusterKind, str]] = {"scheduler": "scheduler-clusters",
+                                       "seed_peer": "seed-peer-clusters"}
 
 
 class Strict(BaseModel):
@@ -70,7 +70,7 @@ class ClusterCreate(ClusterChange):
     id: Annotated[str, Field(pattern=ID)]
 
 
-async def _cluster(reader: Reader, kind: str, cluster: str) -> dict[str, object] | None:
+async def _cluster(reader: Reader, kind: ClusterKind, cluster: str) -> dict[str, object] | None:
     rows = await reader.records("SELECT * FROM admin_clusters WHERE kind = ? AND cluster = ? "
                                 "AND state = 'active'", [kind, cluster])
     return rows[0] if rows else None
@@ -109,7 +109,7 @@ class ClusterSavedFields(msgspec.Struct, kw_only=True):
     load_limit: int = 0
 
 
-def _saved(kind: str, cluster: str, current: dict[str, object], change: ClusterChange,
+def _saved(kind: ClusterKind, cluster: str, current: dict[str, object], change: ClusterChange,
            actor: str) -> ClusterSaved:
     """The cluster as ``change`` leaves it: given fields replace the stored ones."""
     given = change.model_dump(exclude_none=True, exclude={"id", "config", "scopes"})
@@ -156,7 +156,7 @@ async def _check_links(reader: Reader, change: ClusterChange) -> None:
         raise HTTPException(404, f"unknown seed-peer clusters: {', '.join(unknown)}")
 
 
-def _routes(kind: str, path: str) -> None:
+def _routes(kind: ClusterKind, path: str) -> None:
     noun = kind.replace("_", "-") + " cluster"
     is_scheduler = kind == "scheduler"
 

@@ -15,8 +15,15 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from events.base import Event
 from events.ids import new_id
-from events.jobs import DeleteTaskRequested, GetTaskRequested, PreheatRequested
-from events.secrets import public_headers
+from events.jobs import (
+    DeleteTaskRequested,
+    GetTaskRequested,
+    PreheatKind,
+    PreheatRequested,
+    PreheatScope,
+)
+from events.secrets import public_headers, seal, sensitive_headers
+from events.taskid import task_id as compute_task_id
 from services.manager.control.auth import (
     Caller,
     Principal,
@@ -26,8 +33,6 @@ from services.manager.control.auth import (
     record,
 )
 from services.manager.control.clusters import known_clusters
-from services.manager.control.seal import seal
-from services.peer.taskid import task_id as compute_task_id
 
 router = APIRouter(tags=["jobs"])
 
@@ -39,11 +44,11 @@ class Strict(BaseModel):
 
 
 class PreheatArgs(Strict):
-    type: Literal["file", "image"] = "file"
+    type: PreheatKind = "file"
     url: Annotated[str, Field(pattern=r"^$|" + URL)] = ""
     urls: list[Annotated[str, Field(pattern=URL)]] = Field(
         [], description="more URLs for the same job; url and urls combine, as in Dragonfly")
-    scope: Literal["single_seed_peer", "all_seed_peers", "all_peers"] = "single_seed_peer"
+    scope: PreheatScope = "single_seed_peer"
     tag: str = ""
     application: str = ""
     filtered_query_params: str = Field("", description="query parameters left out of the "
@@ -102,7 +107,7 @@ def _preheat(job_id: str, who: Principal, body: JobCreate) -> PreheatRequested:
     if not urls:
         raise HTTPException(422, "args: give url, or urls (a list)")
     application = _tenant(who, a.application)
-    secrets = {k: v for k, v in a.headers.items() if k not in public_headers(a.headers)}
+    secrets = sensitive_headers(a.headers)
     credentials: dict[str, object] = {k: v for k, v in (("headers", secrets),
                                       ("username", a.username), ("password", a.password)) if v}
     return PreheatRequested(

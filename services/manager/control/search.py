@@ -1,7 +1,7 @@
 """Cluster search over NATS request/reply: a starting peer asks which scheduler cluster it
 belongs to, the manager answers from the clusters' scopes (``scopes.find_cluster``).
 
-The messages and the asking side are in ``services.clustersearch``. The answer is
+The messages and the asking side are in ``events.clustersearch``. The answer is
 ``default`` when no scope matches and no cluster is the default.
 """
 
@@ -16,12 +16,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from events.admin import ClusterScopes
-from services.clustersearch import (
-    FALLBACK,
-    SUBJECT,
-    ClusterAnswer,
-    ClusterQuery,
-)
+from events.clustersearch import FALLBACK, ClusterAnswer, ClusterQuery
+from events.subjects import CLUSTER_SEARCH
 from services.manager.control.scopes import Candidate, HostFacts, affinity, find_cluster
 from services.manager.reader import Reader
 
@@ -61,7 +57,7 @@ async def serve_search(nc: Client, reader: Reader, stop: asyncio.Event) -> None:
                                   "its clusters")
         await msg.respond(msgspec.json.encode(reply))
 
-    sub = await nc.subscribe(SUBJECT, queue="damselfly-managers", cb=on_query)
+    sub = await nc.subscribe(CLUSTER_SEARCH, queue="damselfly-managers", cb=on_query)
     try:
         await stop.wait()
     finally:

@@ -35,7 +35,8 @@ async def issue(request: Request, who: Caller, body: TokenCreate) -> dict[str, o
         raise HTTPException(422, f"unknown scopes {', '.join(unknown)}; known: {', '.join(SCOPES)}")
     wider = sorted(set(body.scopes) - who.scopes)
     if wider:
-        raise HTTPException(403, f"a token cannot grant scopes its issuer lacks: {', '.join(wider)}")
+        raise HTTPException(403, "a token cannot grant scopes its issuer lacks: "
+                                 f"{', '.join(wider)}")
     return await issue_token(request, who, kind="personal", name=body.name, scopes=body.scopes,
                              ttl=body.expires_in)
 

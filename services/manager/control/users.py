@@ -12,14 +12,15 @@ import os
 import secrets
 import sys
 import time
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final
 
+import msgspec
 from fastapi import APIRouter, HTTPException, Request
 from nats.js import JetStreamContext
 from nats.js.errors import APIError
 from pydantic import BaseModel, ConfigDict, Field
 
-from events.admin import UserSaved
+from events.admin import Role, UserSaved, UserState
 from events.bus import MSG_ID
 from events.codec import encode
 from events.ids import new_id
@@ -45,7 +46,6 @@ ROOT: Final = "root"
 ROOT_PASSWORD_ENV: Final = "DAMSELFLY_ROOT_PASSWORD"
 NAME: Final = r"^[A-Za-z0-9_\-]{1,64}$"
 PUBLIC: Final = "user_id, email, role, tenant, state, created_at, updated_at"
-Role = Literal["root", "guest"]
 
 
 class Strict(BaseModel):
@@ -69,7 +69,7 @@ class UserChange(Strict):
     password: Annotated[str, Field(min_length=8, max_length=256)] | None = None
     email: str | None = None
     tenant: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]{0,64}$")] | None = None
-    state: Literal["enabled", "disabled"] | None = None
+    state: UserState | None = None
 
 
 async def _stored(reader: Reader, user_id: str) -> dict[str, object] | None:
@@ -146,8 +146,9 @@ async def _save(request: Request, who: Caller, user_id: str, action: str, **chan
         raise HTTPException(404, f"no user {user_id}")
     fields = {k: row[k] for k in ("email", "role", "tenant", "password_hash", "state")}
     fields.update(changes)
-    saved = UserSaved(id=new_id(), at=time.time(), user_id=user_id, actor=who.user_id,
-                      **{k: str(v or "") for k, v in fields.items()})
+    saved = msgspec.convert({**{k: str(v or "") for k, v in fields.items()}, "id": new_id(),
+                             "at": time.time(), "user_id": user_id, "actor": who.user_id},
+                            UserSaved)
     await record(request, who, action, user_id, saved)
     return _view(saved)
 

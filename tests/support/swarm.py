@@ -1,13 +1,12 @@
-"""A local swarm's moving parts for demos, benchmarks and tests: an origin HTTP server that
-counts the bytes it serves (and can misbehave on purpose), and daemons run as child
-processes of ``damselfly daemon``."""
+"""A local swarm's moving parts for tests and benchmarks: an origin HTTP server that counts
+the bytes it serves and can misbehave on purpose, and daemons run as child processes of
+``damselfly daemon`` or in this event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import signal
-import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -15,7 +14,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
-from urllib.parse import quote
 
 import anyio
 from aiohttp import web
@@ -23,8 +21,9 @@ from nats.js import JetStreamContext
 
 from events.bus import Consumer
 from events.codec import AnyEvent
+from services.launcher.origin import Origin as LocalOrigin
 from services.peer.daemon import DaemonConfig, serve
-from services.procs import spawn, stop, wait_ready
+from services.runtime.procs import spawn, stop, wait_ready
 
 
 @dataclass
@@ -43,82 +42,29 @@ class OriginFaults:
 
 
 @dataclass
-class Origin:
-    """Serves files from ``root`` with Range support on 127.0.0.1, counting bytes sent."""
+class Origin(LocalOrigin):
+    """The demo's origin, with misbehaviour on purpose (``faults``)."""
 
-    root: Path
     faults: OriginFaults = field(default_factory=OriginFaults)
-    bytes_served: int = 0
-    requests: list[str] = field(default_factory=list)
-    """The Range header of every request ("" for none), in order."""
-    headers: list[dict[str, str]] = field(default_factory=list)
-    url: str = ""
-    ssl_context: ssl.SSLContext | None = None
-    """Serve https with this context (http when None)."""
-    _runner: web.AppRunner | None = None
 
-    async def start(self) -> str:
-        app = web.Application()
-        app.router.add_get("/{name:.*}", self._serve)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{port}"
-        return self.url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def _serve(self, request: web.Request) -> web.StreamResponse:
-        self.requests.append(request.headers.get("Range", ""))
-        self.headers.append(dict(request.headers))
+    async def refuse(self, request: web.Request) -> web.StreamResponse | None:
         while self.faults.hang and request.transport and not request.transport.is_closing():
             await asyncio.sleep(0.05)  # until the client gives up (or the fault is lifted)
         if self.faults.fail_always or len(self.requests) <= self.faults.fail_first:
             return web.Response(status=self.faults.fail_status, text="injected failure\n")
-        path = (self.root / request.match_info["name"]).resolve()
-        if not path.is_relative_to(self.root.resolve()) or not path.exists():
-            return web.Response(status=404)
-        if path.is_dir():  # a listing like ``python -m http.server`` writes
-            links = "".join(f'<li><a href="{quote(p.name)}{"/" if p.is_dir() else ""}">{p.name}</a>'
-                            for p in sorted(path.iterdir()))
-            return web.Response(text=f"<html><body><ul>{links}</ul></body></html>",
-                                content_type="text/html")
-        size = path.stat().st_size
-        start, stop_at = 0, size
-        try:
-            asked = request.http_range
-        except ValueError:
-            return web.Response(status=416)
-        if asked.start is not None:
-            start, stop_at = asked.start, min(asked.stop or size, size)
-        ranged = request.headers.get("Range") is not None
-        response = web.StreamResponse(status=206 if ranged else 200)
-        response.content_length = stop_at - start
-        if ranged:
-            response.headers["Content-Range"] = f"bytes {start}-{stop_at - 1}/{size}"
-        await response.prepare(request)
-        chunk = 64 << 10
-        with open(path, "rb") as f:  # noqa: ASYNC230 - a lab origin: page-cache reads
-            f.seek(start)
-            sent = 0
-            while sent < stop_at - start:
-                data = f.read(min(chunk, stop_at - start - sent))
-                if self.faults.reset_after and self.bytes_served + len(data) > self.faults.reset_after:
-                    self.faults.reset_after = 0
-                    assert request.transport is not None
-                    request.transport.abort()
-                    return response
-                await response.write(data)
-                sent += len(data)
-                self.bytes_served += len(data)
-                if self.faults.rate:
-                    await asyncio.sleep(len(data) / self.faults.rate)
-        return response
+        return None
+
+    def sending(self, request: web.Request, chunk: bytes) -> bool:
+        if self.faults.reset_after and self.bytes_served + len(chunk) > self.faults.reset_after:
+            self.faults.reset_after = 0
+            assert request.transport is not None
+            request.transport.abort()
+            return False
+        return True
+
+    async def sent(self, chunk: bytes) -> None:
+        if self.faults.rate:
+            await asyncio.sleep(len(chunk) / self.faults.rate)
 
 
 class ChildService:

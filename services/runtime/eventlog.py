@@ -16,8 +16,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from events.codec import EventDecodeError, decode, to_builtins
 from events.log import LogRecord, encode_record
 from events.streams import STREAM_NAMES
-from services.natsconn import connect
-from services.signals import stop_on_signals
+from events.subjects import ALL
+from services.runtime.natsconn import connect
+from services.runtime.signals import stop_on_signals
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -86,7 +87,7 @@ async def dump(url: str, since: float | None, out: TextIO, idle: float = 1.0) ->
                                     deliver_policy=DeliverPolicy.ALL)
             if since is not None:
                 config.deliver_policy = DeliverPolicy.BY_START_TIME
-                config.opt_start_time = datetime.fromtimestamp(since, UTC).isoformat()
+                config.opt_start_time = datetime.fromtimestamp(since, UTC)
             sub = await js.pull_subscribe("", stream=stream, config=config)
             while True:
                 try:
@@ -98,7 +99,8 @@ async def dump(url: str, since: float | None, out: TextIO, idle: float = 1.0) ->
                     try:
                         event = decode(msg.data)
                     except EventDecodeError as exc:
-                        print(f"skipped {stream} seq {meta.sequence.stream}: {exc}", file=sys.stderr)
+                        print(f"skipped {stream} seq {meta.sequence.stream}: {exc}",
+                              file=sys.stderr)
                         continue
                     records.append(LogRecord(stream=stream, seq=meta.sequence.stream,
                                              subject=msg.subject,
@@ -119,7 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     verbs = p.add_subparsers(dest="verb", required=True)
     t = verbs.add_parser("tail", help="print live events, one line each")
     t.add_argument("--nats", required=True, help="NATS URL")
-    t.add_argument("--subject", default="df.>", help="subject filter (default df.>)")
+    t.add_argument("--subject", default=ALL, help=f"subject filter (default {ALL})")
     t.set_defaults(run=_run_tail)
     d = verbs.add_parser("dump", help="export stored events as JSON lines (replayable)")
     d.add_argument("--nats", required=True, help="NATS URL")

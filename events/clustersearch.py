@@ -1,8 +1,7 @@
 """The cluster search's wire messages, shared by the asking peer and the answering manager.
 
-A starting peer asks ``df.rpc.cluster_search`` (core NATS request/reply, outside every
-stream: a question is not a fact) which scheduler cluster its host belongs to. Only
-``msgspec`` and ``nats`` here, so the daemon does not import the manager's DuckDB side.
+A starting peer asks ``events.subjects.CLUSTER_SEARCH`` (core NATS request/reply,
+outside every stream: a question is not a fact) which scheduler cluster its host belongs to.
 """
 
 from __future__ import annotations
@@ -12,7 +11,8 @@ from typing import Final
 import msgspec
 from nats.aio.client import Client
 
-SUBJECT: Final = "df.rpc.cluster_search"
+from events.subjects import CLUSTER_SEARCH
+
 FALLBACK: Final = "default"
 TIMEOUT: Final = 2.0
 
@@ -40,5 +40,5 @@ async def ask_cluster(nc: Client, query: ClusterQuery, timeout: float = TIMEOUT
     """Ask the manager which cluster a host belongs to. Raises ``nats.errors.TimeoutError``
     or ``nats.errors.NoRespondersError`` when no manager answers, ``msgspec.DecodeError``
     when the answer is not one."""
-    reply = await nc.request(SUBJECT, msgspec.json.encode(query), timeout=timeout)
+    reply = await nc.request(CLUSTER_SEARCH, msgspec.json.encode(query), timeout=timeout)
     return msgspec.json.decode(reply.data, type=ClusterAnswer)

@@ -9,11 +9,11 @@ from importlib import import_module
 
 # Each module has register(subparsers) and sets ``run`` on its parsers.
 COMMAND_MODULES = [
-    "services.cluster",
-    "services.eventlog",
+    "services.launcher.up",
+    "services.runtime.eventlog",
     "services.scheduler.cli",
     "services.peer.cli",
-    "services.peer.demo",
+    "services.launcher.demo",
     "services.manager.cli",
     "services.manager.preheat",
 ]
@@ -40,6 +40,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"damselfly {args.command}: {exc}", file=sys.stderr)
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,14 +30,14 @@ from projections.projector import Projector
 from services.manager.app import create_app
 from services.manager.control import service as control
 from services.manager.reader import Reader
-from services.natsconn import connect
-from services.peer.daemon import Downloads
 from services.peer.downloader import PeerContext, Settings
+from services.peer.downloads import Downloads
 from services.peer.jobs import run_job_worker
+from services.peer.origins import Sources
 from services.peer.parents import ParentClient
-from services.peer.sources import Sources
 from services.peer.storage import Storage
 from services.peer.upload import TransferStats, upload_app
+from services.runtime.natsconn import connect
 
 ROOT_PASSWORD = "root-password-for-tests"
 SECRET = "cluster-secret-for-tests"
@@ -70,17 +70,6 @@ async def job_outcome(m: Manager, token: str, job_id: str) -> dict[str, Any] | N
     if status != 200 or body["job"]["state"] not in ("succeeded", "failed"):
         return None
     return dict(body)
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> Any:
-    """The first truthy value ``check`` returns; fails the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.1)
 
 
 @dataclass

@@ -48,7 +48,8 @@ def write_ready(path: Path, endpoints: dict[str, object]) -> None:
     os.replace(tmp, path)
 
 
-def wait_ready(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> dict[str, object]:
+def wait_ready(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0
+               ) -> dict[str, object]:
     """Wait for a child's ready file. Raises ``RuntimeError`` if it exits or times out first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -57,7 +58,7 @@ def wait_ready(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0)
             assert isinstance(data, dict)
             return data
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0] if isinstance(proc.args, list) else proc.args} "
-                               f"exited with {proc.returncode} before it was ready")
+            program = proc.args[0] if isinstance(proc.args, list) else proc.args
+            raise RuntimeError(f"{program!s} exited with {proc.returncode} before it was ready")
         time.sleep(0.05)
     raise RuntimeError(f"no ready file {path} after {timeout:.0f}s")

@@ -22,9 +22,10 @@ from types import FrameType, TracebackType
 from typing import Self
 
 from events.streams import ensure_streams
-from services.broker import Broker, start_broker
-from services.natsconn import connect
-from services.procs import spawn, stop, wait_ready
+from services.launcher.broker import Broker, start_broker
+from services.manager.client import root_password_file
+from services.runtime.natsconn import connect
+from services.runtime.procs import spawn, stop, wait_ready
 
 
 @dataclass(frozen=True)
@@ -75,12 +76,6 @@ def kept_secret(env: str, path: Path) -> str:
     return path.read_text().strip()
 
 
-def root_password_file(data_dir: Path) -> Path:
-    """Where ``up`` keeps the manager's first root password (when the environment gives none);
-    the CLI signs in with it against this cluster's manager."""
-    return data_dir / "root.password"
-
-
 @dataclass
 class LocalCluster:
     """A running cluster; use as a context manager so every process ends with it."""
@@ -122,7 +117,8 @@ class LocalCluster:
             try:
                 services[spec.name] = wait_ready(ready, proc)
             except RuntimeError as exc:
-                raise RuntimeError(f"{spec.name}: {exc}; see {logs / (spec.name + '.log')}") from exc
+                log_file = logs / (spec.name + ".log")
+                raise RuntimeError(f"{spec.name}: {exc}; see {log_file}") from exc
         (self.data_dir / "cluster.json").write_text(json.dumps(self.endpoints, indent=2))
         return self.endpoints
 

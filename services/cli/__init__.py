@@ -1,0 +1,1 @@
+"""The ``damselfly`` command line: one subcommand per service or tool."""

@@ -1,0 +1,7 @@
+"""``python -m services.cli``: the ``damselfly`` command without its console script."""
+
+import sys
+
+from services.cli.main import main
+
+sys.exit(main())

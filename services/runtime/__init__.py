@@ -1,0 +1,2 @@
+"""What every service runs on: its NATS connection, signal handling, child processes and
+their ready files, and the event-log tools (``damselfly events tail|dump``)."""

@@ -1,0 +1,2 @@
+"""Harnesses the tests (and benchmarks) share: origins, swarms of child services,
+registries, a manager, and the one way to wait."""
