@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench chromium registry-tools clean
+.PHONY: demo test lint bench chromium registry-tools clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,7 +25,15 @@ chromium:
 registry-tools:
 	command -v docker-registry >/dev/null && command -v skopeo >/dev/null && command -v containerd >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-registry skopeo containerd >/dev/null)
 
-test: $(STAMP) chromium registry-tools
+# The gates: lint and types (the source mypy --strict, tests and benchmarks non-strict, as
+# pyproject.toml says) and the architecture's import contracts. Seconds; run before the suite.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/mypy tests bench
+	$(BIN)/lint-imports
+
+test: lint chromium registry-tools
 	$(BIN)/python -m pytest -q tests
 
 # The swarm benchmark compares against BitTorrent (Debian's aria2c, mktorrent, opentracker)

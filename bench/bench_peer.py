@@ -22,17 +22,17 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from events.bus import Publisher
-from events.codec import decode
-from events.ids import derived_id
-from events.sched import BackToSourceOrdered, ParentInfo, ParentsAssigned
-from events.taskid import piece_length_for
-from events.tasks import PeerRegistered
-from services.launcher.broker import start_broker
-from services.peer.get import ApiClient
-from services.peer.request import DownloadRequest
-from services.peer.upload import mint_token
-from services.runtime.natsconn import connect
+from damselfly.events.bus import Publisher
+from damselfly.events.codec import decode
+from damselfly.events.ids import derived_id
+from damselfly.events.sched import BackToSourceOrdered, ParentInfo, ParentsAssigned
+from damselfly.events.taskid import piece_length_for
+from damselfly.events.tasks import PeerRegistered
+from damselfly.services.launcher.broker import start_broker
+from damselfly.services.peer.get import ApiClient
+from damselfly.services.peer.request import DownloadRequest
+from damselfly.services.peer.upload import mint_token
+from damselfly.services.runtime.natsconn import connect
 from tests.support.swarm import ChildService, Origin, daemon_service
 
 SECRET = "bench-secret"

@@ -30,20 +30,26 @@ from pathlib import Path
 import duckdb
 from nats.js import JetStreamContext
 
-import dashboards
-from events.bus import Consumer, Publisher
-from events.codec import AnyEvent, decode, encode
-from events.hosts import HostAnnounced
-from events.jobs import JobFailed, JobProgressed, JobStarted, JobSucceeded, PreheatRequested
-from events.sched import BackToSourceOrdered, ParentInfo, ParentsAssigned
-from events.streams import ensure_streams
-from events.tasks import PeerRegistered, PeerSucceeded, PieceFinished
-from projections import store
-from projections.projector import Projector
-from services.launcher.broker import start_broker
-from services.manager.reader import RELATIONS
-from services.manager.tenancy import scoped
-from services.runtime.natsconn import connect
+from damselfly import dashboards
+from damselfly.events.bus import Consumer, Publisher
+from damselfly.events.codec import AnyEvent, decode, encode
+from damselfly.events.hosts import HostAnnounced
+from damselfly.events.jobs import (
+    JobFailed,
+    JobProgressed,
+    JobStarted,
+    JobSucceeded,
+    PreheatRequested,
+)
+from damselfly.events.sched import BackToSourceOrdered, ParentInfo, ParentsAssigned
+from damselfly.events.streams import ensure_streams
+from damselfly.events.tasks import PeerRegistered, PeerSucceeded, PieceFinished
+from damselfly.projections import store
+from damselfly.projections.projector import Projector
+from damselfly.services.launcher.broker import start_broker
+from damselfly.services.manager.reader import RELATIONS
+from damselfly.services.manager.tenancy import scoped
+from damselfly.services.runtime.natsconn import connect
 from tests.support.synthetic import Swarm, by_stream, events
 
 BATCH = 16384  # what the projector gathers per transaction while behind

@@ -26,7 +26,7 @@ from pathlib import Path
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from events import (
+from damselfly.events import (
     BackToSourceStarted,
     Event,
     HostAnnounced,
@@ -36,13 +36,13 @@ from events import (
     TaskMetadataReported,
     decode,
 )
-from events.bus import Publisher
-from events.streams import ensure_streams
-from services.launcher.broker import start_broker
-from services.runtime.natsconn import connect
-from services.runtime.procs import spawn, stop, wait_ready, write_ready
-from services.scheduler import core
-from services.scheduler.shell import Scheduler
+from damselfly.events.bus import Publisher
+from damselfly.events.streams import ensure_streams
+from damselfly.services.launcher.broker import start_broker
+from damselfly.services.runtime.natsconn import connect
+from damselfly.services.runtime.procs import DAMSELFLY, spawn, stop, wait_ready, write_ready
+from damselfly.services.scheduler import core
+from damselfly.services.scheduler.shell import Scheduler
 
 TASKS, PEERS, PIECES = 120, 12, 48           # fold workload: ~75k events
 LAT_PEERS, LAT_TASKS, LAT_ROUNDS, STEADY = 1000, 10, 3, 300
@@ -281,7 +281,7 @@ async def latency_bench(url: str, work: Path) -> dict[str, dict[str, dict[str, f
             stop([proc])
         ready = work / "scheduler.json"
         with (work / "scheduler.log").open("wb") as log:
-            sched = spawn([sys.executable, "-m", "services.cli", "scheduler", "--nats", url,
+            sched = spawn([*DAMSELFLY, "scheduler", "--nats", url,
                            "--cluster", "lat", "--ready-file", str(ready)], log)
         try:
             wait_ready(ready, sched)

@@ -29,9 +29,9 @@ from bench.swarm_lab import (
     write_random_file,
 )
 from bench.swarm_math import percentile
-from events.config import ClusterConfig
-from services.peer.get import ApiClient, fetch_one
-from services.peer.request import DownloadRequest
+from damselfly.events.config import ClusterConfig
+from damselfly.services.peer.get import ApiClient, fetch_one
+from damselfly.services.peer.request import DownloadRequest
 
 SIZES: Final = (1 << 10, 16 << 10, 256 << 10, 1 << 20)
 

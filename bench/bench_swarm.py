@@ -31,8 +31,8 @@ from bench.swarm_lab import (
     write_random_file,
 )
 from bench.swarm_math import lower_bound, swarm_summary
-from events.config import ClusterConfig
-from services.peer.request import DownloadRequest
+from damselfly.events.config import ClusterConfig
+from damselfly.services.peer.request import DownloadRequest
 
 PIECE: Final = 256 << 10
 

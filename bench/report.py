@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from services.runtime.procs import write_ready
+from damselfly.services.runtime.procs import write_ready
 
 HERE: Final = Path(__file__).resolve().parent
 RESULTS: Final = Path(os.environ.get("BENCH_RESULTS", HERE / "results"))

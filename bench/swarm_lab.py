@@ -26,15 +26,15 @@ from typing import Any, Final, Self, TypeVar
 import aiohttp
 import anyio
 
-from events.bus import Publisher
-from events.config import ClusterConfig, ClusterConfigSet
-from events.ids import new_id
-from events.streams import ensure_streams
-from services.launcher.broker import start_broker
-from services.peer.get import ApiClient
-from services.peer.request import DownloadRequest
-from services.runtime.natsconn import connect
-from services.runtime.procs import spawn, stop, wait_ready
+from damselfly.events.bus import Publisher
+from damselfly.events.config import ClusterConfig, ClusterConfigSet
+from damselfly.events.ids import new_id
+from damselfly.events.streams import ensure_streams
+from damselfly.services.launcher.broker import start_broker
+from damselfly.services.peer.get import ApiClient
+from damselfly.services.peer.request import DownloadRequest
+from damselfly.services.runtime.natsconn import connect
+from damselfly.services.runtime.procs import spawn, stop, wait_ready
 
 REPO: Final = Path(__file__).resolve().parent.parent
 MiB: Final = 1 << 20
@@ -176,11 +176,11 @@ def start_damselfly(lab: Lab, peers: int, caps: DaemonCaps,
     """NATS, a scheduler under ``config`` and ``peers`` daemons (no seed peer: the origin
     is the only server, as in the bound); returns each daemon's ready endpoints."""
     nats = lab.broker_url(config)
-    lab.service("scheduler", python_cli("services.cli", "scheduler", "--nats", nats,
+    lab.service("scheduler", python_cli("damselfly.services.cli", "scheduler", "--nats", nats,
                                         "--data-dir", str(lab.root / "scheduler")))
     started = []
     for i in range(peers):
-        argv = python_cli("services.cli", "daemon", "--nats", nats,
+        argv = python_cli("damselfly.services.cli", "daemon", "--nats", nats,
                           "--data-dir", str(lab.root / f"peer{i}"),
                           "--upload-rate", str(caps.upload_rate),
                           "--ready-file", str(lab.ready_path(f"peer{i}")))

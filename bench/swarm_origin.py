@@ -16,9 +16,9 @@ from typing import Final
 
 from aiohttp import web
 
-from services.peer.upload import Pacer
-from services.runtime.procs import write_ready
-from services.runtime.signals import stop_on_signals
+from damselfly.services.peer.upload import Pacer
+from damselfly.services.runtime.procs import write_ready
+from damselfly.services.runtime.signals import stop_on_signals
 
 CHUNK: Final = 64 << 10
 

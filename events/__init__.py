@@ -1,6 +1,6 @@
 """Damselfly's event catalogue: every control fact of the system, versioned and typed."""
 
-from events.admin import (
+from damselfly.events.admin import (
     AuditRecorded,
     ClusterDeleted,
     ClusterSaved,
@@ -11,11 +11,11 @@ from events.admin import (
     TokenRevoked,
     UserSaved,
 )
-from events.base import Event
-from events.codec import AnyEvent, EventDecodeError, decode, encode, event_types
-from events.config import ClusterConfig, ClusterConfigSet
-from events.hosts import HostAnnounced, HostKeepalive, HostLeft
-from events.jobs import (
+from damselfly.events.base import Event
+from damselfly.events.codec import AnyEvent, EventDecodeError, decode, encode, event_types
+from damselfly.events.config import ClusterConfig, ClusterConfigSet
+from damselfly.events.hosts import HostAnnounced, HostKeepalive, HostLeft
+from damselfly.events.jobs import (
     DeleteTaskRequested,
     GetTaskRequested,
     JobFailed,
@@ -24,7 +24,7 @@ from events.jobs import (
     JobSucceeded,
     PreheatRequested,
 )
-from events.sched import (
+from damselfly.events.sched import (
     BackToSourceOrdered,
     ParentInfo,
     ParentsAssigned,
@@ -32,7 +32,7 @@ from events.sched import (
     ScheduleFailed,
     SeedPeerTriggered,
 )
-from events.tasks import (
+from damselfly.events.tasks import (
     BackToSourceStarted,
     PeerFailed,
     PeerLeft,

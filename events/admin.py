@@ -11,7 +11,7 @@ from typing import Literal
 
 import msgspec
 
-from events.base import Event
+from damselfly.events.base import Event
 
 ClusterKind = Literal["scheduler", "seed_peer"]
 Role = Literal["root", "guest"]

@@ -26,9 +26,9 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from events.base import Event
-from events.codec import AnyEvent, EventDecodeError, decode, encode
-from events.subjects import dlq_subject, subject_for
+from damselfly.events.base import Event
+from damselfly.events.codec import AnyEvent, EventDecodeError, decode, encode
+from damselfly.events.subjects import dlq_subject, subject_for
 
 log = logging.getLogger("damselfly.bus")
 

@@ -11,7 +11,7 @@ from typing import Final
 import msgspec
 from nats.aio.client import Client
 
-from events.subjects import CLUSTER_SEARCH
+from damselfly.events.subjects import CLUSTER_SEARCH
 
 FALLBACK: Final = "default"
 TIMEOUT: Final = 2.0

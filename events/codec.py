@@ -6,13 +6,13 @@ from typing import Final, get_args
 
 import msgspec
 
-from events.admin import AdminEvent
-from events.base import Event
-from events.config import ConfigEvent
-from events.hosts import HostEvent
-from events.jobs import JobEvent
-from events.sched import SchedEvent
-from events.tasks import TaskEvent
+from damselfly.events.admin import AdminEvent
+from damselfly.events.base import Event
+from damselfly.events.config import ConfigEvent
+from damselfly.events.hosts import HostEvent
+from damselfly.events.jobs import JobEvent
+from damselfly.events.sched import SchedEvent
+from damselfly.events.tasks import TaskEvent
 
 AnyEvent = HostEvent | TaskEvent | SchedEvent | JobEvent | ConfigEvent | AdminEvent
 

@@ -9,7 +9,7 @@ from typing import Final
 
 import msgspec
 
-from events.base import Event
+from damselfly.events.base import Event
 
 DEFAULT_WEIGHTS: Final = {
     "pieces": 0.2, "upload_success": 0.2, "free_upload": 0.15,

@@ -5,7 +5,7 @@ Subjects: ``df.host.<cluster>.<host>.{announced,keepalive,left}``.
 
 from __future__ import annotations
 
-from events.base import Event
+from damselfly.events.base import Event
 
 
 class HostAnnounced(Event, frozen=True, kw_only=True, tag="host.announced.v1"):

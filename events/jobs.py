@@ -9,7 +9,7 @@ from typing import Literal
 
 import msgspec
 
-from events.base import Event
+from damselfly.events.base import Event
 
 PreheatKind = Literal["file", "image"]
 PreheatScope = Literal["single_seed_peer", "all_seed_peers", "all_peers"]

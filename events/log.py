@@ -8,7 +8,7 @@ from typing import Final
 
 import msgspec
 
-from events.codec import AnyEvent, EventDecodeError
+from damselfly.events.codec import AnyEvent, EventDecodeError
 
 
 class LogRecord(msgspec.Struct, frozen=True, kw_only=True):

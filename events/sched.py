@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from events.base import Event
+from damselfly.events.base import Event
 
 
 class ParentInfo(msgspec.Struct, frozen=True, kw_only=True):

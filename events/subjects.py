@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from events.admin import (
+from damselfly.events.admin import (
     AuditRecorded,
     ClusterDeleted,
     ClusterSaved,
@@ -29,10 +29,10 @@ from events.admin import (
     TokenRevoked,
     UserSaved,
 )
-from events.base import Event
-from events.config import ClusterConfigSet
-from events.hosts import HostAnnounced, HostKeepalive, HostLeft
-from events.jobs import (
+from damselfly.events.base import Event
+from damselfly.events.config import ClusterConfigSet
+from damselfly.events.hosts import HostAnnounced, HostKeepalive, HostLeft
+from damselfly.events.jobs import (
     DeleteTaskRequested,
     GetTaskRequested,
     JobFailed,
@@ -41,14 +41,14 @@ from events.jobs import (
     JobSucceeded,
     PreheatRequested,
 )
-from events.sched import (
+from damselfly.events.sched import (
     BackToSourceOrdered,
     ParentsAssigned,
     PeerQueued,
     ScheduleFailed,
     SeedPeerTriggered,
 )
-from events.tasks import (
+from damselfly.events.tasks import (
     BackToSourceStarted,
     PeerFailed,
     PeerLeft,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import msgspec
 
-from events.base import Event
+from damselfly.events.base import Event
 
 
 class PeerRegistered(Event, frozen=True, kw_only=True, tag="peer.registered.v1"):

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from typing import Final
 
-from projections import admin, configs, decisions, downloads, hosts, jobs, peers, pieces, tasks
-from projections.model import Projection
+from damselfly.projections import (
+    admin,
+    configs,
+    decisions,
+    downloads,
+    hosts,
+    jobs,
+    peers,
+    pieces,
+    tasks,
+)
+from damselfly.projections.model import Projection
 
 PROJECTIONS: Final[tuple[Projection, ...]] = (
     hosts.PROJECTION, tasks.PROJECTION, peers.PROJECTION, downloads.PROJECTION,

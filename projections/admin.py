@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from events.admin import (
+from damselfly.events.admin import (
     AuditRecorded,
     ClusterDeleted,
     ClusterSaved,
@@ -15,9 +15,9 @@ from events.admin import (
     TokenRevoked,
     UserSaved,
 )
-from events.codec import AnyEvent
-from events.jobs import PreheatRequested
-from projections.model import MAX, MIN, Column, Patches, Projection, Table
+from damselfly.events.codec import AnyEvent
+from damselfly.events.jobs import PreheatRequested
+from damselfly.projections.model import MAX, MIN, Column, Patches, Projection, Table
 
 CLUSTERS = Table(
     "admin_clusters",

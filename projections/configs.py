@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import msgspec
 
-from events.codec import AnyEvent
-from events.config import ClusterConfigSet
-from projections.model import Column, Patches, Projection, Table
+from damselfly.events.codec import AnyEvent
+from damselfly.events.config import ClusterConfigSet
+from damselfly.projections.model import Column, Patches, Projection, Table
 
 CONFIGS = Table(
     "cluster_configs",

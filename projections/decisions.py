@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from events.codec import AnyEvent
-from events.sched import (
+from damselfly.events.codec import AnyEvent
+from damselfly.events.sched import (
     BackToSourceOrdered,
     ParentsAssigned,
     PeerQueued,
     ScheduleFailed,
     SeedPeerTriggered,
 )
-from events.tasks import PeerRegistered
-from projections.model import MIN, Column, Patches, Projection, Table
+from damselfly.events.tasks import PeerRegistered
+from damselfly.projections.model import MIN, Column, Patches, Projection, Table
 
 DECISIONS = Table(
     "decisions",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from events.codec import AnyEvent
-from events.tasks import PeerFailed, PeerSucceeded
-from projections.model import Column, Patches, Projection, Table
+from damselfly.events.codec import AnyEvent
+from damselfly.events.tasks import PeerFailed, PeerSucceeded
+from damselfly.projections.model import Column, Patches, Projection, Table
 
 DOWNLOADS = Table(
     "downloads",

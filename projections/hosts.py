@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from events.codec import AnyEvent
-from events.hosts import HostAnnounced, HostKeepalive, HostLeft
-from projections.model import MAX, MIN, Column, Patches, Projection, Table
+from damselfly.events.codec import AnyEvent
+from damselfly.events.hosts import HostAnnounced, HostKeepalive, HostLeft
+from damselfly.projections.model import MAX, MIN, Column, Patches, Projection, Table
 
 HOSTS = Table(
     "hosts",

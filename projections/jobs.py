@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from events.codec import AnyEvent
-from events.jobs import (
+from damselfly.events.codec import AnyEvent
+from damselfly.events.jobs import (
     DeleteTaskRequested,
     GetTaskRequested,
     JobFailed,
@@ -14,7 +14,7 @@ from events.jobs import (
     JobSucceeded,
     PreheatRequested,
 )
-from projections.model import MAX, MIN, Column, Patches, Projection, Table
+from damselfly.projections.model import MAX, MIN, Column, Patches, Projection, Table
 
 JOBS = Table(
     "jobs",

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from events.codec import AnyEvent
+from damselfly.events.codec import AnyEvent
 
 LAST: Final = "last"  # the latest non-null value wins
 ADD: Final = "add"  # counters: summed

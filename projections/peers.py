@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from events.codec import AnyEvent
-from events.tasks import (
+from damselfly.events.codec import AnyEvent
+from damselfly.events.tasks import (
     BackToSourceStarted,
     PeerFailed,
     PeerLeft,
@@ -16,7 +16,7 @@ from events.tasks import (
     PieceFinished,
     RescheduleRequested,
 )
-from projections.model import ADD, MAX, MIN, Column, Patches, Projection, Table
+from damselfly.projections.model import ADD, MAX, MIN, Column, Patches, Projection, Table
 
 PEERS = Table(
     "peers",

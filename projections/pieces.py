@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from events.codec import AnyEvent
-from events.tasks import PieceFailed, PieceFinished
-from projections.model import ADD, Column, Patches, Projection, Table
+from damselfly.events.codec import AnyEvent
+from damselfly.events.tasks import PieceFailed, PieceFinished
+from damselfly.projections.model import ADD, Column, Patches, Projection, Table
 
 PIECE_MINUTES = Table(
     "piece_minutes",

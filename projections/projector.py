@@ -19,8 +19,8 @@ import duckdb
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
-from events.bus import Consumer, Delivered, PoisonEvent
-from projections import by_name, store
+from damselfly.events.bus import Consumer, Delivered, PoisonEvent
+from damselfly.projections import by_name, store
 
 log = logging.getLogger("damselfly.projections")
 

@@ -20,9 +20,9 @@ from typing import Final
 
 import duckdb
 
-from events.codec import AnyEvent
-from projections import PROJECTIONS
-from projections.model import ADD, LAST, MAX, MIN, Column, Patches, Projection, Table
+from damselfly.events.codec import AnyEvent
+from damselfly.projections import PROJECTIONS
+from damselfly.projections.model import ADD, LAST, MAX, MIN, Column, Patches, Projection, Table
 
 log = logging.getLogger("damselfly.projections")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from events.codec import AnyEvent
-from events.tasks import PeerFailed, PeerRegistered, PeerSucceeded, TaskMetadataReported
-from projections.model import ADD, MAX, MIN, Column, Patches, Projection, Table
+from damselfly.events.codec import AnyEvent
+from damselfly.events.tasks import PeerFailed, PeerRegistered, PeerSucceeded, TaskMetadataReported
+from damselfly.projections.model import ADD, MAX, MIN, Column, Patches, Projection, Table
 
 TASKS = Table(
     "tasks",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from services.launcher.broker import start_broker
+from damselfly.services.launcher.broker import start_broker
 
 
 @pytest.fixture

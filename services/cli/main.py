@@ -9,13 +9,13 @@ from importlib import import_module
 
 # Each module has register(subparsers) and sets ``run`` on its parsers.
 COMMAND_MODULES = [
-    "services.launcher.up",
-    "services.runtime.eventlog",
-    "services.scheduler.cli",
-    "services.peer.cli",
-    "services.launcher.demo",
-    "services.manager.cli",
-    "services.manager.preheat",
+    "damselfly.services.launcher.up",
+    "damselfly.services.runtime.eventlog",
+    "damselfly.services.scheduler.cli",
+    "damselfly.services.peer.cli",
+    "damselfly.services.launcher.demo",
+    "damselfly.services.manager.cli",
+    "damselfly.services.manager.preheat",
 ]
 
 

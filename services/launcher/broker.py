@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.runtime.procs import spawn, stop
+from damselfly.services.runtime.procs import spawn, stop
 
 
 def nats_server_binary() -> str:

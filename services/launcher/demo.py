@@ -15,10 +15,10 @@ from typing import Any
 
 import anyio
 
-from services.launcher.origin import Origin
-from services.launcher.up import LocalCluster
-from services.peer.get import ApiClient
-from services.peer.request import DownloadRequest
+from damselfly.services.launcher.origin import Origin
+from damselfly.services.launcher.up import LocalCluster
+from damselfly.services.peer.get import ApiClient
+from damselfly.services.peer.request import DownloadRequest
 
 MIB = 1 << 20
 

@@ -21,11 +21,11 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Self
 
-from events.streams import ensure_streams
-from services.launcher.broker import Broker, start_broker
-from services.manager.client import root_password_file
-from services.runtime.natsconn import connect
-from services.runtime.procs import spawn, stop, wait_ready
+from damselfly.events.streams import ensure_streams
+from damselfly.services.launcher.broker import Broker, start_broker
+from damselfly.services.manager.client import root_password_file
+from damselfly.services.runtime.natsconn import connect
+from damselfly.services.runtime.procs import DAMSELFLY, spawn, stop, wait_ready
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ class LocalCluster:
             ready = run_dir / f"{spec.name}.json"
             ready.unlink(missing_ok=True)
             with open(logs / f"{spec.name}.log", "ab") as log:
-                proc = spawn([sys.executable, "-m", "services.cli", *spec.argv,
+                proc = spawn([*DAMSELFLY, *spec.argv,
                               "--ready-file", str(ready)], log, env)
             self._procs.append(proc)
             try:

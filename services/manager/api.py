@@ -14,10 +14,10 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from nats.errors import Error as NatsError
 from pydantic import BaseModel, Field
 
-import dashboards
-from projections import store
-from services.manager.control.auth import Caller, Principal, allow, reader_of, record
-from services.manager.schedulers import live_schedulers
+from damselfly import dashboards
+from damselfly.projections import store
+from damselfly.services.manager.control.auth import Caller, Principal, allow, reader_of, record
+from damselfly.services.manager.schedulers import live_schedulers
 
 log = logging.getLogger("damselfly.manager.api")
 router = APIRouter(prefix="/api/v1", tags=["read"])

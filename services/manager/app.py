@@ -17,8 +17,8 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
-from services.manager import api
-from services.manager.control import service as control
+from damselfly.services.manager import api
+from damselfly.services.manager.control import service as control
 
 CONSOLE: Final = Path(__file__).parent / "console"
 ROUTERS: Final[tuple[APIRouter, ...]] = (api.router, api.open_router, *control.ROUTERS)

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import duckdb
 
-import dashboards
-from projections import by_name, store
-from projections.projector import replay
-from services.manager.client import add_login_args
-from services.manager.output import FORMATS, render
-from services.manager.sources import ManagerSource, resolve
-from services.runtime.natsconn import connect
-from services.runtime.signals import stop_on_signals
+from damselfly import dashboards
+from damselfly.projections import by_name, store
+from damselfly.projections.projector import replay
+from damselfly.services.manager.client import add_login_args
+from damselfly.services.manager.output import FORMATS, render
+from damselfly.services.manager.sources import ManagerSource, resolve
+from damselfly.services.runtime.natsconn import connect
+from damselfly.services.runtime.signals import stop_on_signals
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -68,7 +68,7 @@ def _add_source(p: argparse.ArgumentParser) -> None:
 
 
 def _run_manager(args: argparse.Namespace) -> int:
-    from services.manager.server import serve
+    from damselfly.services.manager.server import serve
 
     async def main() -> None:
         stop = asyncio.Event()

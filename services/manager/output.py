@@ -7,7 +7,7 @@ import io
 import json
 from typing import Final
 
-from projections.store import Result, plain
+from damselfly.projections.store import Result, plain
 
 FORMATS: Final = ("table", "csv", "json")
 

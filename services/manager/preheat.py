@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from services.manager.client import ManagerError, add_login_args, call, token_for
-from services.manager.sources import manager_url
+from damselfly.services.manager.client import ManagerError, add_login_args, call, token_for
+from damselfly.services.manager.sources import manager_url
 
 SOURCE_PASSWORD_ENV = "DAMSELFLY_SOURCE_PASSWORD"
 SCOPES = ("single_seed_peer", "all_seed_peers", "all_peers")

@@ -9,8 +9,8 @@ import threading
 
 import duckdb
 
-from projections import store
-from services.manager import tenancy
+from damselfly.projections import store
+from damselfly.services.manager import tenancy
 
 RELATIONS = ("SELECT table_name, list(column_name) FROM information_schema.columns "
              "WHERE table_schema = 'main' GROUP BY table_name")

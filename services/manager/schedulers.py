@@ -12,8 +12,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
-from events.streams import LEASE_BUCKET, MEMBER_BUCKET
-from events.subjects import safe_token
+from damselfly.events.streams import LEASE_BUCKET, MEMBER_BUCKET
+from damselfly.events.subjects import safe_token
 
 
 def group_schedulers(leases: dict[str, str], members: list[str]) -> list[dict[str, object]]:

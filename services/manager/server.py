@@ -12,16 +12,16 @@ from pathlib import Path
 
 import uvicorn
 
-from events.bus import Publisher
-from events.streams import ensure_streams
-from projections import store
-from projections.projector import Projector
-from services.manager.app import create_app
-from services.manager.control import service as control
-from services.manager.reader import Reader
-from services.manager.sources import DB_NAME
-from services.runtime.natsconn import connect
-from services.runtime.procs import write_ready
+from damselfly.events.bus import Publisher
+from damselfly.events.streams import ensure_streams
+from damselfly.projections import store
+from damselfly.projections.projector import Projector
+from damselfly.services.manager.app import create_app
+from damselfly.services.manager.control import service as control
+from damselfly.services.manager.reader import Reader
+from damselfly.services.manager.sources import DB_NAME
+from damselfly.services.runtime.natsconn import connect
+from damselfly.services.runtime.procs import write_ready
 
 log = logging.getLogger("damselfly.manager")
 

@@ -17,9 +17,9 @@ from typing import Protocol
 
 import duckdb
 
-from projections import store
-from projections.store import Result
-from services.manager.client import call, token_for
+from damselfly.projections import store
+from damselfly.projections.store import Result
+from damselfly.services.manager.client import call, token_for
 
 DB_NAME = "damselfly.duckdb"
 

@@ -14,9 +14,9 @@ import anyio
 import msgspec
 from aiohttp import web
 
-from services.peer.downloads import Downloads
-from services.peer.request import DownloadRequest
-from services.peer.upload import TransferStats, metrics_text
+from damselfly.services.peer.downloads import Downloads
+from damselfly.services.peer.request import DownloadRequest
+from damselfly.services.peer.upload import TransferStats, metrics_text
 
 TERMINAL: Final = ("succeeded", "failed", "cancelled")
 PROGRESS_INTERVAL: Final = 0.2

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import anyio
 
-from services.peer.containerd import register as register_init
-from services.runtime.signals import stop_on_signals
+from damselfly.services.peer.containerd import register as register_init
+from damselfly.services.runtime.signals import stop_on_signals
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -86,10 +86,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _daemon(args: argparse.Namespace) -> int:
-    from events.secrets import read_secret
-    from services.peer.daemon import DaemonConfig, serve
-    from services.peer.downloader import Settings
-    from services.peer.proxy import proxy_config
+    from damselfly.events.secrets import read_secret
+    from damselfly.services.peer.daemon import DaemonConfig, serve
+    from damselfly.services.peer.downloader import Settings
+    from damselfly.services.peer.proxy import proxy_config
 
     cfg = DaemonConfig(
         nats_url=args.nats, data_dir=args.data_dir.resolve(),
@@ -114,6 +114,6 @@ def _daemon(args: argparse.Namespace) -> int:
 
 
 def _get(args: argparse.Namespace) -> int:
-    from services.peer.get import run
+    from damselfly.services.peer.get import run
 
     return anyio.run(run, args)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
-from services.peer.oci import DOCKER_HUB, REGISTRY_HEADER, registry_url
+from damselfly.services.peer.oci import DOCKER_HUB, REGISTRY_HEADER, registry_url
 
 DEFAULT_CERTS_DIR: Final = Path("/etc/containerd/certs.d")
 DEFAULT_MIRROR: Final = "http://127.0.0.1:4001"

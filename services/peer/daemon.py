@@ -21,27 +21,27 @@ from aiohttp import web
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from events.bus import Publisher
-from events.clustersearch import FALLBACK, TIMEOUT, ClusterQuery, ask_cluster
-from events.codec import EventDecodeError, decode
-from events.hosts import HostAnnounced, HostKeepalive, HostLeft
-from events.ids import derived_id, new_id
-from events.jobs import DeleteTaskRequested, JobProgressed
-from events.sched import SeedPeerTriggered
-from events.streams import ensure_streams
-from events.subjects import job_filter, name_of, safe_token, sched_filter
-from services.peer.api import api_app
-from services.peer.downloader import PeerContext, Settings
-from services.peer.downloads import Downloads
-from services.peer.jobs import run_job_worker
-from services.peer.origins import Sources
-from services.peer.parents import ParentClient
-from services.peer.proxy import ProxyConfig, proxy_app
-from services.peer.request import DownloadRequest
-from services.peer.storage import Storage
-from services.peer.upload import TransferStats, upload_app
-from services.runtime.natsconn import connect
-from services.runtime.procs import write_ready
+from damselfly.events.bus import Publisher
+from damselfly.events.clustersearch import FALLBACK, TIMEOUT, ClusterQuery, ask_cluster
+from damselfly.events.codec import EventDecodeError, decode
+from damselfly.events.hosts import HostAnnounced, HostKeepalive, HostLeft
+from damselfly.events.ids import derived_id, new_id
+from damselfly.events.jobs import DeleteTaskRequested, JobProgressed
+from damselfly.events.sched import SeedPeerTriggered
+from damselfly.events.streams import ensure_streams
+from damselfly.events.subjects import job_filter, name_of, safe_token, sched_filter
+from damselfly.services.peer.api import api_app
+from damselfly.services.peer.downloader import PeerContext, Settings
+from damselfly.services.peer.downloads import Downloads
+from damselfly.services.peer.jobs import run_job_worker
+from damselfly.services.peer.origins import Sources
+from damselfly.services.peer.parents import ParentClient
+from damselfly.services.peer.proxy import ProxyConfig, proxy_app
+from damselfly.services.peer.request import DownloadRequest
+from damselfly.services.peer.storage import Storage
+from damselfly.services.peer.upload import TransferStats, upload_app
+from damselfly.services.runtime.natsconn import connect
+from damselfly.services.runtime.procs import write_ready
 
 log = logging.getLogger("damselfly.daemon")
 

@@ -27,21 +27,21 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
-from events.base import Event
-from events.bus import Publisher
-from events.codec import EventDecodeError, decode
-from events.ids import new_id
-from events.sched import (
+from damselfly.events.base import Event
+from damselfly.events.bus import Publisher
+from damselfly.events.codec import EventDecodeError, decode
+from damselfly.events.ids import new_id
+from damselfly.events.sched import (
     BackToSourceOrdered,
     ParentInfo,
     ParentsAssigned,
     PeerQueued,
     ScheduleFailed,
 )
-from events.secrets import public_headers
-from events.subjects import partition, sched_subject, task_filter
-from events.taskid import piece_length_for, piece_range
-from events.tasks import (
+from damselfly.events.secrets import public_headers
+from damselfly.events.subjects import partition, sched_subject, task_filter
+from damselfly.events.taskid import piece_length_for, piece_range
+from damselfly.events.tasks import (
     BackToSourceStarted,
     PeerFailed,
     PeerLeft,
@@ -53,15 +53,15 @@ from events.tasks import (
     RescheduleRequested,
     TaskMetadataReported,
 )
-from services.peer.bitmap import Bitmap
-from services.peer.digests import file_digest, parse_digest, same_digest
-from services.peer.origins import Sources
-from services.peer.parents import ParentClient, PieceError
-from services.peer.planner import choose_pieces
-from services.peer.request import DownloadRequest
-from services.peer.sources import Source, SourceError, SourceStream
-from services.peer.storage import Storage, TaskFile, TaskMeta
-from services.peer.upload import TransferStats, mint_token
+from damselfly.services.peer.bitmap import Bitmap
+from damselfly.services.peer.digests import file_digest, parse_digest, same_digest
+from damselfly.services.peer.origins import Sources
+from damselfly.services.peer.parents import ParentClient, PieceError
+from damselfly.services.peer.planner import choose_pieces
+from damselfly.services.peer.request import DownloadRequest
+from damselfly.services.peer.sources import Source, SourceError, SourceStream
+from damselfly.services.peer.storage import Storage, TaskFile, TaskMeta
+from damselfly.services.peer.upload import TransferStats, mint_token
 
 log = logging.getLogger("damselfly.peer")
 

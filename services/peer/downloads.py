@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from anyio.abc import TaskGroup
 
-from services.peer.downloader import Download, PeerContext
-from services.peer.request import DownloadRequest
+from damselfly.services.peer.downloader import Download, PeerContext
+from damselfly.services.peer.request import DownloadRequest
 
 
 class Downloads:

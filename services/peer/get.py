@@ -22,9 +22,9 @@ import aiohttp
 import anyio
 import msgspec
 
-from services.peer.digests import parse_digest
-from services.peer.request import DownloadRequest
-from services.runtime.procs import wait_ready
+from damselfly.services.peer.digests import parse_digest
+from damselfly.services.peer.request import DownloadRequest
+from damselfly.services.runtime.procs import DAMSELFLY, wait_ready
 
 
 def damselfly_home() -> Path:
@@ -104,7 +104,7 @@ def start_daemon(home: Path) -> str:
     ready = data_dir / "ready.json"
     ready.unlink(missing_ok=True)
     log_path = data_dir / "daemon.log"
-    argv = [sys.executable, "-m", "services.cli", "daemon", "--data-dir", str(data_dir),
+    argv = [*DAMSELFLY, "daemon", "--data-dir", str(data_dir),
             "--nats", os.environ.get("DAMSELFLY_NATS_URL", "nats://127.0.0.1:4222"),
             "--ready-file", str(ready)]
     with open(log_path, "ab") as log:

@@ -26,15 +26,15 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError
 
-from events.bus import Consumer, Delivered
-from events.codec import EventDecodeError, decode
-from events.ids import derived_id
-from events.jobs import GetTaskRequested, HostJobState, JobProgressed, PreheatRequested
-from events.secrets import SealError, open_sealed
-from events.subjects import job_filter, name_of
-from services.peer.downloads import Downloads
-from services.peer.oci import BlobRef, basic_auth, bearer_token, blob_task_id, blob_url
-from services.peer.request import DownloadRequest
+from damselfly.events.bus import Consumer, Delivered
+from damselfly.events.codec import EventDecodeError, decode
+from damselfly.events.ids import derived_id
+from damselfly.events.jobs import GetTaskRequested, HostJobState, JobProgressed, PreheatRequested
+from damselfly.events.secrets import SealError, open_sealed
+from damselfly.events.subjects import job_filter, name_of
+from damselfly.services.peer.downloads import Downloads
+from damselfly.services.peer.oci import BlobRef, basic_auth, bearer_token, blob_task_id, blob_url
+from damselfly.services.peer.request import DownloadRequest
 
 log = logging.getLogger("damselfly.jobs")
 

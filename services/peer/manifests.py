@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from services.peer.oci import is_sha256
+from damselfly.services.peer.oci import is_sha256
 
 log = logging.getLogger("damselfly.proxy")
 

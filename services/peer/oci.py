@@ -12,7 +12,7 @@ from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 
-from events.taskid import task_id
+from damselfly.events.taskid import task_id
 
 REGISTRY_HEADER: Final = "X-Dragonfly-Registry"
 DOCKER_HUB: Final = "https://registry-1.docker.io"

@@ -6,8 +6,8 @@ import os
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from services.peer.s3 import S3Source, s3_config
-from services.peer.sources import FileSource, HttpSource, Source
+from damselfly.services.peer.s3 import S3Source, s3_config
+from damselfly.services.peer.sources import FileSource, HttpSource, Source
 
 
 class Sources:

@@ -12,7 +12,7 @@ import threading
 from typing import Final, Literal
 from urllib.parse import urlsplit
 
-from services.peer.storage import DiskFullError, TaskFile
+from damselfly.services.peer.storage import DiskFullError, TaskFile
 
 CHUNK: Final = 1 << 16
 """Small enough that the buffer stays in the CPU cache between recv, hash and write: with

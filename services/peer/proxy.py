@@ -33,10 +33,10 @@ from anyio import to_thread
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from events.secrets import sensitive_headers
-from services.peer.downloads import Downloads
-from services.peer.manifests import MAX_MANIFEST, CachedManifest, ManifestCache
-from services.peer.oci import (
+from damselfly.events.secrets import sensitive_headers
+from damselfly.services.peer.downloads import Downloads
+from damselfly.services.peer.manifests import MAX_MANIFEST, CachedManifest, ManifestCache
+from damselfly.services.peer.oci import (
     DOCKER_HUB,
     ERROR_CODES,
     REGISTRY_HEADER,
@@ -51,10 +51,10 @@ from services.peer.oci import (
     registry_error,
     registry_url,
 )
-from services.peer.proxy_intercept import InterceptCA, intercept
-from services.peer.proxy_stream import TaskUnavailable, shaped_task, stream_task
-from services.peer.proxy_tunnel import parse_authority, tunnel
-from services.peer.request import DownloadRequest
+from damselfly.services.peer.proxy_intercept import InterceptCA, intercept
+from damselfly.services.peer.proxy_stream import TaskUnavailable, shaped_task, stream_task
+from damselfly.services.peer.proxy_tunnel import parse_authority, tunnel
+from damselfly.services.peer.request import DownloadRequest
 
 log = logging.getLogger("damselfly.proxy")
 

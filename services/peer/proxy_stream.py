@@ -12,11 +12,11 @@ import anyio
 from aiohttp import web
 from anyio import to_thread
 
-from events.taskid import piece_range
-from services.peer.digests import file_digest, same_digest
-from services.peer.downloader import Download
-from services.peer.oci import parse_range
-from services.peer.storage import TaskFile
+from damselfly.events.taskid import piece_range
+from damselfly.services.peer.digests import file_digest, same_digest
+from damselfly.services.peer.downloader import Download
+from damselfly.services.peer.oci import parse_range
+from damselfly.services.peer.storage import TaskFile
 
 log = logging.getLogger("damselfly.proxy")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import msgspec
 
-from events.taskid import task_id
+from damselfly.events.taskid import task_id
 
 
 class DownloadRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

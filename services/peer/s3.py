@@ -15,8 +15,8 @@ from http.client import responses
 from typing import Final
 from urllib.parse import quote, unquote, urlsplit
 
-from services.peer.sigv4 import EMPTY_SHA256, Credentials, sign
-from services.peer.sources import HttpSource, OriginStatusError, SourceError, SourceStream
+from damselfly.services.peer.sigv4 import EMPTY_SHA256, Credentials, sign
+from damselfly.services.peer.sources import HttpSource, OriginStatusError, SourceError, SourceStream
 
 DEFAULT_REGION: Final = "us-east-1"
 # S3's codes for "slow down and ask again" that do not come with a 5xx status.

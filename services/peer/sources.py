@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Final, Protocol
 from urllib.parse import unquote, urljoin, urlsplit
 
-from events.secrets import public_headers
+from damselfly.events.secrets import public_headers
 
 MAX_REDIRECTS: Final = 5
 _CONTENT_RANGE: Final = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")

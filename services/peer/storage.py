@@ -17,9 +17,9 @@ from pathlib import Path
 
 import msgspec
 
-from events.taskid import piece_count
-from services.peer.bitmap import Bitmap
-from services.peer.request import DownloadRequest
+from damselfly.events.taskid import piece_count
+from damselfly.services.peer.bitmap import Bitmap
+from damselfly.services.peer.request import DownloadRequest
 
 
 class DiskFullError(OSError):

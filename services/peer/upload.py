@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
-from services.peer.storage import Storage
+from damselfly.services.peer.storage import Storage
 
 
 def mint_token(secret: str, task_id: str) -> str:

@@ -13,12 +13,12 @@ from typing import TextIO
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from events.codec import EventDecodeError, decode, to_builtins
-from events.log import LogRecord, encode_record
-from events.streams import STREAM_NAMES
-from events.subjects import ALL
-from services.runtime.natsconn import connect
-from services.runtime.signals import stop_on_signals
+from damselfly.events.codec import EventDecodeError, decode, to_builtins
+from damselfly.events.log import LogRecord, encode_record
+from damselfly.events.streams import STREAM_NAMES
+from damselfly.events.subjects import ALL
+from damselfly.services.runtime.natsconn import connect
+from damselfly.services.runtime.signals import stop_on_signals
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}

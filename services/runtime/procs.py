@@ -7,11 +7,14 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Final
 
 _PR_SET_PDEATHSIG = 1
+DAMSELFLY: Final = (sys.executable, "-m", "damselfly.services.cli")
+"""The ``damselfly`` command as this interpreter runs it (no console script needed)."""
 
 
 def _die_with_parent() -> None:

@@ -11,14 +11,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-from events.ids import new_id
-from events.log import read_log
-from services.runtime.eventlog import dump
-from services.runtime.natsconn import connect
-from services.runtime.procs import write_ready
-from services.runtime.signals import stop_on_signals
-from services.scheduler.replay import parse_weights, print_changes, print_decisions, replay
-from services.scheduler.shell import Scheduler
+from damselfly.events.ids import new_id
+from damselfly.events.log import read_log
+from damselfly.services.runtime.eventlog import dump
+from damselfly.services.runtime.natsconn import connect
+from damselfly.services.runtime.procs import write_ready
+from damselfly.services.runtime.signals import stop_on_signals
+from damselfly.services.scheduler.replay import (
+    parse_weights,
+    print_changes,
+    print_decisions,
+    replay,
+)
+from damselfly.services.scheduler.shell import Scheduler
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

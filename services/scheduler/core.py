@@ -20,11 +20,11 @@ from typing import Final, Literal
 
 import msgspec
 
-from events.base import Event
-from events.config import DEFAULT_WEIGHTS, ClusterConfig, ClusterConfigSet
-from events.hosts import HostAnnounced, HostLeft
-from events.ids import derived_id
-from events.sched import (
+from damselfly.events.base import Event
+from damselfly.events.config import DEFAULT_WEIGHTS, ClusterConfig, ClusterConfigSet
+from damselfly.events.hosts import HostAnnounced, HostLeft
+from damselfly.events.ids import derived_id
+from damselfly.events.sched import (
     BackToSourceOrdered,
     ParentInfo,
     ParentsAssigned,
@@ -32,7 +32,7 @@ from events.sched import (
     ScheduleFailed,
     SeedPeerTriggered,
 )
-from events.tasks import (
+from damselfly.events.tasks import (
     BackToSourceStarted,
     PeerFailed,
     PeerLeft,

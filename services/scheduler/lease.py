@@ -22,7 +22,7 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-from events.subjects import safe_token
+from damselfly.events.subjects import safe_token
 
 log = logging.getLogger("damselfly.scheduler.lease")
 

@@ -13,12 +13,17 @@ from typing import TextIO
 
 import msgspec
 
-from events.base import Event
-from events.config import DEFAULT_WEIGHTS
-from events.log import LogRecord
-from events.sched import BackToSourceOrdered, ParentsAssigned, ScheduleFailed, SeedPeerTriggered
-from events.subjects import PARTITIONS, partition
-from services.scheduler import core
+from damselfly.events.base import Event
+from damselfly.events.config import DEFAULT_WEIGHTS
+from damselfly.events.log import LogRecord
+from damselfly.events.sched import (
+    BackToSourceOrdered,
+    ParentsAssigned,
+    ScheduleFailed,
+    SeedPeerTriggered,
+)
+from damselfly.events.subjects import PARTITIONS, partition
+from damselfly.services.scheduler import core
 
 _FOLDED_STREAMS = ("DF_HOSTS", "DF_CONFIG")
 

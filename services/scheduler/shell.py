@@ -33,27 +33,27 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from events.base import Event
-from events.bus import Publisher, dead_letter
-from events.codec import EventDecodeError, decode
-from events.hosts import HostAnnounced, HostKeepalive, HostLeft
-from events.ids import derived_id
-from events.streams import (
+from damselfly.events.base import Event
+from damselfly.events.bus import Publisher, dead_letter
+from damselfly.events.codec import EventDecodeError, decode
+from damselfly.events.hosts import HostAnnounced, HostKeepalive, HostLeft
+from damselfly.events.ids import derived_id
+from damselfly.events.streams import (
     DEDUP_WINDOW,
     LEASE_BUCKET,
     MEMBER_BUCKET,
     SNAPSHOT_BUCKET,
     ensure_streams,
 )
-from events.subjects import (
+from damselfly.events.subjects import (
     PARTITIONS,
     cluster_config_subject,
     host_filter,
     name_of,
     task_filter,
 )
-from services.scheduler import core
-from services.scheduler.lease import Leases, Members, lease_key, open_bucket
+from damselfly.services.scheduler import core
+from damselfly.services.scheduler.lease import Leases, Members, lease_key, open_bucket
 
 log = logging.getLogger("damselfly.scheduler")
 

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from services.runtime.procs import spawn, stop, wait_ready
+from damselfly.services.runtime.procs import DAMSELFLY, spawn, stop, wait_ready
 from tests.support.swarm import Origin, Swarm
 
 pytestmark = pytest.mark.anyio
@@ -53,7 +52,7 @@ def call(url: str, body: object = None, token: str = "") -> object:
 
 def start_manager(nats_url: str, tmp_path: Path) -> subprocess.Popen[bytes]:
     with open(tmp_path / "manager.log", "wb") as log:
-        return spawn([sys.executable, "-m", "services.cli", "manager", "--nats", nats_url,
+        return spawn([*DAMSELFLY, "manager", "--nats", nats_url,
                       "--data-dir", str(tmp_path / "manager"),
                       "--ready-file", str(tmp_path / "manager.json")], log,
                      {"DAMSELFLY_ROOT_PASSWORD": ROOT_PASSWORD})
@@ -154,7 +153,7 @@ async def test_console_draws_a_real_download(nats_url: str, tmp_path: Path) -> N
             def download(name: str, peer: int, application: str = "") -> None:
                 out = tmp_path / f"{name}.{peer}"
                 done = subprocess.run(
-                    [sys.executable, "-m", "services.cli", "get", f"{origin.url}/{name}",
+                    [*DAMSELFLY, "get", f"{origin.url}/{name}",
                      "-O", str(out), "--piece-length", str(PIECE), "--application", application,
                      "--endpoint",
                      str(swarm.peer_services[peer].endpoints["api_url"]), "--no-progress",

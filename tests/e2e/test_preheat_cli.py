@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -17,7 +16,7 @@ from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-DAMSELFLY = [sys.executable, "-m", "services.cli"]
+from damselfly.services.runtime.procs import DAMSELFLY
 
 
 @contextmanager

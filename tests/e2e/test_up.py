@@ -6,19 +6,17 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import nats
 
-from events import HostAnnounced, decode
-from events.bus import Publisher
-from events.log import read_log
-from events.streams import STREAM_NAMES
-
-DAMSELFLY = [sys.executable, "-m", "services.cli"]
+from damselfly.events import HostAnnounced, decode
+from damselfly.events.bus import Publisher
+from damselfly.events.log import read_log
+from damselfly.events.streams import STREAM_NAMES
+from damselfly.services.runtime.procs import DAMSELFLY
 
 
 def _descendants(pid: int) -> set[int]:

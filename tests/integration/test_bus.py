@@ -10,8 +10,8 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from events import HostAnnounced, HostKeepalive, decode
-from events.bus import (
+from damselfly.events import HostAnnounced, HostKeepalive, decode
+from damselfly.events.bus import (
     DEAD_REASON,
     DEAD_SEQ,
     Consumer,
@@ -20,9 +20,9 @@ from events.bus import (
     Publisher,
     TransientError,
 )
-from events.ids import new_id
-from events.streams import STREAM_NAMES, ensure_streams
-from events.subjects import dlq_subject, host_subject
+from damselfly.events.ids import new_id
+from damselfly.events.streams import STREAM_NAMES, ensure_streams
+from damselfly.events.subjects import dlq_subject, host_subject
 
 pytestmark = pytest.mark.anyio
 
@@ -217,7 +217,7 @@ async def test_a_failed_batch_ends_the_run_and_stays_unacked(js: JetStreamContex
 
 
 async def test_a_cluster_url_list_connects_past_a_dead_server(nats_url: str) -> None:
-    from services.runtime.natsconn import connect
+    from damselfly.services.runtime.natsconn import connect
 
     nc = await connect(f"nats://127.0.0.1:1,{nats_url}", "list-test")
     try:

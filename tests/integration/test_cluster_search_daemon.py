@@ -16,10 +16,10 @@ import anyio
 import pytest
 from nats.aio.msg import Msg
 
-from events.clustersearch import ClusterQuery, ask_cluster
-from events.hosts import HostAnnounced
-from events.subjects import CLUSTER_SEARCH
-from services.runtime.natsconn import connect
+from damselfly.events.clustersearch import ClusterQuery, ask_cluster
+from damselfly.events.hosts import HostAnnounced
+from damselfly.events.subjects import CLUSTER_SEARCH
+from damselfly.services.runtime.natsconn import connect
 from tests.support.control import (
     ROOT_PASSWORD,
     SECRET,

@@ -11,14 +11,14 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from events.bus import Publisher
-from events.clustersearch import ClusterQuery, ask_cluster
-from events.codec import decode
-from events.config import ClusterConfigSet
-from events.hosts import HostAnnounced, HostKeepalive
-from events.ids import new_id
-from events.tasks import PeerRegistered
-from services.manager.control.users import ensure_root
+from damselfly.events.bus import Publisher
+from damselfly.events.clustersearch import ClusterQuery, ask_cluster
+from damselfly.events.codec import decode
+from damselfly.events.config import ClusterConfigSet
+from damselfly.events.hosts import HostAnnounced, HostKeepalive
+from damselfly.events.ids import new_id
+from damselfly.events.tasks import PeerRegistered
+from damselfly.services.manager.control.users import ensure_root
 from tests.support.control import ROOT_PASSWORD, running_manager
 from tests.support.wait import eventually
 

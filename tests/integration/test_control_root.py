@@ -7,12 +7,12 @@ import re
 
 import pytest
 
-from events.admin import UserSaved
-from events.codec import decode
-from events.streams import ensure_streams
-from services.manager.control.passwords import verify_password
-from services.manager.control.users import ensure_root
-from services.runtime.natsconn import connect
+from damselfly.events.admin import UserSaved
+from damselfly.events.codec import decode
+from damselfly.events.streams import ensure_streams
+from damselfly.services.manager.control.passwords import verify_password
+from damselfly.services.manager.control.users import ensure_root
+from damselfly.services.runtime.natsconn import connect
 
 pytestmark = pytest.mark.anyio
 

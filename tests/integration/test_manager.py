@@ -8,7 +8,6 @@ import functools
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from events.bus import Publisher
-from events.streams import LEASE_BUCKET, MEMBER_BUCKET, ensure_streams
-from events.tasks import PieceFinished
-from projections import PROJECTIONS
-from services.runtime.natsconn import connect
-from services.runtime.procs import spawn, stop, wait_ready
-from services.scheduler.lease import Leases, Members, lease_key, open_bucket
+from damselfly.events.bus import Publisher
+from damselfly.events.streams import LEASE_BUCKET, MEMBER_BUCKET, ensure_streams
+from damselfly.events.tasks import PieceFinished
+from damselfly.projections import PROJECTIONS
+from damselfly.services.runtime.natsconn import connect
+from damselfly.services.runtime.procs import DAMSELFLY, spawn, stop, wait_ready
+from damselfly.services.scheduler.lease import Leases, Members, lease_key, open_bucket
 from tests.support.synthetic import Swarm, events
 
 SWARM = Swarm(cluster="m1", tasks=2, peers_per_task=3, pieces=4)
@@ -76,7 +75,7 @@ def sign_in(url: str) -> str:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], check=False,
+    return subprocess.run([*DAMSELFLY, *args], check=False,
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "DAMSELFLY_PASSWORD": ROOT_PASSWORD})
 
@@ -93,7 +92,7 @@ def manager(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     data = tmp_path_factory.mktemp("manager")
     publish(nats_url, SWARM)
     with open(data / "manager.log", "wb") as log:
-        proc = spawn([sys.executable, "-m", "services.cli", "manager", "--nats", nats_url,
+        proc = spawn([*DAMSELFLY, "manager", "--nats", nats_url,
                       "--data-dir", str(data), "--ready-file", str(data / "ready.json")], log,
                      ROOT_ENV)
     try:
@@ -213,7 +212,7 @@ def test_after_sigterm_the_file_opens_directly(nats_url: str, tmp_path: Path) ->
     swarm = Swarm(cluster="m2", tasks=1, peers_per_task=2, pieces=2)
     publish(nats_url, swarm)
     with open(tmp_path / "manager.log", "wb") as log:
-        proc = spawn([sys.executable, "-m", "services.cli", "manager", "--nats", nats_url,
+        proc = spawn([*DAMSELFLY, "manager", "--nats", nats_url,
                       "--data-dir", str(tmp_path), "--ready-file", str(tmp_path / "r.json")], log,
                      ROOT_ENV)
     try:
@@ -259,7 +258,7 @@ def test_overview_lists_schedulers_by_their_leases(manager: dict[str, str], nats
 def test_a_killed_manager_resumes_without_counting_twice(nats_url: str, tmp_path: Path) -> None:
     before = Swarm(cluster="k1", tasks=3, peers_per_task=6, pieces=20)
     after = Swarm(cluster="k2", tasks=2, peers_per_task=5, pieces=30)
-    argv = [sys.executable, "-m", "services.cli", "manager", "--nats", nats_url,
+    argv = [*DAMSELFLY, "manager", "--nats", nats_url,
             "--data-dir", str(tmp_path), "--ready-file", str(tmp_path / "r.json")]
     query = ("SELECT count(*), sum(pieces), sum(bytes_from_peers) FROM peers "
              "WHERE cluster IN ('k1', 'k2')")

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from services.peer.proxy import STALE_HEADER
+from damselfly.services.peer.proxy import STALE_HEADER
 from tests.support.mirror import NAME, mirror
 
 pytestmark = pytest.mark.anyio

@@ -7,14 +7,14 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import anyio
 import pytest
 
-from events.hosts import HostAnnounced, HostLeft
-from services.runtime.natsconn import connect
+from damselfly.events.hosts import HostAnnounced, HostLeft
+from damselfly.services.runtime.natsconn import connect
+from damselfly.services.runtime.procs import DAMSELFLY
 from tests.support.swarm import ChildService, read_events
 
 pytestmark = pytest.mark.anyio
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.anyio
 
 def test_refuses_to_start_without_a_secret(tmp_path: Path, nats_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "DAMSELFLY_CLUSTER_SECRET"}
-    result = subprocess.run([sys.executable, "-m", "services.cli", "daemon", "--nats", nats_url,
+    result = subprocess.run([*DAMSELFLY, "daemon", "--nats", nats_url,
                              "--data-dir", str(tmp_path / "d")], env=env, capture_output=True,
                             text=True, timeout=60, check=False)
     assert result.returncode == 1

@@ -8,7 +8,6 @@ import json
 import os
 import secrets
 import signal
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,14 +16,15 @@ import anyio
 import pytest
 from nats.aio.msg import Msg
 
-from events.bus import Publisher
-from events.codec import decode
-from events.ids import derived_id
-from events.sched import BackToSourceOrdered
-from events.tasks import PeerRegistered
-from services.peer.daemon import DaemonConfig
-from services.peer.downloader import Settings
-from services.runtime.natsconn import connect
+from damselfly.events.bus import Publisher
+from damselfly.events.codec import decode
+from damselfly.events.ids import derived_id
+from damselfly.events.sched import BackToSourceOrdered
+from damselfly.events.tasks import PeerRegistered
+from damselfly.services.peer.daemon import DaemonConfig
+from damselfly.services.peer.downloader import Settings
+from damselfly.services.runtime.natsconn import connect
+from damselfly.services.runtime.procs import DAMSELFLY
 from tests.support.swarm import Origin, daemon_in_process
 
 pytestmark = pytest.mark.anyio
@@ -52,7 +52,7 @@ async def world(tmp_path: Path, nats_url: str) -> AsyncIterator[tuple[str, str]]
 
 
 async def get(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
-    result = await anyio.run_process([sys.executable, "-m", "services.cli", "get", *args],
+    result = await anyio.run_process([*DAMSELFLY, "get", *args],
                                      check=False, env={**os.environ, **(env or {})})
     return result.returncode, result.stderr.decode()
 

@@ -17,16 +17,16 @@ from aiohttp import web
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from events.bus import Publisher
-from events.codec import AnyEvent, decode
-from events.ids import derived_id
-from events.sched import ParentInfo, ParentsAssigned, PeerQueued
-from events.tasks import PeerRegistered, PieceFailed, PieceFinished, RescheduleRequested
-from services.peer.daemon import DaemonConfig
-from services.peer.downloader import Settings
-from services.peer.get import ApiClient
-from services.peer.request import DownloadRequest
-from services.runtime.natsconn import connect
+from damselfly.events.bus import Publisher
+from damselfly.events.codec import AnyEvent, decode
+from damselfly.events.ids import derived_id
+from damselfly.events.sched import ParentInfo, ParentsAssigned, PeerQueued
+from damselfly.events.tasks import PeerRegistered, PieceFailed, PieceFinished, RescheduleRequested
+from damselfly.services.peer.daemon import DaemonConfig
+from damselfly.services.peer.downloader import Settings
+from damselfly.services.peer.get import ApiClient
+from damselfly.services.peer.request import DownloadRequest
+from damselfly.services.runtime.natsconn import connect
 from tests.support.swarm import (
     ChildService,
     Origin,

@@ -12,9 +12,9 @@ import aiohttp
 import anyio
 import pytest
 
-from services.peer.get import ApiClient
-from services.peer.request import DownloadRequest
-from services.peer.upload import mint_token
+from damselfly.services.peer.get import ApiClient
+from damselfly.services.peer.request import DownloadRequest
+from damselfly.services.peer.upload import mint_token
 from tests.support.swarm import Origin, OriginFaults, daemon_service
 
 pytestmark = pytest.mark.anyio

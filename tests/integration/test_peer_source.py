@@ -17,11 +17,11 @@ from typing import Any
 import anyio
 import pytest
 
-from events.bus import Publisher
-from events.codec import AnyEvent, decode
-from events.ids import new_id
-from events.jobs import DeleteTaskRequested, JobProgressed
-from events.tasks import (
+from damselfly.events.bus import Publisher
+from damselfly.events.codec import AnyEvent, decode
+from damselfly.events.ids import new_id
+from damselfly.events.jobs import DeleteTaskRequested, JobProgressed
+from damselfly.events.tasks import (
     BackToSourceStarted,
     PeerFailed,
     PeerLeft,
@@ -30,12 +30,12 @@ from events.tasks import (
     PieceFinished,
     TaskMetadataReported,
 )
-from services.peer.daemon import DaemonConfig
-from services.peer.downloader import Settings
-from services.peer.get import ApiClient
-from services.peer.request import DownloadRequest
-from services.peer.sources import HttpSource
-from services.runtime.natsconn import connect
+from damselfly.services.peer.daemon import DaemonConfig
+from damselfly.services.peer.downloader import Settings
+from damselfly.services.peer.get import ApiClient
+from damselfly.services.peer.request import DownloadRequest
+from damselfly.services.peer.sources import HttpSource
+from damselfly.services.runtime.natsconn import connect
 from tests.support.swarm import Origin, OriginFaults, daemon_in_process, read_events
 
 pytestmark = pytest.mark.anyio

@@ -13,9 +13,9 @@ import anyio
 import pytest
 from aiohttp import web
 
-from services.peer.request import DownloadRequest
-from services.peer.storage import Storage, TaskFile
-from services.peer.upload import TransferStats, mint_token, upload_app
+from damselfly.services.peer.request import DownloadRequest
+from damselfly.services.peer.storage import Storage, TaskFile
+from damselfly.services.peer.upload import TransferStats, mint_token, upload_app
 
 pytestmark = pytest.mark.anyio
 PIECE = 10_000

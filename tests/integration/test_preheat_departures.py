@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from services.runtime.procs import stop
+from damselfly.services.runtime.procs import stop
 from tests.support.control import (
     ROOT_PASSWORD,
     SECRET,

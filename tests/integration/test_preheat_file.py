@@ -18,13 +18,13 @@ import anyio
 import pytest
 from aiohttp import web
 
-from events.bus import Publisher
-from events.ids import new_id
-from events.jobs import PreheatRequested
-from events.secrets import seal
-from events.taskid import task_id
-from services.manager import preheat
-from services.peer.storage import Storage
+from damselfly.events.bus import Publisher
+from damselfly.events.ids import new_id
+from damselfly.events.jobs import PreheatRequested
+from damselfly.events.secrets import seal
+from damselfly.events.taskid import task_id
+from damselfly.services.manager import preheat
+from damselfly.services.peer.storage import Storage
 from tests.support.control import (
     ROOT_PASSWORD,
     SECRET,

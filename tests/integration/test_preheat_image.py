@@ -9,7 +9,6 @@ import hashlib
 import json
 import secrets
 import socket
-import sys
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,9 +17,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from services.peer.oci import blob_task_id
-from services.peer.proxy import ProxyConfig, proxy_app
-from services.runtime.procs import spawn, stop, wait_ready
+from damselfly.services.peer.oci import blob_task_id
+from damselfly.services.peer.proxy import ProxyConfig, proxy_app
+from damselfly.services.runtime.procs import DAMSELFLY, spawn, stop, wait_ready
 from tests.support.control import (
     ROOT_PASSWORD,
     PeerHost,
@@ -42,7 +41,7 @@ PIECE = 64 << 10
 def scheduler(nats_url: str, run: Path) -> Iterator[None]:
     ready = run / "scheduler.json"
     with open(run / "scheduler.log", "wb") as log:
-        proc = spawn([sys.executable, "-m", "services.cli", "scheduler", "--nats", nats_url,
+        proc = spawn([*DAMSELFLY, "scheduler", "--nats", nats_url,
                       "--cluster", CLUSTER, "--ready-file", str(ready)], log)
     try:
         wait_ready(ready, proc)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,14 +14,15 @@ import duckdb
 import pytest
 from nats.js import JetStreamContext
 
-from events.bus import DEAD_REASON, DEAD_SEQ, Publisher
-from events.codec import decode
-from events.streams import ensure_streams
-from events.subjects import dlq_subject, task_subject
-from events.tasks import PieceFinished
-from projections import PROJECTIONS, store
-from projections.projector import Projector, replay
-from services.runtime.natsconn import connect
+from damselfly.events.bus import DEAD_REASON, DEAD_SEQ, Publisher
+from damselfly.events.codec import decode
+from damselfly.events.streams import ensure_streams
+from damselfly.events.subjects import dlq_subject, task_subject
+from damselfly.events.tasks import PieceFinished
+from damselfly.projections import PROJECTIONS, store
+from damselfly.projections.projector import Projector, replay
+from damselfly.services.runtime.natsconn import connect
+from damselfly.services.runtime.procs import DAMSELFLY
 from tests.support.synthetic import Swarm, by_stream, events
 
 pytestmark = pytest.mark.anyio
@@ -114,7 +114,7 @@ async def test_restart_resumes_after_watermark_and_cli_rebuild_is_identical(
     con.close()
 
     done = await anyio.to_thread.run_sync(lambda: subprocess.run(
-        [sys.executable, "-m", "services.cli", "projections", "rebuild", "--db", str(db),
+        [*DAMSELFLY, "projections", "rebuild", "--db", str(db),
          "--nats", nats_url], check=False, capture_output=True, text=True, timeout=60))
     assert done.returncode == 0, done.stderr
     assert "rebuilt hosts, tasks, peers, downloads, pieces, decisions, jobs" in done.stdout

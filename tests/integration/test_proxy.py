@@ -12,7 +12,6 @@ import os
 import secrets
 import ssl
 import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -25,12 +24,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from events.codec import encode
-from events.taskid import task_id
-from services.peer.oci import blob_task_id
-from services.peer.proxy import parse_rule
-from services.peer.proxy_intercept import InterceptCA
-from services.runtime.natsconn import connect
+from damselfly.events.codec import encode
+from damselfly.events.taskid import task_id
+from damselfly.services.peer.oci import blob_task_id
+from damselfly.services.peer.proxy import parse_rule
+from damselfly.services.peer.proxy_intercept import InterceptCA
+from damselfly.services.runtime.natsconn import connect
+from damselfly.services.runtime.procs import DAMSELFLY
 from tests.support.mirror import NAME, PIECE, SIZE, mirror, put_blob
 from tests.support.registry import free_port
 from tests.support.swarm import Origin, OriginFaults, read_events
@@ -281,7 +281,7 @@ async def test_connect_with_a_ca_is_intercepted_and_its_requests_follow_the_rule
 def test_bad_proxy_flags_stop_the_daemon_with_one_line(
         tmp_path: Path, nats_url: str, flags: list[str], error: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "services.cli", "daemon", "--nats", nats_url, "--data-dir",
+        [*DAMSELFLY, "daemon", "--nats", nats_url, "--data-dir",
          str(tmp_path / "d"), "--proxy-port", "0", *flags], capture_output=True, text=True,
         timeout=60, check=False, env={**os.environ, "DAMSELFLY_CLUSTER_SECRET": "s"})
     assert result.returncode == 1

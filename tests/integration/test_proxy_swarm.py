@@ -13,10 +13,10 @@ import aiohttp
 import anyio
 import pytest
 
-from services.peer.daemon import DaemonConfig
-from services.peer.downloader import Settings
-from services.peer.oci import blob_task_id
-from services.peer.proxy import ProxyConfig
+from damselfly.services.peer.daemon import DaemonConfig
+from damselfly.services.peer.downloader import Settings
+from damselfly.services.peer.oci import blob_task_id
+from damselfly.services.peer.proxy import ProxyConfig
 from tests.support.swarm import ChildService, Origin, OriginFaults, daemon_in_process
 
 pytestmark = pytest.mark.anyio

@@ -15,13 +15,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from events.codec import encode
-from events.tasks import PeerRegistered
-from services.peer.daemon import DaemonConfig
-from services.peer.downloader import Settings
-from services.peer.oci import basic_auth, bearer_token
-from services.peer.proxy import ProxyConfig
-from services.runtime.natsconn import connect
+from damselfly.events.codec import encode
+from damselfly.events.tasks import PeerRegistered
+from damselfly.services.peer.daemon import DaemonConfig
+from damselfly.services.peer.downloader import Settings
+from damselfly.services.peer.oci import basic_auth, bearer_token
+from damselfly.services.peer.proxy import ProxyConfig
+from damselfly.services.runtime.natsconn import connect
 from tests.support.swarm import daemon_in_process, read_events
 
 pytestmark = pytest.mark.anyio

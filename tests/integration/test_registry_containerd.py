@@ -9,7 +9,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -18,11 +17,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from services.peer.daemon import DaemonConfig
-from services.peer.downloader import Settings
-from services.peer.oci import blob_task_id
-from services.peer.proxy import ProxyConfig
-from services.runtime.procs import spawn, stop
+from damselfly.services.peer.daemon import DaemonConfig
+from damselfly.services.peer.downloader import Settings
+from damselfly.services.peer.oci import blob_task_id
+from damselfly.services.peer.proxy import ProxyConfig
+from damselfly.services.runtime.procs import DAMSELFLY, spawn, stop
 from tests.support.registry import have_registry_tools, push, running_registry, write_image
 from tests.support.swarm import daemon_in_process
 
@@ -70,7 +69,7 @@ async def test_ctr_pulls_through_the_mirror_that_init_containerd_configured(
         async with daemon_in_process(cfg) as endpoints:
             certs = tmp_path / "certs.d"
             init = await anyio.run_process(
-                [sys.executable, "-m", "services.cli", "init", "containerd", "--certs-dir",
+                [*DAMSELFLY, "init", "containerd", "--certs-dir",
                  str(certs), "--registry", registry.url, "--mirror",
                  str(endpoints["proxy_url"])], check=False)
             pull = await anyio.run_process(

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import secrets
-import sys
 import threading
 import urllib.request
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -27,15 +26,16 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import make_server
 
-from events.tasks import PieceFinished
-from services.peer.daemon import DaemonConfig
-from services.peer.downloader import Settings
-from services.peer.get import ApiClient
-from services.peer.origins import Sources
-from services.peer.request import DownloadRequest
-from services.peer.s3 import S3Source, s3_config
-from services.peer.sources import SourceError
-from services.runtime.natsconn import connect
+from damselfly.events.tasks import PieceFinished
+from damselfly.services.peer.daemon import DaemonConfig
+from damselfly.services.peer.downloader import Settings
+from damselfly.services.peer.get import ApiClient
+from damselfly.services.peer.origins import Sources
+from damselfly.services.peer.request import DownloadRequest
+from damselfly.services.peer.s3 import S3Source, s3_config
+from damselfly.services.peer.sources import SourceError
+from damselfly.services.runtime.natsconn import connect
+from damselfly.services.runtime.procs import DAMSELFLY
 from tests.support.swarm import Swarm, daemon_in_process, read_events
 
 pytestmark = pytest.mark.anyio
@@ -180,7 +180,7 @@ async def daemon(tmp_path: Path, nats_url: str, monkeypatch: pytest.MonkeyPatch,
 
 
 async def get(*args: str) -> tuple[int, str]:
-    result = await anyio.run_process([sys.executable, "-m", "services.cli", "get",
+    result = await anyio.run_process([*DAMSELFLY, "get",
                                       "--no-progress", *args], check=False)
     return result.returncode, result.stderr.decode()
 

@@ -10,7 +10,6 @@ import json
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,7 +19,7 @@ from urllib.parse import urlparse
 import pytest
 from nats.aio.client import Client
 
-from events import (
+from damselfly.events import (
     BackToSourceOrdered,
     BackToSourceStarted,
     ClusterConfig,
@@ -36,18 +35,18 @@ from events import (
     TaskMetadataReported,
     decode,
 )
-from events.bus import Publisher
-from events.ids import new_id
-from events.log import read_log
-from events.streams import SNAPSHOT_BUCKET, ensure_streams
-from events.subjects import partition
-from services.launcher.broker import Broker, nats_server_binary, start_broker
-from services.runtime.eventlog import dump
-from services.runtime.natsconn import connect
-from services.runtime.procs import spawn, stop, wait_ready
-from services.scheduler.lease import lease_key, open_bucket
-from services.scheduler.replay import replay
-from services.scheduler.shell import Scheduler
+from damselfly.events.bus import Publisher
+from damselfly.events.ids import new_id
+from damselfly.events.log import read_log
+from damselfly.events.streams import SNAPSHOT_BUCKET, ensure_streams
+from damselfly.events.subjects import partition
+from damselfly.services.launcher.broker import Broker, nats_server_binary, start_broker
+from damselfly.services.runtime.eventlog import dump
+from damselfly.services.runtime.natsconn import connect
+from damselfly.services.runtime.procs import DAMSELFLY, spawn, stop, wait_ready
+from damselfly.services.scheduler.lease import lease_key, open_bucket
+from damselfly.services.scheduler.replay import replay
+from damselfly.services.scheduler.shell import Scheduler
 
 PIECES = 6
 TIMEOUT = 20.0
@@ -155,7 +154,7 @@ async def decisions_in_log(nc: Client, cluster: str) -> list[Event]:
 
 
 async def damselfly(*argv: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "services.cli", *argv],
+    return await asyncio.to_thread(subprocess.run, [*DAMSELFLY, *argv],
                                    check=False, capture_output=True, text=True, timeout=60)
 
 
@@ -302,7 +301,7 @@ def test_sigterm_ends_the_scheduler_cleanly_even_with_nats_gone(tmp_path: Path) 
     ready = tmp_path / "ready.json"
     try:
         with (tmp_path / "log").open("wb") as log:
-            proc = spawn([sys.executable, "-m", "services.cli", "scheduler", "--nats", broker.url,
+            proc = spawn([*DAMSELFLY, "scheduler", "--nats", broker.url,
                           "--ready-file", str(ready)], log)
         try:
             assert wait_ready(ready, proc)["partitions"] == list(range(16))
@@ -351,7 +350,7 @@ async def test_killing_the_owner_mid_download_fails_no_download(
             d.mkdir()
             ready.append(d / "ready.json")
             with (d / "log").open("wb") as log:
-                procs.append(spawn([sys.executable, "-m", "services.cli", "scheduler",
+                procs.append(spawn([*DAMSELFLY, "scheduler",
                                     "--nats", nats_url, "--cluster", cluster,
                                     "--data-dir", str(d / "scheduler"), "--lease-ttl", "2",
                                     "--snapshot-every", "0.3", "--ready-file", str(ready[-1])],

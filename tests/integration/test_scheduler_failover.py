@@ -16,12 +16,12 @@ import anyio
 import msgspec
 import pytest
 
-from events.log import LogRecord
-from events.subjects import partition
-from services.peer.get import ApiClient
-from services.peer.request import DownloadRequest
-from services.runtime.eventlog import dump
-from services.scheduler.replay import replay
+from damselfly.events.log import LogRecord
+from damselfly.events.subjects import partition
+from damselfly.services.peer.get import ApiClient
+from damselfly.services.peer.request import DownloadRequest
+from damselfly.services.runtime.eventlog import dump
+from damselfly.services.scheduler.replay import replay
 from tests.support.swarm import ChildService, Origin, OriginFaults, Swarm
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]

@@ -13,8 +13,8 @@ from typing import Any
 import anyio
 import pytest
 
-from services.peer.get import ApiClient
-from services.peer.request import DownloadRequest
+from damselfly.services.peer.get import ApiClient
+from damselfly.services.peer.request import DownloadRequest
 from tests.support.swarm import Origin, Swarm
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]

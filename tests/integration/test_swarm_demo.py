@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from damselfly.services.runtime.procs import DAMSELFLY
 
 pytestmark = pytest.mark.slow
 
 
 def test_demo_prints_a_row_per_peer_and_the_origin_ratio(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "services.cli", "demo", "--data-dir", str(tmp_path / "demo"),
+        [*DAMSELFLY, "demo", "--data-dir", str(tmp_path / "demo"),
          "--peers", "3", "--size-mib", "4"], capture_output=True, text=True, timeout=240,
         check=False)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -21,23 +21,23 @@ import uvicorn
 from aiohttp import web
 from nats.aio.client import Client
 
-from events.bus import Publisher
-from events.hosts import HostAnnounced
-from events.ids import new_id
-from events.streams import ensure_streams
-from projections import store
-from projections.projector import Projector
-from services.manager.app import create_app
-from services.manager.control import service as control
-from services.manager.reader import Reader
-from services.peer.downloader import PeerContext, Settings
-from services.peer.downloads import Downloads
-from services.peer.jobs import run_job_worker
-from services.peer.origins import Sources
-from services.peer.parents import ParentClient
-from services.peer.storage import Storage
-from services.peer.upload import TransferStats, upload_app
-from services.runtime.natsconn import connect
+from damselfly.events.bus import Publisher
+from damselfly.events.hosts import HostAnnounced
+from damselfly.events.ids import new_id
+from damselfly.events.streams import ensure_streams
+from damselfly.projections import store
+from damselfly.projections.projector import Projector
+from damselfly.services.manager.app import create_app
+from damselfly.services.manager.control import service as control
+from damselfly.services.manager.reader import Reader
+from damselfly.services.peer.downloader import PeerContext, Settings
+from damselfly.services.peer.downloads import Downloads
+from damselfly.services.peer.jobs import run_job_worker
+from damselfly.services.peer.origins import Sources
+from damselfly.services.peer.parents import ParentClient
+from damselfly.services.peer.storage import Storage
+from damselfly.services.peer.upload import TransferStats, upload_app
+from damselfly.services.runtime.natsconn import connect
 
 ROOT_PASSWORD = "root-password-for-tests"
 SECRET = "cluster-secret-for-tests"

@@ -12,10 +12,10 @@ from typing import Any
 
 import aiohttp
 
-from services.peer.daemon import DaemonConfig
-from services.peer.downloader import Settings
-from services.peer.proxy import ProxyConfig, ProxyRule
-from services.peer.proxy_intercept import InterceptCA
+from damselfly.services.peer.daemon import DaemonConfig
+from damselfly.services.peer.downloader import Settings
+from damselfly.services.peer.proxy import ProxyConfig, ProxyRule
+from damselfly.services.peer.proxy_intercept import InterceptCA
 from tests.support.swarm import Origin, OriginFaults, daemon_in_process
 
 PIECE = 16 << 10

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.runtime.procs import spawn, stop
+from damselfly.services.runtime.procs import spawn, stop
 
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 _BLOB_URI = re.compile(r"/v2/.+/blobs/(sha256:[0-9a-f]{64})$")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 
-from events import (
+from damselfly.events import (
     BackToSourceStarted,
     ClusterConfig,
     ClusterConfigSet,
@@ -20,7 +20,7 @@ from events import (
     RescheduleRequested,
     TaskMetadataReported,
 )
-from services.scheduler import core
+from damselfly.services.scheduler import core
 
 C = "default"
 TASK = hashlib.sha256(b"https://origin/file").hexdigest()

@@ -8,7 +8,6 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -19,11 +18,11 @@ import anyio
 from aiohttp import web
 from nats.js import JetStreamContext
 
-from events.bus import Consumer
-from events.codec import AnyEvent
-from services.launcher.origin import Origin as LocalOrigin
-from services.peer.daemon import DaemonConfig, serve
-from services.runtime.procs import spawn, stop, wait_ready
+from damselfly.events.bus import Consumer
+from damselfly.events.codec import AnyEvent
+from damselfly.services.launcher.origin import Origin as LocalOrigin
+from damselfly.services.peer.daemon import DaemonConfig, serve
+from damselfly.services.runtime.procs import DAMSELFLY, spawn, stop, wait_ready
 
 
 @dataclass
@@ -73,7 +72,7 @@ class ChildService:
 
     def __init__(self, name: str, argv: list[str], data_dir: Path, secret: str) -> None:
         self.name, self.data_dir, self.secret = name, data_dir, secret
-        self.argv = [sys.executable, "-m", "services.cli", *argv]
+        self.argv = [*DAMSELFLY, *argv]
         self.proc: subprocess.Popen[bytes] | None = None
         self.endpoints: dict[str, object] = {}
         self._ready = data_dir / "ready.json"

@@ -11,14 +11,19 @@ import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from events.base import Event
-from events.codec import AnyEvent
-from events.config import ClusterConfig, ClusterConfigSet
-from events.hosts import HostAnnounced, HostKeepalive
-from events.jobs import JobProgressed, JobStarted, JobSucceeded, PreheatRequested
-from events.sched import BackToSourceOrdered, ParentInfo, ParentsAssigned, SeedPeerTriggered
-from events.subjects import subject_for
-from events.tasks import (
+from damselfly.events.base import Event
+from damselfly.events.codec import AnyEvent
+from damselfly.events.config import ClusterConfig, ClusterConfigSet
+from damselfly.events.hosts import HostAnnounced, HostKeepalive
+from damselfly.events.jobs import JobProgressed, JobStarted, JobSucceeded, PreheatRequested
+from damselfly.events.sched import (
+    BackToSourceOrdered,
+    ParentInfo,
+    ParentsAssigned,
+    SeedPeerTriggered,
+)
+from damselfly.events.subjects import subject_for
+from damselfly.events.tasks import (
     BackToSourceStarted,
     PeerFailed,
     PeerRegistered,

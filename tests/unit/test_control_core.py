@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from events.admin import ClusterScopes
-from events.jobs import (
+from damselfly.events.admin import ClusterScopes
+from damselfly.events.jobs import (
     GetTaskRequested,
     JobFailed,
     JobProgressed,
@@ -17,13 +17,18 @@ from events.jobs import (
     JobSucceeded,
     PreheatRequested,
 )
-from events.secrets import SealError, open_sealed, seal
-from services.manager.control import jobbook
-from services.manager.control.auth import AuthError, new_token, parse_token, token_hash
-from services.manager.control.jobbook import Book, Host
-from services.manager.control.passwords import hash_password, verify_password
-from services.manager.control.scopes import Candidate, HostFacts, find_cluster, valid_scopes
-from services.peer.jobs import choose_manifest
+from damselfly.events.secrets import SealError, open_sealed, seal
+from damselfly.services.manager.control import jobbook
+from damselfly.services.manager.control.auth import AuthError, new_token, parse_token, token_hash
+from damselfly.services.manager.control.jobbook import Book, Host
+from damselfly.services.manager.control.passwords import hash_password, verify_password
+from damselfly.services.manager.control.scopes import (
+    Candidate,
+    HostFacts,
+    find_cluster,
+    valid_scopes,
+)
+from damselfly.services.peer.jobs import choose_manifest
 
 HZ = Candidate("hz", ClusterScopes(cidrs=["10.1.0.0/16"], idc=["idc-hz"], location=["cn|hz"],
                                    hostnames=[r"hz-\d+"]))
@@ -158,10 +163,10 @@ def test_a_finished_job_is_never_reopened_by_a_replayed_request() -> None:
 
 def test_the_coordinator_core_is_pure() -> None:
     tree = ast.parse(Path(jobbook.__file__).read_text())
-    imported = {(n.module or "").split(".")[0] for n in ast.walk(tree)
-                if isinstance(n, ast.ImportFrom)}
-    imported |= {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
-                 for a in n.names}
+    imported = {(n.module or "").removeprefix("damselfly.").split(".")[0]
+                for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name.removeprefix("damselfly.").split(".")[0] for n in ast.walk(tree)
+                 if isinstance(n, ast.Import) for a in n.names}
     assert imported <= {"__future__", "collections", "dataclasses", "typing", "events"}
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-import dashboards
-from projections import store
-from services.manager.output import render
+from damselfly import dashboards
+from damselfly.projections import store
+from damselfly.services.manager.output import render
 from tests.support.synthetic import Swarm, by_stream, events
 
 SWARM = Swarm(tasks=3, peers_per_task=4, pieces=5, failing_peers=1)

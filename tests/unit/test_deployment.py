@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.cli.main import build_parser
+from damselfly.services.cli.main import build_parser
 
 ROOT = Path(__file__).parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

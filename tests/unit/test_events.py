@@ -7,11 +7,18 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from events import HostAnnounced, PeerRegistered, PieceFinished, decode, encode, event_types
-from events.codec import EventDecodeError, tag_of
-from events.secrets import public_headers
-from events.streams import stream_configs
-from events.subjects import (
+from damselfly.events import (
+    HostAnnounced,
+    PeerRegistered,
+    PieceFinished,
+    decode,
+    encode,
+    event_types,
+)
+from damselfly.events.codec import EventDecodeError, tag_of
+from damselfly.events.secrets import public_headers
+from damselfly.events.streams import stream_configs
+from damselfly.events.subjects import (
     PARTITIONS,
     SubjectError,
     partition,

@@ -3,8 +3,8 @@ failed task fails the preheat at once: given events, fold them, check the decisi
 
 from __future__ import annotations
 
-from events.jobs import JobFailed, JobProgressed
-from services.manager.control.jobbook import Book
+from damselfly.events.jobs import JobFailed, JobProgressed
+from damselfly.services.manager.control.jobbook import Book
 from tests.unit.test_control_core import _book, _progress, _request, _start
 
 

@@ -6,8 +6,8 @@ import hashlib
 import os
 from pathlib import Path
 
-from services.peer.manifests import CachedManifest, ManifestCache
-from services.peer.oci import ManifestRef, parse_manifest_path
+from damselfly.services.peer.manifests import CachedManifest, ManifestCache
+from damselfly.services.peer.oci import ManifestRef, parse_manifest_path
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 UPSTREAM = "http://127.0.0.1:5000"

@@ -7,8 +7,8 @@ import hashlib
 
 import pytest
 
-from events.taskid import task_id
-from services.peer.oci import (
+from damselfly.events.taskid import task_id
+from damselfly.services.peer.oci import (
     DOCKER_HUB,
     BlobRef,
     RangeError,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from events.taskid import (
+from damselfly.events.taskid import (
     MAX_PIECE,
     MIN_PIECE,
     filter_query,
@@ -17,9 +17,9 @@ from events.taskid import (
     piece_range,
     task_id,
 )
-from services.peer.bitmap import Bitmap
-from services.peer.digests import file_digest, parse_digest, same_digest
-from services.peer.upload import Pacer, mint_token
+from damselfly.services.peer.bitmap import Bitmap
+from damselfly.services.peer.digests import file_digest, parse_digest, same_digest
+from damselfly.services.peer.upload import Pacer, mint_token
 
 
 def test_task_id_is_dragonflys_concatenated_sha256() -> None:
@@ -115,7 +115,7 @@ def test_tokens_differ_by_task_and_secret() -> None:
 def test_progress_bar_shows_percentage_rate_and_eta() -> None:
     import io
 
-    from services.peer.get import ProgressBar
+    from damselfly.services.peer.get import ProgressBar
 
     out = io.StringIO()
     bar = ProgressBar("blob.bin", out, enabled=True)
@@ -130,7 +130,7 @@ def test_progress_bar_shows_percentage_rate_and_eta() -> None:
 
 
 def test_uploads_listen_on_loopback_unless_advertised_elsewhere() -> None:
-    from services.peer.daemon import _listen_host
+    from damselfly.services.peer.daemon import _listen_host
 
     assert _listen_host("127.0.0.1") == "127.0.0.1" and _listen_host("localhost") == "127.0.0.1"
     assert _listen_host("::1") == "127.0.0.1"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.peer.planner import choose_pieces
+from damselfly.services.peer.planner import choose_pieces
 
 
 def test_rarest_pieces_come_first() -> None:

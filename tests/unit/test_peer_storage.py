@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from services.peer.request import DownloadRequest
-from services.peer.storage import DiskFullError, Storage
+from damselfly.services.peer.request import DownloadRequest
+from damselfly.services.peer.storage import DiskFullError, Storage
 
 
 def _task(storage: Storage, name: str, size: int, now: list[float]) -> str:

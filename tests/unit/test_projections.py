@@ -8,12 +8,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from events.config import ClusterConfig, ClusterConfigSet
-from events.hosts import HostKeepalive, HostLeft
-from events.sched import PeerQueued
-from events.tasks import PeerRegistered, PieceFinished
-from projections import PROJECTIONS, by_name, store
-from projections.model import ADD, LAST, MAX, MIN, Column, Patches, Table
+from damselfly.events.config import ClusterConfig, ClusterConfigSet
+from damselfly.events.hosts import HostKeepalive, HostLeft
+from damselfly.events.sched import PeerQueued
+from damselfly.events.tasks import PeerRegistered, PieceFinished
+from damselfly.projections import PROJECTIONS, by_name, store
+from damselfly.projections.model import ADD, LAST, MAX, MIN, Column, Patches, Table
 from tests.support.synthetic import Swarm, by_stream, events, task_id
 
 SWARM = Swarm(tasks=2, peers_per_task=3, pieces=4, failing_peers=1)

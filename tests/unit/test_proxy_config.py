@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from services.cli.main import build_parser
-from services.peer.oci import DOCKER_HUB
-from services.peer.proxy import match_rule, parse_rule, proxy_config
-from services.peer.proxy_tunnel import parse_authority
+from damselfly.services.cli.main import build_parser
+from damselfly.services.peer.oci import DOCKER_HUB
+from damselfly.services.peer.proxy import match_rule, parse_rule, proxy_config
+from damselfly.services.peer.proxy_tunnel import parse_authority
 
 
 def test_rules_parse_with_their_filtered_query_parameters() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from services.peer.containerd import apply, plan
-from services.peer.oci import DOCKER_HUB
+from damselfly.services.peer.containerd import apply, plan
+from damselfly.services.peer.oci import DOCKER_HUB
 
 MIRROR = "http://127.0.0.1:4001"
 

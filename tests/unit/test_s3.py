@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.peer.s3 import object_url, s3_config, s3_error
-from services.peer.sigv4 import Credentials
-from services.peer.sources import SourceError
+from damselfly.services.peer.s3 import object_url, s3_config, s3_error
+from damselfly.services.peer.sigv4 import Credentials
+from damselfly.services.peer.sources import SourceError
 
 
 def test_config_from_the_environment() -> None:

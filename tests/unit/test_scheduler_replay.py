@@ -6,11 +6,16 @@ import io
 
 import pytest
 
-from events import Event, ParentsAssigned
-from events.log import LogRecord
-from events.subjects import subject_for
-from services.scheduler import core
-from services.scheduler.replay import parse_weights, print_changes, print_decisions, replay
+from damselfly.events import Event, ParentsAssigned
+from damselfly.events.log import LogRecord
+from damselfly.events.subjects import subject_for
+from damselfly.services.scheduler import core
+from damselfly.services.scheduler.replay import (
+    parse_weights,
+    print_changes,
+    print_decisions,
+    replay,
+)
 from tests.support.scheduling import C, scripted_swarm
 
 

@@ -8,7 +8,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.peer.sigv4 import EMPTY_SHA256, Credentials, canonical_request, sign, signing_key
+from damselfly.services.peer.sigv4 import (
+    EMPTY_SHA256,
+    Credentials,
+    canonical_request,
+    sign,
+    signing_key,
+)
 
 S3_KEYS = Credentials("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
 S3_DAY = datetime(2013, 5, 24, tzinfo=UTC)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from services.manager.reader import Reader
-from services.manager.tenancy import scoped
+from damselfly.services.manager.reader import Reader
+from damselfly.services.manager.tenancy import scoped
 
 pytestmark = pytest.mark.anyio
 

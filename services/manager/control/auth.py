@@ -19,12 +19,12 @@ from typing import Annotated, Final
 
 from fastapi import Depends, HTTPException, Request
 
-from events.admin import AuditRecorded, TokenIssued, TokenKind
-from events.base import Event
-from events.bus import Publisher
-from events.ids import new_id
-from events.secrets import read_secret
-from services.manager.reader import Reader
+from damselfly.events.admin import AuditRecorded, TokenIssued, TokenKind
+from damselfly.events.base import Event
+from damselfly.events.bus import Publisher
+from damselfly.events.ids import new_id
+from damselfly.events.secrets import read_secret
+from damselfly.services.manager.reader import Reader
 
 ROLES: Final = {"root": ("read", "write"), "guest": ("read",)}
 SCOPES: Final = ("job", "task", "cluster", "user", "tenant")

@@ -15,13 +15,13 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from nats.errors import Error as NatsError
 from pydantic import BaseModel, ConfigDict, Field
 
-from events.admin import ClusterDeleted, ClusterKind, ClusterSaved, ClusterScopes
-from events.config import DEFAULT_WEIGHTS, ClusterConfig, ClusterConfigSet
-from events.ids import new_id
-from services.manager.control.auth import Caller, allow, reader_of, record
-from services.manager.control.scopes import valid_scopes
-from services.manager.reader import Reader
-from services.manager.schedulers import live_schedulers
+from damselfly.events.admin import ClusterDeleted, ClusterKind, ClusterSaved, ClusterScopes
+from damselfly.events.config import DEFAULT_WEIGHTS, ClusterConfig, ClusterConfigSet
+from damselfly.events.ids import new_id
+from damselfly.services.manager.control.auth import Caller, allow, reader_of, record
+from damselfly.services.manager.control.scopes import valid_scopes
+from damselfly.services.manager.reader import Reader
+from damselfly.services.manager.schedulers import live_schedulers
 
 router = APIRouter(prefix="/api/v1", tags=["clusters"])
 

@@ -20,11 +20,11 @@ import msgspec
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
-from events.base import Event
-from events.bus import Consumer, Publisher
-from services.manager.control.clusters import KEEPALIVE_TIMEOUT
-from services.manager.control.jobbook import Book, Host
-from services.manager.reader import Reader
+from damselfly.events.base import Event
+from damselfly.events.bus import Consumer, Publisher
+from damselfly.services.manager.control.clusters import KEEPALIVE_TIMEOUT
+from damselfly.services.manager.control.jobbook import Book, Host
+from damselfly.services.manager.reader import Reader
 
 log = logging.getLogger("damselfly.manager.jobs")
 

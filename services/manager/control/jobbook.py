@@ -17,10 +17,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from events.base import Event
-from events.codec import AnyEvent
-from events.ids import derived_id
-from events.jobs import (
+from damselfly.events.base import Event
+from damselfly.events.codec import AnyEvent
+from damselfly.events.ids import derived_id
+from damselfly.events.jobs import (
     DeleteTaskRequested,
     GetTaskRequested,
     JobFailed,

@@ -13,18 +13,18 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from events.base import Event
-from events.ids import new_id
-from events.jobs import (
+from damselfly.events.base import Event
+from damselfly.events.ids import new_id
+from damselfly.events.jobs import (
     DeleteTaskRequested,
     GetTaskRequested,
     PreheatKind,
     PreheatRequested,
     PreheatScope,
 )
-from events.secrets import public_headers, seal, sensitive_headers
-from events.taskid import task_id as compute_task_id
-from services.manager.control.auth import (
+from damselfly.events.secrets import public_headers, seal, sensitive_headers
+from damselfly.events.taskid import task_id as compute_task_id
+from damselfly.services.manager.control.auth import (
     Caller,
     Principal,
     allow,
@@ -32,7 +32,7 @@ from services.manager.control.auth import (
     reader_of,
     record,
 )
-from services.manager.control.clusters import known_clusters
+from damselfly.services.manager.control.clusters import known_clusters
 
 router = APIRouter(tags=["jobs"])
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from events.admin import ClusterScopes
+from damselfly.events.admin import ClusterScopes
 
 WEIGHTS: Final = {"cidr": 0.4, "hostname": 0.3, "idc": 0.15, "location": 0.15}
 LOCATION_DEPTH: Final = 5

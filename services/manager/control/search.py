@@ -15,11 +15,11 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from events.admin import ClusterScopes
-from events.clustersearch import FALLBACK, ClusterAnswer, ClusterQuery
-from events.subjects import CLUSTER_SEARCH
-from services.manager.control.scopes import Candidate, HostFacts, affinity, find_cluster
-from services.manager.reader import Reader
+from damselfly.events.admin import ClusterScopes
+from damselfly.events.clustersearch import FALLBACK, ClusterAnswer, ClusterQuery
+from damselfly.events.subjects import CLUSTER_SEARCH
+from damselfly.services.manager.control.scopes import Candidate, HostFacts, affinity, find_cluster
+from damselfly.services.manager.reader import Reader
 
 log = logging.getLogger("damselfly.manager.search")
 

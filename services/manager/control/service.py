@@ -10,12 +10,12 @@ from typing import Final
 from fastapi import APIRouter
 from nats.aio.client import Client
 
-from events.bus import Publisher
-from services.manager.control import clusters, jobs, tenants, tokens, users
-from services.manager.control.coordinator import Coordinator
-from services.manager.control.search import serve_search
-from services.manager.control.users import ensure_root
-from services.manager.reader import Reader
+from damselfly.events.bus import Publisher
+from damselfly.services.manager.control import clusters, jobs, tenants, tokens, users
+from damselfly.services.manager.control.coordinator import Coordinator
+from damselfly.services.manager.control.search import serve_search
+from damselfly.services.manager.control.users import ensure_root
+from damselfly.services.manager.reader import Reader
 
 ROUTERS: Final[tuple[APIRouter, ...]] = (
     clusters.router, jobs.router, users.router, tokens.router, tenants.router)

@@ -12,9 +12,9 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from events.admin import TenantDeleted, TenantSaved
-from events.ids import new_id
-from services.manager.control.auth import Caller, allow, reader_of, record
+from damselfly.events.admin import TenantDeleted, TenantSaved
+from damselfly.events.ids import new_id
+from damselfly.services.manager.control.auth import Caller, allow, reader_of, record
 
 router = APIRouter(prefix="/api/v1", tags=["tenants"])
 

@@ -9,9 +9,16 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from events.admin import TokenRevoked
-from events.ids import new_id
-from services.manager.control.auth import SCOPES, Caller, allow, issue_token, reader_of, record
+from damselfly.events.admin import TokenRevoked
+from damselfly.events.ids import new_id
+from damselfly.services.manager.control.auth import (
+    SCOPES,
+    Caller,
+    allow,
+    issue_token,
+    reader_of,
+    record,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["personal access tokens"])
 

@@ -20,12 +20,12 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError
 from pydantic import BaseModel, ConfigDict, Field
 
-from events.admin import Role, UserSaved, UserState
-from events.bus import MSG_ID
-from events.codec import encode
-from events.ids import new_id
-from events.subjects import subject_for
-from services.manager.control.auth import (
+from damselfly.events.admin import Role, UserSaved, UserState
+from damselfly.events.bus import MSG_ID
+from damselfly.events.codec import encode
+from damselfly.events.ids import new_id
+from damselfly.events.subjects import subject_for
+from damselfly.services.manager.control.auth import (
     ROLES,
     SCOPES,
     SESSION_TTL,
@@ -36,8 +36,8 @@ from services.manager.control.auth import (
     reader_of,
     record,
 )
-from services.manager.control.passwords import hash_password, verify_password
-from services.manager.reader import Reader
+from damselfly.services.manager.control.passwords import hash_password, verify_password
+from damselfly.services.manager.reader import Reader
 
 log = logging.getLogger("damselfly.manager.users")
 router = APIRouter(prefix="/api/v1", tags=["users"])
