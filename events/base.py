@@ -14,3 +14,10 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
 
     id: str
     at: float = 0.0
+
+
+def tag_of(kind: type[Event]) -> str:
+    """An event type's versioned tag (``task.piece_finished.v1``)."""
+    tag = kind.__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag

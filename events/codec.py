@@ -47,9 +47,3 @@ def to_builtins(event: Event) -> dict[str, object]:
 def event_types() -> list[type[Event]]:
     """Every concrete event type, in catalogue order."""
     return list(get_args(AnyEvent))
-
-
-def tag_of(event_type: type[Event]) -> str:
-    tag = event_type.__struct_config__.tag
-    assert isinstance(tag, str)
-    return tag

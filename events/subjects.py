@@ -29,7 +29,7 @@ from damselfly.events.admin import (
     TokenRevoked,
     UserSaved,
 )
-from damselfly.events.base import Event
+from damselfly.events.base import Event, tag_of
 from damselfly.events.config import ClusterConfigSet
 from damselfly.events.hosts import HostAnnounced, HostKeepalive, HostLeft
 from damselfly.events.jobs import (
@@ -177,6 +177,4 @@ def subject_for(event: Event) -> str:
 def name_of(kind: type[Event]) -> str:
     """The subject's last token for an event type: the middle of its tag
     (``task.piece_finished.v1`` → ``piece_finished``)."""
-    tag = kind.__struct_config__.tag
-    assert isinstance(tag, str)
-    return tag.split(".")[1]
+    return tag_of(kind).split(".")[1]

@@ -118,10 +118,6 @@ class TaskFile:
         self.meta.piece_digests[piece] = digest
         self.save()
 
-    def unmark(self, piece: int) -> None:
-        self.bitmap.discard(piece)
-        self.save()
-
     def touch(self) -> None:
         self.meta.accessed_at = self._clock()
         self.save()

@@ -741,10 +741,3 @@ _HANDLERS: Final[dict[type, Callable[..., None]]] = {
     RescheduleRequested: _on_reschedule,
 }
 
-
-def encode_state(state: State) -> bytes:
-    return msgspec.msgpack.encode(state)
-
-
-def decode_state(data: bytes) -> State:
-    return msgspec.msgpack.decode(data, type=State)

@@ -15,7 +15,8 @@ from damselfly.events import (
     encode,
     event_types,
 )
-from damselfly.events.codec import EventDecodeError, tag_of
+from damselfly.events.base import tag_of
+from damselfly.events.codec import EventDecodeError
 from damselfly.events.secrets import public_headers
 from damselfly.events.streams import stream_configs
 from damselfly.events.subjects import (
