@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Final
 
+import anyio
 import duckdb
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
@@ -87,13 +88,13 @@ class Projector:
                 await self._consume(stream)
             except (duckdb.Error, NatsError, OSError) as exc:
                 log.error("projecting %s failed, resuming after the watermark: %s", stream, exc)
-                await asyncio.sleep(self._retry_delay)
+                await anyio.sleep(self._retry_delay)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow every stream until ``stop`` is set."""
-        async with asyncio.TaskGroup() as group:
+        async with anyio.create_task_group() as tg:
             for stream in store.streams():
-                group.create_task(self._follow(stream, stop))
+                tg.start_soon(self._follow, stream, stop, name=f"project {stream}")
             await stop.wait()
             self._halt.set()
 

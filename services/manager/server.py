@@ -10,6 +10,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import uvicorn
 
 from damselfly.events.bus import Publisher
@@ -50,12 +51,12 @@ async def serve(nats_url: str, data_dir: Path, port: int, ready_file: Path | Non
             app = create_app(reader=reader, projector=projector, publisher=Publisher(js), js=js)
             sock = socket.create_server((host, port))
             server = _Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-            async with asyncio.TaskGroup() as group:
-                group.create_task(server.serve(sockets=[sock]))
-                group.create_task(projector.run(stop))
-                group.create_task(control.run(nc, reader, app.state.publisher, stop))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(server.serve, [sock], name="http")
+                tg.start_soon(projector.run, stop, name="projector")
+                tg.start_soon(control.run, nc, reader, app.state.publisher, stop, name="control")
                 while not server.started:
-                    await asyncio.sleep(0.05)
+                    await anyio.sleep(0.05)
                 url = f"http://{host}:{sock.getsockname()[1]}"
                 log.info("manager serving %s with %s", url, db)
                 if ready_file is not None:

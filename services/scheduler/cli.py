@@ -11,6 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import anyio
+
 from damselfly.events.ids import new_id
 from damselfly.events.log import read_log
 from damselfly.services.runtime.eventlog import dump
@@ -78,7 +80,7 @@ def _run_scheduler(args: argparse.Namespace) -> int:
                 with contextlib.suppress(OSError):  # nats-py flushes into the dead socket
                     await nc.close()
 
-    asyncio.run(main())
+    anyio.run(main)
     return 0
 
 
@@ -94,7 +96,7 @@ def _run_replay(args: argparse.Namespace) -> int:
         if args.from_stream:
             path = Path(tmp) / "log.jsonl"
             with open(path, "w") as f:
-                asyncio.run(dump(args.nats, None, f))
+                anyio.run(dump, args.nats, None, f)
         if not path.is_file():
             raise ValueError(f"no such log file: {path}")
         records = list(read_log(path))

@@ -8,6 +8,9 @@ what the core decided (ids derived from the trigger, so a replayed trigger is de
 by JetStream). Its position in each stream is saved with the state in a periodic snapshot
 (a KV bucket), never acked to the server: a new owner resumes from the snapshot, replays the
 rest, and republishes decisions that JetStream then drops as duplicates.
+
+Every worker, and the watcher of silent hosts, runs in the scheduler's one task group; a
+worker is stopped by its own event and says when it has finished with another.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeAlias
 
+import anyio
 import msgspec
+from anyio.abc import TaskGroup
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
@@ -67,30 +72,47 @@ HEARTBEAT: Final = 1.0
 MAX_BUFFERED: Final = 4096  # task events pushed to a partition and not folded yet
 
 Key = tuple[float, str, int]
+# The process's stop (set by a signal) or a partition's own.
+Stop: TypeAlias = asyncio.Event | anyio.Event
 
 
-async def finish_or_abandon(work: Awaitable[None], stop: asyncio.Event,
-                            grace: float = 2.0) -> bool:
+async def finish_or_abandon(work: Awaitable[None], stop: Stop, grace: float = 2.0) -> bool:
     """Await ``work``; once ``stop`` is set give it ``grace`` seconds more, then cancel it.
 
     True when it finished (its exception, if any, is raised); False when abandoned, as when
     the server is away and every call waits out its timeout.
     """
-    task = asyncio.ensure_future(work)
-    waiter = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            await asyncio.wait({task}, timeout=grace)
-    finally:
-        waiter.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-    if task.cancelled():
-        return False
-    task.result()
-    return True
+    finished = False
+    failure: Exception | None = None
+    async with anyio.create_task_group() as tg:
+        async def abandon() -> None:
+            await stop.wait()
+            await anyio.sleep(grace)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(abandon)
+        try:
+            await work
+            finished = True
+        except Exception as exc:  # noqa: BLE001 - raised below, not wrapped in a group
+            failure = exc
+        tg.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return finished
+
+
+async def _stopped_within(stop: Stop, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``stop``; True when it is set."""
+    with anyio.move_on_after(timeout):
+        await stop.wait()
+    return stop.is_set()
+
+
+async def _quietly(work: Awaitable[None]) -> None:
+    """Await ``work`` for its effect only: on the way out, a failed call changes nothing."""
+    with contextlib.suppress(Exception):
+        await work
 
 
 class Unpublished(Exception):
@@ -227,9 +249,9 @@ class LiveFeed:
                                                  pending_msgs_limit=1 << 20,
                                                  idle_heartbeat=HEARTBEAT)
         if not self._buffer:
-            try:
-                await asyncio.wait_for(self._arrived.wait(), timeout)
-            except TimeoutError:
+            with anyio.move_on_after(timeout) as waited:
+                await self._arrived.wait()
+            if waited.cancelled_caught:
                 return []
         out = self._buffer[:batch]
         del self._buffer[:batch]
@@ -319,7 +341,7 @@ class PartitionWorker:
             return
         self._saved_seqs = dict(self.seqs)
 
-    async def run(self, stop: asyncio.Event, *, on_stop_save: Callable[[], bool]) -> None:
+    async def run(self, stop: Stop, *, on_stop_save: Callable[[], bool]) -> None:
         """Fold and decide until ``stop``; then save a snapshot if ``on_stop_save()``."""
         await self.restore()
         await self._find_stale_bound()
@@ -340,8 +362,7 @@ class PartitionWorker:
                     return  # no snapshot past decisions that never went out
                 except (TimeoutError, NatsError) as exc:
                     log.warning("partition %d: %s; retrying", self.part, exc or type(exc).__name__)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 1.0)
+                    await _stopped_within(stop, 1.0)
                     continue
                 if time.monotonic() - last_save >= self._snapshot_every:
                     await self.save()
@@ -354,18 +375,13 @@ class PartitionWorker:
                 for feed in feeds:
                     await feed.close()
 
-    async def round(self, tasks: LiveFeed, feeds: list[Feed], stop: asyncio.Event) -> None:
+    async def round(self, tasks: LiveFeed, feeds: list[Feed], stop: Stop) -> None:
         """One fetch: fold task and side events in log order, then publish the decisions."""
         known = self._side[-1].key if self._side else None
         items = await tasks.fetch(self._batch, self._poll)
-        failure: BaseException | None = None
-        for drained in await asyncio.gather(*(feed.drain() for feed in feeds),
-                                            return_exceptions=True):
-            if isinstance(drained, BaseException):
-                failure = drained
-                continue
-            for side in drained:
-                bisect.insort(self._side, side)
+        drained, failure = await _drain_together(feeds)
+        for side in drained:
+            bisect.insort(self._side, side)
         if failure is not None:
             tasks.unread(items)
             raise failure
@@ -411,7 +427,7 @@ class PartitionWorker:
         decisions = core.step(self.state, item.event)
         return [] if stored < self._stale_before else decisions
 
-    async def _publish(self, out: list[Event], stop: asyncio.Event) -> None:
+    async def _publish(self, out: list[Event], stop: Stop) -> None:
         now = time.time()  # a decision happens when it is made; replay ignores ``at``
         out = [msgspec.structs.replace(d, at=now) for d in out]
         while out:
@@ -423,16 +439,39 @@ class PartitionWorker:
                     raise Unpublished(f"{len(out)} decisions") from exc
                 log.warning("partition %d: publishing %d decisions failed (%s); retrying",
                             self.part, len(out), exc)
-                await asyncio.sleep(0.5)
+                await anyio.sleep(0.5)
+
+
+async def _drain_together(feeds: list[Feed]) -> tuple[list[Logged], Exception | None]:
+    """Drain every feed at once: what those that answered gave, and the last failure."""
+    results: list[list[Logged] | Exception] = [[] for _ in feeds]
+
+    async def drain(i: int) -> None:
+        try:
+            results[i] = await feeds[i].drain()
+        except Exception as exc:  # noqa: BLE001 - returned; the other feed keeps its events
+            results[i] = exc
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(feeds)):
+            tg.start_soon(drain, i)
+    drained: list[Logged] = []
+    failure: Exception | None = None
+    for result in results:
+        if isinstance(result, Exception):
+            failure = result
+        else:
+            drained += result
+    return drained, failure
 
 
 @dataclass
 class _Owned:
     revision: int
     renewed: float
-    stop: asyncio.Event
     worker: PartitionWorker
-    task: asyncio.Task[None]
+    stop: anyio.Event = field(default_factory=anyio.Event)
+    finished: anyio.Event = field(default_factory=anyio.Event)  # set when the worker ends
     shutting_down: bool = False
 
 
@@ -455,7 +494,7 @@ class Scheduler:
         self._publisher = Publisher(self._js)
         self.owned: dict[int, _Owned] = {}
         self._share = PARTITIONS
-        self._retired: list[asyncio.Task[None]] = []  # workers told to stop, still finishing
+        self._retired: list[_Owned] = []  # workers told to stop, maybe still finishing
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[], None] | None = None) -> None:
         """Run until ``stop`` is set; then save snapshots and give the leases back.
@@ -468,47 +507,53 @@ class Scheduler:
         members = Members(await open_bucket(self._js, MEMBER_BUCKET, ttl=self._ttl),
                           self.cluster, self.scheduler_id)
         snapshots = await open_bucket(self._js, SNAPSHOT_BUCKET)
-        watcher = asyncio.create_task(self._declare_silent_hosts_dead(stop))
-        try:
-            while not stop.is_set():
-                await finish_or_abandon(self._tend(members, leases, snapshots), stop)
-                if on_ready is not None:
-                    self._write_status()
-                    on_ready()
-                    on_ready = None
-                try:
-                    await asyncio.wait_for(stop.wait(), self._ttl / 3)
-                except TimeoutError:
-                    pass
-        finally:
-            for owned in self.owned.values():
-                owned.shutting_down = True
-                owned.stop.set()
-            await asyncio.gather(*(o.task for o in self.owned.values()), *self._retired,
-                                 return_exceptions=True)
-            if self._nc.is_connected:  # else the leases and membership expire by themselves
-                await asyncio.gather(
-                    members.leave(),
-                    *(leases.give_back(lease_key(self.cluster, part), owned.revision)
-                      for part, owned in self.owned.items()), return_exceptions=True)
-            self.owned.clear()
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._declare_silent_hosts_dead, stop, name="silent hosts")
+            try:
+                while not stop.is_set():
+                    await finish_or_abandon(self._tend(tg, members, leases, snapshots), stop)
+                    if on_ready is not None:
+                        self._write_status()
+                        on_ready()
+                        on_ready = None
+                    await _stopped_within(stop, self._ttl / 3)
+            finally:
+                # Shielded: the workers' last snapshots and the leases are worth the wait
+                # even when the caller cancels (each call below has its own timeout).
+                with anyio.CancelScope(shield=True):
+                    await self._shut_down(members, leases)
+                tg.cancel_scope.cancel()  # the watcher, when it did not see ``stop``
 
-    async def _tend(self, members: Members, leases: Leases, snapshots: KeyValue) -> None:
+    async def _shut_down(self, members: Members, leases: Leases) -> None:
+        """Stop every worker, wait until each has saved its snapshot, give the leases back."""
+        for owned in self.owned.values():
+            owned.shutting_down = True
+            owned.stop.set()
+        for owned in [*self.owned.values(), *self._retired]:
+            await owned.finished.wait()
+        if self._nc.is_connected:  # else the leases and membership expire by themselves
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_quietly, members.leave())
+                for part, owned in self.owned.items():
+                    tg.start_soon(_quietly,
+                                  leases.give_back(lease_key(self.cluster, part), owned.revision))
+        self.owned.clear()
+
+    async def _tend(self, tg: TaskGroup, members: Members, leases: Leases,
+                    snapshots: KeyValue) -> None:
         try:
             self._share = -(-PARTITIONS // await members.heartbeat())
         except (TimeoutError, NatsError) as exc:
             log.warning("membership heartbeat: %s", exc)
         for part in range(PARTITIONS):
             try:
-                changed = await self._tend_one(part, leases, snapshots)
+                changed = await self._tend_one(tg, part, leases, snapshots)
             except (TimeoutError, NatsError) as exc:
                 log.warning("lease of partition %d: %s", part, exc)
                 owned = self.owned.get(part)
                 changed = owned is not None and time.monotonic() - owned.renewed > self._ttl
                 if changed:
-                    self._drop(part)  # not renewed within the TTL: someone else may own it
+                    self._retire(part)  # not renewed within the TTL: someone else may own it
             if changed:
                 self._write_status()
         for part in sorted(self.owned)[self._share:]:
@@ -516,16 +561,15 @@ class Scheduler:
 
     async def _hand_over(self, part: int, leases: Leases) -> None:
         """Give a partition beyond our share back, with a fresh snapshot for the next owner."""
-        owned = self.owned.pop(part)
-        owned.shutting_down = True
-        owned.stop.set()
-        await asyncio.gather(owned.task, return_exceptions=True)
+        owned = self._retire(part, save=True)
+        await owned.finished.wait()
         with contextlib.suppress(TimeoutError, NatsError):
             await leases.give_back(lease_key(self.cluster, part), owned.revision)
         log.info("scheduler %s handed partition %d over", self.scheduler_id, part)
         self._write_status()
 
-    async def _tend_one(self, part: int, leases: Leases, snapshots: KeyValue) -> bool:
+    async def _tend_one(self, tg: TaskGroup, part: int, leases: Leases,
+                        snapshots: KeyValue) -> bool:
         """Take, renew or give back one partition's lease; True when ownership changed."""
         key = lease_key(self.cluster, part)
         owned = self.owned.get(part)
@@ -535,39 +579,34 @@ class Scheduler:
             revision = await leases.take(key)
             if revision is None:
                 return False
-            self._start(part, revision, snapshots)
+            self._start(tg, part, revision, snapshots)
             return True
-        if owned.task.done():  # the worker died: give the partition back for a fresh start
+        if owned.finished.is_set():  # the worker died: give the partition back for a fresh start
             await leases.give_back(key, owned.revision)
             del self.owned[part]
             return True
         revision = await leases.renew(key, owned.revision)
         if revision is None:
-            self._drop(part)
+            self._retire(part)
             return True
         owned.revision, owned.renewed = revision, time.monotonic()
         return False
 
-    def _drop(self, part: int) -> None:
+    def _retire(self, part: int, *, save: bool = False) -> _Owned:
+        """Tell a partition's worker to stop (saving a snapshot first with ``save``); the
+        shutdown waits for it if it has not ended by then."""
         owned = self.owned.pop(part)
+        owned.shutting_down = save
         owned.stop.set()
-        self._retired = [t for t in self._retired if not t.done()] + [owned.task]
+        self._retired = [o for o in self._retired if not o.finished.is_set()] + [owned]
+        return owned
 
-    def _start(self, part: int, revision: int, snapshots: KeyValue) -> None:
+    def _start(self, tg: TaskGroup, part: int, revision: int, snapshots: KeyValue) -> None:
         worker = PartitionWorker(self._nc, self._publisher, snapshots, self.cluster, part,
                                  poll=self._poll, snapshot_every=self._snapshot_every)
-        stop = asyncio.Event()
-        owned: _Owned
-
-        async def run() -> None:
-            try:
-                await worker.run(stop, on_stop_save=lambda: owned.shutting_down)
-            except Exception:
-                log.exception("partition %d worker failed", part)
-                raise
-
-        owned = _Owned(revision, time.monotonic(), stop, worker, asyncio.create_task(run()))
+        owned = _Owned(revision, time.monotonic(), worker)
         self.owned[part] = owned
+        tg.start_soon(_run_worker, owned, name=f"partition {part}")
         log.info("scheduler %s owns partition %d", self.scheduler_id, part)
 
     def _write_status(self) -> None:
@@ -580,9 +619,16 @@ class Scheduler:
                                    "partitions": sorted(self.owned)}))
         tmp.replace(path)
 
-    async def _declare_silent_hosts_dead(self, stop: asyncio.Event) -> None:
+    async def _declare_silent_hosts_dead(self, stop: Stop) -> None:
         """Publish ``HostLeft`` for hosts silent past the keepalive timeout, into the log, so
-        that a replay sees the same departure at the same place."""
+        that a replay sees the same departure at the same place. A failure ends only this
+        watcher (and is logged), not the scheduler."""
+        try:
+            await self._watch_hosts(stop)
+        except Exception:
+            log.exception("silent-host watcher failed; no more hosts are declared dead")
+
+    async def _watch_hosts(self, stop: Stop) -> None:
         seen: dict[str, tuple[float, str]] = {}
 
         async def on_host(msg) -> None:  # type: ignore[no-untyped-def]
@@ -597,8 +643,7 @@ class Scheduler:
 
         sub = await self._nc.subscribe(host_filter(self.cluster), cb=on_host)
         try:
-            while not stop.is_set():
-                await asyncio.sleep(min(self._keepalive_timeout / 4, 2.0))
+            while not await _stopped_within(stop, min(self._keepalive_timeout / 4, 2.0)):
                 now = time.monotonic()
                 if not self._nc.is_connected:  # their keepalives cannot reach us: not their fault
                     for host_id, (_, last_id) in list(seen.items()):
@@ -622,3 +667,15 @@ class Scheduler:
                             log.warning("could not declare %s dead: %s", host_id, exc)
         finally:
             await sub.unsubscribe()
+
+
+async def _run_worker(owned: _Owned) -> None:
+    """Run a partition's worker and set ``owned.finished`` when it ends, however it ends.
+    A failure is logged, not raised: the next tend gives the partition back for a fresh
+    start instead of ending the scheduler."""
+    try:
+        await owned.worker.run(owned.stop, on_stop_save=lambda: owned.shutting_down)
+    except Exception:
+        log.exception("partition %d worker failed", owned.worker.part)
+    finally:
+        owned.finished.set()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Final
 
+import anyio
 from fastapi import APIRouter
 from nats.aio.client import Client
 
@@ -27,6 +28,7 @@ async def run(nc: Client, reader: Reader, publisher: Publisher, stop: asyncio.Ev
     coordinate jobs until ``stop`` is set. Raises NATS errors when NATS fails at start."""
     js = nc.jetstream()
     await ensure_root(js)
-    async with asyncio.TaskGroup() as group:
-        group.create_task(serve_search(nc, reader, stop))
-        group.create_task(Coordinator(js, reader, publisher, **coordinator).run(stop))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(serve_search, nc, reader, stop, name="cluster search")
+        tg.start_soon(Coordinator(js, reader, publisher, **coordinator).run, stop,
+                      name="job coordinator")
