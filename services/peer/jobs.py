@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import aiohttp
 import anyio
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
@@ -235,8 +235,13 @@ async def _durable(js: JetStreamContext, name: str) -> Consumer:
     return Consumer(js, stream="DF_JOBS", filter_subject=REQUESTS, durable=name)
 
 
-async def run_job_worker(downloads: Downloads, *, seed: bool) -> None:
-    """Take this host's jobs until cancelled. Raises NATS errors when it cannot subscribe."""
+async def run_job_worker(downloads: Downloads, *, seed: bool,
+                         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    """Take this host's jobs until cancelled. Raises NATS errors when it cannot subscribe.
+
+    Reports started (``TaskGroup.start``) once a job asked for from then on reaches it: its
+    durable consumers exist on the server and its get-task subscription was flushed there.
+    """
     ctx = downloads.ctx
     async with anyio.create_task_group() as tg:
         worker = JobWorker(downloads, tg, seed=seed)
@@ -246,6 +251,8 @@ async def run_job_worker(downloads: Downloads, *, seed: bool) -> None:
                 shared = await _durable(ctx.js, f"jobs-seed-{ctx.cluster}")
                 tg.start_soon(_follow, shared, worker.on_shared)
             tg.start_soon(_follow, await _durable(ctx.js, f"jobs-{ctx.host_id}"), worker.on_own)
+            await ctx.nc.flush()
+            task_status.started()
             await anyio.sleep_forever()
         finally:
             with anyio.CancelScope(shield=True):

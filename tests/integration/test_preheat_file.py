@@ -79,8 +79,15 @@ async def test_preheat_a_file_through_the_api_and_from_outside(
         root = await eventually(lambda: m.try_sign_in("root", ROOT_PASSWORD))
         own = await m.nc.jetstream().consumer_info("DF_JOBS", "jobs-seed-1")
         assert own.config.inactive_threshold == 7 * 24 * 3600  # gone hosts leave no consumer
-        body = {"type": "preheat", "args": {"url": f"{base}/model.bin", "scope": "all_seed_peers",
-                "username": LOGIN[0], "password": LOGIN[1], "piece_length": 65536}}
+
+        async def both_seeds_alive() -> bool:  # an all_seed_peers job targets those it knows
+            status, seeds = await m.call("GET", "/api/v1/seed-peers?state=active", token=root)
+            return status == 200 and {s["host_id"] for s in seeds} >= {"seed-1", "seed-2"}
+
+        await eventually(both_seeds_alive)
+        args = {"url": f"{base}/model.bin", "scope": "all_seed_peers", "username": LOGIN[0],
+                "password": LOGIN[1], "piece_length": 65536}
+        body = {"type": "preheat", "args": args}
         status, created = await m.call("POST", "/api/v1/jobs", body, root)
         assert status == 201, created
         done = await eventually(lambda: job_outcome(m, root, created["id"]), timeout=60)
@@ -127,14 +134,14 @@ async def test_preheat_a_file_through_the_api_and_from_outside(
             (host, t, "succeeded") for host in ("seed-1", "seed-2") for t in tasks}
         for host in (one, two):
             assert all(_read(host.storage, t) == parts[name] for t, name in tasks.items())
-        for args, why in (({"scope": "all_peers"}, "args: give url, or urls"),
-                          ({"urls": [urls[0], "ftp://x/y"]}, "args.urls.1: String should")):
+        for bad, why in (({"scope": "all_peers"}, "args: give url, or urls"),
+                         ({"urls": [urls[0], "ftp://x/y"]}, "args.urls.1: String should")):
             status, refused = await m.call("POST", "/api/v1/jobs", {"type": "preheat",
-                                                                    "args": args}, root)
+                                                                    "args": bad}, root)
             assert status == 422 and refused["detail"].startswith(why), refused
 
         # A missing file fails the job with the origin's reason.
-        body["args"] |= {"url": f"{base}/missing.bin", "scope": "single_seed_peer"}
+        args |= {"url": f"{base}/missing.bin", "scope": "single_seed_peer"}
         status, created = await m.call("POST", "/api/v1/jobs", body, root)
         done = await eventually(lambda: job_outcome(m, root, created["id"]), timeout=60)
         assert done["job"]["state"] == "failed" and "404" in str(done["job"]["reason"])

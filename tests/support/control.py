@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -38,6 +39,7 @@ from damselfly.services.peer.parents import ParentClient
 from damselfly.services.peer.storage import Storage
 from damselfly.services.peer.upload import TransferStats, upload_app
 from damselfly.services.runtime.natsconn import connect
+from tests.support.wait import eventually
 
 ROOT_PASSWORD = "root-password-for-tests"
 SECRET = "cluster-secret-for-tests"
@@ -100,11 +102,11 @@ async def peer_host(nats_url: str, data: Path, host_id: str, *, cluster: str = "
         async with anyio.create_task_group() as tg:
             downloads = Downloads(ctx, tg)
             ctx.active = downloads.active
-            tg.start_soon(lambda: run_job_worker(downloads, seed=seed))
+            # Started once its consumers exist: no job asked for after this is missed.
+            await tg.start(functools.partial(run_job_worker, downloads, seed=seed))
             await ctx.publish(HostAnnounced(id=new_id(), at=time.time(), cluster=cluster,
                                             host_id=host_id, hostname=host_id, ip="127.0.0.1",
                                             upload_url=upload_url, seed=seed))
-            await anyio.sleep(0.5)  # the worker's consumers exist before any job is asked for
             try:
                 yield PeerHost(storage, downloads, upload_url)
             finally:
@@ -138,8 +140,11 @@ async def running_manager(nats_url: str, data: Path, monkeypatch: pytest.MonkeyP
             group.create_task(server.serve(sockets=[sock]))
             group.create_task(app.state.projector.run(stop))
             group.create_task(control.run(nc, reader, publisher, stop, **coordinator))
-            while not server.started:
-                await asyncio.sleep(0.05)
+
+            async def serving() -> bool:
+                return server.started
+
+            await eventually(serving)
             try:
                 yield Manager(f"http://127.0.0.1:{sock.getsockname()[1]}", nc, db, session)
             finally:
