@@ -224,6 +224,12 @@ def large_log(tasks: int, peers: int, pieces: int
     yield from ((s, c) for s, c in chunks.items() if c)
 
 
+def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    row = con.execute(f"SELECT count(*) FROM {table}").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def project_large(con: duckdb.DuckDBPyConnection, piece_events: int) -> dict[str, float]:
     """Project a day with ``piece_events`` piece events through ``store.apply_batch``."""
     tasks = max(1, piece_events // (PEERS * PIECES))
@@ -234,8 +240,7 @@ def project_large(con: duckdb.DuckDBPyConnection, piece_events: int) -> dict[str
         events_in += len(chunk)
     con.execute("CHECKPOINT")
     elapsed = time.perf_counter() - started
-    counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[index]
-              for t in ("piece_minutes", "peers", "decisions")}
+    counts = {t: _count(con, t) for t in ("piece_minutes", "peers", "decisions")}
     return {"events": events_in, "piece_events": tasks * PEERS * PIECES, "seconds": elapsed,
             "generated_and_projected_per_s": events_in / elapsed, **counts}
 

@@ -22,8 +22,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TypedDict
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from damselfly.events import (
@@ -38,6 +40,7 @@ from damselfly.events import (
 )
 from damselfly.events.bus import Publisher
 from damselfly.events.streams import ensure_streams
+from damselfly.events.tasks import TaskEvent
 from damselfly.services.launcher.broker import start_broker
 from damselfly.services.runtime.natsconn import connect
 from damselfly.services.runtime.procs import DAMSELFLY, spawn, stop, wait_ready, write_ready
@@ -46,6 +49,14 @@ from damselfly.services.scheduler.shell import Scheduler
 
 TASKS, PEERS, PIECES = 120, 12, 48           # fold workload: ~75k events
 LAT_PEERS, LAT_TASKS, LAT_ROUNDS, STEADY = 1000, 10, 3, 300
+
+
+class Common(TypedDict):
+    """The fields every task event of one task shares."""
+
+    at: float
+    cluster: str
+    task_id: str
 
 
 def task_id(cluster: str, i: int) -> str:
@@ -63,24 +74,24 @@ def swarm_log(cluster: str) -> list[Event]:
     out: list[Event] = []
     for t in range(TASKS):
         task = task_id(cluster, t)
-        common = {"at": 0.0, "cluster": cluster, "task_id": task}
+        common: Common = {"at": 0.0, "cluster": cluster, "task_id": task}
         src = f"t{t}-p0"
-        out += [PeerRegistered(id=f"{task}-r0", **common, peer_id=src, host_id="h0",  # type: ignore[arg-type]
+        out += [PeerRegistered(id=f"{task}-r0", **common, peer_id=src, host_id="h0",
                                url=f"https://origin/{t}"),
-                BackToSourceStarted(id=f"{task}-b0", **common, peer_id=src),  # type: ignore[arg-type]
-                TaskMetadataReported(id=f"{task}-m0", **common, peer_id=src,  # type: ignore[arg-type]
+                BackToSourceStarted(id=f"{task}-b0", **common, peer_id=src),
+                TaskMetadataReported(id=f"{task}-m0", **common, peer_id=src,
                                      content_length=PIECES * 1024, piece_length=1024,
                                      piece_count=PIECES)]
-        out += [PieceFinished(id=f"{task}-s{i}", **common, peer_id=src, piece=i,  # type: ignore[arg-type]
+        out += [PieceFinished(id=f"{task}-s{i}", **common, peer_id=src, piece=i,
                               length=1024, digest=f"d{i}") for i in range(PIECES)]
         for p in range(1, PEERS):
             peer = f"t{t}-p{p}"
-            out.append(PeerRegistered(id=f"{task}-r{p}", **common, peer_id=peer,  # type: ignore[arg-type]
+            out.append(PeerRegistered(id=f"{task}-r{p}", **common, peer_id=peer,
                                       host_id=f"h{p}", url=f"https://origin/{t}"))
-            out += [PieceFinished(id=f"{task}-{p}-{i}", **common, peer_id=peer, piece=i,  # type: ignore[arg-type]
+            out += [PieceFinished(id=f"{task}-{p}-{i}", **common, peer_id=peer, piece=i,
                                   length=1024, digest=f"d{i}", parent_id=src, cost_ms=5.0)
                     for i in range(PIECES)]
-            out.append(PeerSucceeded(id=f"{task}-ok{p}", **common, peer_id=peer,  # type: ignore[arg-type]
+            out.append(PeerSucceeded(id=f"{task}-ok{p}", **common, peer_id=peer,
                                      content_length=PIECES * 1024, piece_count=PIECES))
     return out
 
@@ -112,7 +123,7 @@ async def raw_push(nc: Client, subject: str, count: int) -> float:
     done = asyncio.Event()
     seen = 0
 
-    async def on_msg(msg) -> None:  # type: ignore[no-untyped-def]
+    async def on_msg(msg: Msg) -> None:
         nonlocal seen
         seen += 1
         if seen == count:
@@ -182,7 +193,7 @@ class Replies:
         self.arrived: dict[str, float] = {}
         self.all_in = asyncio.Event()
 
-    async def on_decision(self, msg) -> None:  # type: ignore[no-untyped-def]
+    async def on_decision(self, msg: Msg) -> None:
         peer = msg.subject.rsplit(".", 1)[1]
         if peer in self.sent and peer not in self.arrived:
             self.arrived[peer] = time.perf_counter()
@@ -206,13 +217,14 @@ async def measure_latency(nc: Client, cluster: str) -> dict[str, list[float]]:
     sub = await nc.subscribe(f"df.sched.{cluster}.>", cb=replies.on_decision)
     tasks = [task_id(cluster, t) for t in range(LAT_TASKS)]
     for t, task in enumerate(tasks):  # one holder per task
-        src, common = f"src{t}", {"at": 0.0, "cluster": cluster, "task_id": task}
+        src = f"src{t}"
+        common: Common = {"at": 0.0, "cluster": cluster, "task_id": task}
         await pub.publish_many([
-            PeerRegistered(id=f"{task}-r", **common, peer_id=src, host_id=f"h{t}", url="u"),  # type: ignore[arg-type]
-            BackToSourceStarted(id=f"{task}-b", **common, peer_id=src),  # type: ignore[arg-type]
-            TaskMetadataReported(id=f"{task}-m", **common, peer_id=src, content_length=1024,  # type: ignore[arg-type]
+            PeerRegistered(id=f"{task}-r", **common, peer_id=src, host_id=f"h{t}", url="u"),
+            BackToSourceStarted(id=f"{task}-b", **common, peer_id=src),
+            TaskMetadataReported(id=f"{task}-m", **common, peer_id=src, content_length=1024,
                                  piece_length=1024, piece_count=1),
-            PieceFinished(id=f"{task}-p", **common, peer_id=src, piece=0, length=1024,  # type: ignore[arg-type]
+            PieceFinished(id=f"{task}-p", **common, peer_id=src, piece=0, length=1024,
                           digest="d0")])
     await asyncio.sleep(1.0)
 
@@ -253,9 +265,10 @@ async def echo(url: str, cluster: str, ready: Path) -> None:
         futures = []
         for msg in msgs:
             event = decode(msg.data)
+            assert isinstance(event, TaskEvent), event  # the subscription takes task events only
             parts = msg.subject.split(".")
             futures.append(await js.publish_async(
-                f"df.sched.{cluster}.{parts[3]}.{event.peer_id}", b"{}"))  # type: ignore[union-attr]
+                f"df.sched.{cluster}.{parts[3]}.{event.peer_id}", b"{}"))
         await asyncio.gather(*futures)
         for msg in msgs:
             await msg.ack()

@@ -93,7 +93,7 @@ async def serve(root: Path, rate: float, ready_file: Path) -> None:
     try:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = runner.addresses[0][1]
         write_ready(ready_file, {"url": f"http://127.0.0.1:{port}"})
         await stop.wait()
     finally:

@@ -23,7 +23,7 @@ def anyio_backend() -> str:
 
 def _docker_engine_answers() -> bool:
     try:
-        import docker  # type: ignore[import-untyped]
+        import docker  # type: ignore[import-untyped]  # docker-py ships no type hints
 
         docker.from_env(timeout=2).ping()
         return True

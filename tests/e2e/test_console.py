@@ -13,13 +13,19 @@ import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 
 from damselfly.services.runtime.procs import DAMSELFLY, spawn, stop, wait_ready
 from tests.support.swarm import Origin, Swarm
+from tests.support.wait import eventually
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page, Request
 
 pytestmark = pytest.mark.anyio
 CHROMIUM = "/usr/bin/chromium"
@@ -36,7 +42,7 @@ ROOT_PASSWORD = "root-password-for-the-console"
 ALICE_PASSWORD = "alice-password-for-the-console"
 
 
-def call(url: str, body: object = None, token: str = "") -> object:
+def call(url: str, body: object = None, token: str = "") -> Any:
     """JSON from the manager; ``None`` for a 4xx/5xx answer."""
     headers = {"Content-Type": "application/json"}
     if token:
@@ -60,35 +66,54 @@ def start_manager(nats_url: str, tmp_path: Path) -> subprocess.Popen[bytes]:
 
 async def signed_in(url: str, name: str, password: str) -> str:
     """A session token, once the manager's projections know the user."""
-    with anyio.fail_after(30):
-        while not (answer := call(f"{url}/api/v1/users/signin",
-                                  {"name": name, "password": password})):
-            await anyio.sleep(0.2)
-    assert isinstance(answer, dict)
-    return str(answer["token"])
+    async def answer() -> Any:
+        return await anyio.to_thread.run_sync(
+            call, f"{url}/api/v1/users/signin", {"name": name, "password": password})
+
+    body = await eventually(answer, timeout=30)
+    assert isinstance(body, dict)
+    return str(body["token"])
 
 
-def sign_in(page, name: str, password: str) -> None:  # type: ignore[no-untyped-def]
+@dataclass
+class Seen:
+    """What the console showed."""
+
+    offsite: list[str] = field(default_factory=list)  # requests that left the manager
+    errors: list[str] = field(default_factory=list)
+    schedulers: int = 0
+    panels: list[dict[str, Any]] = field(default_factory=list)  # from the page's script
+    task_peers: int = 0
+    sql: str = ""
+    alice_tasks: list[str] = field(default_factory=list)
+    alice_sql_link: bool = True
+    alice_task_count: str = ""
+
+
+def sign_in(page: Page, name: str, password: str) -> None:
     page.fill("form.signin input[name=name]", name)
     page.fill("form.signin input[name=password]", password)
     page.click("form.signin button")
 
 
-def browse(url: str, shot: Path, download_another: Callable[[], None]) -> dict[str, object]:
+def browse(url: str, shot: Path, download_another: Callable[[], None]) -> Seen:
     """Sign in and open the console's views, with a download for tenant team-a happening
     while the overview is open; then sign in as that tenant's user. Returns what the page
     showed. Blocks (Playwright sync)."""
     from playwright.sync_api import sync_playwright
 
-    seen: dict[str, object] = {"offsite": []}
+    seen = Seen()
+
+    def offsite(request: Request) -> None:
+        if not request.url.startswith(url):
+            seen.offsite.append(request.url)
+
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
-            page.on("request", lambda r: None if r.url.startswith(url)
-                    else seen["offsite"].append(r.url))  # type: ignore[union-attr]
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", offsite)
+            page.on("pageerror", lambda e: seen.errors.append(str(e)))
             page.goto(url + "/#/overview")
             sign_in(page, "root", "wrong-password")
             page.wait_for_selector("form.signin .error:has-text('wrong user name or password')")
@@ -96,7 +121,7 @@ def browse(url: str, shot: Path, download_another: Callable[[], None]) -> dict[s
             page.wait_for_selector(".card[data-key=peers]")
             page.wait_for_selector("section[data-panel=p2p_vs_origin] polyline.series",
                                    state="attached")
-            seen["schedulers"] = page.locator("#schedulers tbody tr").count()
+            seen.schedulers = page.locator("#schedulers tbody tr").count()
             page.screenshot(path=str(shot.with_name("overview.png")), full_page=True)
             download_another()
             # no reload: the overview's live refresh shows the second task
@@ -106,7 +131,7 @@ def browse(url: str, shot: Path, download_another: Callable[[], None]) -> dict[s
             page.wait_for_function("document.querySelectorAll('section.panel[data-rows]').length"
                                    " === document.querySelectorAll('section.panel').length"
                                    " && document.querySelectorAll('section.panel').length > 0")
-            seen["panels"] = page.eval_on_selector_all(
+            seen.panels = page.eval_on_selector_all(
                 "section.panel", "els => els.map(e => ({name: e.dataset.panel, "
                 "rows: Number(e.dataset.rows), marks: e.querySelectorAll("
                 "'polyline.series, rect.bar').length}))")
@@ -115,24 +140,23 @@ def browse(url: str, shot: Path, download_another: Callable[[], None]) -> dict[s
             page.wait_for_selector("#list tr.link")
             page.click("#list tr.link:has-text('blob.bin')")
             page.wait_for_selector("#peers tr.link")
-            seen["task_peers"] = page.locator("#peers tbody tr").count()
+            seen.task_peers = page.locator("#peers tbody tr").count()
             page.goto(url + "/#/sql")
             page.fill("textarea", "SELECT count(*) AS n FROM downloads WHERE ok")
             page.click("button")
             page.wait_for_selector("#result td")
-            seen["sql"] = page.locator("#result td").inner_text()
+            seen.sql = page.locator("#result td").inner_text()
             page.click("#signout")
             page.wait_for_selector("form.signin")
             sign_in(page, "alice", ALICE_PASSWORD)
             page.wait_for_selector("#who:has-text('tenant team-a')")
             page.goto(url + "/#/tasks")
             page.wait_for_selector("#list tr.link")
-            seen["alice_tasks"] = page.locator("#list tbody tr").all_inner_texts()
-            seen["alice_sql_link"] = page.locator("nav a[href='#/sql']").is_visible()
+            seen.alice_tasks = page.locator("#list tbody tr").all_inner_texts()
+            seen.alice_sql_link = page.locator("nav a[href='#/sql']").is_visible()
             page.goto(url + "/#/overview")
             page.wait_for_selector(".card[data-key=tasks]")
-            seen["alice_task_count"] = page.locator(".card[data-key=tasks] .n").inner_text()
-            seen["errors"] = errors
+            seen.alice_task_count = page.locator(".card[data-key=tasks] .n").inner_text()
         finally:
             browser.close()
     return seen
@@ -166,11 +190,16 @@ async def test_console_draws_a_real_download(nats_url: str, tmp_path: Path) -> N
                 await anyio.to_thread.run_sync(download, "blob.bin", peer)
             root = await signed_in(url, "root", ROOT_PASSWORD)
             assert call(f"{url}/api/v1/applications", {"name": "team-a"}, root)
-            with anyio.fail_after(30):  # each stream is projected on its own
-                while not (all(call(f"{url}/api/v1/dashboards/{name}", token=root)["rows"]  # type: ignore[index]
-                               for name in FED_BY_A_DOWNLOAD)
-                           and call(f"{url}/api/v1/applications/team-a", token=root)):
-                    await anyio.sleep(0.2)
+
+            def fed() -> bool:  # each stream is projected on its own
+                return all(call(f"{url}/api/v1/dashboards/{name}", token=root)["rows"]
+                           for name in FED_BY_A_DOWNLOAD) and bool(
+                    call(f"{url}/api/v1/applications/team-a", token=root))
+
+            async def projected() -> bool:
+                return await anyio.to_thread.run_sync(fed)
+
+            await eventually(projected, timeout=30)
             assert call(f"{url}/api/v1/users", {"name": "alice", "password": ALICE_PASSWORD,
                                                 "role": "guest", "tenant": "team-a"}, root)
             await signed_in(url, "alice", ALICE_PASSWORD)
@@ -181,16 +210,16 @@ async def test_console_draws_a_real_download(nats_url: str, tmp_path: Path) -> N
         stop([manager])
         await origin.stop()
     assert manager.returncode == 0
-    assert seen["offsite"] == [] and seen["errors"] == []
-    panels = {p["name"]: p for p in seen["panels"]}  # type: ignore[union-attr]
+    assert seen.offsite == [] and seen.errors == []
+    panels = {p["name"]: p for p in seen.panels}
     for name in FED_BY_A_DOWNLOAD:
         assert panels[name]["rows"] > 0 and panels[name]["marks"] > 0, panels[name]
-    assert seen["task_peers"] >= 3  # the seed and both peers took part
-    assert seen["schedulers"] == 1
-    assert seen["sql"] == "5"  # three downloads of the first file, two of the other
-    (row,) = seen["alice_tasks"]  # type: ignore[misc]
+    assert seen.task_peers >= 3  # the seed and both peers took part
+    assert seen.schedulers == 1
+    assert seen.sql == "5"  # three downloads of the first file, two of the other
+    (row,) = seen.alice_tasks
     assert "other.bin" in row
-    assert seen["alice_sql_link"] is False and seen["alice_task_count"] == "1"
+    assert seen.alice_sql_link is False and seen.alice_task_count == "1"
     assert shot.stat().st_size > 10_000
     if keep := os.environ.get("DAMSELFLY_CONSOLE_SHOTS"):  # a folder to look at them in
         for taken in (shot, shot.with_name("overview.png")):

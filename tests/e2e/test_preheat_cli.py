@@ -9,14 +9,18 @@ import os
 import signal
 import subprocess
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, AnyStr
 
 from damselfly.services.runtime.procs import DAMSELFLY
+from tests.support.wait import eventually_sync
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsRead, SupportsWrite
 
 
 @contextmanager
@@ -25,10 +29,11 @@ def origin(root: Path) -> Iterator[tuple[str, list[int]]]:
     sent = [0]
 
     class Handler(SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, directory=str(root), **kwargs)
 
-        def copyfile(self, source, outputfile) -> None:  # type: ignore[no-untyped-def]
+        def copyfile(self, source: SupportsRead[AnyStr],
+                     outputfile: SupportsWrite[AnyStr]) -> None:
             data = source.read()
             sent[0] += len(data)
             outputfile.write(data)
@@ -48,15 +53,16 @@ def origin(root: Path) -> Iterator[tuple[str, list[int]]]:
 
 
 @contextmanager
-def cluster(data: Path) -> Iterator[dict[str, object]]:
+def cluster(data: Path) -> Iterator[dict[str, Any]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DAMSELFLY_")}
     proc = subprocess.Popen([*DAMSELFLY, "up", "--data-dir", str(data), "--peers", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
-        deadline = time.monotonic() + 90
-        while not (data / "cluster.json").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "damselfly up failed"
-            time.sleep(0.2)
+        def written() -> bool:
+            assert proc.poll() is None, "damselfly up failed"
+            return (data / "cluster.json").exists()
+
+        eventually_sync(written, timeout=90)
         yield json.loads((data / "cluster.json").read_text())
     finally:
         proc.send_signal(signal.SIGINT)
@@ -67,7 +73,8 @@ def cluster(data: Path) -> Iterator[dict[str, object]]:
             proc.wait()
 
 
-def _call(base: str, method: str, path: str, body: object = None, token: str = "") -> object:
+def _call(base: str, method: str, path: str, body: object = None, token: str = "") -> Any:
+    """The JSON body of a 2xx answer; raises ``urllib.error.HTTPError`` for another."""
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
@@ -75,19 +82,6 @@ def _call(base: str, method: str, path: str, body: object = None, token: str = "
     request = urllib.request.Request(base + path, data=data, method=method, headers=headers)
     with urllib.request.urlopen(request, timeout=30) as resp:
         return json.loads(resp.read())
-
-
-def _until(check, timeout: float = 60.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()
-        except OSError:
-            value = None
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.3)
 
 
 def test_preheat_to_every_peer_then_get_and_delete(tmp_path: Path) -> None:
@@ -102,10 +96,11 @@ def test_preheat_to_every_peer_then_get_and_delete(tmp_path: Path) -> None:
         manager = str(services["manager"]["url"])
         url = f"{base}/dataset.bin"
         root_password = (data / "root.password").read_text()  # made by `up`
-        token = _until(lambda: _call(manager, "POST", "/api/v1/users/signin",
-                                     {"name": "root", "password": root_password})["token"])
+        token = eventually_sync(lambda: _call(manager, "POST", "/api/v1/users/signin", {
+            "name": "root", "password": root_password})["token"], timeout=60, ignore=(OSError,))
         # Every daemon must be announced before a job for all of them is asked for.
-        _until(lambda: len(_call(manager, "GET", "/api/v1/hosts", token=token)) >= 2)
+        eventually_sync(lambda: len(_call(manager, "GET", "/api/v1/hosts", token=token)) >= 2,
+                        timeout=60, ignore=(OSError,))
 
         # no login given: the CLI signs in as root with the password `up` keeps
         preheat = subprocess.run(
@@ -127,12 +122,13 @@ def test_preheat_to_every_peer_then_get_and_delete(tmp_path: Path) -> None:
         job = _call(manager, "POST", "/api/v1/jobs", {"type": "delete_task", "args":
                     {"url": url}}, token)
         assert isinstance(job, dict)
-        done = _until(lambda: _finished(manager, token, str(job["id"])))
+        done = eventually_sync(lambda: _finished(manager, token, str(job["id"])), timeout=60,
+                               ignore=(OSError,))
         assert done["job"]["state"] == "succeeded"
         assert {h["reason"] for h in done["hosts"]} == {"deleted"} and len(done["hosts"]) == 2
 
 
-def _finished(manager: str, token: str, job_id: str) -> dict[str, object] | None:
+def _finished(manager: str, token: str, job_id: str) -> dict[str, Any] | None:
     try:
         status = _call(manager, "GET", f"/oapi/v1/jobs/{job_id}", token=token)
     except urllib.error.HTTPError:

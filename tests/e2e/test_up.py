@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import signal
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import nats
 
@@ -17,6 +20,7 @@ from damselfly.events.bus import Publisher
 from damselfly.events.log import read_log
 from damselfly.events.streams import STREAM_NAMES
 from damselfly.services.runtime.procs import DAMSELFLY
+from tests.support.wait import eventually_sync
 
 
 def _descendants(pid: int) -> set[int]:
@@ -37,20 +41,27 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
-def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> dict:  # type: ignore[type-arg]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            return json.loads(path.read_text())  # type: ignore[no-any-return]
+def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> Any:
+    """The JSON ``path`` holds once the process has written it."""
+    def written() -> bool:
         assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-        time.sleep(0.1)
-    raise AssertionError(f"{path} never appeared")
+        return path.exists()
+
+    eventually_sync(written, timeout=timeout)
+    return json.loads(path.read_text())
+
+
+def _read_lines(proc: subprocess.Popen[str], into: list[str]) -> None:
+    """Every line ``proc`` prints, as it prints it (run in a thread)."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        into.append(line)
 
 
 async def _publish_probe(url: str, host: str, event_id: str) -> list[str]:
     nc = await nats.connect(url)
     js = nc.jetstream()
-    streams = {s.config.name for s in await js.streams_info()}
+    streams = {s.config.name for s in await js.streams_info() if s.config.name}
     assert set(STREAM_NAMES) <= streams
     await Publisher(js).publish(HostAnnounced(id=event_id, at=time.time(), cluster="default",
                                               host_id=host, hostname=host,
@@ -78,17 +89,28 @@ def test_up_writes_cluster_json_serves_events_and_leaves_nothing_behind(tmp_path
         asyncio.run(_publish_probe(cluster["nats"], "probe", "e2e-1"))
 
         tail = subprocess.Popen([*DAMSELFLY, "events", "tail", "--nats", cluster["nats"]],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        # The tail subscribes at some point after it starts: keep announcing new live hosts
-        # (bounded) and expect to see at least one of them.
-        for i in range(20):
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        printed: list[str] = []
+        reader = threading.Thread(target=_read_lines, args=(tail, printed), daemon=True)
+        reader.start()
+        # The tail reports no readiness: announce new live hosts until it shows one, then
+        # one more, which it must show too.
+        announced = itertools.count()
+
+        def shows_a_live_host() -> bool:
+            i = next(announced)
             asyncio.run(_publish_probe(cluster["nats"], f"live{i}", f"e2e-live-{i}"))
-            time.sleep(0.5)
+            return any("host_id=live" in line for line in printed)
+
+        eventually_sync(shows_a_live_host, timeout=30, every=0.2)
+        asyncio.run(_publish_probe(cluster["nats"], "live-last", "e2e-live-last"))
+        eventually_sync(lambda: any("host_id=live-last" in line for line in printed))
         asyncio.run(_publish_probe(cluster["nats"], "probe", "e2e-1"))  # a duplicate: stored once
         tail.send_signal(signal.SIGINT)
-        live, _ = tail.communicate(timeout=20)
-        assert tail.returncode == 0
-        assert "host.announced.v1" in live.decode() and "host_id=live19" in live.decode()
+        assert tail.wait(timeout=20) == 0
+        reader.join(timeout=20)
+        assert any("host.announced.v1" in line and "host_id=live-last" in line
+                   for line in printed)
 
         dump = subprocess.run([*DAMSELFLY, "events", "dump", "--nats", cluster["nats"]],
                               capture_output=True, timeout=60, check=True)
@@ -103,15 +125,14 @@ def test_up_writes_cluster_json_serves_events_and_leaves_nothing_behind(tmp_path
         # The CLI signs in to this cluster's manager by itself, as root, with the password
         # `up` keeps (0600) in the data dir.
         assert (data / "root.password").stat().st_mode & 0o777 == 0o600
-        deadline = time.monotonic() + 30
-        while True:
+
+        def probe_counted_once() -> bool:
             sql = subprocess.run([*DAMSELFLY, "sql", "SELECT count(*) AS n FROM hosts WHERE "
                                   "host_id = 'probe'", "--data-dir", str(data), "--format", "csv"],
                                  capture_output=True, text=True, timeout=60, check=False)
-            if sql.returncode == 0 and sql.stdout.split() == ["n", "1"]:
-                break
-            assert time.monotonic() < deadline, sql.stderr
-            time.sleep(0.5)
+            return sql.returncode == 0 and sql.stdout.split() == ["n", "1"]
+
+        eventually_sync(probe_counted_once, timeout=30)
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
+from nats.aio.client import Client
 
 from damselfly.events.bus import Publisher
 from damselfly.events.clustersearch import ClusterQuery, ask_cluster
@@ -19,13 +22,13 @@ from damselfly.events.hosts import HostAnnounced, HostKeepalive
 from damselfly.events.ids import new_id
 from damselfly.events.tasks import PeerRegistered
 from damselfly.services.manager.control.users import ensure_root
-from tests.support.control import ROOT_PASSWORD, running_manager
+from tests.support.control import ROOT_PASSWORD, Manager, running_manager
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.anyio
 
 
-async def _stream_bytes(nc, stream: str) -> bytes:  # type: ignore[no-untyped-def]
+async def _stream_bytes(nc: Client, stream: str) -> bytes:
     js = nc.jetstream()
     info = await js.stream_info(stream)
     out = b""
@@ -86,7 +89,7 @@ async def test_root_signs_in_guests_only_read(nats_url: str, tmp_path: Path,
                 "/api/v1/applications", "/api/v1/audit"} <= set(openapi["paths"])
 
 
-async def _audit(m, token: str, action: str) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
+async def _audit(m: Manager, token: str, action: str) -> list[dict[str, Any]]:
     _, rows = await m.call("GET", f"/api/v1/audit?action={action}", token=token)
     return rows
 
@@ -117,6 +120,7 @@ async def test_clusters_scopes_config_and_search(nats_url: str, tmp_path: Path,
         # The schedulers read the config from DF_CONFIG.
         js = m.nc.jetstream()
         msg = await js.get_last_msg("DF_CONFIG", "df.config.cluster.hz")
+        assert msg.data is not None
         config = decode(msg.data)
         assert isinstance(config, ClusterConfigSet)
         assert (config.config.candidate_parent_limit, config.config.back_to_source_limit,
@@ -183,12 +187,13 @@ async def test_seed_peers_and_schedulers_show_active_or_inactive(
         assert status == 200 and schedulers == []  # none runs in this test
 
 
-async def _get(m, path: str, token: str) -> object:  # type: ignore[no-untyped-def]
+async def _get(m: Manager, path: str, token: str) -> Any:
+    """The JSON body of a 200 answer, else None."""
     status, body = await m.call("GET", path, token=token)
     return body if status == 200 else None
 
 
-async def _equals(value, expected: str) -> str:  # type: ignore[no-untyped-def]
+async def _equals(value: Awaitable[str], expected: str) -> str:
     got = await value
     return got if got == expected else ""
 
@@ -214,16 +219,16 @@ async def test_tokens_tenants_and_sealed_credentials(nats_url: str, tmp_path: Pa
         assert status == 201 and issued["token"].startswith("dfp_")
         pat = issued["token"]
 
-        preheat = {"type": "preheat", "args": {"url": "http://127.0.0.1:9/file.bin",
-                   "username": "puller", "password": password,
-                   "headers": {"Authorization": bearer, "X-Trace": "t1"}}}
+        args = {"url": "http://127.0.0.1:9/file.bin", "username": "puller", "password": password,
+                "headers": {"Authorization": bearer, "X-Trace": "t1"}}
+        preheat = {"type": "preheat", "args": args}
         created = await eventually(lambda: _create(m, "/oapi/v1/jobs", preheat, pat))
         assert created["application"] == "team-a"
         status, body = await m.call("POST", "/oapi/v1/jobs", {**preheat, "args": {
-            **preheat["args"], "application": "team-b"}}, pat)
+            **args, "application": "team-b"}}, pat)
         assert status == 403 and "tenant 'team-a'" in body["detail"]
         status, other = await m.call("POST", "/api/v1/jobs", {**preheat, "args": {
-            **preheat["args"], "application": "team-b"}}, root)
+            **args, "application": "team-b"}}, root)
         assert status == 201
 
         # Tenants see their own jobs only.
@@ -298,7 +303,7 @@ async def test_tokens_tenants_and_sealed_credentials(nats_url: str, tmp_path: Pa
         status, short = await m.call("POST", "/api/v1/personal-access-tokens",
                                      {"name": "short", "scopes": ["job"], "expires_in": 0.5}, alice)
         await eventually(lambda: _create(m, "/oapi/v1/jobs", preheat, short["token"]))
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(0.6)  # the scenario itself: the token's 0.5 s lifetime runs out
         status, body = await m.call("POST", "/oapi/v1/jobs", preheat, short["token"])
         assert status == 401 and "expired at" in body["detail"]
         status, _ = await m.call("DELETE", f"/api/v1/personal-access-tokens/{issued['token_id']}",
@@ -308,17 +313,17 @@ async def test_tokens_tenants_and_sealed_credentials(nats_url: str, tmp_path: Pa
         assert body["detail"] == "personal access token revoked"
 
 
-async def _refused_get(m, path: str, token: str) -> object:  # type: ignore[no-untyped-def]
+async def _refused_get(m: Manager, path: str, token: str) -> Any:
     status, answer = await m.call("GET", path, token=token)
     return answer if status == 401 else None
 
 
-async def _create(m, path: str, body: object, token: str) -> object:  # type: ignore[no-untyped-def]
+async def _create(m: Manager, path: str, body: object, token: str) -> Any:
     status, answer = await m.call("POST", path, body, token)
     return answer if status == 201 else None
 
 
-async def _refused(m, path: str, body: object, token: str) -> object:  # type: ignore[no-untyped-def]
+async def _refused(m: Manager, path: str, body: object, token: str) -> Any:
     status, answer = await m.call("POST", path, body, token)
     return answer if status == 401 else None
 

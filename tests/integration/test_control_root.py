@@ -31,7 +31,9 @@ async def test_a_generated_root_password_is_printed_once_and_stored_hashed(
         assert match is not None, printed
         password = match[1]
 
-        stored = decode((await js.get_last_msg("DF_ADMIN", "df.admin.user.root.user_saved")).data)
+        saved = await js.get_last_msg("DF_ADMIN", "df.admin.user.root.user_saved")
+        assert saved.data is not None
+        stored = decode(saved.data)
         assert isinstance(stored, UserSaved) and stored.role == "root"
         assert password not in stored.password_hash
         assert verify_password(password, stored.password_hash)

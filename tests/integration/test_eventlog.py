@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import time
 from datetime import UTC, datetime
@@ -27,14 +26,16 @@ async def test_dump_since_leaves_out_what_the_stream_stored_before(nats_url: str
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     await ensure_streams(js)
-    await Publisher(js).publish(_announced("before"))
-    await asyncio.sleep(1.5)
-    cut = time.time()
-    await Publisher(js).publish(_announced("after"))
+    publisher = Publisher(js)
+    before = await js.get_msg("DF_HOSTS", await publisher.publish(_announced("before")))
+    after = await js.get_msg("DF_HOSTS", await publisher.publish(_announced("after")))
     await nc.drain()
+    assert before.time is not None and after.time is not None and before.time < after.time
+    # --since cuts by the time the stream stored each event: between the two of them.
+    cut = (before.time.timestamp() + after.time.timestamp()) / 2
     everything, recent = io.StringIO(), io.StringIO()
     await dump(nats_url, None, everything)
-    await dump(nats_url, cut - 0.5, recent)
+    await dump(nats_url, cut, recent)
     assert '"host_id":"before"' in everything.getvalue()
     assert '"host_id":"after"' in recent.getvalue()
     assert '"host_id":"before"' not in recent.getvalue()

@@ -8,11 +8,11 @@ import functools
 import json
 import os
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,10 +24,12 @@ from damselfly.services.runtime.natsconn import connect
 from damselfly.services.runtime.procs import DAMSELFLY, spawn, stop, wait_ready
 from damselfly.services.scheduler.lease import Leases, Members, lease_key, open_bucket
 from tests.support.synthetic import Swarm, events
+from tests.support.wait import eventually_sync
 
 SWARM = Swarm(cluster="m1", tasks=2, peers_per_task=3, pieces=4)
 ROOT_PASSWORD = "root-password-for-manager-tests"
 ROOT_ENV = {"DAMSELFLY_ROOT_PASSWORD": ROOT_PASSWORD}
+WAIT = 30.0  # seconds a manager process may take to project what a test published
 
 
 def publish(url: str, swarm: Swarm) -> None:
@@ -42,13 +44,14 @@ def publish(url: str, swarm: Swarm) -> None:
     asyncio.run(main())
 
 
-def get(url: str, token: str = "") -> object:
+def get(url: str, token: str = "") -> Any:
+    """The JSON body (its shape is what the tests assert)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as resp:
         return json.loads(resp.read())
 
 
-def post(url: str, body: object, token: str = "") -> tuple[int, object]:
+def post(url: str, body: object, token: str = "") -> tuple[int, Any]:
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
@@ -62,29 +65,17 @@ def post(url: str, body: object, token: str = "") -> tuple[int, object]:
 
 def sign_in(url: str) -> str:
     """A root session on the manager at ``url``, once its projections know root."""
-    token = ""
-
-    def signed_in() -> bool:
-        nonlocal token
+    def token() -> str:
         status, body = post(url + "/api/v1/users/signin", {"name": "root",
                                                            "password": ROOT_PASSWORD})
-        token = str(body["token"]) if status == 200 else ""  # type: ignore[index]
-        return bool(token)
-    wait_for(signed_in)
-    return token
+        return str(body["token"]) if status == 200 else ""
+    return eventually_sync(token, timeout=WAIT)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*DAMSELFLY, *args], check=False,
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "DAMSELFLY_PASSWORD": ROOT_PASSWORD})
-
-
-def wait_for(check, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +96,10 @@ def manager(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                       "decisions": SWARM.tasks * (SWARM.peers_per_task + 2), "schedulers": 0}
         def projected() -> bool:
             seen = get(endpoints["url"] + "/api/v1/overview", token)
-            return seen["totals"] == everything and seen["jobs"] == [  # type: ignore[index]
+            return seen["totals"] == everything and seen["jobs"] == [
                 {"state": "succeeded", "jobs": 1}]
 
-        wait_for(projected)
+        eventually_sync(projected, timeout=WAIT)
         yield endpoints
     finally:
         stop([proc])
@@ -119,7 +110,7 @@ def test_ready_file_names_a_loopback_url_and_the_db(manager: dict[str, str]) -> 
     assert manager["url"].startswith("http://127.0.0.1:")
     assert manager["db"] == str(Path(manager["dir"]) / "damselfly.duckdb")
     assert get(manager["url"] + "/healthz") == {"status": "ok"}
-    paths = get(manager["url"] + "/openapi.json")["paths"]  # type: ignore[index]
+    paths = get(manager["url"] + "/openapi.json")["paths"]
     assert {"/api/v1/overview", "/api/v1/sql", "/api/v1/dashboards/{name}"} <= set(paths)
 
 
@@ -205,7 +196,8 @@ def test_live_rebuild_through_the_cli_restores_the_rows(manager: dict[str, str])
     done = cli("projections", "rebuild", "peers", "--manager", manager["url"], "--user", "root")
     assert done.returncode == 0, done.stderr
     assert "rebuilding peers" in done.stdout
-    wait_for(lambda: send(manager["url"] + "/api/v1/sql", {"sql": query})[1] == before)
+    eventually_sync(lambda: send(manager["url"] + "/api/v1/sql", {"sql": query})[1] == before,
+                    timeout=WAIT)
 
 
 def test_after_sigterm_the_file_opens_directly(nats_url: str, tmp_path: Path) -> None:
@@ -218,7 +210,8 @@ def test_after_sigterm_the_file_opens_directly(nats_url: str, tmp_path: Path) ->
     try:
         url = str(wait_ready(tmp_path / "r.json", proc)["url"])
         token = sign_in(url)
-        wait_for(lambda: get(url + "/api/v1/overview", token)["totals"]["tasks"] >= 1)
+        eventually_sync(lambda: get(url + "/api/v1/overview", token)["totals"]["tasks"] >= 1,
+                        timeout=WAIT)
     finally:
         stop([proc])
     assert proc.returncode == 0
@@ -264,7 +257,7 @@ def test_a_killed_manager_resumes_without_counting_twice(nats_url: str, tmp_path
              "WHERE cluster IN ('k1', 'k2')")
 
     def totals(url: str, token: str) -> list[object]:
-        return post(url + "/api/v1/sql", {"sql": query}, token)[1]["rows"][0]  # type: ignore[index]
+        return post(url + "/api/v1/sql", {"sql": query}, token)[1]["rows"][0]
 
     def expected(*swarms: Swarm) -> list[object]:
         log = [e for s in swarms for e in events(s)]
@@ -278,7 +271,7 @@ def test_a_killed_manager_resumes_without_counting_twice(nats_url: str, tmp_path
     try:
         url = str(wait_ready(tmp_path / "r.json", first)["url"])
         token = sign_in(url)
-        wait_for(lambda: totals(url, token) == expected(before))
+        eventually_sync(lambda: totals(url, token) == expected(before), timeout=WAIT)
     finally:
         first.kill()  # no goodbye, no clean shutdown
         first.wait()
@@ -289,7 +282,7 @@ def test_a_killed_manager_resumes_without_counting_twice(nats_url: str, tmp_path
     try:
         url = str(wait_ready(tmp_path / "r.json", second)["url"])
         token = sign_in(url)
-        wait_for(lambda: totals(url, token) == expected(before, after))
+        eventually_sync(lambda: totals(url, token) == expected(before, after), timeout=WAIT)
     finally:
         stop([second])
     assert second.returncode == 0

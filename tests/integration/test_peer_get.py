@@ -26,6 +26,7 @@ from damselfly.services.peer.downloader import Settings
 from damselfly.services.runtime.natsconn import connect
 from damselfly.services.runtime.procs import DAMSELFLY
 from tests.support.swarm import Origin, daemon_in_process
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.anyio
 SIZE = 300_000
@@ -145,9 +146,11 @@ async def test_get_starts_a_daemon_when_none_answers(tmp_path: Path, nats_url: s
 async def stop_pid(pid: int) -> None:
     """SIGTERM a process this test did not spawn directly and wait until it is gone."""
     os.kill(pid, signal.SIGTERM)
-    with anyio.fail_after(15):
-        while Path(f"/proc/{pid}").exists() and "Z" not in _state(pid):
-            await anyio.sleep(0.05)
+
+    async def gone() -> bool:
+        return not Path(f"/proc/{pid}").exists() or "Z" in _state(pid)
+
+    await eventually(gone, timeout=15)
 
 
 def _state(pid: int) -> str:

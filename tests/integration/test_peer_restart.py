@@ -63,7 +63,9 @@ async def test_restarted_daemon_resumes_from_its_first_missing_piece(
         await origin.stop()
     assert status["state"] == "succeeded", status
     assert (tmp_path / "out.bin").read_bytes() == body
-    resumed_at = int(re.fullmatch(r"bytes=(\d+)-", origin.requests[-1])[1])  # type: ignore[index]
+    resumed = re.fullmatch(r"bytes=(\d+)-", origin.requests[-1])
+    assert resumed is not None, origin.requests
+    resumed_at = int(resumed[1])
     assert len(origin.requests) == 2 and origin.requests[0] == ""
     assert resumed_at % PIECE == 0 and resumed_at >= held_before
     assert status["bytes_from_origin"] == SIZE - resumed_at

@@ -318,7 +318,9 @@ def test_a_redirect_to_another_origin_drops_the_credentials() -> None:
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            seen[f"{self.server.server_address[1]}{self.path}"] = dict(self.headers)
+            address = self.server.server_address
+            assert isinstance(address, tuple)  # an AF_INET server: (host, port)
+            seen[f"{address[1]}{self.path}"] = dict(self.headers)
             if self.path.startswith("/hop"):
                 self.send_response(302)
                 self.send_header("Location", self.path.removeprefix("/hop"))

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 import aiohttp
 import anyio
@@ -16,6 +17,10 @@ from aiohttp import web
 from damselfly.services.peer.request import DownloadRequest
 from damselfly.services.peer.storage import Storage, TaskFile
 from damselfly.services.peer.upload import TransferStats, mint_token, upload_app
+from tests.support.wait import eventually
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 pytestmark = pytest.mark.anyio
 PIECE = 10_000
@@ -34,14 +39,19 @@ def held_task(tmp_path: Path, pieces: int, holes: set[int]) -> tuple[Storage, Ta
     return storage, tf, body
 
 
+class Limits(TypedDict, total=False):
+    max_uploads: int
+    rate_limit: float
+
+
 @asynccontextmanager
-async def serving(storage: Storage, **limits: float) -> AsyncIterator[tuple[str, TransferStats]]:
+async def serving(storage: Storage, **limits: Unpack[Limits]
+                  ) -> AsyncIterator[tuple[str, TransferStats]]:
     stats = TransferStats()
-    runner = web.AppRunner(upload_app(storage, "secret", stats, **limits))  # type: ignore[arg-type]
+    runner = web.AppRunner(upload_app(storage, "secret", stats, **limits))
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
     try:
         yield f"http://127.0.0.1:{port}", stats
     finally:
@@ -80,17 +90,23 @@ async def test_ranges_it_holds_and_refusals(tmp_path: Path) -> None:
 async def test_concurrent_upload_limit_answers_503(tmp_path: Path) -> None:
     storage, tf, _ = held_task(tmp_path, 5, holes=set())
     # At 25 kB/s the second 50 kB transfer waits ~2 s for its turn, holding the only slot.
-    async with serving(storage, max_uploads=1, rate_limit=25_000) as (url, _):
+    async with serving(storage, max_uploads=1, rate_limit=25_000) as (url, stats):
         codes: list[int] = []
 
         async def one(rng: str) -> None:
             codes.append((await get(url, tf.task_id, rng))[0])
 
+        async def first_sent() -> bool:  # it reserved the next 2 s of the rate
+            return codes == [206] and stats.uploads_running == 0
+
+        async def second_holds_the_slot() -> bool:  # waiting for its turn
+            return stats.uploads_running == 1
+
         async with anyio.create_task_group() as tg:
             tg.start_soon(one, "bytes=0-49999")
-            await anyio.sleep(0.2)
+            await eventually(first_sent)
             tg.start_soon(one, "bytes=0-49999")
-            await anyio.sleep(0.5)
+            await eventually(second_holds_the_slot)
             tg.start_soon(one, "bytes=0-9")
     assert sorted(codes) == [206, 206, 503]
 
@@ -116,8 +132,11 @@ async def test_a_saturated_rate_limit_answers_503_instead_of_queueing_past_timeo
         async def one(rng: str) -> None:
             codes.append((await get(url, tf.task_id, rng))[0])
 
+        async def first_sent() -> bool:  # it reserved the next 5 s of the rate
+            return codes == [206]
+
         async with anyio.create_task_group() as tg:
             tg.start_soon(one, "bytes=0-49999")
-            await anyio.sleep(0.2)
+            await eventually(first_sent)
             tg.start_soon(one, "bytes=0-49999")
     assert sorted(codes) == [206, 503]

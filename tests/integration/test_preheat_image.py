@@ -155,15 +155,15 @@ async def test_preheat_from_a_private_registry_with_token_auth(
                     peer_host(nats_url, tmp_path / "seed", "private-seed",
                               cluster="private") as seed):
             root = await eventually(lambda: m.try_sign_in("root", ROOT_PASSWORD))
-            job = {"type": "preheat", "scheduler_cluster_ids": ["private"], "args": {
-                "type": "image", "url": f"{front}/v2/private/app/manifests/v2",
-                "piece_length": PIECE, "username": login[0], "password": "wrong"}}
+            args = {"type": "image", "url": f"{front}/v2/private/app/manifests/v2",
+                    "piece_length": PIECE, "username": login[0], "password": "wrong"}
+            job = {"type": "preheat", "scheduler_cluster_ids": ["private"], "args": args}
             status, refused = await m.call("POST", "/api/v1/jobs", job, root)
             assert status == 201
             done = await eventually(lambda: job_outcome(m, root, refused["id"]), timeout=60)
             assert done["job"]["state"] == "failed" and "401" in str(done["job"]["reason"])
 
-            job["args"]["password"] = login[1]  # type: ignore[index]
+            args["password"] = login[1]
             status, created = await m.call("POST", "/api/v1/jobs", job, root)
             assert status == 201
             done = await eventually(lambda: job_outcome(m, root, created["id"]), timeout=60)
@@ -201,9 +201,9 @@ async def test_preheat_resolves_a_multi_arch_index_by_platform(
         async with (running_manager(nats_url, tmp_path / "m", monkeypatch) as m,
                     peer_host(nats_url, tmp_path / "seed", "multi-seed", cluster="multi") as seed):
             root = await eventually(lambda: m.try_sign_in("root", ROOT_PASSWORD))
-            job = {"type": "preheat", "scheduler_cluster_ids": ["multi"], "args": {
-                "type": "image", "url": f"{registry.url}/v2/multi/app/manifests/v1",
-                "platform": "linux/arm64", "piece_length": PIECE}}
+            args = {"type": "image", "url": f"{registry.url}/v2/multi/app/manifests/v1",
+                    "platform": "linux/arm64", "piece_length": PIECE}
+            job = {"type": "preheat", "scheduler_cluster_ids": ["multi"], "args": args}
             status, created = await m.call("POST", "/api/v1/jobs", job, root)
             assert status == 201
             done = await eventually(lambda: job_outcome(m, root, created["id"]), timeout=60)
@@ -213,7 +213,7 @@ async def test_preheat_resolves_a_multi_arch_index_by_platform(
             assert tf is not None and tf.data_path.read_bytes() == arm.layer_bytes[arm_layer]
             assert seed.storage.get(blob_task_id(amd_layer, PIECE)) is None
 
-            job["args"]["platform"] = "linux/s390x"  # type: ignore[index]
+            args["platform"] = "linux/s390x"
             status, created = await m.call("POST", "/api/v1/jobs", job, root)
             done = await eventually(lambda: job_outcome(m, root, created["id"]), timeout=60)
             assert done["job"]["state"] == "failed"

@@ -24,6 +24,7 @@ from damselfly.projections.projector import Projector, replay
 from damselfly.services.runtime.natsconn import connect
 from damselfly.services.runtime.procs import DAMSELFLY
 from tests.support.synthetic import Swarm, by_stream, events
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -56,16 +57,15 @@ def expected(tmp_path: Path, *swarms: Swarm) -> dict[str, list[tuple[object, ...
 
 async def caught_up(js: JetStreamContext, con: duckdb.DuckDBPyConnection) -> None:
     """Wait until every projection's watermark reaches its stream's last sequence."""
-    with anyio.fail_after(30):
-        while True:
-            last = {s: (await js.stream_info(s)).state.last_seq for s in store.streams()}
-            cursor = con.cursor()
-            marks = store.watermarks(cursor)
-            cursor.close()
-            if all(marks.get((p.name, s), 0) >= last[s] for p in PROJECTIONS for s in p.streams
-                   if last[s] > 0):
-                return
-            await anyio.sleep(0.1)
+    async def reached() -> bool:
+        last = {s: (await js.stream_info(s)).state.last_seq for s in store.streams()}
+        cursor = con.cursor()
+        marks = store.watermarks(cursor)
+        cursor.close()
+        return all(marks.get((p.name, s), 0) >= last[s] for p in PROJECTIONS for s in p.streams
+                   if last[s] > 0)
+
+    await eventually(reached, timeout=30)
 
 
 @asynccontextmanager
@@ -160,6 +160,7 @@ async def test_an_event_no_projection_can_hold_is_dead_lettered_and_stepped_over
     finally:
         con.close()
     dead = await js.get_last_msg("DF_DLQ", dlq_subject("DF_TASKS"))
+    assert dead.data is not None and dead.headers is not None
     assert decode(dead.data) == poison
     assert "cannot be projected: ConversionException" in dead.headers[DEAD_REASON]
 
@@ -182,6 +183,7 @@ async def test_an_undecodable_message_is_dead_lettered_and_the_watermarks_step_o
     finally:
         con.close()
     dead = await js.get_last_msg("DF_DLQ", dlq_subject("DF_TASKS"))
+    assert dead.headers is not None
     assert dead.headers[DEAD_SEQ] == str(garbled.seq)
     assert dead.headers[DEAD_REASON].startswith("undecodable:")
 

@@ -252,9 +252,8 @@ async def test_connect_with_a_ca_is_intercepted_and_its_requests_follow_the_rule
     app.router.add_get("/{name:.*}", serve)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ca.context_for("127.0.0.1"))
-    await site.start()
-    https = f"https://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ca.context_for("127.0.0.1")).start()
+    https = f"https://127.0.0.1:{runner.addresses[0][1]}"
     client_tls = ssl.create_default_context(cafile=str(trust))
     try:
         async with mirror(tmp_path, nats_url, rules=(parse_rule(r"\.whl=swarm"),),

@@ -64,9 +64,8 @@ async def token_registry() -> AsyncIterator[tuple[str, list[str]]]:
     app.router.add_route("*", f"/v2/team/app/blobs/{DIGEST}", blob)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
     try:
         yield base, seen
     finally:

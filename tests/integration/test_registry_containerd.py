@@ -10,7 +10,6 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from damselfly.services.peer.proxy import ProxyConfig
 from damselfly.services.runtime.procs import DAMSELFLY, spawn, stop
 from tests.support.registry import have_registry_tools, push, running_registry, write_image
 from tests.support.swarm import daemon_in_process
+from tests.support.wait import eventually_sync
 
 pytestmark = [pytest.mark.anyio, pytest.mark.skipif(
     not (have_registry_tools() and shutil.which("containerd") and shutil.which("ctr")
@@ -41,15 +41,14 @@ def containerd() -> Iterator[str]:
         f'[grpc]\n  address = "{home}/c.sock"\n[ttrpc]\n  address = "{home}/t.sock"\n')
     with open(home / "containerd.log", "wb") as log:
         proc = spawn(["containerd", "--config", str(home / "config.toml")], log)
+    def answering() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"containerd exited; see {home / 'containerd.log'}")
+        return subprocess.run(["ctr", "-a", f"{home}/c.sock", "version"],
+                              capture_output=True, timeout=10, check=False).returncode == 0
+
     try:
-        for _ in range(200):
-            ready = subprocess.run(["ctr", "-a", f"{home}/c.sock", "version"],
-                                   capture_output=True, timeout=10, check=False)
-            if ready.returncode == 0:
-                break
-            if proc.poll() is not None:
-                raise RuntimeError(f"containerd exited; see {home / 'containerd.log'}")
-            time.sleep(0.1)
+        eventually_sync(answering, timeout=30)
         yield f"{home}/c.sock"
     finally:
         stop([proc])

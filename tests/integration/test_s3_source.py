@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import boto3  # type: ignore[import-untyped]
+import boto3  # type: ignore[import-untyped]  # boto3 ships no type hints
 import msgspec
 import pytest
 from moto.moto_server.werkzeug_app import (

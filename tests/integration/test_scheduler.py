@@ -10,14 +10,17 @@ import json
 import signal
 import socket
 import subprocess
-import time
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 from urllib.parse import urlparse
 
+import msgspec
 import pytest
 from nats.aio.client import Client
+from nats.js.errors import KeyNotFoundError
 
 from damselfly.events import (
     BackToSourceOrdered,
@@ -46,10 +49,20 @@ from damselfly.services.runtime.natsconn import connect
 from damselfly.services.runtime.procs import DAMSELFLY, spawn, stop, wait_ready
 from damselfly.services.scheduler.lease import lease_key, open_bucket
 from damselfly.services.scheduler.replay import replay
-from damselfly.services.scheduler.shell import Scheduler
+from damselfly.services.scheduler.shell import Scheduler, Snapshot
+from tests.support.wait import eventually, eventually_sync
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 PIECES = 6
 TIMEOUT = 20.0
+
+
+class Meta(TypedDict):
+    id: str
+    at: float
+    cluster: str
 
 
 class Swarm:
@@ -63,12 +76,12 @@ class Swarm:
         self.n = itertools.count()
         self.queued: list[PeerQueued] = []
 
-    def meta(self) -> dict[str, object]:
+    def meta(self) -> Meta:
         return {"id": new_id(), "at": float(next(self.n)), "cluster": self.cluster}
 
     async def hosts(self, *names: str, idc: dict[str, str] | None = None) -> None:
         await self.pub.publish_many(
-            HostAnnounced(**self.meta(), host_id=h, hostname=h, ip="127.0.0.1",  # type: ignore[arg-type]
+            HostAnnounced(**self.meta(), host_id=h, hostname=h, ip="127.0.0.1",
                           upload_url=f"http://127.0.0.1:9/{h}", idc=(idc or {}).get(h, ""))
             for h in names)
 
@@ -77,7 +90,7 @@ class Swarm:
         return the first decision that is not "keep waiting" (those are kept in ``queued``)."""
         sub = await self.nc.subscribe(f"df.sched.{self.cluster}.{partition(self.task)}.{peer}")
         try:
-            await self.pub.publish(PeerRegistered(**self.meta(), task_id=self.task, peer_id=peer,  # type: ignore[arg-type]
+            await self.pub.publish(PeerRegistered(**self.meta(), task_id=self.task, peer_id=peer,
                                                   host_id=host, url="https://origin/blob"))
             while isinstance(decision := decode((await sub.next_msg(timeout=TIMEOUT)).data),
                              PeerQueued):
@@ -89,15 +102,15 @@ class Swarm:
     async def fetch_from_origin(self, peer: str, pieces: range) -> None:
         events: list[Event] = []
         if pieces.start == 0:
-            events += [BackToSourceStarted(**self.meta(), task_id=self.task, peer_id=peer),  # type: ignore[arg-type]
-                       TaskMetadataReported(**self.meta(), task_id=self.task, peer_id=peer,  # type: ignore[arg-type]
+            events += [BackToSourceStarted(**self.meta(), task_id=self.task, peer_id=peer),
+                       TaskMetadataReported(**self.meta(), task_id=self.task, peer_id=peer,
                                             content_length=PIECES * 4, piece_length=4,
                                             piece_count=PIECES)]
         events += [self.piece(peer, i) for i in pieces]
         await self.pub.publish_many(events)
 
     def piece(self, peer: str, i: int, parent: str = "") -> Event:
-        return PieceFinished(**self.meta(), task_id=self.task, peer_id=peer, piece=i,  # type: ignore[arg-type]
+        return PieceFinished(**self.meta(), task_id=self.task, peer_id=peer, piece=i,
                              length=4, digest=f"sha256:{i}", parent_id=parent, cost_ms=1.0)
 
     async def fetch_from_parents(self, peer: str, decision: ParentsAssigned) -> None:
@@ -108,7 +121,7 @@ class Swarm:
             + [self.succeeded(peer)])
 
     def succeeded(self, peer: str) -> Event:
-        return PeerSucceeded(**self.meta(), task_id=self.task, peer_id=peer,  # type: ignore[arg-type]
+        return PeerSucceeded(**self.meta(), task_id=self.task, peer_id=peer,
                              content_length=PIECES * 4, piece_count=PIECES)
 
 
@@ -120,12 +133,19 @@ async def nc(nats_url: str) -> AsyncIterator[Client]:
     await client.drain()
 
 
+class Tunables(TypedDict, total=False):
+    """The scheduler settings a test may shorten."""
+
+    keepalive_timeout: float
+    snapshot_every: float
+
+
 @asynccontextmanager
-async def running(nc: Client, cluster: str, **kw: float) -> AsyncIterator[Scheduler]:
+async def running(nc: Client, cluster: str, **kw: Unpack[Tunables]) -> AsyncIterator[Scheduler]:
     stop_event = asyncio.Event()
     ready = asyncio.Event()
     scheduler = Scheduler(nc, cluster=cluster, scheduler_id=f"test-{new_id()[:6]}",
-                          poll=0.2, **kw)  # type: ignore[arg-type]
+                          poll=0.2, **kw)
     task = asyncio.create_task(scheduler.run(stop_event, ready.set))
     try:
         await asyncio.wait_for(ready.wait(), TIMEOUT)
@@ -153,6 +173,21 @@ async def decisions_in_log(nc: Client, cluster: str) -> list[Event]:
     return out
 
 
+async def snapshot_covers_the_log(nc: Client, cluster: str, task: str) -> bool:
+    """The snapshot of ``task``'s partition has folded every task event stored so far."""
+    js = nc.jetstream()
+    last = (await js.stream_info("DF_TASKS")).state.last_seq
+    try:
+        entry = await (await open_bucket(js, SNAPSHOT_BUCKET)).get(
+            lease_key(cluster, partition(task)))
+    except KeyNotFoundError:
+        return False
+    if not entry.value:
+        return False
+    snap = msgspec.msgpack.decode(zlib.decompress(entry.value), type=Snapshot)
+    return snap.seqs["DF_TASKS"] >= last
+
+
 async def damselfly(*argv: str) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(subprocess.run, [*DAMSELFLY, *argv],
                                    check=False, capture_output=True, text=True, timeout=60)
@@ -172,7 +207,7 @@ async def test_a_swarm_download_is_scheduled_and_a_restart_decides_nothing_twice
         assert isinstance(d1, ParentsAssigned) and [p.peer_id for p in d1.parents] == ["p0"]
         assert d1.parents[0].bitmap == bytes([0b11111100])
         await swarm.fetch_from_parents("p1", d1)
-        await asyncio.sleep(0.5)  # let a snapshot land
+        await eventually(lambda: snapshot_covers_the_log(nc, cluster, swarm.task))
     # A new scheduler replays from the snapshot and from the stream: nothing is decided twice.
     async with running(nc, cluster):
         d2 = await swarm.register("p2", "h2")
@@ -229,13 +264,18 @@ async def test_limits_come_from_the_clusters_configuration_events(nc: Client) ->
     async with running(nc, cluster):
         assert isinstance(await swarm.register("p0", "h0"), BackToSourceOrdered)
         waiting = asyncio.create_task(swarm.register("p1", "h1"))  # over the limit: it waits
-        await asyncio.sleep(0.5)
+
+        async def told_to_wait() -> bool:
+            return bool(swarm.queued)
+
+        await eventually(told_to_wait)
         assert not waiting.done()
-        assert [(q.peer_id, q.reason) for q in swarm.queued] == [
-            ("p1", "the task is at its back-to-source limit")]
         await swarm.fetch_from_origin("p0", range(1))
         d = await waiting
         assert isinstance(d, ParentsAssigned) and [p.peer_id for p in d.parents] == ["p0"]
+        # told once to keep waiting, and nothing but that until a holder appeared
+        assert [(q.peer_id, q.reason) for q in swarm.queued] == [
+            ("p1", "the task is at its back-to-source limit")]
 
 
 @pytest.mark.anyio
@@ -256,13 +296,17 @@ def _restart_on_same_port(broker: Broker, data_dir: Path) -> subprocess.Popen[by
     with (data_dir / "restarted.log").open("wb") as log:
         proc = spawn([nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port),
                       "-sd", str(data_dir / "store")], log)
-    for _ in range(200):
+
+    def accepting() -> bool:
         with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        time.sleep(0.05)
-    stop([proc])
-    raise RuntimeError("nats-server did not come back")
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        eventually_sync(accepting, timeout=10)
+    except AssertionError:
+        stop([proc])
+        raise
+    return proc
 
 
 @pytest.mark.anyio
@@ -281,10 +325,11 @@ async def test_the_scheduler_rides_out_a_nats_restart(tmp_path: Path) -> None:
                 await swarm.fetch_from_origin("p0", range(PIECES))
                 restarted = await asyncio.to_thread(_restart_on_same_port, broker,
                                                     tmp_path / "nats")
-                for _ in range(400):
-                    if sched_nc.is_connected and peers_nc.is_connected:
-                        break
-                    await asyncio.sleep(0.05)
+
+                async def reconnected() -> bool:
+                    return sched_nc.is_connected and peers_nc.is_connected
+
+                await eventually(reconnected)
                 d = await swarm.register("p1", "h1")
                 assert isinstance(d, ParentsAssigned) and [p.peer_id for p in d.parents] == ["p0"]
         finally:
@@ -320,14 +365,19 @@ def _owned(ready: Path) -> list[int]:
 
 async def _shared_evenly(ready: list[Path]) -> None:
     """Wait until the schedulers split the 16 partitions evenly between them."""
-    for _ in range(400):
-        owned = [_owned(r) if (r.parent / "scheduler" / "partitions.json").exists() else []
-                 for r in ready]
-        if sorted(p for o in owned for p in o) == list(range(16)) and \
-                {len(o) for o in owned} == {16 // len(ready)}:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"partitions not shared evenly: {owned}")
+    def owned() -> list[list[int]]:
+        return [_owned(r) if (r.parent / "scheduler" / "partitions.json").exists() else []
+                for r in ready]
+
+    async def even() -> bool:
+        split = owned()
+        return sorted(p for o in split for p in o) == list(range(16)) and \
+            {len(o) for o in split} == {16 // len(ready)}
+
+    try:
+        await eventually(even)
+    except AssertionError:
+        raise AssertionError(f"partitions not shared evenly: {owned()}") from None
 
 
 def _owner(ready: list[Path], part: int) -> int:
@@ -346,13 +396,13 @@ async def test_killing_the_owner_mid_download_fails_no_download(
     ready: list[Path] = []
     try:
         for i in range(2):
-            d = tmp_path / f"s{i}"
-            d.mkdir()
-            ready.append(d / "ready.json")
-            with (d / "log").open("wb") as log:
+            home = tmp_path / f"s{i}"
+            home.mkdir()
+            ready.append(home / "ready.json")
+            with (home / "log").open("wb") as log:
                 procs.append(spawn([*DAMSELFLY, "scheduler",
                                     "--nats", nats_url, "--cluster", cluster,
-                                    "--data-dir", str(d / "scheduler"), "--lease-ttl", "2",
+                                    "--data-dir", str(home / "scheduler"), "--lease-ttl", "2",
                                     "--snapshot-every", "0.3", "--ready-file", str(ready[-1])],
                                    log))
             wait_ready(ready[-1], procs[-1])
@@ -362,7 +412,8 @@ async def test_killing_the_owner_mid_download_fails_no_download(
         await swarm.fetch_from_origin("p0", range(PIECES // 2))
         d1 = await swarm.register("p1", "h1")
         assert isinstance(d1, ParentsAssigned)
-        await asyncio.sleep(0.5)
+        # the owner snapshots what it folded, so the survivor's takeover starts from there
+        await eventually(lambda: snapshot_covers_the_log(nc, cluster, swarm.task))
         procs[owner].send_signal(signal.SIGKILL)
         procs[owner].wait()
         # While nobody owns the partition the download goes on; decisions resume on takeover.

@@ -23,6 +23,7 @@ from damselfly.services.peer.request import DownloadRequest
 from damselfly.services.runtime.eventlog import dump
 from damselfly.services.scheduler.replay import replay
 from tests.support.swarm import ChildService, Origin, OriginFaults, Swarm
+from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 PIECE = 32 << 10
@@ -61,9 +62,11 @@ async def test_killing_the_owning_scheduler_mid_download_fails_no_download(
             swarm.services.append(second)  # stopped with the swarm
             second.start()
             schedulers = [first_scheduler, second]
-            with anyio.fail_after(30):  # the first hands half of the partitions over
-                while sorted(len(owned(s)) for s in schedulers) != [8, 8]:
-                    await anyio.sleep(0.05)
+
+            async def halved() -> bool:  # the first hands half of the partitions over
+                return sorted(len(owned(s)) for s in schedulers) == [8, 8]
+
+            await eventually(halved, timeout=30)
             peers = swarm.peer_services
             clients = [ApiClient(str(p.endpoints["api_url"])) for p in peers]
 
@@ -79,7 +82,11 @@ async def test_killing_the_owning_scheduler_mid_download_fails_no_download(
                     task_id = str(first[0]["task_id"])
                     owner = next(s for s in schedulers if partition(task_id) in owned(s))
                     survivor = next(s for s in schedulers if s is not owner)
-                    await anyio.sleep(0.5)  # the seed is fetching from the throttled origin
+
+                    async def mid_download() -> bool:  # the seed fetches from the slow origin
+                        return 0 < origin.bytes_served < SIZE
+
+                    await eventually(mid_download, timeout=30)
                     owner.kill()
                     for i in range(PEERS // 2, PEERS):  # these register while nobody owns it
                         status = await clients[i].start(request)

@@ -14,7 +14,6 @@ import shutil
 import socket
 import subprocess
 import tarfile
-import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from damselfly.services.runtime.procs import spawn, stop
+from tests.support.wait import eventually_sync
 
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 _BLOB_URI = re.compile(r"/v2/.+/blobs/(sha256:[0-9a-f]{64})$")
@@ -73,16 +73,14 @@ def running_registry(root: Path) -> Iterator[Registry]:
     with open(log_path, "wb") as log:
         proc = spawn(["docker-registry", "serve", str(config)], log)
     registry = Registry(f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", log_path)
+    def answering() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"docker-registry exited; see {log_path}")
+        with urllib.request.urlopen(f"{registry.url}/v2/", timeout=1):
+            return True
+
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"{registry.url}/v2/", timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"docker-registry did not start; see {log_path}") from None
-                time.sleep(0.1)
+        eventually_sync(answering, timeout=20, ignore=(OSError,))
         yield registry
     finally:
         stop([proc])
@@ -119,11 +117,12 @@ def write_image(layout: Path, tag: str, layer_sizes: list[int]) -> Image:
     """An OCI image layout with one layer per size (random, so incompressible)."""
     (layout / "blobs" / "sha256").mkdir(parents=True)
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    layers, diff_ids, layer_bytes = [], [], {}
+    layers, digests, diff_ids, layer_bytes = [], [], [], {}
     for i, size in enumerate(layer_sizes):
         data, diff_id = _layer(i, size)
         digest = _blob(layout, data)
         layers.append({"mediaType": OCI_LAYER, "digest": digest, "size": len(data)})
+        digests.append(digest)
         diff_ids.append(diff_id)
         layer_bytes[digest] = data
     config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
@@ -138,7 +137,7 @@ def write_image(layout: Path, tag: str, layer_sizes: list[int]) -> Image:
         "digest": _blob(layout, manifest), "size": len(manifest),
         "annotations": {"org.opencontainers.image.ref.name": tag}}]}
     (layout / "index.json").write_text(json.dumps(index))
-    return Image(layout, tag, manifest, [layer["digest"] for layer in layers], layer_bytes)
+    return Image(layout, tag, manifest, digests, layer_bytes)
 
 
 def push(image: Image, registry: Registry, name: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from typing import TypedDict
 
 from damselfly.events import (
     BackToSourceStarted,
@@ -27,6 +28,11 @@ TASK = hashlib.sha256(b"https://origin/file").hexdigest()
 PIECES = 4
 
 
+class Meta(TypedDict):
+    id: str
+    at: float
+
+
 class Script:
     """Builds events with sequential ids and times and feeds them to one state."""
 
@@ -35,7 +41,7 @@ class Script:
         self.n = itertools.count(1)
         self.log: list[Event] = []
 
-    def _meta(self) -> dict[str, object]:
+    def _meta(self) -> Meta:
         n = next(self.n)
         return {"id": f"e{n}", "at": float(n)}
 
@@ -50,10 +56,10 @@ class Script:
                                         upload_url=f"http://{host_id}:1", seed=seed, idc=idc,
                                         location=location, upload_limit=limit))
 
-    def register(self, peer: str, host: str, priority: int = 3, **kw: object) -> list[Event]:
+    def register(self, peer: str, host: str, priority: int = 3) -> list[Event]:
         return self.apply(PeerRegistered(**self._meta(), cluster=C, task_id=TASK, peer_id=peer,
                                          host_id=host, url="https://origin/file",
-                                         priority=priority, **kw))
+                                         priority=priority))
 
     def source(self, peer: str, pieces: range = range(PIECES)) -> list[Event]:
         """``peer`` fetches from the origin: started, metadata, pieces."""
@@ -89,9 +95,8 @@ class Script:
     def host_left(self, host: str) -> list[Event]:
         return self.apply(HostLeft(**self._meta(), cluster=C, host_id=host))
 
-    def config(self, **kw: object) -> list[Event]:
-        return self.apply(ClusterConfigSet(**self._meta(), cluster=C,
-                                           config=ClusterConfig(**kw)))  # type: ignore[arg-type]
+    def config(self, config: ClusterConfig) -> list[Event]:
+        return self.apply(ClusterConfigSet(**self._meta(), cluster=C, config=config))
 
 
 def scripted_swarm() -> list[Event]:

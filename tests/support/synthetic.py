@@ -11,7 +11,6 @@ import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from damselfly.events.base import Event
 from damselfly.events.codec import AnyEvent
 from damselfly.events.config import ClusterConfig, ClusterConfigSet
 from damselfly.events.hosts import HostAnnounced, HostKeepalive
@@ -54,7 +53,7 @@ def task_id(cluster: str, n: int) -> str:
     return hashlib.sha256(f"{cluster}/{n}".encode()).hexdigest()
 
 
-def events(swarm: Swarm) -> Iterator[Event]:
+def events(swarm: Swarm) -> Iterator[AnyEvent]:
     """Every event of the swarm, in the order the services would publish them."""
     rnd = random.Random(swarm.seed)
     t = swarm.start
@@ -145,11 +144,11 @@ _STREAM_OF_FAMILY = {"host": "DF_HOSTS", "task": "DF_TASKS", "sched": "DF_SCHED"
                      "config": "DF_CONFIG"}
 
 
-def by_stream(stream_events: Iterable[Event]) -> dict[str, list[tuple[int, AnyEvent]]]:
+def by_stream(stream_events: Iterable[AnyEvent]) -> dict[str, list[tuple[int, AnyEvent]]]:
     """Events grouped by the stream they land in, numbered 1, 2, … as a stream would."""
     out: dict[str, list[tuple[int, AnyEvent]]] = {}
     for event in stream_events:
         stream = _STREAM_OF_FAMILY[subject_for(event).split(".")[1]]
         items = out.setdefault(stream, [])
-        items.append((len(items) + 1, event))  # type: ignore[arg-type]
+        items.append((len(items) + 1, event))
     return out

@@ -10,7 +10,7 @@ from bench.swarm_lab import run_all
 
 def job(value: int, delay: float = 0.0, fail: bool = False) -> Callable[[], Awaitable[int]]:
     async def run() -> int:
-        await anyio.sleep(delay)
+        await anyio.sleep(delay)  # the job's work: jobs that finish out of order
         if fail:
             raise RuntimeError(f"job {value} broke")
         return value
@@ -30,7 +30,7 @@ async def test_in_flight_bounds_how_many_run_at_once() -> None:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
-        await anyio.sleep(0.01)
+        await anyio.sleep(0.01)  # the job's work: long enough for jobs to overlap
         running -= 1
         return 0
 

@@ -9,13 +9,17 @@ from pathlib import Path
 import pytest
 
 from damselfly.events.admin import ClusterScopes
+from damselfly.events.base import Event
+from damselfly.events.codec import AnyEvent
 from damselfly.events.jobs import (
     GetTaskRequested,
+    HostJobState,
     JobFailed,
     JobProgressed,
     JobStarted,
     JobSucceeded,
     PreheatRequested,
+    PreheatScope,
 )
 from damselfly.events.secrets import SealError, open_sealed, seal
 from damselfly.services.manager.control import jobbook
@@ -65,7 +69,8 @@ def _book() -> Book:
     return Book(preheat_timeout=100.0, collect_window=5.0)
 
 
-def _request(scope: str, job: str = "j1", clusters: list[str] | None = None) -> PreheatRequested:
+def _request(scope: PreheatScope, job: str = "j1",
+             clusters: list[str] | None = None) -> PreheatRequested:
     return PreheatRequested(id=f"req-{job}", at=1000.0, job_id=job, url="http://o/f",
                             scope=scope, scheduler_cluster_ids=clusters or [])
 
@@ -74,15 +79,21 @@ HOSTS = [Host("s1", "c1", True), Host("s2", "c1", True), Host("p1", "c1", False)
          Host("s3", "c2", True)]
 
 
-def _progress(host: str, task: str, state: str, reason: str = "") -> JobProgressed:
+def _progress(host: str, task: str, state: HostJobState, reason: str = "") -> JobProgressed:
     return JobProgressed(id=f"{host}-{task}-{state}", job_id="j1", host_id=host, task_id=task,
                          state=state, reason=reason)
 
 
-def _start(book: Book, request: PreheatRequested) -> list[object]:
+def _known(event: Event) -> AnyEvent:
+    """A decision as the catalogue types it (the book returns it typed as ``Event``)."""
+    assert isinstance(event, AnyEvent), event
+    return event
+
+
+def _start(book: Book, request: PreheatRequested | GetTaskRequested) -> list[AnyEvent]:
     book.evolve(request)
     (job,) = book.unstarted()
-    out = book.start(job, HOSTS, now=1000.0)
+    out = [_known(e) for e in book.start(job, HOSTS, now=1000.0)]
     for e in out:
         book.evolve(e)
     return out
@@ -145,7 +156,7 @@ def test_a_preheat_past_its_deadline_fails_naming_who_did_not_answer() -> None:
 def test_get_task_reports_the_holders_it_heard_from_when_the_window_closes() -> None:
     book = _book()
     request = GetTaskRequested(id="req-g", at=1000.0, job_id="j1", task_id="t")
-    _start(book, request)  # type: ignore[arg-type]
+    _start(book, request)
     book.evolve(_progress("s1", "t", "succeeded", "held"))
     assert book.expire(1004.0) == []
     (done,) = book.expire(1005.0)

@@ -7,7 +7,9 @@ import csv
 import datetime as dt
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -23,7 +25,7 @@ REQUIRED = {"back_to_source_ratio", "p2p_vs_origin", "active_peers", "download_d
 
 
 @pytest.fixture(scope="module")
-def con(tmp_path_factory: pytest.TempPathFactory) -> duckdb.DuckDBPyConnection:
+def con(tmp_path_factory: pytest.TempPathFactory) -> Iterator[duckdb.DuckDBPyConnection]:
     con = store.connect(tmp_path_factory.mktemp("dash") / "p.duckdb")
     for stream, items in by_stream(events(SWARM)).items():
         store.apply_batch(con, stream, items)
@@ -31,7 +33,8 @@ def con(tmp_path_factory: pytest.TempPathFactory) -> duckdb.DuckDBPyConnection:
     con.close()
 
 
-def run(con: duckdb.DuckDBPyConnection, name: str) -> list[dict[str, object]]:
+def run(con: duckdb.DuckDBPyConnection, name: str) -> list[dict[str, Any]]:
+    """The panel's rows by column; a cell's type is whatever its SQL column yields."""
     result = store.query(con, dashboards.panel(name).sql)
     return [dict(zip(result.columns, row, strict=False)) for row in result.rows]
 

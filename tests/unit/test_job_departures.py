@@ -3,21 +3,26 @@ failed task fails the preheat at once: given events, fold them, check the decisi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from damselfly.events.base import Event
+from damselfly.events.codec import AnyEvent
 from damselfly.events.jobs import JobFailed, JobProgressed
 from damselfly.services.manager.control.jobbook import Book
-from tests.unit.test_control_core import _book, _progress, _request, _start
+from tests.unit.test_control_core import _book, _known, _progress, _request, _start
 
 
-def _fold(book: Book, events: list[object]) -> list[object]:
-    for e in events:
-        book.evolve(e)  # type: ignore[arg-type]
-    return events
+def _fold(book: Book, events: Sequence[Event]) -> list[AnyEvent]:
+    known_events = [_known(e) for e in events]
+    for e in known_events:
+        book.evolve(e)
+    return known_events
 
 
-def _all_peers_job_with_p1_running() -> tuple[Book, list[object]]:
+def _all_peers_job_with_p1_running() -> tuple[Book, list[AnyEvent]]:
     book = _book()
     request = _request("all_peers", clusters=["c1"])
-    log = [request, *_start(book, request)]
+    log: list[AnyEvent] = [request, *_start(book, request)]
     log += _fold(book, [_progress("s1", "t", "running"), _progress("p1", "t", "running")])
     return book, log
 

@@ -63,7 +63,9 @@ def test_gc_evicts_least_recently_used_down_to_the_low_watermark(tmp_path: Path)
     now = [1000.0]
     storage = Storage(tmp_path, gc_high=1000, gc_low=600, clock=lambda: now[0])
     first, second, third = (_task(storage, n, 300, now) for n in ("a", "b", "c"))
-    storage.get(first).touch()  # type: ignore[union-attr]
+    held = storage.get(first)
+    assert held is not None
+    held.touch()
     fourth = _task(storage, "d", 300, now)  # 1200 bytes > high: b, then c go (LRU)
     assert {t.task_id for t in storage.tasks()} == {first, fourth}
     assert storage.used() <= 600
@@ -79,4 +81,5 @@ def test_a_task_too_big_for_the_quota_fails_alone(tmp_path: Path) -> None:
     big = storage.create(request.task_id(), request)
     with pytest.raises(DiskFullError, match="disk full: task .* needs 500 bytes, 400 free"):
         storage.reserve(big, 500, active=())
-    assert storage.get(kept) is not None and storage.get(kept).complete  # type: ignore[union-attr]
+    still = storage.get(kept)
+    assert still is not None and still.complete

@@ -3,6 +3,7 @@ produce, idempotence, atomicity and independence from how the log is cut into ba
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -33,7 +34,7 @@ def project(path: Path, swarm: Swarm = SWARM, batch: int = 10_000) -> duckdb.Duc
 
 
 @pytest.fixture
-def con(tmp_path: Path) -> duckdb.DuckDBPyConnection:
+def con(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     con = project(tmp_path / "p.duckdb")
     yield con
     con.close()
@@ -191,7 +192,9 @@ def test_an_open_read_never_blocks_the_writer(con: duckdb.DuckDBPyConnection) ->
     reader = con.cursor()
     try:
         reader.execute("BEGIN TRANSACTION")
-        (before,) = reader.execute("SELECT count(*) FROM tasks").fetchone()  # type: ignore[misc]
+        counted = reader.execute("SELECT count(*) FROM tasks").fetchone()
+        assert counted is not None
+        (before,) = counted
         more = Swarm(cluster="c9", tasks=1, peers_per_task=1, pieces=1, failing_peers=0)
         for stream, items in by_stream(events(more)).items():
             after = store.start_seq(con, stream) - 1

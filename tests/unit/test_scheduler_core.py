@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from damselfly.events import (
     BackToSourceOrdered,
     BackToSourceStarted,
+    ClusterConfig,
     Event,
     ParentsAssigned,
     PeerQueued,
@@ -21,11 +23,21 @@ from damselfly.events import (
 from damselfly.services.scheduler import core
 from tests.support.scheduling import PIECES, TASK, C, Script, scripted_swarm
 
+E = TypeVar("E", bound=Event)
 
-def only(decisions: list[Event], kind: type[Event]) -> Event:
+
+def only(decisions: list[Event], kind: type[E]) -> E:
     assert len(decisions) == 1, decisions
-    assert isinstance(decisions[0], kind), decisions[0]
-    return decisions[0]
+    decision = decisions[0]
+    assert isinstance(decision, kind), decision
+    return decision
+
+
+def peer_of(decision: Event) -> str:
+    """The peer a decision is addressed to (every kind but ``SeedPeerTriggered`` has one)."""
+    assert isinstance(decision, ParentsAssigned | BackToSourceOrdered | PeerQueued
+                      | ScheduleFailed), decision
+    return decision.peer_id
 
 
 def queued(decisions: list[Event], reason: str) -> None:
@@ -70,9 +82,9 @@ def test_never_a_cycle() -> None:
     assert isinstance(d, ParentsAssigned) and {p.peer_id for p in d.parents} == {"p1", "p2"}
     s.piece("p3", 1, parent="p1")
     # p2 asks again without p1: p3 is p2's descendant, so it cannot become its parent.
-    d = s.reschedule("p2", blocklist=["p1"])
+    out = s.reschedule("p2", blocklist=["p1"])
     assert not any(isinstance(x, ParentsAssigned) and any(p.peer_id == "p3" for p in x.parents)
-                   for x in d)
+                   for x in out)
     assert "p3" not in s.state.tasks[TASK].peers["p2"].parents
 
 
@@ -117,7 +129,7 @@ def test_an_outlier_piece_cost_marks_the_parent_bad() -> None:
     out = s.piece("p3", 2, parent="p1", cost=core.SMALL_SAMPLE_FACTOR * mean + 1)
     assert s.state.tasks[TASK].peers["p1"].bad
     # p2 and p3 both lose p1; p3 gets p2, p2 has no one left but the origin.
-    kinds = {x.peer_id: type(x) for x in out}  # type: ignore[attr-defined]
+    kinds = {peer_of(x): type(x) for x in out}
     assert kinds == {"p2": BackToSourceOrdered, "p3": ParentsAssigned}
 
 
@@ -125,7 +137,7 @@ def test_back_to_source_is_bounded_and_later_peers_wait_for_a_holder() -> None:
     s = Script()
     for h in ("h1", "h2", "h3", "h4", "h5"):
         s.host(h)
-    s.config(back_to_source_limit=2)
+    s.config(ClusterConfig(back_to_source_limit=2))
     assert isinstance(only(s.register("p1", "h1"), BackToSourceOrdered), BackToSourceOrdered)
     assert isinstance(only(s.register("p2", "h2"), BackToSourceOrdered), BackToSourceOrdered)
     queued(s.register("p3", "h3"), "the task is at its back-to-source limit")
@@ -136,7 +148,7 @@ def test_back_to_source_is_bounded_and_later_peers_wait_for_a_holder() -> None:
                                        piece_count=PIECES))
     assert out == []  # nobody holds a piece yet
     out = s.piece("p1", 0)
-    assert sorted(x.peer_id for x in out) == ["p3", "p4"]  # type: ignore[attr-defined]
+    assert sorted(peer_of(x) for x in out) == ["p3", "p4"]
     assert all(isinstance(x, ParentsAssigned) and x.trigger_id == s.log[-1].id for x in out)
 
 
@@ -161,7 +173,7 @@ def test_a_failed_peer_that_registers_again_is_scheduled_afresh() -> None:
     s = swarm_with_source()
     only(s.register("p2", "h2", priority=1), ScheduleFailed)
     d = only(s.register("p2", "h2", priority=3), ParentsAssigned)
-    assert [p.peer_id for p in d.parents] == ["p1"]  # type: ignore[attr-defined]
+    assert [p.peer_id for p in d.parents] == ["p1"]
 
 
 def test_priority_2_never_goes_to_the_origin() -> None:
@@ -196,7 +208,7 @@ def test_priorities_0_and_4_to_6_trigger_a_seed_peer_first(priority: int) -> Non
     queued(s.register("p2", "h2", priority=priority), "waiting for the seed peer")
     only(s.register("seed-1", "seed"), BackToSourceOrdered)
     out = s.source("seed-1", range(1))
-    assert sorted(x.peer_id for x in out) == ["p1", "p2"]  # type: ignore[attr-defined]
+    assert sorted(peer_of(x) for x in out) == ["p1", "p2"]
     assert all(isinstance(x, ParentsAssigned) and [p.peer_id for p in x.parents] == ["seed-1"]
                and x.parents[0].seed for x in out)
 
@@ -208,7 +220,7 @@ def test_a_seed_peer_already_fetching_is_waited_for() -> None:
     only(s.register("seed-1", "seed", priority=0), BackToSourceOrdered)
     queued(s.register("p1", "h1", priority=0), "waiting for the seed peer")
     d = only(s.source("seed-1", range(1)), ParentsAssigned)
-    assert d.peer_id == "p1"  # type: ignore[attr-defined]
+    assert d.peer_id == "p1"
 
 
 def test_without_a_seed_host_priority_0_goes_to_the_origin() -> None:
@@ -224,12 +236,12 @@ def test_a_seed_that_leaves_before_serving_hands_its_waiters_to_the_origin() -> 
     assert [type(d) for d in s.register("p1", "h1", priority=0)] == [SeedPeerTriggered,
                                                                       PeerQueued]
     d = only(s.host_left("seed"), BackToSourceOrdered)
-    assert d.peer_id == "p1"  # type: ignore[attr-defined]
+    assert d.peer_id == "p1"
 
 
 def test_the_retry_limit_fails_a_peer() -> None:
     s = swarm_with_source()
-    s.config(retry_limit=1)
+    s.config(ClusterConfig(retry_limit=1))
     only(s.register("p2", "h2"), ParentsAssigned)
     only(s.reschedule("p2"), ParentsAssigned)
     d = only(s.reschedule("p2"), ScheduleFailed)
@@ -242,7 +254,7 @@ def test_a_parent_that_leaves_gets_its_children_rescheduled() -> None:
     s.piece("p2", 0, parent="p1")
     only(s.register("p3", "h3"), ParentsAssigned)
     out = s.host_left("h1")
-    assert {x.peer_id: [p.peer_id for p in x.parents] for x in out  # type: ignore[attr-defined]
+    assert {x.peer_id: [p.peer_id for p in x.parents] for x in out
             if isinstance(x, ParentsAssigned)} == {"p3": ["p2"]}
     assert "p1" not in s.state.tasks[TASK].peers
     assert s.state.hosts.get("h1") is None
@@ -252,7 +264,7 @@ def test_a_failed_origin_fetcher_frees_its_slot_for_a_waiter() -> None:
     s = Script()
     for h in ("h1", "h2"):
         s.host(h)
-    s.config(back_to_source_limit=1)
+    s.config(ClusterConfig(back_to_source_limit=1))
     only(s.register("p1", "h1"), BackToSourceOrdered)
     queued(s.register("p2", "h2"), "the task is at its back-to-source limit")
     only(s.failed("p1"), BackToSourceOrdered)
@@ -263,25 +275,25 @@ def test_upload_capacity_limits_children_and_frees_on_success() -> None:
     s.host("h1", limit=1)
     s.host("h2")
     s.host("h3")
-    s.config(back_to_source_limit=1)
+    s.config(ClusterConfig(back_to_source_limit=1))
     only(s.register("p1", "h1"), BackToSourceOrdered)
     s.source("p1")
     only(s.register("p2", "h2"), ParentsAssigned)
     # h1 has no free upload slot and the origin limit is reached
     queued(s.register("p3", "h3"), "the task is at its back-to-source limit")
     d = only(s.succeeded("p2"), ParentsAssigned)  # p2 is a new holder; h1 freed too
-    assert d.peer_id == "p3"  # type: ignore[attr-defined]
+    assert d.peer_id == "p3"
 
 
 def test_children_get_more_parents_as_pieces_spread() -> None:
     s = swarm_with_source()
-    s.config(candidate_parent_limit=2)
+    s.config(ClusterConfig(candidate_parent_limit=2))
     only(s.register("p2", "h2"), ParentsAssigned)
     only(s.register("p3", "h3"), ParentsAssigned)
     # p2 now holds a piece p3 lacks: p3 fetches from it too, and p1 stays its parent
     d = only(s.piece("p2", 0, parent="p1"), ParentsAssigned)
-    assert d.peer_id == "p3"  # type: ignore[attr-defined]
-    assert {p.peer_id for p in d.parents} == {"p1", "p2"}  # type: ignore[attr-defined]
+    assert d.peer_id == "p3"
+    assert {p.peer_id for p in d.parents} == {"p1", "p2"}
     assert s.piece("p3", 1, parent="p1") == []  # p3 has as many parents as it may
     assert s.state.hosts["h1"].uploads == 2 and s.state.hosts["h2"].uploads == 1
 
@@ -295,12 +307,12 @@ def test_affinity_and_weights_decide_the_order() -> None:
         s.register(peer, host)
         s.source(peer)
     d = only(s.register("c", "child"), ParentsAssigned)
-    assert [p.peer_id for p in d.parents] == ["pn", "pf"]  # type: ignore[attr-defined]
+    assert [p.peer_id for p in d.parents] == ["pn", "pf"]
     s2 = Script(core.new_state(C, {"idc": 0.0, "location": -1.0}))
     for e in s.log[:-1]:
         s2.apply(e)
     d2 = only(s2.apply(s.log[-1]), ParentsAssigned)
-    assert [p.peer_id for p in d2.parents] == ["pf", "pn"]  # type: ignore[attr-defined]
+    assert [p.peer_id for p in d2.parents] == ["pf", "pn"]
 
 
 def test_only_origin_fetchers_are_digest_authorities() -> None:

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from damselfly.events import Event, ParentsAssigned
+from damselfly.events import AnyEvent, Event, ParentsAssigned
 from damselfly.events.log import LogRecord
 from damselfly.events.subjects import subject_for
 from damselfly.services.scheduler import core
@@ -26,6 +26,7 @@ def recorded_log() -> list[LogRecord]:
     records: list[LogRecord] = []
 
     def add(event: Event) -> None:
+        assert isinstance(event, AnyEvent)  # the core returns catalogue events typed as Event
         subject = subject_for(event)
         records.append(LogRecord(stream=streams[subject.split(".")[1]], seq=len(records) + 1,
                                  subject=subject, time=float(len(records)), event=event))
