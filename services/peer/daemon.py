@@ -11,6 +11,7 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -208,7 +209,8 @@ async def serve(cfg: DaemonConfig, stop: asyncio.Event) -> None:
                 if not tf.complete:
                     log.info("resuming task %s", tf.task_id[:12])
                     downloads.start(tf.meta.request, task_id=tf.task_id)
-            tg.start_soon(lambda: run_job_worker(downloads, seed=cfg.seed))
+            # Ready means ready for jobs too: a preheat asked for right after start reaches us.
+            await tg.start(partial(run_job_worker, downloads, seed=cfg.seed))
             tg.start_soon(_keepalive, ctx, cfg, stats)
             tg.start_soon(_collect_garbage, ctx, cfg, downloads)
             if cfg.ready_file is not None:
