@@ -190,11 +190,8 @@ async def serve(cfg: DaemonConfig, stop: asyncio.Event) -> None:
                                                  host="127.0.0.1", port=cfg.proxy_port)
                 runners.append(runner)
                 proxy_url = f"http://127.0.0.1:{proxy_port}"
-            await ctx.publish(HostAnnounced(
-                id=new_id(), at=time.time(), cluster=cfg.cluster, host_id=host_id,
-                hostname=hostname, ip=cfg.advertise_host, upload_url=upload_url,
-                seed=cfg.seed, idc=cfg.idc, location=cfg.location,
-                upload_limit=cfg.upload_limit))
+            # Listening before announcing: a seed trigger sent the moment the scheduler hears of
+            # this host must reach it (the SUBs go out on this connection before the announce).
             if cfg.seed:
                 async def on_trigger(msg: Msg) -> None:
                     await _on_seed_trigger(msg, downloads, host_id)
@@ -205,6 +202,11 @@ async def serve(cfg: DaemonConfig, stop: asyncio.Event) -> None:
                 await _on_delete_requested(msg, downloads, cfg.cluster)
 
             await nc.subscribe(job_filter(name_of(DeleteTaskRequested)), cb=on_delete)
+            await ctx.publish(HostAnnounced(
+                id=new_id(), at=time.time(), cluster=cfg.cluster, host_id=host_id,
+                hostname=hostname, ip=cfg.advertise_host, upload_url=upload_url,
+                seed=cfg.seed, idc=cfg.idc, location=cfg.location,
+                upload_limit=cfg.upload_limit))
             for tf in storage.tasks():
                 if not tf.complete:
                     log.info("resuming task %s", tf.task_id[:12])

@@ -35,6 +35,7 @@ from damselfly.events.subjects import job_filter, name_of
 from damselfly.services.peer.downloads import Downloads
 from damselfly.services.peer.oci import BlobRef, basic_auth, bearer_token, blob_task_id, blob_url
 from damselfly.services.peer.request import DownloadRequest
+from damselfly.services.runtime.natsconn import subscribed
 
 log = logging.getLogger("damselfly.jobs")
 
@@ -251,7 +252,7 @@ async def run_job_worker(downloads: Downloads, *, seed: bool,
                 shared = await _durable(ctx.js, f"jobs-seed-{ctx.cluster}")
                 tg.start_soon(_follow, shared, worker.on_shared)
             tg.start_soon(_follow, await _durable(ctx.js, f"jobs-{ctx.host_id}"), worker.on_own)
-            await ctx.nc.flush()
+            await subscribed(ctx.nc)
             task_status.started()
             await anyio.sleep_forever()
         finally:

@@ -32,3 +32,15 @@ async def connect(url: str, name: str, *, first_timeout: float = 10.0) -> Client
         raise ConnectionError(f"no NATS server answers at {url}") from exc
     connected = True
     return client
+
+
+async def subscribed(nc: Client, timeout: float = 5.0) -> None:
+    """Return once the server holds every subscription ``nc`` has made so far.
+
+    ``nc.flush()`` does not promise that: nats-py writes flush's PING straight to the socket
+    while a SUB still waits in the client's buffer for its flusher task, so the PONG can come
+    back before the server read the SUB, and another connection's publish lands in between.
+    A request goes through that buffer behind the SUB, and the server reads one connection in
+    order, so its answer comes after the SUB took effect. Raises NATS errors (a timeout, no
+    JetStream)."""
+    await nc.jetstream(timeout=timeout).account_info()

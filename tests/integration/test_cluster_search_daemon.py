@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from damselfly.events.clustersearch import ClusterQuery, ask_cluster
 from damselfly.events.hosts import HostAnnounced
 from damselfly.events.subjects import CLUSTER_SEARCH
-from damselfly.services.runtime.natsconn import connect
+from damselfly.services.runtime.natsconn import connect, subscribed
 from tests.support.control import (
     ROOT_PASSWORD,
     SECRET,
@@ -96,7 +96,7 @@ async def test_auto_falls_back_to_default_when_no_manager_answers(
 
     if manager == "silent":
         await nc.subscribe(CLUSTER_SEARCH, cb=never_answer)
-        await nc.flush()  # the SUB reaches the server before the daemon asks
+        await subscribed(nc)  # the SUB reaches the server before the daemon asks
     try:
         async with daemon(nats_url, tmp_path / "d", "auto") as d:
             host_id = d.endpoints["host_id"]

@@ -23,7 +23,7 @@ from damselfly.events.sched import BackToSourceOrdered
 from damselfly.events.tasks import PeerRegistered
 from damselfly.services.peer.daemon import DaemonConfig
 from damselfly.services.peer.downloader import Settings
-from damselfly.services.runtime.natsconn import connect
+from damselfly.services.runtime.natsconn import connect, subscribed
 from damselfly.services.runtime.procs import DAMSELFLY
 from tests.support.swarm import Origin, daemon_in_process
 from tests.support.wait import eventually
@@ -124,7 +124,7 @@ async def test_get_starts_a_daemon_when_none_answers(tmp_path: Path, nats_url: s
             trigger_id=e.id, reason="scripted"))
 
     await nc.subscribe(f"df.task.{cluster}.*.*.*.registered", cb=order_source)
-    await nc.flush()  # the SUB reaches the server before the daemon registers
+    await subscribed(nc)  # the SUB reaches the server before the daemon registers
     home = tmp_path / "home"
     pid_file = home / "daemon" / "daemon.pid"
     try:

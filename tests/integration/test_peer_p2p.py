@@ -26,7 +26,7 @@ from damselfly.services.peer.daemon import DaemonConfig
 from damselfly.services.peer.downloader import Settings
 from damselfly.services.peer.get import ApiClient
 from damselfly.services.peer.request import DownloadRequest
-from damselfly.services.runtime.natsconn import connect
+from damselfly.services.runtime.natsconn import connect, subscribed
 from tests.support.swarm import (
     ChildService,
     Origin,
@@ -56,9 +56,9 @@ class ScriptedScheduler:
     async def start(self) -> None:
         for name in ("registered", "reschedule_requested"):
             await self.nc.subscribe(f"df.task.{self.cluster}.*.*.*.{name}", cb=self._on)
-        # nats-py only queues the SUB: without a flush a child's registration, published on
-        # its own connection, can reach the server first and is never seen.
-        await self.nc.flush()
+        # Unless the server holds the SUBs first, a child's registration, published on its own
+        # connection, can reach the server first and is never seen (a flush is not enough).
+        await subscribed(self.nc)
 
     async def _on(self, msg: Msg) -> None:
         event = decode(msg.data)
@@ -242,7 +242,7 @@ async def test_a_parent_killed_mid_transfer_leaves_the_child_to_finish_from_othe
             doomed_peer = sources[0]["peer_id"]
 
             sub = await nc.subscribe(f"df.task.{cluster}.*.*.*.piece_finished")
-            await nc.flush()  # subscribed before the child's first piece, not after
+            await subscribed(nc)  # subscribed before the child's first piece, not after
 
             async def kill_after_first_piece_from_doomed() -> None:
                 async for msg in sub.messages:
