@@ -10,6 +10,13 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from nats.js.errors import BadRequestError, NotFoundError
 
 DAY: Final = 24 * 3600.0
+HOSTS_STREAM: Final = "DF_HOSTS"
+TASKS_STREAM: Final = "DF_TASKS"
+SCHED_STREAM: Final = "DF_SCHED"
+JOBS_STREAM: Final = "DF_JOBS"
+CONFIG_STREAM: Final = "DF_CONFIG"
+ADMIN_STREAM: Final = "DF_ADMIN"
+DLQ_STREAM: Final = "DF_DLQ"
 LEASE_BUCKET: Final = "df_sched_leases"
 """KV: which scheduler owns which partition of a cluster (``<cluster>-<partition>``)."""
 MEMBER_BUCKET: Final = "df_sched_members"
@@ -25,14 +32,14 @@ def stream_configs(*, task_max_age: float = DAY, task_max_bytes: int = 8 << 30
     common = StreamConfig(storage=StorageType.FILE, retention=RetentionPolicy.LIMITS,
                           duplicate_window=DEDUP_WINDOW, discard=DiscardPolicy.OLD)
     return [
-        replace(common, name="DF_HOSTS", subjects=["df.host.>"], max_msgs_per_subject=5),
-        replace(common, name="DF_TASKS", subjects=["df.task.>"], max_age=task_max_age,
+        replace(common, name=HOSTS_STREAM, subjects=["df.host.>"], max_msgs_per_subject=5),
+        replace(common, name=TASKS_STREAM, subjects=["df.task.>"], max_age=task_max_age,
                 max_bytes=task_max_bytes),
-        replace(common, name="DF_SCHED", subjects=["df.sched.>"], max_age=task_max_age),
-        replace(common, name="DF_JOBS", subjects=["df.job.>"], max_age=7 * DAY),
-        replace(common, name="DF_CONFIG", subjects=["df.config.>"], max_msgs_per_subject=1),
-        replace(common, name="DF_ADMIN", subjects=["df.admin.>"]),
-        replace(common, name="DF_DLQ", subjects=["df.dlq.>"], max_age=7 * DAY),
+        replace(common, name=SCHED_STREAM, subjects=["df.sched.>"], max_age=task_max_age),
+        replace(common, name=JOBS_STREAM, subjects=["df.job.>"], max_age=7 * DAY),
+        replace(common, name=CONFIG_STREAM, subjects=["df.config.>"], max_msgs_per_subject=1),
+        replace(common, name=ADMIN_STREAM, subjects=["df.admin.>"]),
+        replace(common, name=DLQ_STREAM, subjects=["df.dlq.>"], max_age=7 * DAY),
     ]
 
 

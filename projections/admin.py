@@ -17,6 +17,7 @@ from damselfly.events.admin import (
 )
 from damselfly.events.codec import AnyEvent
 from damselfly.events.jobs import PreheatRequested
+from damselfly.events.streams import ADMIN_STREAM, JOBS_STREAM
 from damselfly.projections.model import MAX, MIN, Column, Patches, Projection, Table
 
 CLUSTERS = Table(
@@ -118,5 +119,5 @@ def fold(events: Sequence[AnyEvent]) -> list[Patches]:
     return [clusters, users, tokens, tenants, audit, job_tenants]
 
 
-PROJECTION = Projection("admin", ("DF_ADMIN", "DF_JOBS"),
+PROJECTION = Projection("admin", (ADMIN_STREAM, JOBS_STREAM),
                         (CLUSTERS, USERS, TOKENS, TENANTS, AUDIT, JOB_TENANTS), fold)

@@ -8,6 +8,7 @@ import msgspec
 
 from damselfly.events.codec import AnyEvent
 from damselfly.events.config import ClusterConfigSet
+from damselfly.events.streams import CONFIG_STREAM
 from damselfly.projections.model import Column, Patches, Projection, Table
 
 CONFIGS = Table(
@@ -34,4 +35,4 @@ def fold(events: Sequence[AnyEvent]) -> list[Patches]:
     return [configs]
 
 
-PROJECTION = Projection("configs", ("DF_CONFIG",), (CONFIGS,), fold)
+PROJECTION = Projection("configs", (CONFIG_STREAM,), (CONFIGS,), fold)

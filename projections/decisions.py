@@ -17,6 +17,7 @@ from damselfly.events.sched import (
     ScheduleFailed,
     SeedPeerTriggered,
 )
+from damselfly.events.streams import SCHED_STREAM, TASKS_STREAM
 from damselfly.events.tasks import PeerRegistered
 from damselfly.projections.model import MIN, Column, Patches, Projection, Table
 
@@ -88,5 +89,5 @@ def fold(events: Sequence[AnyEvent]) -> list[Patches]:
     return [decisions, registrations]
 
 
-PROJECTION = Projection("decisions", ("DF_SCHED", "DF_TASKS"), (DECISIONS, REGISTRATIONS), fold,
+PROJECTION = Projection("decisions", (SCHED_STREAM, TASKS_STREAM), (DECISIONS, REGISTRATIONS), fold,
                         views={"decision_latency": LATENCY_VIEW})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from damselfly.events.codec import AnyEvent
+from damselfly.events.streams import TASKS_STREAM
 from damselfly.events.tasks import PeerFailed, PeerSucceeded
 from damselfly.projections.model import Column, Patches, Projection, Table
 
@@ -36,4 +37,4 @@ def fold(events: Sequence[AnyEvent]) -> list[Patches]:
     return [downloads]
 
 
-PROJECTION = Projection("downloads", ("DF_TASKS",), (DOWNLOADS,), fold)
+PROJECTION = Projection("downloads", (TASKS_STREAM,), (DOWNLOADS,), fold)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from damselfly.events.codec import AnyEvent
 from damselfly.events.hosts import HostAnnounced, HostKeepalive, HostLeft
+from damselfly.events.streams import HOSTS_STREAM
 from damselfly.projections.model import MAX, MIN, Column, Patches, Projection, Table
 
 HOSTS = Table(
@@ -42,4 +43,4 @@ def fold(events: Sequence[AnyEvent]) -> list[Patches]:
     return [hosts]
 
 
-PROJECTION = Projection("hosts", ("DF_HOSTS",), (HOSTS,), fold)
+PROJECTION = Projection("hosts", (HOSTS_STREAM,), (HOSTS,), fold)

@@ -14,6 +14,7 @@ from damselfly.events.jobs import (
     JobSucceeded,
     PreheatRequested,
 )
+from damselfly.events.streams import JOBS_STREAM
 from damselfly.projections.model import MAX, MIN, Column, Patches, Projection, Table
 
 JOBS = Table(
@@ -69,4 +70,4 @@ def fold(events: Sequence[AnyEvent]) -> list[Patches]:
     return [jobs, hosts]
 
 
-PROJECTION = Projection("jobs", ("DF_JOBS",), (JOBS, JOB_HOSTS), fold)
+PROJECTION = Projection("jobs", (JOBS_STREAM,), (JOBS, JOB_HOSTS), fold)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from damselfly.events.codec import AnyEvent
+from damselfly.events.streams import TASKS_STREAM
 from damselfly.events.tasks import (
     BackToSourceStarted,
     PeerFailed,
@@ -79,4 +80,4 @@ def fold(events: Sequence[AnyEvent]) -> list[Patches]:
     return [peers]
 
 
-PROJECTION = Projection("peers", ("DF_TASKS",), (PEERS,), fold)
+PROJECTION = Projection("peers", (TASKS_STREAM,), (PEERS,), fold)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from damselfly.events.codec import AnyEvent
+from damselfly.events.streams import TASKS_STREAM
 from damselfly.events.tasks import PieceFailed, PieceFinished
 from damselfly.projections.model import ADD, Column, Patches, Projection, Table
 
@@ -54,4 +55,4 @@ def fold(events: Sequence[AnyEvent]) -> list[Patches]:
     return [minutes]
 
 
-PROJECTION = Projection("pieces", ("DF_TASKS",), (PIECE_MINUTES,), fold)
+PROJECTION = Projection("pieces", (TASKS_STREAM,), (PIECE_MINUTES,), fold)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from damselfly.events.codec import AnyEvent
+from damselfly.events.streams import TASKS_STREAM
 from damselfly.events.tasks import PeerFailed, PeerRegistered, PeerSucceeded, TaskMetadataReported
 from damselfly.projections.model import ADD, MAX, MIN, Column, Patches, Projection, Table
 
@@ -44,4 +45,4 @@ def fold(events: Sequence[AnyEvent]) -> list[Patches]:
     return [tasks]
 
 
-PROJECTION = Projection("tasks", ("DF_TASKS",), (TASKS,), fold)
+PROJECTION = Projection("tasks", (TASKS_STREAM,), (TASKS,), fold)

@@ -31,6 +31,7 @@ from damselfly.events.codec import EventDecodeError, decode
 from damselfly.events.ids import derived_id
 from damselfly.events.jobs import GetTaskRequested, HostJobState, JobProgressed, PreheatRequested
 from damselfly.events.secrets import SealError, open_sealed
+from damselfly.events.streams import JOBS_STREAM
 from damselfly.events.subjects import job_filter, name_of
 from damselfly.services.peer.downloads import Downloads
 from damselfly.services.peer.oci import BlobRef, basic_auth, bearer_token, blob_task_id, blob_url
@@ -230,10 +231,10 @@ async def _durable(js: JetStreamContext, name: str) -> Consumer:
                             deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.EXPLICIT,
                             max_deliver=5, ack_wait=30.0, inactive_threshold=INACTIVE_AFTER)
     try:
-        await js.add_consumer("DF_JOBS", config)
+        await js.add_consumer(JOBS_STREAM, config)
     except BadRequestError:  # it exists, made by an earlier version of this code: use it
         pass
-    return Consumer(js, stream="DF_JOBS", filter_subject=REQUESTS, durable=name)
+    return Consumer(js, stream=JOBS_STREAM, filter_subject=REQUESTS, durable=name)
 
 
 async def run_job_worker(downloads: Downloads, *, seed: bool,

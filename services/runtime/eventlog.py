@@ -15,7 +15,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from damselfly.events.codec import EventDecodeError, decode, to_builtins
 from damselfly.events.log import LogRecord, encode_record
-from damselfly.events.streams import STREAM_NAMES
+from damselfly.events.streams import DLQ_STREAM, STREAM_NAMES
 from damselfly.events.subjects import ALL
 from damselfly.services.runtime.natsconn import connect
 from damselfly.services.runtime.signals import stop_on_signals
@@ -78,7 +78,7 @@ async def dump(url: str, since: float | None, out: TextIO, idle: float = 1.0) ->
     records: list[LogRecord] = []
     try:
         for stream in STREAM_NAMES:
-            if stream == "DF_DLQ":
+            if stream == DLQ_STREAM:
                 continue
             info = await js.stream_info(stream)
             if info.state.messages == 0:

@@ -22,10 +22,11 @@ from damselfly.events.sched import (
     ScheduleFailed,
     SeedPeerTriggered,
 )
+from damselfly.events.streams import CONFIG_STREAM, HOSTS_STREAM, SCHED_STREAM, TASKS_STREAM
 from damselfly.events.subjects import PARTITIONS, partition
 from damselfly.services.scheduler import core
 
-_FOLDED_STREAMS = ("DF_HOSTS", "DF_CONFIG")
+_FOLDED_STREAMS = (HOSTS_STREAM, CONFIG_STREAM)
 
 
 @dataclass
@@ -79,9 +80,9 @@ def replay(records: Iterable[LogRecord], cluster: str,
         event = record.event
         if getattr(event, "cluster", cluster) != cluster:
             continue
-        if record.stream == "DF_SCHED":
+        if record.stream == SCHED_STREAM:
             result.recorded[event.id] = event
-        elif record.stream == "DF_TASKS":
+        elif record.stream == TASKS_STREAM:
             _fold(states[partition(event.task_id)], record, result)  # type: ignore[union-attr]
         elif record.stream in _FOLDED_STREAMS:
             for state in states:

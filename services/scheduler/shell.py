@@ -44,10 +44,13 @@ from damselfly.events.codec import EventDecodeError, decode
 from damselfly.events.hosts import HostAnnounced, HostKeepalive, HostLeft
 from damselfly.events.ids import derived_id
 from damselfly.events.streams import (
+    CONFIG_STREAM,
     DEDUP_WINDOW,
+    HOSTS_STREAM,
     LEASE_BUCKET,
     MEMBER_BUCKET,
     SNAPSHOT_BUCKET,
+    TASKS_STREAM,
     ensure_streams,
 )
 from damselfly.events.subjects import (
@@ -230,7 +233,7 @@ class LiveFeed:
         except EventDecodeError as exc:
             await _dead_letter_quietly(self._js, msg, f"undecodable: {exc}")
             return
-        self._buffer.append(Logged((meta.timestamp.timestamp(), "DF_TASKS", meta.sequence.stream),
+        self._buffer.append(Logged((meta.timestamp.timestamp(), TASKS_STREAM, meta.sequence.stream),
                                    event, msg))
         self._arrived.set()
         if len(self._buffer) >= MAX_BUFFERED:
@@ -244,10 +247,9 @@ class LiveFeed:
         if self._sub is None:
             config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                                     opt_start_seq=self._after + 1) if self._after else None
-            self._sub = await self._js.subscribe(self._subject, stream="DF_TASKS", cb=self._on_msg,
-                                                 ordered_consumer=True, config=config,
-                                                 pending_msgs_limit=1 << 20,
-                                                 idle_heartbeat=HEARTBEAT)
+            self._sub = await self._js.subscribe(
+                self._subject, stream=TASKS_STREAM, cb=self._on_msg, ordered_consumer=True,
+                config=config, pending_msgs_limit=1 << 20, idle_heartbeat=HEARTBEAT)
         if not self._buffer:
             with anyio.move_on_after(timeout) as waited:
                 await self._arrived.wait()
@@ -290,7 +292,7 @@ class PartitionWorker:
         self._poll = poll
         self._snapshot_every = snapshot_every
         self.state = core.new_state(cluster)
-        self.seqs = {"DF_TASKS": 0, "DF_HOSTS": 0, "DF_CONFIG": 0}
+        self.seqs = {TASKS_STREAM: 0, HOSTS_STREAM: 0, CONFIG_STREAM: 0}
         self.folded = 0
         self._stale_before = float("-inf")
         self._side: list[Logged] = []
@@ -319,8 +321,8 @@ class PartitionWorker:
 
     async def _find_stale_bound(self) -> None:
         try:
-            last = (await self._js.stream_info("DF_TASKS")).state.last_seq
-            newest = (await self._js.get_msg("DF_TASKS", seq=last)).time if last else None
+            last = (await self._js.stream_info(TASKS_STREAM)).state.last_seq
+            newest = (await self._js.get_msg(TASKS_STREAM, seq=last)).time if last else None
         except (TimeoutError, NatsError) as exc:
             log.warning("partition %d: no newest event (%s); republishing whatever replays",
                         self.part, exc)
@@ -345,13 +347,13 @@ class PartitionWorker:
         """Fold and decide until ``stop``; then save a snapshot if ``on_stop_save()``."""
         await self.restore()
         await self._find_stale_bound()
-        tasks = LiveFeed(self._js, task_filter(self.cluster, self.part), self.seqs["DF_TASKS"])
+        tasks = LiveFeed(self._js, task_filter(self.cluster, self.part), self.seqs[TASKS_STREAM])
         # Keepalives are left out: the core ignores them and they are most of DF_HOSTS.
         hosts = [host_filter(self.cluster, name=name_of(HostAnnounced)),
                  host_filter(self.cluster, name=name_of(HostLeft))]
-        feeds = [Feed(self._js, "DF_HOSTS", hosts, self.seqs["DF_HOSTS"]),
-                 Feed(self._js, "DF_CONFIG", [cluster_config_subject(self.cluster)],
-                      self.seqs["DF_CONFIG"])]
+        feeds = [Feed(self._js, HOSTS_STREAM, hosts, self.seqs[HOSTS_STREAM]),
+                 Feed(self._js, CONFIG_STREAM, [cluster_config_subject(self.cluster)],
+                      self.seqs[CONFIG_STREAM])]
         last_save = time.monotonic()
         try:
             while not stop.is_set():

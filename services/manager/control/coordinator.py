@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 
 from damselfly.events.base import Event
 from damselfly.events.bus import Consumer, Publisher
+from damselfly.events.streams import JOBS_STREAM
 from damselfly.services.manager.control.clusters import KEEPALIVE_TIMEOUT
 from damselfly.services.manager.control.jobbook import Book, Host
 from damselfly.services.manager.reader import Reader
@@ -89,7 +90,7 @@ class Coordinator:
     async def run(self, stop: asyncio.Event) -> None:
         """Replay DF_JOBS, then follow it and tick until ``stop`` is set. Decisions wait
         for the replay, so a restart never re-decides a job the log already settled."""
-        consumer = Consumer(self._js, stream="DF_JOBS")
+        consumer = Consumer(self._js, stream=JOBS_STREAM)
         try:
             while not stop.is_set():
                 try:
