@@ -1,11 +1,11 @@
-"""The ``damselfly`` command: one subcommand per service or tool."""
+"""The damselfly command: one subcommand per service or tool."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from importlib import import_module
+from importlib import import_module, metadata
 
 # Each module has register(subparsers) and sets ``run`` on its parsers.
 COMMAND_MODULES = [
@@ -19,9 +19,17 @@ COMMAND_MODULES = [
 ]
 
 
+def _version() -> str:
+    try:
+        return metadata.version("damselfly")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="damselfly", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"damselfly {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         import_module(name).register(sub)

@@ -34,7 +34,10 @@ def create_app(**state: object) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
 
+    # /healthy is Dragonfly's manager's own health route: Harbor's preheat provider probes it
+    # ("test connection") before anything else, and accepts any 2xx.
     @app.get("/healthz", include_in_schema=False)
+    @app.get("/healthy", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 

@@ -110,6 +110,7 @@ def test_ready_file_names_a_loopback_url_and_the_db(manager: dict[str, str]) -> 
     assert manager["url"].startswith("http://127.0.0.1:")
     assert manager["db"] == str(Path(manager["dir"]) / "damselfly.duckdb")
     assert get(manager["url"] + "/healthz") == {"status": "ok"}
+    assert get(manager["url"] + "/healthy") == {"status": "ok"}  # Dragonfly's, Harbor probes it
     paths = get(manager["url"] + "/openapi.json")["paths"]
     assert {"/api/v1/overview", "/api/v1/sql", "/api/v1/dashboards/{name}"} <= set(paths)
 
