@@ -17,6 +17,7 @@ from pathlib import Path
 
 from damselfly.services.manager.client import ManagerError, add_login_args, call, token_for
 from damselfly.services.manager.sources import manager_url
+from damselfly.services.runtime.units import duration, size
 
 SOURCE_PASSWORD_ENV = "DAMSELFLY_SOURCE_PASSWORD"
 SCOPES = ("single_seed_peer", "all_seed_peers", "all_peers")
@@ -40,13 +41,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("-H", "--header", action="append", default=[], help="'Name: value' (repeat)")
     p.add_argument("--username", default="", help=f"origin or registry login; the password "
                                                    f"is read from {SOURCE_PASSWORD_ENV}")
-    p.add_argument("--piece-length", type=int, default=0, help="bytes (default: automatic)")
+    p.add_argument("--piece-length", type=size, default=0,
+                   help="bytes, or 4mib, 16kb (default: automatic)")
     p.add_argument("--manager", help="manager URL (default: the one in DIR/cluster.json)")
     p.add_argument("--data-dir", type=Path, default=Path(".data"),
                    help="cluster dir of `damselfly up` (default .data)")
     add_login_args(p)
     p.add_argument("--no-wait", action="store_true", help="print the job id and return")
-    p.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait (default 1800)")
+    p.add_argument("--timeout", type=duration, default=1800.0,
+                   help="how long to wait: seconds, or 30m, 2h (default 1800)")
     p.set_defaults(run=_run)
 
 

@@ -10,6 +10,7 @@ import anyio
 
 from damselfly.services.peer.containerd import register as register_init
 from damselfly.services.runtime.signals import stop_on_signals
+from damselfly.services.runtime.units import duration, size
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -72,11 +73,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g.add_argument("--priority", type=int, default=0, help="0-6 (Dragonfly's levels)")
     g.add_argument("--filtered-query-param", action="append", default=[],
                    help="query parameter left out of the task id (repeat, or join with &)")
-    g.add_argument("--piece-length", type=int, default=0, help="bytes (default: automatic)")
+    g.add_argument("--piece-length", type=size, default=0,
+                   help="bytes, or 4mib, 16kb (default: automatic)")
     g.add_argument("--disable-back-to-source", action="store_true")
     g.add_argument("-r", "--recursive", action="store_true",
                    help="download every file under a directory listing")
-    g.add_argument("--timeout", type=float, default=0.0, help="seconds (0: none)")
+    g.add_argument("--timeout", type=duration, default=0.0,
+                   help="seconds, or 30m, 2h, 1h30m (0: none)")
     g.add_argument("--endpoint", help="daemon API: a unix socket path or http://host:port")
     g.add_argument("--no-progress", action="store_true",
                    help="no progress bar (there is none when stderr is not a terminal)")

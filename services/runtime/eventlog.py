@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -19,16 +18,15 @@ from damselfly.events.streams import DLQ_STREAM, STREAM_NAMES
 from damselfly.events.subjects import ALL
 from damselfly.services.runtime.natsconn import connect
 from damselfly.services.runtime.signals import stop_on_signals
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+from damselfly.services.runtime.units import duration
 
 
 def parse_since(value: str, now: float) -> float:
     """``30s``/``10m``/``2h``/``1d`` ago, or an ISO-8601 time, as unix seconds."""
-    m = _DURATION.match(value)
-    if m:
-        return now - float(m.group(1)) * _UNIT[m.group(2)]
+    try:
+        return now - duration(value)
+    except ValueError:
+        pass
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
