@@ -57,7 +57,6 @@ def read_secret(secret_file: Path | None) -> str:
     return value
 
 
-
 class SealError(ValueError):
     """A sealed value is damaged or was sealed under another secret."""
 

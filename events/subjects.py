@@ -147,31 +147,35 @@ def subject_for(event: Event) -> str:
     """The one subject an event is published on."""
     match event:
         case HostAnnounced() | HostKeepalive() | HostLeft():
-            return host_subject(event.cluster, event.host_id, name_of(type(event)))
+            return host_subject(event.cluster, event.host_id, _name(event))
         case (PeerRegistered() | PeerStarted() | BackToSourceStarted() | TaskMetadataReported()
               | PieceFinished() | PieceFailed() | PeerSucceeded() | PeerFailed() | PeerLeft()
               | RescheduleRequested()):
-            return task_subject(event.cluster, event.task_id, event.peer_id, name_of(type(event)))
+            return task_subject(event.cluster, event.task_id, event.peer_id, _name(event))
         case ParentsAssigned() | BackToSourceOrdered() | PeerQueued() | ScheduleFailed():
             return sched_subject(event.cluster, event.task_id, event.peer_id)
         case SeedPeerTriggered():
             return sched_subject(event.cluster, event.task_id, event.host_id)
         case (PreheatRequested() | JobStarted() | JobProgressed() | JobSucceeded() | JobFailed()
               | DeleteTaskRequested() | GetTaskRequested()):
-            return job_subject(event.job_id, name_of(type(event)))
+            return job_subject(event.job_id, _name(event))
         case ClusterConfigSet():
             return cluster_config_subject(event.cluster)
         case ClusterSaved() | ClusterDeleted():
-            return admin_subject(f"{event.kind}_cluster", event.cluster, name_of(type(event)))
+            return admin_subject(f"{event.kind}_cluster", event.cluster, _name(event))
         case UserSaved():
-            return admin_subject("user", event.user_id, name_of(type(event)))
+            return admin_subject("user", event.user_id, _name(event))
         case TokenIssued() | TokenRevoked():
-            return admin_subject("token", event.token_id, name_of(type(event)))
+            return admin_subject("token", event.token_id, _name(event))
         case TenantSaved() | TenantDeleted():
-            return admin_subject("tenant", event.tenant, name_of(type(event)))
+            return admin_subject("tenant", event.tenant, _name(event))
         case AuditRecorded():
-            return admin_subject("audit", safe_token(event.actor), name_of(type(event)))
+            return admin_subject("audit", safe_token(event.actor), _name(event))
     raise TypeError(f"no subject for {type(event).__name__}")
+
+
+def _name(event: Event) -> str:
+    return name_of(type(event))
 
 
 def name_of(kind: type[Event]) -> str:

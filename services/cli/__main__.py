@@ -1,4 +1,4 @@
-"""``python -m services.cli``: the ``damselfly`` command without its console script."""
+"""``python -m damselfly.services.cli``: the ``damselfly`` command without its console script."""
 
 import sys
 

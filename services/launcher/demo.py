@@ -91,7 +91,7 @@ async def run_demo(data_dir: Path, peers: int, size: int) -> tuple[str, bool]:
     rows.append(("seed-peer", seed.get("state", "?"), "", _mib(seed.get("bytes_from_origin", 0)),
                  _mib(seed.get("bytes_from_peers", 0)), ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) for r in rows)
+    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
     ratio = origin.bytes_served / size
     same = all(r["state"] == "succeeded" for r in results.values()) and all(
         hashlib.sha256((data_dir / "out" / f"{n}.bin").read_bytes()).hexdigest() == want

@@ -36,9 +36,8 @@ class Origin:
         app.router.add_get("/{name:.*}", self._serve)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        await web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context).start()
+        port = self._runner.addresses[0][1]
         self.url = f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{port}"
         return self.url
 

@@ -37,7 +37,7 @@ def render(result: Result, fmt: str) -> str:
     if fmt != "table":
         raise ValueError(f"unknown format {fmt!r}; use {', '.join(FORMATS)}")
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(result.columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(result.columns, widths, strict=False)).rstrip(),
+    lines = ["  ".join(c.ljust(w) for c, w in zip(result.columns, widths, strict=True)).rstrip(),
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
               for row in cells]

@@ -242,7 +242,7 @@ async def run_job_worker(downloads: Downloads, *, seed: bool,
     """Take this host's jobs until cancelled. Raises NATS errors when it cannot subscribe.
 
     Reports started (``TaskGroup.start``) once a job asked for from then on reaches it: its
-    durable consumers exist on the server and its get-task subscription was flushed there.
+    durable consumers exist on the server and the server holds its get-task subscription.
     """
     ctx = downloads.ctx
     async with anyio.create_task_group() as tg:
