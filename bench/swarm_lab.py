@@ -26,6 +26,7 @@ from typing import Any, Final, Self, TypeVar
 import aiohttp
 import anyio
 
+from bench.netlab import Host
 from damselfly.events.bus import Publisher
 from damselfly.events.config import ClusterConfig, ClusterConfigSet
 from damselfly.events.ids import new_id
@@ -52,22 +53,31 @@ class Lab:
         self.logs = self.root / "logs"
         self.logs.mkdir()
         self._procs: list[subprocess.Popen[bytes]] = []
+        self._named: dict[str, subprocess.Popen[bytes]] = {}
         self._brokers: list[subprocess.Popen[bytes]] = []
         self._stack = ExitStack()
         # Children import bench.* too, from wherever the benchmark was started.
         self.env = {"DAMSELFLY_CLUSTER_SECRET": secrets.token_hex(32), "PYTHONPATH": str(REPO)}
 
-    def spawn(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
-        """Start a child logging to ``logs/<name>.log``. Raises ``OSError``."""
+    def spawn(self, name: str, argv: Sequence[str], host: Host | None = None
+              ) -> subprocess.Popen[bytes]:
+        """Start a child logging to ``logs/<name>.log``, inside ``host``'s network namespace
+        when given. Raises ``OSError``."""
         with open(self.logs / f"{name}.log", "ab") as log:
-            proc = spawn(list(argv), log, self.env)
+            proc = spawn(host.exec(argv) if host else list(argv), log, self.env)
         self._procs.append(proc)
+        self._named[name] = proc
         return proc
 
-    def service(self, name: str, argv: Sequence[str], timeout: float = 60.0) -> dict[str, Any]:
+    def named(self, names: Sequence[str]) -> list[subprocess.Popen[bytes]]:
+        """The children started under ``names``."""
+        return [self._named[n] for n in names]
+
+    def service(self, name: str, argv: Sequence[str], host: Host | None = None,
+                timeout: float = 60.0) -> dict[str, Any]:
         """Start a child given ``--ready-file`` and wait for its endpoints. Raises
         ``RuntimeError`` naming the log when it does not come up."""
-        proc = self.spawn(name, [*argv, "--ready-file", str(self.ready_path(name))])
+        proc = self.spawn(name, [*argv, "--ready-file", str(self.ready_path(name))], host)
         return self.ready(name, proc, timeout)
 
     def ready_path(self, name: str) -> Path:
@@ -80,17 +90,11 @@ class Lab:
         except RuntimeError as exc:
             raise RuntimeError(f"{name}: {exc}; see {self.logs / (name + '.log')}") from None
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time the children still running (and the broker) have used."""
-        ticks = os.sysconf("SC_CLK_TCK")
-        total = 0
-        for proc in [*self._procs, *self._brokers]:
-            try:
-                fields = Path(f"/proc/{proc.pid}/stat").read_text().rpartition(")")[2].split()
-            except OSError:
-                continue  # it has exited: nothing left to read
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / ticks
+    def cpu_seconds(self, names: Sequence[str] | None = None) -> float:
+        """User + system CPU time the children still running (and the broker) have used;
+        only those started under ``names`` when given."""
+        procs = [*self._procs, *self._brokers] if names is None else self.named(names)
+        return sum(map(_cpu_seconds, procs))
 
     def ended(self) -> None:
         """End every child started so far (SIGTERM, then SIGKILL after a grace)."""
@@ -108,12 +112,16 @@ class Lab:
         finally:
             self._tmp.cleanup()
 
-    def broker_url(self, config: ClusterConfig) -> str:
-        """A NATS server with the streams and the scheduler cluster's ``config`` in force."""
-        broker = start_broker(self.root / "nats")
+    def broker_url(self, config: ClusterConfig | None, host: Host | None = None) -> str:
+        """A NATS server (in ``host``'s namespace when given) with the streams and the
+        scheduler cluster's ``config`` in force (None: the defaults, and the scheduler makes
+        the streams)."""
+        broker = start_broker(self.root / "nats", host=host.ip if host else "127.0.0.1",
+                              wrap=host.exec([]) if host else ())
         self._stack.callback(broker.stop)
         self._brokers.append(broker.proc)
-        asyncio.run(_prepare_cluster(broker.url, config))
+        if config is not None:
+            asyncio.run(_prepare_cluster(broker.url, config))
         return broker.url
 
 
@@ -128,6 +136,14 @@ async def _prepare_cluster(url: str, config: ClusterConfig) -> None:
         await nc.drain()
 
 
+def _cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
+    try:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0  # it has exited: nothing left to read
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def python_cli(*args: str) -> list[str]:
     return [sys.executable, "-m", *args]
 
@@ -139,15 +155,33 @@ def write_random_file(path: Path, size: int) -> str:
     return f"sha256:{hashlib.sha256(data).hexdigest()}"
 
 
-def start_origin(lab: Lab, root: Path, rate: float) -> str:
-    """The capped origin serving ``root`` under ``/files/``; returns its base URL."""
-    argv = python_cli("bench.swarm_origin", "--root", str(root), "--rate", str(rate))
-    return str(lab.service("origin", argv)["url"])
+def start_origin(lab: Lab, root: Path, rate: float, host: Host | None = None) -> str:
+    """The origin serving ``root`` under ``/files/`` (capped at ``rate`` bytes/s; 0: none),
+    in ``host``'s namespace when given; returns its base URL."""
+    argv = python_cli("bench.swarm_origin", "--root", str(root), "--rate", str(rate),
+                      "--host", host.ip if host else "127.0.0.1")
+    return str(lab.service("origin", argv, host)["url"])
 
 
-def origin_bytes_sent(origin_url: str) -> int:
-    with urllib.request.urlopen(f"{origin_url}/stats", timeout=10) as response:
-        return int(json.load(response)["bytes_sent"])
+def origin_bytes_sent(origin_url: str, host: Host | None = None) -> int:
+    """What the origin has sent so far (asked from inside ``host``'s namespace when given)."""
+    if host is None:
+        with urllib.request.urlopen(f"{origin_url}/stats", timeout=10) as response:
+            return int(json.load(response)["bytes_sent"])
+    return int(json.loads(fetch_in(host, f"{origin_url}/stats"))["bytes_sent"])
+
+
+def fetch_in(host: Host, url: str, body: str = "") -> str:
+    """GET (or POST ``body`` to) ``url`` from inside ``host``'s network namespace. Raises
+    ``RuntimeError``."""
+    argv = ["curl", "-sS", "-f", "--max-time", "10", url]
+    if body:
+        argv += ["--data-binary", body]
+    done = subprocess.run(host.exec(argv), capture_output=True, text=True, check=False,
+                          timeout=30)
+    if done.returncode != 0:
+        raise RuntimeError(f"{url} from {host.name}: {done.stderr.strip() or done.returncode}")
+    return done.stdout
 
 
 @dataclass(frozen=True)
@@ -171,23 +205,43 @@ class DaemonCaps:
     upload_limit: int | None = None
 
 
-def start_damselfly(lab: Lab, peers: int, caps: DaemonCaps,
-                    config: ClusterConfig) -> list[dict[str, Any]]:
-    """NATS, a scheduler under ``config`` and ``peers`` daemons (no seed peer: the origin
-    is the only server, as in the bound); returns each daemon's ready endpoints."""
-    nats = lab.broker_url(config)
+def start_scheduler(lab: Lab, nats: str, host: Host | None = None) -> None:
     lab.service("scheduler", python_cli("damselfly.services.cli", "scheduler", "--nats", nats,
-                                        "--data-dir", str(lab.root / "scheduler")))
+                                        "--data-dir", str(lab.root / "scheduler")), host)
+
+
+def start_daemons(lab: Lab, nats: str, names: Sequence[str], caps: DaemonCaps | None = None,
+                  hosts: dict[str, Host] | None = None, seeds: Sequence[str] = ()
+                  ) -> dict[str, dict[str, Any]]:
+    """One daemon per name (a seed peer for those in ``seeds``), each in its host's network
+    namespace when ``hosts`` has it, started at once; returns each one's ready endpoints."""
+    caps = caps or DaemonCaps()
     started = []
-    for i in range(peers):
+    for name in names:
+        host = (hosts or {}).get(name)
         argv = python_cli("damselfly.services.cli", "daemon", "--nats", nats,
-                          "--data-dir", str(lab.root / f"peer{i}"),
-                          "--upload-rate", str(caps.upload_rate),
-                          "--ready-file", str(lab.ready_path(f"peer{i}")))
+                          "--data-dir", str(lab.root / name),
+                          "--ready-file", str(lab.ready_path(name)))
+        if host is not None:
+            argv += ["--advertise-host", host.ip]
+        if caps.upload_rate:
+            argv += ["--upload-rate", str(caps.upload_rate)]
         if caps.upload_limit is not None:
             argv += ["--upload-limit", str(caps.upload_limit)]
-        started.append((f"peer{i}", lab.spawn(f"peer{i}", argv)))
-    return [lab.ready(name, proc, timeout=30.0 + 2.0 * peers) for name, proc in started]
+        if name in seeds:
+            argv.append("--seed")
+        started.append((name, lab.spawn(name, argv, host)))
+    return {name: lab.ready(name, proc, timeout=30.0 + 2.0 * len(names))
+            for name, proc in started}
+
+
+def start_damselfly(lab: Lab, peers: int, caps: DaemonCaps,
+                    config: ClusterConfig) -> list[dict[str, Any]]:
+    """On loopback: NATS, a scheduler under ``config`` and ``peers`` daemons (no seed peer);
+    returns each daemon's ready endpoints."""
+    nats = lab.broker_url(config)
+    start_scheduler(lab, nats)
+    return list(start_daemons(lab, nats, [f"peer{i}" for i in range(peers)], caps).values())
 
 
 async def _download(endpoint: str, request: DownloadRequest, t0: float) -> dict[str, Any]:
@@ -241,15 +295,18 @@ async def download_everywhere(endpoints: Sequence[str], request: DownloadRequest
     return await run_all([partial(_download, e, request, t0) for e in endpoints], timeout)
 
 
-def curl_everywhere(lab: Lab, url: str, clients: int, timeout: float) -> list[float]:
-    """The client/server baseline: ``clients`` curl processes fetch ``url`` at once; each
-    one's completion seconds from the common start. Raises ``RuntimeError`` when one fails
-    or they do not all finish within ``timeout`` seconds."""
+def curl_everywhere(lab: Lab, url: str, clients: int, timeout: float,
+                    hosts: Sequence[Host] = ()) -> list[float]:
+    """The client/server baseline: ``clients`` curl processes (client ``i`` in ``hosts[i]``'s
+    namespace when given) fetch ``url`` at once; each one's completion seconds from the
+    common start. Raises ``RuntimeError`` when one fails or they do not all finish within
+    ``timeout`` seconds."""
     out = lab.root / "curl"
     out.mkdir(exist_ok=True)
     t0 = time.monotonic()
     procs = [lab.spawn(f"curl{i}", ["curl", "-sS", "-f", "--max-time", str(int(timeout)),
-                                    "-o", str(out / f"{i}"), url]) for i in range(clients)]
+                                    "-o", str(out / f"{i}"), url],
+                       hosts[i] if hosts else None) for i in range(clients)]
     times: list[float | None] = [None] * clients
     while None in times:
         for i, proc in enumerate(procs):

@@ -1,5 +1,6 @@
 """The pure arithmetic of the swarm benchmarks: the theoretical lower bound on the time N
-peers need to fetch one file, percentiles, and the efficiency summary of a measured run.
+peers need to fetch one file, percentiles, the efficiency summary of a measured run, and
+the figures Damselfly's event log gives about it.
 
 The bound is the classic one for a file of size F spread from one server of upload U_s to N
 peers of upload U and download D: the server must send every byte once (F/U_s), each peer
@@ -10,7 +11,16 @@ upload capacity (N·F / (U_s + N·U)).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+
+from damselfly.events.base import Event
+from damselfly.events.tasks import (
+    BackToSourceStarted,
+    PeerRegistered,
+    PieceFailed,
+    PieceFinished,
+    RescheduleRequested,
+)
 
 
 def lower_bound(size: float, peers: int, upload: float, origin_upload: float,
@@ -41,3 +51,42 @@ def swarm_summary(times: Sequence[float], bound: float, origin_bytes: int,
     return {"p50_s": p50, "p99_s": p99, "slowest_s": slowest, "bound_s": bound,
             "eff_p50": bound / p50, "eff_p99": bound / p99, "eff_slowest": bound / slowest,
             "origin_ratio": origin_bytes / size}
+
+
+def swarm_log_figures(events: Iterable[Event], t0: float, seed_host: str) -> dict[str, float]:
+    """What Damselfly's own event log says about one swarm that started at wall time ``t0``
+    (the seed peer runs on host ``seed_host``): when the seed and the children got their
+    first piece (seconds from ``t0``), how many parents each child fetched from, and how
+    often peers asked to be rescheduled, went back to the origin, or had a piece fail."""
+    host_of: dict[str, str] = {}
+    first: dict[str, float] = {}
+    parents: dict[str, set[str]] = {}
+    counts = {"reschedules": 0, "back_to_source": 0, "piece_failures": 0}
+    for event in events:
+        match event:
+            case PeerRegistered():
+                host_of[event.peer_id] = event.host_id
+            case PieceFinished():
+                first.setdefault(event.peer_id, event.at - t0)
+                if event.parent_id:
+                    parents.setdefault(event.peer_id, set()).add(event.parent_id)
+            case RescheduleRequested():
+                counts["reschedules"] += 1
+            case BackToSourceStarted():
+                counts["back_to_source"] += 1
+            case PieceFailed():
+                counts["piece_failures"] += 1
+    seeds = [first[p] for p, h in host_of.items() if h == seed_host and p in first]
+    children = [p for p, h in host_of.items() if h != seed_host]
+    child_first = [first[p] for p in children if p in first]
+    used = [len(parents.get(p, ())) for p in children]
+    figures: dict[str, float] = {**counts}
+    if seeds:
+        figures["seed_first_piece_s"] = min(seeds)
+    if child_first:
+        figures["child_first_piece_p50_s"] = percentile(child_first, 50)
+        figures["child_first_piece_max_s"] = max(child_first)
+    if used:
+        figures["parents_per_child_p50"] = percentile(used, 50)
+        figures["parents_per_child_min"] = min(used)
+    return figures

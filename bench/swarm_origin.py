@@ -85,16 +85,16 @@ def origin_app(root: Path, rate: float, stats: OriginStats) -> web.Application:
     return app
 
 
-async def serve(root: Path, rate: float, ready_file: Path) -> None:
+async def serve(root: Path, rate: float, ready_file: Path, host: str) -> None:
     stop = asyncio.Event()
     stop_on_signals(stop)
     runner = web.AppRunner(origin_app(root, rate, OriginStats()), access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, host, 0)
         await site.start()
         port = runner.addresses[0][1]
-        write_ready(ready_file, {"url": f"http://127.0.0.1:{port}"})
+        write_ready(ready_file, {"url": f"http://{host}:{port}"})
         await stop.wait()
     finally:
         await runner.cleanup()
@@ -104,9 +104,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", type=Path, required=True, help="serve the files in this folder")
     p.add_argument("--rate", type=float, default=0.0, help="upload cap, bytes/s (0: none)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--ready-file", type=Path, required=True)
     args = p.parse_args()
-    asyncio.run(serve(args.root.resolve(), args.rate, args.ready_file))
+    asyncio.run(serve(args.root.resolve(), args.rate, args.ready_file, args.host))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("--upload-limit", type=int, default=50, help="concurrent uploads")
     d.add_argument("--upload-rate", type=float, default=0.0,
                    help="upload bandwidth limit in bytes/s (0: none)")
-    d.add_argument("--concurrency", type=int, default=8, help="pieces in flight per download")
+    d.add_argument("--concurrency", type=int, default=16, help="pieces in flight per download")
     d.add_argument("--schedule-timeout", type=float, default=10.0,
                    help="seconds to wait for the scheduler before going back to source")
     d.add_argument("--queue-timeout", type=float, default=300.0,

@@ -92,14 +92,20 @@ def _first_leaf(exc: BaseException) -> BaseException:
 
 @dataclass(frozen=True)
 class Settings:
-    concurrency: int = 8
+    """``concurrency`` pieces in flight per download, at most ``per_parent`` of them to one
+    parent; a parent that answers busy is asked again after ``busy_backoff`` seconds,
+    doubling while it stays busy (up to ``max_busy_backoff``)."""
+
+    concurrency: int = 16
+    per_parent: int = 2
     schedule_timeout: float = 10.0
     queue_timeout: float = 300.0
     stall_timeout: float = 5.0
     source_attempts: int = 5
     source_backoff: float = 0.2
     parent_failure_limit: int = 3
-    busy_backoff: float = 0.2
+    busy_backoff: float = 0.1
+    max_busy_backoff: float = 2.0
 
 
 @dataclass
@@ -169,6 +175,8 @@ class Download:
         self._queued = False  # the scheduler said a parent is coming
         self._failures: Counter[str] = Counter()
         self._busy_until: dict[str, float] = {}
+        self._busy_streak: Counter[str] = Counter()
+        self._piece_rank: list[float] = []
         self._in_flight: dict[int, str] = {}
         self._progressed = False
         self._rank: dict[str, float] = {}
@@ -535,10 +543,15 @@ class Download:
         now = time.monotonic()
         usable = {p: self._holdings.get(p, set()) for p in self._parents
                   if p not in self._bad and self._busy_until.get(p, 0.0) <= now}
+        if len(self._piece_rank) != tf.piece_count:
+            rng = random.Random()
+            self._piece_rank = [rng.random() for _ in range(tf.piece_count)]
+        settings = self.ctx.settings
         return choose_pieces(tf.bitmap.missing(),
-                             slots=self.ctx.settings.concurrency - len(self._in_flight),
-                             in_flight=self._in_flight, verifiable=self._digests,
-                             holdings=usable, tie_break=self._rank)
+                             slots=settings.concurrency - len(self._in_flight),
+                             per_parent=settings.per_parent, in_flight=self._in_flight,
+                             verifiable=self._digests, holdings=usable,
+                             piece_rank=self._piece_rank, tie_break=self._rank)
 
     async def _fetch(self, tf: TaskFile, piece: int, parent: str) -> None:
         offset, length = piece_range(piece, tf.meta.content_length, tf.meta.piece_length)
@@ -563,6 +576,7 @@ class Download:
                 return
             tf.mark(piece, digest)
             self._failures[parent] = 0
+            self._busy_streak[parent] = 0
             self.bytes_from_peers += length
             self.ctx.stats.download_bytes_peers += length
             self._progressed = True
@@ -578,7 +592,11 @@ class Download:
             self._holdings.get(parent, set()).discard(piece)
             return
         if exc.kind == "busy":
-            self._busy_until[parent] = time.monotonic() + self.ctx.settings.busy_backoff
+            settings = self.ctx.settings
+            wait = min(settings.busy_backoff * 2 ** self._busy_streak[parent],
+                       settings.max_busy_backoff)
+            self._busy_streak[parent] += 1
+            self._busy_until[parent] = time.monotonic() + wait * random.uniform(0.5, 1.0)
             return
         self._failures[parent] += 1
         if self._failures[parent] >= self.ctx.settings.parent_failure_limit:

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import Final
 
 import msgspec
 
@@ -42,6 +43,7 @@ class TaskMeta(msgspec.Struct, kw_only=True):
     accessed_at: float = 0.0
 
 
+SAVE_EVERY: Final = 1.0
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(TaskMeta)
 
@@ -57,6 +59,8 @@ class TaskFile:
         self.data_path = directory / "data"
         self._fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT, 0o600)
         self._lock = threading.Lock()
+        self._saved_at = -SAVE_EVERY
+        self._dirty = False
 
     @property
     def task_id(self) -> str:
@@ -114,9 +118,15 @@ class TaskFile:
             raise
 
     def mark(self, piece: int, digest: str) -> None:
+        """Hold a verified piece. The metadata is written at most every ``SAVE_EVERY``
+        seconds while pieces land (and at once for the last one): written per piece it
+        cost a quarter of a child's CPU. A crash loses only marks, never bytes — the piece
+        is fetched again."""
         self.bitmap.add(piece)
         self.meta.piece_digests[piece] = digest
-        self.save()
+        self._dirty = True
+        if self.complete or time.monotonic() - self._saved_at >= SAVE_EVERY:
+            self.save()
 
     def touch(self) -> None:
         self.meta.accessed_at = self._clock()
@@ -132,8 +142,12 @@ class TaskFile:
             with os.fdopen(fd, "wb") as f:
                 f.write(_encoder.encode(self.meta))
             os.replace(tmp, self.dir / "meta.json")
+            self._saved_at, self._dirty = time.monotonic(), False
 
-    def close(self) -> None:
+    def close(self, *, keep: bool = True) -> None:
+        """Close the data file; with ``keep``, write metadata not yet written first."""
+        if keep and self._dirty:
+            self.save()
         os.close(self._fd)
 
 
@@ -179,7 +193,7 @@ class Storage:
         tf = self._open.pop(task_id, None)
         if tf is None:
             return None
-        tf.close()
+        tf.close(keep=False)
         shutil.rmtree(tf.dir, ignore_errors=True)
         return tf.meta
 

@@ -93,10 +93,14 @@ def metrics_text(stats: TransferStats, tasks: int) -> str:
 
 def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploads: int = 50,
                rate_limit: float = 0.0, max_queue_wait: float = 2.0) -> web.Application:
-    """The piece server. Under a rate limit a request that would queue for more than
-    ``max_queue_wait`` seconds gets 503 at once: a child then asks another parent instead
-    of timing out on this one and marking it bad (which sent whole swarms back to source)."""
+    """The piece server. At most ``max_uploads`` responses are sent at once; more requests
+    wait their turn, first come first served, for up to ``max_queue_wait`` seconds and then
+    get 503 (so a piece a child waits for finishes at the full share of this uplink rather
+    than crawling beside 50 others, and a queue never becomes a storm of retries). Under a
+    rate limit a request that would wait longer than that for the pacer gets 503 at once: a
+    child then asks another parent instead of timing out on this one."""
     pacer = Pacer(rate_limit)
+    slots = asyncio.Semaphore(max_uploads)
 
     def refuse(status: int, reason: str, **headers: str) -> web.Response:
         stats.upload_responses[status] += 1
@@ -122,22 +126,27 @@ def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploa
         held = all(p in tf.bitmap for p in range(start // pl, (stop - 1) // pl + 1))
         if start >= stop or not held:
             return refuse(416, "range not held", **{"Content-Range": f"bytes */{size}"})
-        if stats.uploads_running >= max_uploads:
-            return refuse(503, "too many uploads", **{"Retry-After": "1"})
-        wait = pacer.delay(stop - start, max_queue_wait)
-        if wait is None:
-            return refuse(503, "upload rate saturated", **{"Retry-After": "1"})
-        stats.uploads_running += 1
         try:
-            if wait:
-                await asyncio.sleep(wait)
-            response = _SentFile(tf.data_path, chunk_size=1 << 20)
-            await response.prepare(request)
-            stats.upload_bytes += stop - start
-            stats.upload_responses[response.status] += 1
-            return response
+            await asyncio.wait_for(slots.acquire(), max_queue_wait)
+        except TimeoutError:
+            return refuse(503, "too many uploads", **{"Retry-After": "1"})
+        try:
+            wait = pacer.delay(stop - start, max_queue_wait)
+            if wait is None:
+                return refuse(503, "upload rate saturated", **{"Retry-After": "1"})
+            stats.uploads_running += 1
+            try:
+                if wait:
+                    await asyncio.sleep(wait)
+                response = _SentFile(tf.data_path, chunk_size=1 << 20)
+                await response.prepare(request)
+                stats.upload_bytes += stop - start
+                stats.upload_responses[response.status] += 1
+                return response
+            finally:
+                stats.uploads_running -= 1
         finally:
-            stats.uploads_running -= 1
+            slots.release()
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})

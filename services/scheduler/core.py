@@ -12,8 +12,6 @@ encoded whole for snapshots.
 
 from __future__ import annotations
 
-import math
-import operator
 import random
 from collections.abc import Callable
 from typing import Final, Literal
@@ -56,13 +54,10 @@ LEFT: Final = "left"
 _DONE: Final = frozenset({SUCCEEDED, FAILED, LEFT})
 _SERVING: Final = frozenset({RUNNING, BACK_TO_SOURCE, SUCCEEDED})
 
-# Piece-cost outliers as Dragonfly judges them: with a full window (its normal-distribution
-# length, 30) a cost above mean + 3σ; with fewer samples only a cost 20× the mean, since a
-# handful of fast pieces gives a tiny σ and one hiccup (a GC pause, a loaded host) would
-# otherwise mark a healthy parent bad and send its children to the origin.
-COST_WINDOW: Final = 30
-MIN_COST_SAMPLES: Final = 5
-SMALL_SAMPLE_FACTOR: Final = 20.0
+# A slow piece never makes a parent bad: on a shared, shaped link one piece taking 20x a
+# parent's mean is ordinary queueing, and banning on it (Dragonfly's rule, kept here until
+# issue 16) marked the seed and every finished peer bad and froze children for good. A
+# child gives faster parents more of its requests by itself (docs/protocol.md).
 BAD_UPLOAD_FAILURES: Final = 3
 LOCATION_ELEMENTS: Final = 5
 MAX_PIECES: Final = 1 << 22  # 16 TiB in 4 MiB pieces; beyond it a report is not believed
@@ -94,7 +89,6 @@ class Peer(msgspec.Struct, kw_only=True):
     waiting: bool = False
     source: bool = False       # fetched from the origin: its digests are the authority
     bad: bool = False
-    costs: list[float] = msgspec.field(default_factory=list)
     failed_uploads: int = 0
 
 
@@ -276,7 +270,6 @@ def _on_piece_finished(state: State, e: PieceFinished, out: list[Event], trace: 
         parent = task.peers.get(e.parent_id)
         if parent is not None:
             _count_upload(state, parent, ok=True)
-            _record_cost(state, task, parent, e.cost_ms, e, out, trace)
     elif peer.source and e.piece >= 0:
         _grow_digests(task, e.piece + 1)
         if not task.digests[e.piece]:
@@ -545,12 +538,17 @@ def _fail(state: State, task: Task, peer: Peer, trigger: Event, out: list[Event]
 
 
 def _seed_pending(state: State, task: Task) -> bool:
-    """A seed host was asked to fetch the task, or one of its peers is fetching it."""
+    """A seed host was asked to fetch the task and its peer may still serve (none yet, or
+    one neither bad nor gone), or one of its peers is fetching it. A seed that went bad or
+    failed is not worth waiting for: the peers it kept waiting go to the origin instead."""
     if task.seed_host and task.seed_host in state.hosts:
-        return True
+        mine = [p for p in task.peers.values() if p.host_id == task.seed_host]
+        if not mine or any(not p.bad and p.state not in (FAILED, LEFT) for p in mine):
+            return True
     for peer_id in task.origin_fetchers:
-        host = state.hosts.get(task.peers[peer_id].host_id)
-        if host is not None and host.seed:
+        fetcher = task.peers[peer_id]
+        host = state.hosts.get(fetcher.host_id)
+        if host is not None and host.seed and not fetcher.bad:
             return True
     return False
 
@@ -619,30 +617,6 @@ def _has_slot(state: State, peer: Peer) -> bool:
 
 
 # --- bad parents, departures, bookkeeping ------------------------------------------------
-
-def _record_cost(state: State, task: Task, parent: Peer, cost: float, trigger: Event,
-                 out: list[Event], trace: Trace) -> None:
-    window = parent.costs
-    if cost_is_outlier(window, cost):
-        _mark_bad(state, task, parent, trigger, out, trace)
-    window.append(cost)
-    if len(window) > COST_WINDOW:
-        del window[0]
-
-
-def cost_is_outlier(window: list[float], cost: float) -> bool:
-    """Whether ``cost`` is far slower than a parent's recent piece costs (see COST_WINDOW)."""
-    n = len(window)
-    if n < MIN_COST_SAMPLES:
-        return False
-    mean = sum(window) / n
-    if cost > SMALL_SAMPLE_FACTOR * mean:
-        return True
-    if n < COST_WINDOW:
-        return False
-    variance = max(0.0, sum(map(operator.mul, window, window)) / n - mean * mean)
-    return variance > 0 and cost > mean + 3 * math.sqrt(variance)
-
 
 def _mark_bad(state: State, task: Task, parent: Peer, trigger: Event, out: list[Event],
               trace: Trace) -> None:

@@ -42,6 +42,7 @@ def held_task(tmp_path: Path, pieces: int, holes: set[int]) -> tuple[Storage, Ta
 class Limits(TypedDict, total=False):
     max_uploads: int
     rate_limit: float
+    max_queue_wait: float
 
 
 @asynccontextmanager
@@ -87,10 +88,12 @@ async def test_ranges_it_holds_and_refusals(tmp_path: Path) -> None:
     assert 'damselfly_upload_responses_total{code="401"} 2' in metrics
 
 
-async def test_concurrent_upload_limit_answers_503(tmp_path: Path) -> None:
+async def test_requests_beyond_the_upload_limit_wait_their_turn(
+        tmp_path: Path) -> None:
     storage, tf, _ = held_task(tmp_path, 5, holes=set())
-    # At 25 kB/s the second 50 kB transfer waits ~2 s for its turn, holding the only slot.
-    async with serving(storage, max_uploads=1, rate_limit=25_000) as (url, stats):
+    # At 25 kB/s each 50 kB transfer holds the only slot for ~2 s.
+    async with serving(storage, max_uploads=1, rate_limit=25_000,
+                       max_queue_wait=30.0) as (url, stats):
         codes: list[int] = []
 
         async def one(rng: str) -> None:
@@ -99,7 +102,7 @@ async def test_concurrent_upload_limit_answers_503(tmp_path: Path) -> None:
         async def first_sent() -> bool:  # it reserved the next 2 s of the rate
             return codes == [206] and stats.uploads_running == 0
 
-        async def second_holds_the_slot() -> bool:  # waiting for its turn
+        async def second_holds_the_slot() -> bool:
             return stats.uploads_running == 1
 
         async with anyio.create_task_group() as tg:
@@ -107,8 +110,8 @@ async def test_concurrent_upload_limit_answers_503(tmp_path: Path) -> None:
             await eventually(first_sent)
             tg.start_soon(one, "bytes=0-49999")
             await eventually(second_holds_the_slot)
-            tg.start_soon(one, "bytes=0-9")
-    assert sorted(codes) == [206, 206, 503]
+            tg.start_soon(one, "bytes=0-9")  # queued behind the second, then served
+    assert codes == [206, 206, 206]
 
 
 async def test_bandwidth_limit_paces_uploads(tmp_path: Path) -> None:

@@ -66,16 +66,61 @@ def test_origin_byte_ranges_follow_http_semantics() -> None:
 
 
 def test_swarm_settings_from_the_environment_fail_in_one_line() -> None:
-    from bench.bench_swarm import file_size, peer_counts
+    from bench.bench_swarm import numbers
 
-    assert peer_counts("10,50") == [10, 50]
-    assert file_size("8") == 8 * MiB
-    for bad in ("", "ten", "10,0"):
+    assert numbers("BENCH_SWARM_PEERS", "10", "10,50") == [10, 50]
+    assert numbers("BENCH_SWARM_MIB", "64", "0.5") == [0.5]
+    for bad in ("", "ten", "10,0", "-1"):
         with pytest.raises(RuntimeError, match="BENCH_SWARM_PEERS"):
-            peer_counts(bad)
-    for bad in ("x", "0", "0.1"):
-        with pytest.raises(RuntimeError, match="BENCH_SWARM_MIB"):
-            file_size(bad)
+            numbers("BENCH_SWARM_PEERS", "10", bad)
+
+
+def test_lab_hosts_stay_in_the_benchmarking_range_with_pinnable_macs() -> None:
+    import ipaddress
+
+    from bench.netlab import address, mac, tbf_args
+
+    benchmarking = ipaddress.ip_network("198.18.0.0/15")
+    assert {ipaddress.ip_address(address(i)) in benchmarking for i in range(250)} == {True}
+    assert address(0) == "198.18.0.1"
+    assert len({mac(i) for i in range(250)}) == 250
+    assert int(mac(0).split(":")[0], 16) & 0b10  # locally administered
+    with pytest.raises(ValueError, match="does not fit"):
+        address(253)
+    assert tbf_args(8 * MiB)[:3] == ["tbf", "rate", f"{8 * MiB * 8}bit"]
+
+
+def test_the_event_log_tells_first_pieces_parents_and_trouble() -> None:
+    from bench.swarm_math import swarm_log_figures
+    from damselfly.events.tasks import (
+        BackToSourceStarted,
+        PeerRegistered,
+        PieceFinished,
+        RescheduleRequested,
+    )
+
+
+    def reg(peer: str, host: str, at: float) -> PeerRegistered:
+        return PeerRegistered(id=f"r{peer}", at=at, peer_id=peer, host_id=host, url="u",
+                              cluster="c", task_id="t")
+
+    def piece(peer: str, at: float, parent: str = "") -> PieceFinished:
+        return PieceFinished(id=f"p{peer}{at}", at=at, peer_id=peer, piece=0, length=1,
+                             digest="d", parent_id=parent, cluster="c", task_id="t")
+
+    events = [reg("s", "seedhost", 100.0), reg("a", "ha", 100.0), reg("b", "hb", 100.0),
+              BackToSourceStarted(id="x", at=100.1, peer_id="s", reason="seed", cluster="c",
+                                  task_id="t"),
+              piece("s", 100.5), piece("a", 101.0, "s"), piece("a", 101.5, "b"),
+              piece("b", 103.0, "s"),
+              RescheduleRequested(id="y", at=104.0, peer_id="b", reason="stalled", cluster="c",
+                                  task_id="t")]
+    figures = swarm_log_figures(events, 100.0, "seedhost")
+    assert figures["seed_first_piece_s"] == pytest.approx(0.5)
+    assert figures["child_first_piece_p50_s"] == pytest.approx(1.0)
+    assert figures["child_first_piece_max_s"] == pytest.approx(3.0)
+    assert figures["parents_per_child_p50"] == 1
+    assert (figures["reschedules"], figures["back_to_source"]) == (1, 1)
 
 
 def test_small_files_count_from_the_environment_fails_in_one_line() -> None:

@@ -113,7 +113,8 @@ def test_cluster_configs_keep_the_latest(con: duckdb.DuckDBPyConnection) -> None
                              config=ClusterConfig(retry_limit=9))
     store.apply_batch(con, "DF_CONFIG", [(store.start_seq(con, "DF_CONFIG"), newer)])
     assert con.execute("SELECT candidate_parent_limit, retry_limit, weights "
-                       "FROM cluster_configs").fetchall() == [(3, 9, "{}")]
+                       "FROM cluster_configs").fetchall() == [
+        (ClusterConfig().candidate_parent_limit, 9, "{}")]
 
 
 def test_jobs_and_per_host_outcomes(con: duckdb.DuckDBPyConnection) -> None:
