@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -135,16 +136,19 @@ def _dump_log(lab: Lab, nats: str, core: Host) -> Path:
     return out
 
 
-def _busy_answers(endpoints: Sequence[str]) -> int:
-    """503 answers the daemons' upload servers gave, from their metrics (local API sockets)."""
-    total = 0
+def _refusals(endpoints: Sequence[str]) -> dict[str, int]:
+    """Busy (503) and super-seeding (429) answers the daemons' upload servers gave, from
+    their metrics (read through the local API sockets)."""
+    codes = {"busy_503": 0, "spread_429": 0}
     for socket_path in endpoints:
         text = subprocess.run(["curl", "-sS", "-f", "--unix-socket", socket_path,
                                "http://daemon/metrics"], capture_output=True, text=True,
                               check=False, timeout=30).stdout
-        total += sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
-                     if line.startswith('damselfly_upload_responses_total{code="503"}'))
-    return total
+        for line in text.splitlines():
+            for key, code in (("busy_503", "503"), ("spread_429", "429")):
+                if line.startswith(f'damselfly_upload_responses_total{{code="{code}"}}'):
+                    codes[key] += int(float(line.rsplit(" ", 1)[1]))
+    return codes
 
 
 def damselfly(net: NetLab, source: Path, size: int, peers: int) -> tuple[SwarmRun, dict[str, Any]]:
@@ -170,11 +174,16 @@ def damselfly(net: NetLab, source: Path, size: int, peers: int) -> tuple[SwarmRu
             extra[f"cpu_s_{role}"] = round(lab.cpu_seconds(names) - role0[role], 1)
         extra["seed_link_ratio"] = round((net.egress_bytes(SEED) - seed_tx0) / size, 3)
         extra["peak_rss_mib"] = round(max(_peak_rss_mib(p.pid) for p in lab.named(children)), 1)
-        extra["busy_503"] = _busy_answers([ready[n]["api_socket"] for n in [SEED, *children]])
+        extra.update(_refusals([ready[n]["api_socket"] for n in [SEED, *children]]))
         extra["outputs_ok"] = f"{_outputs_match(lab, children, digest)}/{peers}"
         sent = origin_bytes_sent(origin, core)
-        figures = swarm_log_figures((r.event for r in read_log(_dump_log(lab, nats, core))),
-                                    t0, ready[SEED]["host_id"])
+        log = _dump_log(lab, nats, core)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        kept = RESULTS / f"swarm-F{size // MiB}-N{peers}.events.jsonl"
+        shutil.copyfile(log, kept)  # for `damselfly replay` and a closer look
+        figures = swarm_log_figures((r.event for r in read_log(log)), t0,
+                                    ready[SEED]["host_id"])
+        extra["t0"] = t0
         extra.update({k: round(v, 3) for k, v in figures.items()})
         return SwarmRun([r["seconds"] for r in results], sent, cpu), extra
 
@@ -310,7 +319,7 @@ def main() -> None:
         "columns": ["system", "mib", "peers", "bound_s", "p50_s", "slowest_s", "eff_p50",
                     "eff_slowest", "vs_bittorrent", "vs_curl", "mib_s", "origin_ratio",
                     "seed_link_ratio", "seed_first_piece_s", "child_first_piece_p50_s",
-                    "child_first_piece_max_s", "parents_per_child_p50", "busy_503",
+                    "child_first_piece_max_s", "parents_per_child_p50", "pieces_from_seed", "busy_503", "spread_429",
                     "reschedules", "back_to_source", "piece_failures", "outputs_ok", "cpu_s",
                     "cpu_s_children", "cpu_s_seed", "cpu_s_scheduler",
                     "cpu_util", "peak_rss_mib", "load_1m", "error"],

@@ -57,10 +57,12 @@ def swarm_log_figures(events: Iterable[Event], t0: float, seed_host: str) -> dic
     """What Damselfly's own event log says about one swarm that started at wall time ``t0``
     (the seed peer runs on host ``seed_host``): when the seed and the children got their
     first piece (seconds from ``t0``), how many parents each child fetched from, and how
-    often peers asked to be rescheduled, went back to the origin, or had a piece fail."""
+    often peers asked to be rescheduled, went back to the origin, or had a piece fail, and
+    how many pieces children fetched from the seed."""
     host_of: dict[str, str] = {}
     first: dict[str, float] = {}
     parents: dict[str, set[str]] = {}
+    by_parent: dict[str, int] = {}
     counts = {"reschedules": 0, "back_to_source": 0, "piece_failures": 0}
     for event in events:
         match event:
@@ -70,6 +72,7 @@ def swarm_log_figures(events: Iterable[Event], t0: float, seed_host: str) -> dic
                 first.setdefault(event.peer_id, event.at - t0)
                 if event.parent_id:
                     parents.setdefault(event.peer_id, set()).add(event.parent_id)
+                    by_parent[event.parent_id] = by_parent.get(event.parent_id, 0) + 1
             case RescheduleRequested():
                 counts["reschedules"] += 1
             case BackToSourceStarted():
@@ -80,7 +83,8 @@ def swarm_log_figures(events: Iterable[Event], t0: float, seed_host: str) -> dic
     children = [p for p, h in host_of.items() if h != seed_host]
     child_first = [first[p] for p in children if p in first]
     used = [len(parents.get(p, ())) for p in children]
-    figures: dict[str, float] = {**counts}
+    figures: dict[str, float] = {**counts, "pieces_from_seed": sum(
+        n for p, n in by_parent.items() if host_of.get(p) == seed_host)}
     if seeds:
         figures["seed_first_piece_s"] = min(seeds)
     if child_first:

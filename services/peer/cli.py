@@ -35,7 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("--ready-file", type=Path, help="write endpoints here once serving")
     d.add_argument("--secret-file", type=Path, help="cluster secret (default: "
                                                     "$DAMSELFLY_CLUSTER_SECRET)")
-    d.add_argument("--upload-limit", type=int, default=50, help="concurrent uploads")
+    d.add_argument("--upload-limit", type=int, default=50,
+                   help="children the scheduler may give this host's peers at once")
+    d.add_argument("--upload-slots", type=int, default=8,
+                   help="piece responses sent at once; more requests wait their turn")
+    d.add_argument("--spread", type=float, default=1.0,
+                   help="a seed peer refuses a piece it sent to one child to the others "
+                        "for this many seconds (super-seeding; 0: off)")
     d.add_argument("--upload-rate", type=float, default=0.0,
                    help="upload bandwidth limit in bytes/s (0: none)")
     d.add_argument("--concurrency", type=int, default=16, help="pieces in flight per download")
@@ -100,7 +106,8 @@ def _daemon(args: argparse.Namespace) -> int:
         api_socket=args.api_socket, api_port=args.api_port, upload_port=args.upload_port,
         advertise_host=args.advertise_host,
         idc=args.idc, location=args.location, ready_file=args.ready_file,
-        upload_limit=args.upload_limit, upload_rate=args.upload_rate, quota=args.disk_quota,
+        upload_limit=args.upload_limit, upload_slots=args.upload_slots, spread=args.spread,
+        upload_rate=args.upload_rate, quota=args.disk_quota,
         gc_high=args.gc_high, gc_low=args.gc_low, ttl=args.task_ttl,
         settings=Settings(concurrency=args.concurrency, schedule_timeout=args.schedule_timeout,
                           queue_timeout=args.queue_timeout, stall_timeout=args.stall_timeout),

@@ -65,6 +65,8 @@ class DaemonConfig:
     location: str = ""
     ready_file: Path | None = None
     upload_limit: int = 50
+    upload_slots: int = 8
+    spread: float = 1.0
     upload_rate: float = 0.0
     keepalive: float = 5.0
     quota: int = 0
@@ -165,8 +167,8 @@ async def serve(cfg: DaemonConfig, stop: asyncio.Event) -> None:
         await ensure_streams(js)
         stats = TransferStats()
         runner, upload_port = await _site(
-            upload_app(storage, cfg.secret, stats, max_uploads=cfg.upload_limit,
-                       rate_limit=cfg.upload_rate), host=_listen_host(cfg.advertise_host),
+            upload_app(storage, cfg.secret, stats, max_uploads=cfg.upload_slots,
+                       rate_limit=cfg.upload_rate, spread=cfg.spread if cfg.seed else 0.0), host=_listen_host(cfg.advertise_host),
             port=cfg.upload_port)
         runners.append(runner)
         upload_url = f"http://{cfg.advertise_host}:{upload_port}"

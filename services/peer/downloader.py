@@ -176,6 +176,7 @@ class Download:
         self._failures: Counter[str] = Counter()
         self._busy_until: dict[str, float] = {}
         self._busy_streak: Counter[str] = Counter()
+        self._cooling: dict[tuple[str, int], float] = {}  # (parent, piece): ask again after
         self._piece_rank: list[float] = []
         self._in_flight: dict[int, str] = {}
         self._progressed = False
@@ -527,6 +528,8 @@ class Download:
                 if event.peer_id in self._source_peers and not event.parent_id:
                     self._digests.setdefault(event.piece, event.digest)
                 self._progressed = True
+                if not self._could_ask(event.peer_id, event.piece):
+                    return  # planning again could not start anything: save the CPU
             case TaskMetadataReported() if event.peer_id in self._source_peers:
                 if self.tf is not None and not self.tf.shaped and event.content_length >= 0:
                     await self._shape(event.content_length, event.piece_length)
@@ -539,9 +542,24 @@ class Download:
                 return
         self._wake.set()
 
+    def _could_ask(self, parent: str, piece: int) -> bool:
+        """Whether a piece a parent now holds could become a request right away."""
+        tf = self.tf
+        if tf is None or not tf.shaped or piece in tf.bitmap or piece in self._in_flight:
+            return False
+        window = self.ctx.settings.per_parent
+        return parent in self._parents and sum(
+            p == parent for p in self._in_flight.values()) < window
+
     def _plan(self, tf: TaskFile) -> list[tuple[int, str]]:
         now = time.monotonic()
-        usable = {p: self._holdings.get(p, set()) for p in self._parents
+        if self._cooling:
+            self._cooling = {k: t for k, t in self._cooling.items() if t > now}
+        cooling: dict[str, set[int]] = {}
+        for parent, piece in self._cooling:
+            cooling.setdefault(parent, set()).add(piece)
+        usable = {p: self._holdings.get(p, set()) - cooling.get(p, set())
+                  for p in self._parents
                   if p not in self._bad and self._busy_until.get(p, 0.0) <= now}
         if len(self._piece_rank) != tf.piece_count:
             rng = random.Random()
@@ -580,6 +598,8 @@ class Download:
             self.bytes_from_peers += length
             self.ctx.stats.download_bytes_peers += length
             self._progressed = True
+            self._in_flight.pop(piece, None)  # the window reopens before the report's ack
+            self._wake.set()
             await self.ctx.publish(PieceFinished(
                 **self._ids(), piece=piece, length=length, digest=digest, parent_id=parent,
                 cost_ms=(time.monotonic() - started) * 1000))
@@ -590,6 +610,9 @@ class Download:
     async def _parent_failed(self, piece: int, parent: str, exc: PieceError) -> None:
         if exc.kind == "missing":
             self._holdings.get(parent, set()).discard(piece)
+            return
+        if exc.kind == "spread":  # a seed sent it to another child: get it from the peers
+            self._cooling[(parent, piece)] = time.monotonic() + max(exc.retry_after, 0.1)
             return
         if exc.kind == "busy":
             settings = self.ctx.settings

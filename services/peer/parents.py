@@ -18,15 +18,18 @@ CHUNK: Final = 1 << 16
 """Small enough that the buffer stays in the CPU cache between recv, hash and write: with
 1 MiB buffers the child spent twice the CPU per byte (measured with bench_peer)."""
 
-FailureKind = Literal["missing", "busy", "failed"]
+FailureKind = Literal["missing", "busy", "spread", "failed"]
 
 
 class PieceError(Exception):
-    """A parent could not serve a piece: it lacks it (416/404), is busy (503) or failed."""
+    """A parent could not serve a piece: it lacks it (416/404), is busy (503), sent it to
+    another child a moment ago (429: a seed's super-seeding; ``retry_after`` seconds) or
+    failed."""
 
-    def __init__(self, kind: FailureKind, reason: str) -> None:
+    def __init__(self, kind: FailureKind, reason: str, retry_after: float = 0.0) -> None:
         super().__init__(reason)
         self.kind = kind
+        self.retry_after = retry_after
 
 
 class ParentClient:
@@ -86,8 +89,13 @@ class ParentClient:
         if resp.status != 206:
             resp.read()
             kind: FailureKind = ("missing" if resp.status in (404, 416)
-                                 else "busy" if resp.status == 503 else "failed")
-            raise PieceError(kind, f"parent answered {resp.status} {resp.reason}")
+                                 else "busy" if resp.status == 503
+                                 else "spread" if resp.status == 429 else "failed")
+            try:
+                retry_after = float(resp.headers.get("Retry-After", "0"))
+            except ValueError:
+                retry_after = 0.0
+            raise PieceError(kind, f"parent answered {resp.status} {resp.reason}", retry_after)
         buf: memoryview | None = getattr(self._local, "buf", None)
         if buf is None:
             buf = self._local.buf = memoryview(bytearray(CHUNK))

@@ -49,6 +49,30 @@ class Pacer:
         return start - now
 
 
+class SentPieces:
+    """Which child each piece went to last and when, for super-seeding (pure)."""
+
+    def __init__(self, spread: float, keep: int = 1 << 16) -> None:
+        self.spread = spread
+        self._keep = keep
+        self._last: dict[tuple[str, int], tuple[float, str]] = {}
+
+    def take(self, task_id: str, piece: int, child: str, now: float) -> bool:
+        """Whether ``child`` may have ``piece`` now; if so it is recorded as sent to it."""
+        if self.spread <= 0:
+            return True
+        last = self._last.get((task_id, piece))
+        if last is not None and last[1] != child and now - last[0] < self.spread:
+            return False
+        if len(self._last) >= self._keep:
+            self._last = {k: v for k, v in self._last.items() if now - v[0] < self.spread}
+        self._last[(task_id, piece)] = (now, child)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+
 class _SentFile(web.FileResponse):
     """A file response the handler sends itself (to hold the upload slot while it does);
     aiohttp's second ``prepare`` after the handler returns must then do nothing."""
@@ -91,16 +115,22 @@ def metrics_text(stats: TransferStats, tasks: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploads: int = 50,
-               rate_limit: float = 0.0, max_queue_wait: float = 2.0) -> web.Application:
+def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploads: int = 8,
+               rate_limit: float = 0.0, max_queue_wait: float = 2.0,
+               spread: float = 0.0) -> web.Application:
     """The piece server. At most ``max_uploads`` responses are sent at once; more requests
     wait their turn, first come first served, for up to ``max_queue_wait`` seconds and then
     get 503 (so a piece a child waits for finishes at the full share of this uplink rather
     than crawling beside 50 others, and a queue never becomes a storm of retries). Under a
     rate limit a request that would wait longer than that for the pacer gets 503 at once: a
-    child then asks another parent instead of timing out on this one."""
+    child then asks another parent instead of timing out on this one.
+
+    ``spread`` > 0 (a seed peer's super-seeding): a piece sent to one child is refused to
+    others with 429 for that many seconds, so the seed's uplink carries pieces nobody has
+    yet and the children pass the ones they got to each other."""
     pacer = Pacer(rate_limit)
     slots = asyncio.Semaphore(max_uploads)
+    sent = SentPieces(spread)
 
     def refuse(status: int, reason: str, **headers: str) -> web.Response:
         stats.upload_responses[status] += 1
@@ -126,6 +156,9 @@ def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploa
         held = all(p in tf.bitmap for p in range(start // pl, (stop - 1) // pl + 1))
         if start >= stop or not held:
             return refuse(416, "range not held", **{"Content-Range": f"bytes */{size}"})
+        if not sent.take(task_id, start // pl, request.remote or "", time.monotonic()):
+            return refuse(429, "piece just sent to another peer: fetch it from the peers",
+                          **{"Retry-After": f"{spread:g}"})
         try:
             await asyncio.wait_for(slots.acquire(), max_queue_wait)
         except TimeoutError:

@@ -418,7 +418,7 @@ def _can_serve(state: State, task: Task, child: Peer, cand: Peer) -> bool:
         return False
     if cand.state != SUCCEEDED and cand.finished <= child.finished and _has_all(cand, child):
         return False  # nothing to give yet beyond what the child holds
-    return not _descends_from(task, cand, child.peer_id)
+    return True
 
 
 def _has_all(cand: Peer, child: Peer) -> bool:
@@ -430,23 +430,6 @@ def _has_all(cand: Peer, child: Peer) -> bool:
 def _pad(bits: int, peer: Peer, other: Peer) -> int:
     """Align big-endian bitmaps of different byte lengths."""
     return bits << (8 * max(0, len(other.bitmap) - len(peer.bitmap)))
-
-
-def _descends_from(task: Task, cand: Peer, ancestor: str) -> bool:
-    """Whether ``ancestor`` is among ``cand``'s ancestors: making it cand's child would cycle."""
-    seen: set[str] = set()
-    stack = list(cand.parents)
-    while stack:
-        pid = stack.pop()
-        if pid == ancestor:
-            return True
-        if pid in seen:
-            continue
-        seen.add(pid)
-        parent = task.peers.get(pid)
-        if parent is not None:
-            stack.extend(parent.parents)
-    return False
 
 
 def _features(state: State, task: Task, cand: Peer, child_host: Host | None, child: Peer,

@@ -121,6 +121,7 @@ def test_the_event_log_tells_first_pieces_parents_and_trouble() -> None:
     assert figures["child_first_piece_max_s"] == pytest.approx(3.0)
     assert figures["parents_per_child_p50"] == 1
     assert (figures["reschedules"], figures["back_to_source"]) == (1, 1)
+    assert figures["pieces_from_seed"] == 2
 
 
 def test_small_files_count_from_the_environment_fails_in_one_line() -> None:

@@ -74,18 +74,20 @@ def test_never_a_parent_on_the_childs_own_host() -> None:
     assert d.peer_id == "p1b"
 
 
-def test_never_a_cycle() -> None:
+def test_peers_trade_both_ways() -> None:
+    # Pieces move only where a parent holds what a child lacks, so two peers may be each
+    # other's parents. Dragonfly's no-cycle rule let the earliest child draw only from the
+    # seed while every later one drew from it (issue 16's chain).
     s = swarm_with_source()
     only(s.register("p2", "h2"), ParentsAssigned)
     s.piece("p2", 0, parent="p1")
     d = only(s.register("p3", "h3"), ParentsAssigned)
     assert isinstance(d, ParentsAssigned) and {p.peer_id for p in d.parents} == {"p1", "p2"}
     s.piece("p3", 1, parent="p1")
-    # p2 asks again without p1: p3 is p2's descendant, so it cannot become its parent.
     out = s.reschedule("p2", blocklist=["p1"])
-    assert not any(isinstance(x, ParentsAssigned) and any(p.peer_id == "p3" for p in x.parents)
-                   for x in out)
-    assert "p3" not in s.state.tasks[TASK].peers["p2"].parents
+    d = only([x for x in out if peer_of(x) == "p2"], ParentsAssigned)
+    assert [p.peer_id for p in d.parents] == ["p3"]
+    assert "p2" in s.state.tasks[TASK].peers["p3"].parents
 
 
 def test_failed_uploads_mark_a_parent_bad_and_its_children_move() -> None:
@@ -294,8 +296,12 @@ def test_children_get_more_parents_as_pieces_spread() -> None:
     d = only(s.piece("p2", 0, parent="p1"), ParentsAssigned)
     assert d.peer_id == "p3"
     assert {p.peer_id for p in d.parents} == {"p1", "p2"}
-    assert s.piece("p3", 1, parent="p1") == []  # p3 has as many parents as it may
-    assert s.state.hosts["h1"].uploads == 2 and s.state.hosts["h2"].uploads == 1
+    # p3's first piece is one p2 lacks: p2 fetches from p3 as p3 does from p2
+    d = only(s.piece("p3", 1, parent="p1"), ParentsAssigned)
+    assert d.peer_id == "p2" and {p.peer_id for p in d.parents} == {"p1", "p3"}
+    assert s.piece("p3", 2, parent="p1") == []  # both have as many parents as they may
+    assert s.state.hosts["h1"].uploads == 2
+    assert s.state.hosts["h2"].uploads == s.state.hosts["h3"].uploads == 1
 
 
 def test_affinity_and_weights_decide_the_order() -> None:
