@@ -168,7 +168,8 @@ async def serve(cfg: DaemonConfig, stop: asyncio.Event) -> None:
         stats = TransferStats()
         runner, upload_port = await _site(
             upload_app(storage, cfg.secret, stats, max_uploads=cfg.upload_slots,
-                       rate_limit=cfg.upload_rate, spread=cfg.spread if cfg.seed else 0.0), host=_listen_host(cfg.advertise_host),
+                       rate_limit=cfg.upload_rate, spread=cfg.spread if cfg.seed else 0.0),
+            host=_listen_host(cfg.advertise_host),
             port=cfg.upload_port)
         runners.append(runner)
         upload_url = f"http://{cfg.advertise_host}:{upload_port}"

@@ -416,9 +416,8 @@ def _can_serve(state: State, task: Task, child: Peer, cand: Peer) -> bool:
     host = state.hosts.get(cand.host_id)
     if host is None or not _has_slot(state, cand) and cand.peer_id not in child.parents:
         return False
-    if cand.state != SUCCEEDED and cand.finished <= child.finished and _has_all(cand, child):
-        return False  # nothing to give yet beyond what the child holds
-    return True
+    # A peer still downloading must hold something beyond what the child holds.
+    return cand.state == SUCCEEDED or cand.finished > child.finished or not _has_all(cand, child)
 
 
 def _has_all(cand: Peer, child: Peer) -> bool:
