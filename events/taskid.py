@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-MIN_PIECE: Final = 256 << 10
+MIN_PIECE: Final = 512 << 10
 """Dragonfly's floor is 4 MiB; a 64 MiB file then has 16 pieces and for the first piece-times
 no child has anything to give another (issue 16). 256 KiB gives it 256, each one hop of
 31 ms on an 8 MiB/s link."""

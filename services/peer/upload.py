@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
-from damselfly.services.peer.storage import Storage
+from damselfly.services.peer.storage import Storage, TaskFile
 
 
 def mint_token(secret: str, task_id: str) -> str:
@@ -50,24 +50,39 @@ class Pacer:
 
 
 class SentPieces:
-    """Which child each piece went to last and when, for super-seeding (pure)."""
+    """Which child each piece went to last, for super-seeding (pure): while a piece is on
+    its way to one child, and for ``spread`` seconds after it arrived (time for that child
+    to report it and pass it on), other children are refused it."""
 
-    def __init__(self, spread: float, keep: int = 1 << 16) -> None:
+    def __init__(self, spread: float, keep: int = 1 << 16, stuck: float = 30.0) -> None:
         self.spread = spread
         self._keep = keep
-        self._last: dict[tuple[str, int], tuple[float, str]] = {}
+        self._stuck = stuck  # a send older than this is over, whatever happened to it
+        self._last: dict[tuple[str, int], tuple[str, float, float | None]] = {}
 
     def take(self, task_id: str, piece: int, child: str, now: float) -> bool:
-        """Whether ``child`` may have ``piece`` now; if so it is recorded as sent to it."""
+        """Whether ``child`` may have ``piece`` now; if so it is recorded as going to it."""
         if self.spread <= 0:
             return True
         last = self._last.get((task_id, piece))
-        if last is not None and last[1] != child and now - last[0] < self.spread:
+        if last is not None and last[0] != child and self._fresh(last, now):
             return False
         if len(self._last) >= self._keep:
-            self._last = {k: v for k, v in self._last.items() if now - v[0] < self.spread}
-        self._last[(task_id, piece)] = (now, child)
+            self._last = {k: v for k, v in self._last.items() if self._fresh(v, now)}
+        self._last[(task_id, piece)] = (child, now, None)
         return True
+
+    def sent(self, task_id: str, piece: int, now: float) -> None:
+        """The piece ``take`` allowed has been sent (or its send ended)."""
+        last = self._last.get((task_id, piece))
+        if last is not None and last[2] is None:
+            self._last[(task_id, piece)] = (last[0], last[1], now)
+
+    def _fresh(self, last: tuple[str, float, float | None], now: float) -> bool:
+        _, started, finished = last
+        if finished is None:
+            return now - started < self._stuck
+        return now - finished < self.spread
 
     def __len__(self) -> int:
         return len(self._last)
@@ -160,11 +175,17 @@ def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploa
             return refuse(429, "piece just sent to another peer: fetch it from the peers",
                           **{"Retry-After": f"{spread:g}"})
         try:
+            return await send(request, tf, stop - start)
+        finally:
+            sent.sent(task_id, start // pl, time.monotonic())
+
+    async def send(request: web.Request, tf: TaskFile, nbytes: int) -> web.StreamResponse:
+        try:
             await asyncio.wait_for(slots.acquire(), max_queue_wait)
         except TimeoutError:
             return refuse(503, "too many uploads", **{"Retry-After": "1"})
         try:
-            wait = pacer.delay(stop - start, max_queue_wait)
+            wait = pacer.delay(nbytes, max_queue_wait)
             if wait is None:
                 return refuse(503, "upload rate saturated", **{"Retry-After": "1"})
             stats.uploads_running += 1
@@ -173,7 +194,7 @@ def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploa
                     await asyncio.sleep(wait)
                 response = _SentFile(tf.data_path, chunk_size=1 << 20)
                 await response.prepare(request)
-                stats.upload_bytes += stop - start
+                stats.upload_bytes += nbytes
                 stats.upload_responses[response.status] += 1
                 return response
             finally:

@@ -5,17 +5,27 @@ from __future__ import annotations
 from damselfly.services.peer.upload import SentPieces
 
 
-def test_a_piece_just_sent_is_refused_to_others_until_the_spread_passes() -> None:
+def test_a_piece_on_its_way_or_just_sent_is_refused_to_others() -> None:
     sent = SentPieces(spread=1.0)
     assert sent.take("t", 0, "child-a", now=10.0)
-    assert not sent.take("t", 0, "child-b", now=10.5)
-    assert sent.take("t", 0, "child-a", now=10.6)  # the same child asking again is served
-    assert sent.take("t", 1, "child-b", now=10.6)  # another piece is free
-    assert sent.take("u", 0, "child-b", now=10.6)  # the same piece of another task too
-    assert sent.take("t", 0, "child-b", now=11.7)  # nobody passed it on: send it again
+    assert not sent.take("t", 0, "child-b", now=14.0)  # still on its way to child-a
+    sent.sent("t", 0, now=15.0)
+    assert not sent.take("t", 0, "child-b", now=15.5)  # child-a is passing it on
+    assert sent.take("t", 0, "child-a", now=15.6)  # the same child asking again is served
+    assert sent.take("t", 1, "child-b", now=15.6)  # another piece is free
+    assert sent.take("u", 0, "child-b", now=15.6)  # the same piece of another task too
+    sent.sent("t", 0, now=15.7)
+    assert sent.take("t", 0, "child-b", now=16.8)  # nobody passed it on: send it again
 
 
-def test_without_spread_everything_is_served_and_nothing_is_kept() -> None:
+def test_a_send_that_never_ended_stops_blocking_the_piece() -> None:
+    sent = SentPieces(spread=1.0, stuck=30.0)
+    assert sent.take("t", 0, "child-a", now=0.0)
+    assert not sent.take("t", 0, "child-b", now=29.0)
+    assert sent.take("t", 0, "child-b", now=31.0)
+
+
+def test_without_spread_everything_is_served() -> None:
     sent = SentPieces(spread=0.0)
     assert all(sent.take("t", 0, f"c{i}", now=1.0) for i in range(5))
 
@@ -24,4 +34,5 @@ def test_memory_stays_bounded() -> None:
     sent = SentPieces(spread=1.0, keep=100)
     for i in range(1000):
         assert sent.take("t", i, "c", now=float(i))
+        sent.sent("t", i, now=float(i))
     assert len(sent) <= 100
