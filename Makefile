@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench chromium registry-tools clean
+.PHONY: demo test lint bench chromium registry-tools netlab-tools clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,11 @@ chromium:
 registry-tools:
 	command -v docker-registry >/dev/null && command -v skopeo >/dev/null && command -v containerd >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-registry skopeo containerd >/dev/null)
 
+# Kernel-shaped test networks (the shaped swarm's test and benchmark): ip and tc from
+# iproute2, curl to reach a namespace's HTTP servers from outside it.
+netlab-tools:
+	command -v ip >/dev/null && command -v tc >/dev/null && command -v curl >/dev/null || (apt-get update -qq && apt-get install -y -qq iproute2 curl >/dev/null)
+
 # The gates: lint and types (the source mypy --strict, tests and benchmarks non-strict, as
 # pyproject.toml says) and the architecture's import contracts. Seconds; run before the suite.
 lint: $(STAMP)
@@ -33,12 +38,13 @@ lint: $(STAMP)
 	$(BIN)/mypy tests bench
 	$(BIN)/lint-imports
 
-test: lint chromium registry-tools
+test: lint chromium registry-tools netlab-tools
 	$(BIN)/python -m pytest -q tests
 
-# The swarm benchmark compares against BitTorrent (Debian's aria2c, mktorrent, opentracker)
-# and plain curl clients; matplotlib (the bench extra) draws its plots.
-bench: $(STAMP)
+# The swarm benchmark runs every host in its own network namespace (root) and compares
+# against BitTorrent (Debian's aria2c, mktorrent, opentracker) and plain curl clients;
+# matplotlib (the bench extra) draws its plots.
+bench: $(STAMP) netlab-tools
 	command -v aria2c >/dev/null && command -v mktorrent >/dev/null && command -v opentracker >/dev/null && command -v curl >/dev/null || (apt-get update -qq && apt-get install -y -qq aria2 mktorrent opentracker curl >/dev/null)
 	$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install -q -e '.[test,bench]'
 	$(BIN)/python -m bench

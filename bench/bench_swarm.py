@@ -16,7 +16,6 @@ all of ``damselfly,bittorrent,client/server``).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -30,7 +29,7 @@ import anyio
 
 from bench import netlab
 from bench.bt_swarm import run_bittorrent
-from bench.netlab import Host, NetLab
+from bench.netlab import NetLab
 from bench.report import RESULTS, plot_cdf, write_result
 from bench.swarm_lab import (
     Lab,
@@ -38,8 +37,9 @@ from bench.swarm_lab import (
     SwarmRun,
     curl_everywhere,
     download_everywhere,
+    dump_events,
     origin_bytes_sent,
-    python_cli,
+    sha256_file,
     start_daemons,
     start_origin,
     start_scheduler,
@@ -106,34 +106,13 @@ def _peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return f"sha256:{digest.hexdigest()}"
-
-
 def _outputs_match(lab: Lab, names: Sequence[str], want: str) -> int:
     """How many of the daemons ``names`` hold a task file whose sha256 is ``want``."""
     good = 0
     for name in names:
         files = list((lab.root / name / "tasks").glob("*/data"))
-        good += any(_sha256(f) == want for f in files)
+        good += any(sha256_file(f) == want for f in files)
     return good
-
-
-def _dump_log(lab: Lab, nats: str, core: Host) -> Path:
-    """The event log of the run, as ``damselfly events dump`` writes it."""
-    out = lab.root / "events.jsonl"
-    with out.open("wb") as f:
-        done = subprocess.run(core.exec(python_cli("damselfly.services.cli", "events", "dump",
-                                                   "--nats", nats)),
-                              stdout=f, stderr=subprocess.PIPE, env={**os.environ, **lab.env},
-                              check=False, timeout=300)
-    if done.returncode != 0:
-        raise RuntimeError(f"events dump failed: {done.stderr.decode().strip()}")
-    return out
 
 
 def _refusals(endpoints: Sequence[str]) -> dict[str, int]:
@@ -159,7 +138,7 @@ def damselfly(net: NetLab, source: Path, size: int, peers: int) -> tuple[SwarmRu
         nats = lab.broker_url(None, core)
         start_scheduler(lab, nats, core)
         ready = start_daemons(lab, nats, [SEED, *children], hosts=net.hosts, seeds=[SEED])
-        digest = _sha256(source)
+        digest = sha256_file(source)
         request = DownloadRequest(url=f"{origin}/files/{source.name}", digest=digest)
         seed_tx0 = net.egress_bytes(SEED)
         roles = {"scheduler": ["scheduler"], "seed": [SEED], "children": children}
@@ -177,7 +156,7 @@ def damselfly(net: NetLab, source: Path, size: int, peers: int) -> tuple[SwarmRu
         extra.update(_refusals([ready[n]["api_socket"] for n in [SEED, *children]]))
         extra["outputs_ok"] = f"{_outputs_match(lab, children, digest)}/{peers}"
         sent = origin_bytes_sent(origin, core)
-        log = _dump_log(lab, nats, core)
+        log = dump_events(lab, nats, core)
         RESULTS.mkdir(parents=True, exist_ok=True)
         kept = RESULTS / f"swarm-F{size // MiB}-N{peers}.events.jsonl"
         shutil.copyfile(log, kept)  # for `damselfly replay` and a closer look
@@ -228,7 +207,7 @@ def one_link(net: NetLab, source: Path, size: int) -> list[dict[str, Any]]:
         nats = lab.broker_url(None, core)
         start_scheduler(lab, nats, core)
         ready = start_daemons(lab, nats, [SEED, "c0"], hosts=net.hosts, seeds=[SEED])
-        request = DownloadRequest(url=f"{origin}/files/{source.name}", digest=_sha256(source))
+        request = DownloadRequest(url=f"{origin}/files/{source.name}", digest=sha256_file(source))
         anyio.run(download_everywhere, [ready[SEED]["api_socket"]], request, _timeout(size / RATE))
         child = anyio.run(download_everywhere, [ready["c0"]["api_socket"]], request,
                           _timeout(size / RATE))[0]

@@ -155,6 +155,28 @@ def write_random_file(path: Path, size: int) -> str:
     return f"sha256:{hashlib.sha256(data).hexdigest()}"
 
 
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def dump_events(lab: Lab, nats: str, core: Host) -> Path:
+    """The run's event log, as ``damselfly events dump`` (run in ``core``'s namespace,
+    next to NATS) writes it. Raises ``RuntimeError``."""
+    out = lab.root / "events.jsonl"
+    with out.open("wb") as f:
+        done = subprocess.run(core.exec(python_cli("damselfly.services.cli", "events", "dump",
+                                                   "--nats", nats)),
+                              stdout=f, stderr=subprocess.PIPE, env={**os.environ, **lab.env},
+                              check=False, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"events dump failed: {done.stderr.decode().strip()}")
+    return out
+
+
 def start_origin(lab: Lab, root: Path, rate: float, host: Host | None = None) -> str:
     """The origin serving ``root`` under ``/files/`` (capped at ``rate`` bytes/s; 0: none),
     in ``host``'s namespace when given; returns its base URL."""

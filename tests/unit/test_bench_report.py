@@ -48,23 +48,27 @@ def test_splice_appends_markers_when_missing() -> None:
     assert out.endswith(END + "\n")
 
 
-def test_the_aims_table_judges_the_largest_swarm_and_small_files() -> None:
-    swarm = {"name": "swarm", "columns": ["system"], "rows": [
-        {"system": "damselfly", "peers": 10, "slowest_s": 9.0, "eff_slowest": 0.6,
+def test_the_aims_table_judges_every_swarm_the_link_and_small_files() -> None:
+    swarm = {"name": "swarm", "columns": ["system"], "params": {"link_MiBps": 8.0}, "rows": [
+        {"system": "damselfly, one link", "mib": 64, "peers": 1, "mib_s": 7.7},
+        {"system": "damselfly", "mib": 64, "peers": 10, "slowest_s": 9.0, "eff_slowest": 0.6,
          "origin_ratio": 1.0, "vs_bittorrent": 0.75},
-        {"system": "damselfly", "peers": 50, "slowest_s": 9.0, "eff_slowest": 0.81,
-         "origin_ratio": 1.2, "vs_bittorrent": 0.5},
-        {"system": "damselfly", "peers": 100, "error": "timed out"},
-        {"system": "bittorrent", "peers": 50, "slowest_s": 18.0, "eff_slowest": 0.4,
-         "origin_ratio": 6.5}]}
+        {"system": "damselfly", "mib": 64, "peers": 50, "slowest_s": 9.0,
+         "eff_slowest": 0.81, "origin_ratio": 1.2},
+        {"system": "damselfly", "mib": 64, "peers": 100, "error": "timed out"},
+        {"system": "bittorrent", "mib": 64, "peers": 50, "slowest_s": 18.0,
+         "eff_slowest": 0.4, "origin_ratio": 6.5}]}
     small = {"name": "small_files", "columns": ["files"], "rows": [
         {"files": "1 KiB", "in_flight": 1, "p50_ms": 20.0},
         {"files": "all sizes", "in_flight": 1, "p50_ms": 60.0},
         {"files": "all sizes", "in_flight": 16, "p50_ms": 400.0}]}
     assert aims([swarm, small]) == [
-        ("slowest-peer efficiency, N=50", 0.81, ">= 0.8", "yes"),
-        ("origin bytes / F, N=50", 1.2, "<= 1.05", "no"),
-        ("slowest peer vs BitTorrent, N=50", 0.5, "<= 0.8", "yes"),
+        ("one child from one parent / link rate, F=64 MiB", 0.963, ">= 0.95", "yes"),
+        ("slowest-peer efficiency, F=64 MiB, N=10", 0.6, ">= 0.8", "no"),
+        ("slowest peer vs BitTorrent, F=64 MiB, N=10", 0.75, "<= 0.7", "no"),
+        ("origin bytes / F, F=64 MiB, N=10", 1.0, "<= 1.02", "yes"),
+        ("slowest-peer efficiency, F=64 MiB, N=50", 0.81, ">= 0.8", "yes"),
+        ("origin bytes / F, F=64 MiB, N=50", 1.2, "<= 1.02", "no"),
         ("small files p50 latency (ms)", 60.0, "<= 50", "no"),
     ]
     assert render_all([swarm, small]).startswith("### Aims\n\n| figure | measured | aim | met |")
