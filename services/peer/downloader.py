@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import random
 import threading
 import time
@@ -21,6 +22,7 @@ from typing import Final, Literal, TypedDict
 
 import anyio
 from anyio import from_thread, to_thread
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -178,6 +180,7 @@ class Download:
         self._busy_streak: Counter[str] = Counter()
         self._cooling: dict[tuple[str, int], float] = {}  # (parent, piece): ask again after
         self._piece_rank: list[float] = []
+        self._reports: MemoryObjectSendStream[Event] | None = None  # origin pieces' reports
         self._in_flight: dict[int, str] = {}
         self._progressed = False
         self._rank: dict[str, float] = {}
@@ -343,8 +346,27 @@ class Download:
         assert tf is not None
         if tf.shaped:
             await self._report_metadata(tf)
-        await to_thread.run_sync(self._pump, source, tf)
+        send, receive = anyio.create_memory_object_stream[Event](math.inf)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._report_pieces, receive)
+            with send:
+                self._reports = send
+                await to_thread.run_sync(self._pump, source, tf)
         await self._report_metadata(tf)
+
+    async def _report_pieces(self, receive: MemoryObjectReceiveStream[Event]) -> None:
+        """Publish the reports of pieces fetched from the origin as the pump hands them
+        over, in order, all waiting ones at once: the pump never waits for an ack (it did,
+        per piece, and a seed took in its origin at 0.8 of its link)."""
+        async with receive:
+            async for event in receive:
+                batch = [event]
+                while True:
+                    try:
+                        batch.append(receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                await self.ctx.publisher.publish_many(batch)
 
     async def _report_metadata(self, tf: TaskFile) -> None:
         await self.ctx.publish(TaskMetadataReported(
@@ -411,8 +433,8 @@ class Download:
                     digest.update(buf[:n])
                     tf.write(offset + done, buf[:n])
                     done += n
-                from_thread.run(self._source_piece_done, piece, length,
-                                f"sha256:{digest.hexdigest()}")
+                from_thread.run_sync(self._source_piece_done, piece, length,
+                                     f"sha256:{digest.hexdigest()}")
                 piece += 1
         finally:
             stream.close()
@@ -429,13 +451,13 @@ class Download:
                 raise SourceError("the origin closed the connection early", transient=True)
             nbytes -= n
 
-    async def _source_piece_done(self, piece: int, length: int, digest: str) -> None:
-        assert self.tf is not None
+    def _source_piece_done(self, piece: int, length: int, digest: str) -> None:
+        assert self.tf is not None and self._reports is not None
         self.tf.mark(piece, digest)
         self.bytes_from_origin += length
         self.ctx.stats.download_bytes_origin += length
-        await self.ctx.publish(PieceFinished(**self._ids(), piece=piece, length=length,
-                                             digest=digest))
+        self._reports.send_nowait(PieceFinished(**self._ids(), piece=piece, length=length,
+                                                digest=digest))
 
     # ---- from parents -----------------------------------------------------------------
     async def _from_parents(self, decision: ParentsAssigned) -> Decision | None:
@@ -613,8 +635,9 @@ class Download:
             return
         if exc.kind == "spread":  # a seed sent it to another child: get it from the peers
             self._cooling[(parent, piece)] = time.monotonic() + max(exc.retry_after, 0.1)
-            return
-        if exc.kind == "busy":
+        if exc.kind in ("busy", "spread"):
+            # Back off the parent, doubling while it keeps refusing: a seed whose pieces are
+            # all on their way to others has nothing for this child for a moment.
             settings = self.ctx.settings
             wait = min(settings.busy_backoff * 2 ** self._busy_streak[parent],
                        settings.max_busy_backoff)
