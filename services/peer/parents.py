@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import socket
 import threading
 from typing import Final, Literal
 from urllib.parse import urlsplit
@@ -72,7 +71,7 @@ class ParentClient:
                 self._drop(parts.netloc)
                 raise PieceError("failed", f"parent {parts.netloc}: {exc!r}") from exc
             try:
-                return self._receive(resp, conn.sock, offset, length, tf)
+                return self._receive(resp, offset, length, tf)
             except PieceError as exc:
                 if exc.kind == "failed":
                     self._drop(parts.netloc)
@@ -85,8 +84,8 @@ class ParentClient:
                 raise PieceError("failed", f"parent {parts.netloc}: {exc!r}") from exc
         raise AssertionError("unreachable")
 
-    def _receive(self, resp: http.client.HTTPResponse, sock: socket.socket | None,
-                 offset: int, length: int, tf: TaskFile) -> str:
+    def _receive(self, resp: http.client.HTTPResponse, offset: int, length: int,
+                 tf: TaskFile) -> str:
         if resp.status != 206:
             resp.read()
             kind: FailureKind = ("missing" if resp.status in (404, 416)
@@ -102,21 +101,12 @@ class ParentClient:
             buf = self._local.buf = memoryview(bytearray(CHUNK))
         digest = hashlib.sha256()
         done = 0
-        # Wake for whole chunks, not for every packet: on a shaped link bytes trickle in a
-        # packet at a time, and 16 threads woken per packet spent the CPU on GIL handoffs
-        # and tiny hashes and writes. The kernel never waits for more than a read asks for.
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, CHUNK)
-        try:
-            while done < length:
-                n = resp.readinto(buf[: min(CHUNK, length - done)])
-                if n == 0:
-                    raise PieceError("failed", f"parent closed the connection after {done} "
-                                               f"of {length} bytes")
-                digest.update(buf[:n])
-                tf.write(offset + done, buf[:n])
-                done += n
-        finally:
-            if sock is not None and sock.fileno() >= 0:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+        while done < length:
+            n = resp.readinto(buf[: min(CHUNK, length - done)])
+            if n == 0:
+                raise PieceError("failed", f"parent closed the connection after {done} "
+                                           f"of {length} bytes")
+            digest.update(buf[:n])
+            tf.write(offset + done, buf[:n])
+            done += n
         return f"sha256:{digest.hexdigest()}"
