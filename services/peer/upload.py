@@ -51,8 +51,9 @@ class Pacer:
 
 class SentPieces:
     """Which child each piece went to last, for super-seeding (pure): while a piece is on
-    its way to one child, and for ``spread`` seconds after it arrived (time for that child
-    to report it and pass it on), other children are refused it."""
+    its way to one child, and after it arrived for ``spread`` seconds or as long as the send
+    took if longer (time for that child to report it and pass it on), other children are
+    refused it."""
 
     def __init__(self, spread: float, keep: int = 1 << 16, stuck: float = 30.0) -> None:
         self.spread = spread
@@ -82,7 +83,9 @@ class SentPieces:
         _, started, finished = last
         if finished is None:
             return now - started < self._stuck
-        return now - finished < self.spread
+        # As long as the send took, at least: on a thin link the child needs that long to
+        # pass the piece on to the next.
+        return now - finished < max(self.spread, finished - started)
 
     def __len__(self) -> int:
         return len(self._last)
@@ -131,10 +134,11 @@ def metrics_text(stats: TransferStats, tasks: int) -> str:
 
 
 def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploads: int = 8,
-               rate_limit: float = 0.0, max_queue_wait: float = 2.0,
+               rate_limit: float = 0.0, max_queue_wait: float = 2.0, max_slot_wait: float = 5.0,
                spread: float = 0.0) -> web.Application:
     """The piece server. At most ``max_uploads`` responses are sent at once; more requests
-    wait their turn, first come first served, for up to ``max_queue_wait`` seconds and then
+    wait their turn, first come first served, for up to ``max_slot_wait`` seconds (well
+    inside a child's 10 s socket timeout) and then
     get 503 (so a piece a child waits for finishes at the full share of this uplink rather
     than crawling beside 50 others, and a queue never becomes a storm of retries). Under a
     rate limit a request that would wait longer than that for the pacer gets 503 at once: a
@@ -181,7 +185,7 @@ def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploa
 
     async def send(request: web.Request, tf: TaskFile, nbytes: int) -> web.StreamResponse:
         try:
-            await asyncio.wait_for(slots.acquire(), max_queue_wait)
+            await asyncio.wait_for(slots.acquire(), max_slot_wait)
         except TimeoutError:
             return refuse(503, "too many uploads", **{"Retry-After": "1"})
         try:

@@ -42,7 +42,7 @@ def held_task(tmp_path: Path, pieces: int, holes: set[int]) -> tuple[Storage, Ta
 class Limits(TypedDict, total=False):
     max_uploads: int
     rate_limit: float
-    max_queue_wait: float
+    max_slot_wait: float
 
 
 @asynccontextmanager
@@ -93,7 +93,7 @@ async def test_requests_beyond_the_upload_limit_wait_their_turn(
     storage, tf, _ = held_task(tmp_path, 5, holes=set())
     # At 25 kB/s each 50 kB transfer holds the only slot for ~2 s.
     async with serving(storage, max_uploads=1, rate_limit=25_000,
-                       max_queue_wait=30.0) as (url, stats):
+                       max_slot_wait=30.0) as (url, stats):
         codes: list[int] = []
 
         async def one(rng: str) -> None:

@@ -18,6 +18,14 @@ def test_a_piece_on_its_way_or_just_sent_is_refused_to_others() -> None:
     assert sent.take("t", 0, "child-b", now=16.8)  # nobody passed it on: send it again
 
 
+def test_a_slow_send_keeps_the_piece_for_its_child_as_long_again() -> None:
+    sent = SentPieces(spread=1.0)
+    assert sent.take("t", 0, "child-a", now=0.0)
+    sent.sent("t", 0, now=4.0)  # a thin link: 4 s to send
+    assert not sent.take("t", 0, "child-b", now=7.5)
+    assert sent.take("t", 0, "child-b", now=8.5)
+
+
 def test_a_send_that_never_ended_stops_blocking_the_piece() -> None:
     sent = SentPieces(spread=1.0, stuck=30.0)
     assert sent.take("t", 0, "child-a", now=0.0)
