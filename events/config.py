@@ -21,7 +21,7 @@ DEFAULT_WEIGHTS: Final = {
 class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Scheduler limits and evaluator weights of one scheduler cluster."""
 
-    candidate_parent_limit: int = 8
+    candidate_parent_limit: int = 15
     filter_parent_limit: int = 15
     back_to_source_limit: int = 3
     retry_limit: int = 5
