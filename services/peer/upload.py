@@ -73,11 +73,15 @@ class SentPieces:
         self._last[(task_id, piece)] = (child, now, None)
         return True
 
-    def sent(self, task_id: str, piece: int, now: float) -> None:
-        """The piece ``take`` allowed has been sent (or its send ended)."""
+    def sent(self, task_id: str, piece: int, now: float, delivered: bool = True) -> None:
+        """The send ``take`` allowed has ended; one that did not deliver (refused busy, or
+        cut off) leaves the piece free for the next child at once."""
         last = self._last.get((task_id, piece))
         if last is not None and last[2] is None:
-            self._last[(task_id, piece)] = (last[0], last[1], now)
+            if delivered:
+                self._last[(task_id, piece)] = (last[0], last[1], now)
+            else:
+                del self._last[(task_id, piece)]
 
     def _fresh(self, last: tuple[str, float, float | None], now: float) -> bool:
         _, started, finished = last
@@ -138,15 +142,15 @@ def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploa
                spread: float = 0.0) -> web.Application:
     """The piece server. At most ``max_uploads`` responses are sent at once; more requests
     wait their turn, first come first served, for up to ``max_slot_wait`` seconds (well
-    inside a child's 10 s socket timeout) and then
-    get 503 (so a piece a child waits for finishes at the full share of this uplink rather
-    than crawling beside 50 others, and a queue never becomes a storm of retries). Under a
-    rate limit a request that would wait longer than that for the pacer gets 503 at once: a
-    child then asks another parent instead of timing out on this one.
+    inside a child's 10 s socket timeout) and then get 503 (so a piece a child waits for
+    finishes at the full share of this uplink rather than crawling beside 50 others, and a
+    queue never becomes a storm of retries). Under a rate limit a request that would wait
+    longer than ``max_queue_wait`` for the pacer gets 503 at once: a child then asks
+    another parent instead of timing out on this one.
 
-    ``spread`` > 0 (a seed peer's super-seeding): a piece sent to one child is refused to
-    others with 429 for that many seconds, so the seed's uplink carries pieces nobody has
-    yet and the children pass the ones they got to each other."""
+    ``spread`` > 0 (a seed peer's super-seeding, see ``SentPieces``): a piece on its way to
+    one child, or just delivered, is refused to others with 429, so the seed's uplink
+    carries pieces nobody has yet and the children pass the ones they got to each other."""
     pacer = Pacer(rate_limit)
     slots = asyncio.Semaphore(max_uploads)
     sent = SentPieces(spread)
@@ -175,13 +179,17 @@ def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploa
         held = all(p in tf.bitmap for p in range(start // pl, (stop - 1) // pl + 1))
         if start >= stop or not held:
             return refuse(416, "range not held", **{"Content-Range": f"bytes */{size}"})
-        if not sent.take(task_id, start // pl, request.remote or "", time.monotonic()):
+        piece = start // pl
+        if not sent.take(task_id, piece, request.remote or "", time.monotonic()):
             return refuse(429, "piece just sent to another peer: fetch it from the peers",
                           **{"Retry-After": f"{spread:g}"})
+        delivered = False
         try:
-            return await send(request, tf, stop - start)
+            response = await send(request, tf, stop - start)
+            delivered = response.status == 206
+            return response
         finally:
-            sent.sent(task_id, start // pl, time.monotonic())
+            sent.sent(task_id, piece, time.monotonic(), delivered)
 
     async def send(request: web.Request, tf: TaskFile, nbytes: int) -> web.StreamResponse:
         try:

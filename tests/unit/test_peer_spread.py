@@ -26,6 +26,13 @@ def test_a_slow_send_keeps_the_piece_for_its_child_as_long_again() -> None:
     assert sent.take("t", 0, "child-b", now=8.5)
 
 
+def test_a_send_that_did_not_deliver_frees_the_piece_at_once() -> None:
+    sent = SentPieces(spread=1.0)
+    assert sent.take("t", 0, "child-a", now=0.0)
+    sent.sent("t", 0, now=0.1, delivered=False)  # refused busy, or cut off
+    assert sent.take("t", 0, "child-b", now=0.2)
+
+
 def test_a_send_that_never_ended_stops_blocking_the_piece() -> None:
     sent = SentPieces(spread=1.0, stuck=30.0)
     assert sent.take("t", 0, "child-a", now=0.0)
