@@ -39,7 +39,6 @@ from bench.swarm_lab import (
     download_everywhere,
     dump_events,
     origin_bytes_sent,
-    sha256_file,
     start_daemons,
     start_origin,
     start_scheduler,
@@ -47,6 +46,7 @@ from bench.swarm_lab import (
 )
 from bench.swarm_math import lower_bound, swarm_log_figures, swarm_summary
 from damselfly.events.log import read_log
+from damselfly.services.peer.digests import file_digest
 from damselfly.services.peer.request import DownloadRequest
 
 SEED: Final = "seed"
@@ -111,7 +111,7 @@ def _outputs_match(lab: Lab, names: Sequence[str], want: str) -> int:
     good = 0
     for name in names:
         files = list((lab.root / name / "tasks").glob("*/data"))
-        good += any(sha256_file(f) == want for f in files)
+        good += any(file_digest(f, "sha256") == want for f in files)
     return good
 
 
@@ -138,7 +138,7 @@ def damselfly(net: NetLab, source: Path, size: int, peers: int) -> tuple[SwarmRu
         nats = lab.broker_url(None, core)
         start_scheduler(lab, nats, core)
         ready = start_daemons(lab, nats, [SEED, *children], hosts=net.hosts, seeds=[SEED])
-        digest = sha256_file(source)
+        digest = file_digest(source, "sha256")
         request = DownloadRequest(url=f"{origin}/files/{source.name}", digest=digest)
         seed_tx0 = net.egress_bytes(SEED)
         roles = {"scheduler": ["scheduler"], "seed": [SEED], "children": children}
@@ -191,15 +191,17 @@ def client_server(net: NetLab, source: Path, size: int, peers: int
             "cpu_util": round(machine.utilisation(), 2)}
 
 
-def one_link(net: NetLab, source: Path, size: int) -> list[dict[str, Any]]:
-    """One transfer over one shaped link: curl from the origin, and a Damselfly child from a
-    parent (the seed) that already holds the file."""
-    rows = []
+def one_link(net: NetLab, source: Path) -> list[dict[str, Any]]:
+    """One transfer of ``source`` over one shaped link: curl from the origin, and a Damselfly
+    child from a parent (the seed) that already holds the file."""
+    size = source.stat().st_size
+    rows: list[dict[str, Any]] = []
     with Lab("link-curl") as lab:
         origin = start_origin(lab, source.parent, 0, net[CORE])
         curl_s = curl_everywhere(lab, f"{origin}/files/{source.name}", 1, _timeout(size / RATE),
                                  [net["c0"]])[0]
-        rows.append({"system": "curl, one link", "peers": 1, "slowest_s": round(curl_s, 3),
+        rows.append({"system": "curl, one link", "mib": size // MiB, "peers": 1,
+                     "slowest_s": round(curl_s, 3),
                      "mib_s": round(size / curl_s / MiB, 2)})
     with Lab("link-df") as lab:
         core = net[CORE]
@@ -207,14 +209,15 @@ def one_link(net: NetLab, source: Path, size: int) -> list[dict[str, Any]]:
         nats = lab.broker_url(None, core)
         start_scheduler(lab, nats, core)
         ready = start_daemons(lab, nats, [SEED, "c0"], hosts=net.hosts, seeds=[SEED])
-        request = DownloadRequest(url=f"{origin}/files/{source.name}", digest=sha256_file(source))
+        request = DownloadRequest(url=f"{origin}/files/{source.name}",
+                                  digest=file_digest(source, "sha256"))
         anyio.run(download_everywhere, [ready[SEED]["api_socket"]], request, _timeout(size / RATE))
         child = anyio.run(download_everywhere, [ready["c0"]["api_socket"]], request,
                           _timeout(size / RATE))[0]
         if child.get("bytes_from_peers", 0) != size:
             raise RuntimeError(f"the child fetched {child.get('bytes_from_origin')} bytes from "
                                "the origin instead of its parent")
-        rows.append({"system": "damselfly, one link", "peers": 1,
+        rows.append({"system": "damselfly, one link", "mib": size // MiB, "peers": 1,
                      "slowest_s": round(child["seconds"], 3),
                      "mib_s": round(size / child["seconds"] / MiB, 2),
                      "vs_curl": round(curl_s / child["seconds"], 3)})
@@ -265,11 +268,11 @@ def main() -> None:
     series: dict[str, list[float]] = {}
     hosts = [CORE, SEED, *_children(max(PEERS))]
     with NetLab(hosts, RATE) as net, Lab("files") as files:
-        for size in SIZES:
+        for i, size in enumerate(SIZES):
             source = files.root / f"blob-{size // MiB}m"
             write_random_file(source, size)
-            link = one_link(net, source, min(size, 64 * MiB))
-            rows.extend({**r, "mib": min(size, 64 * MiB) // MiB} for r in link)
+            if i == 0:  # the link's own baseline, once, on the first file
+                rows.extend(one_link(net, source))
             for peers in PEERS:
                 chosen = {}
                 for system in SYSTEMS:

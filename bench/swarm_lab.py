@@ -155,14 +155,6 @@ def write_random_file(path: Path, size: int) -> str:
     return f"sha256:{hashlib.sha256(data).hexdigest()}"
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return f"sha256:{digest.hexdigest()}"
-
-
 def dump_events(lab: Lab, nats: str, core: Host) -> Path:
     """The run's event log, as ``damselfly events dump`` (run in ``core``'s namespace,
     next to NATS) writes it. Raises ``RuntimeError``."""

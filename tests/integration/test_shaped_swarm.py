@@ -18,7 +18,6 @@ from bench.swarm_lab import (
     download_everywhere,
     dump_events,
     origin_bytes_sent,
-    sha256_file,
     start_daemons,
     start_origin,
     start_scheduler,
@@ -26,6 +25,7 @@ from bench.swarm_lab import (
 )
 from damselfly.events.log import read_log
 from damselfly.events.tasks import PeerRegistered, PieceFinished
+from damselfly.services.peer.digests import file_digest
 from damselfly.services.peer.request import DownloadRequest
 
 pytestmark = pytest.mark.skipif(bool(netlab.available()), reason=netlab.available())
@@ -47,7 +47,7 @@ def test_children_on_shaped_links_fetch_from_each_other(tmp_path: Path) -> None:
                             request, 120.0)
         sent = origin_bytes_sent(origin, core)
         events = [r.event for r in read_log(dump_events(lab, nats, core))]
-        outputs = {c: [sha256_file(f) for f in (lab.root / c / "tasks").glob("*/data")]
+        outputs = {c: [file_digest(f, "sha256") for f in (lab.root / c / "tasks").glob("*/data")]
                    for c in CHILDREN}
     assert [r["state"] for r in results] == ["succeeded"] * len(CHILDREN)
     assert outputs == {c: [digest] for c in CHILDREN}
