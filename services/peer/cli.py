@@ -40,8 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("--upload-slots", type=int, default=8,
                    help="piece responses sent at once; more requests wait their turn")
     d.add_argument("--spread", type=float, default=1.0,
-                   help="a seed peer refuses a piece it sent to one child to the others "
-                        "for this many seconds (super-seeding; 0: off)")
+                   help="a seed peer refuses a piece on its way to one child to the others, "
+                        "and for this many seconds after (longer if the send took longer; "
+                        "super-seeding; 0: off)")
     d.add_argument("--upload-rate", type=float, default=0.0,
                    help="upload bandwidth limit in bytes/s (0: none)")
     d.add_argument("--concurrency", type=int, default=16, help="pieces in flight per download")

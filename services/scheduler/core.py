@@ -55,9 +55,9 @@ _DONE: Final = frozenset({SUCCEEDED, FAILED, LEFT})
 _SERVING: Final = frozenset({RUNNING, BACK_TO_SOURCE, SUCCEEDED})
 
 # A slow piece never makes a parent bad: on a shared, shaped link one piece taking 20x a
-# parent's mean is ordinary queueing, and banning on it (Dragonfly's rule, kept here until
-# issue 16) marked the seed and every finished peer bad and froze children for good. A
-# child gives faster parents more of its requests by itself (docs/protocol.md).
+# parent's mean is ordinary queueing, and banning on it (Dragonfly's rule) marked the seed
+# and every finished peer bad and froze children for good. A child gives faster parents
+# more of its requests by itself (docs/protocol.md).
 BAD_UPLOAD_FAILURES: Final = 3
 LOCATION_ELEMENTS: Final = 5
 MAX_PIECES: Final = 1 << 22  # 16 TiB in 4 MiB pieces; beyond it a report is not believed
