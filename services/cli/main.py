@@ -5,18 +5,27 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from importlib import import_module, metadata
 
-# Each module has register(subparsers) and sets ``run`` on its parsers.
-COMMAND_MODULES = [
-    "damselfly.services.launcher.up",
-    "damselfly.services.runtime.eventlog",
-    "damselfly.services.scheduler.cli",
-    "damselfly.services.peer.cli",
-    "damselfly.services.launcher.demo",
-    "damselfly.services.manager.cli",
-    "damselfly.services.manager.preheat",
-]
+# Each module has register(subparsers) and sets ``run`` on its parsers. A command imports
+# only its own module, so ``damselfly daemon`` and ``damselfly get`` never load DuckDB or the
+# manager (``test_cli`` checks this table against what each module registers).
+COMMANDS = {
+    "up": "damselfly.services.launcher.up",
+    "events": "damselfly.services.runtime.eventlog",
+    "scheduler": "damselfly.services.scheduler.cli",
+    "replay": "damselfly.services.scheduler.cli",
+    "daemon": "damselfly.services.peer.cli",
+    "get": "damselfly.services.peer.cli",
+    "init": "damselfly.services.peer.cli",
+    "demo": "damselfly.services.launcher.demo",
+    "manager": "damselfly.services.manager.cli",
+    "sql": "damselfly.services.manager.cli",
+    "dashboards": "damselfly.services.manager.cli",
+    "projections": "damselfly.services.manager.cli",
+    "preheat": "damselfly.services.manager.preheat",
+}
 
 
 def _version() -> str:
@@ -26,18 +35,29 @@ def _version() -> str:
         return "unknown"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (after any global flags), if it is one."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv``: only its command's module when it names one, else all."""
     parser = argparse.ArgumentParser(prog="damselfly", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"damselfly {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
+    command = _command(sys.argv[1:] if argv is None else argv)
+    modules = [COMMANDS[command]] if command else COMMANDS.values()
+    for name in dict.fromkeys(modules):
         import_module(name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
@@ -47,4 +67,3 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, RuntimeError, ValueError) as exc:
         print(f"damselfly {args.command}: {exc}", file=sys.stderr)
         return 1
-

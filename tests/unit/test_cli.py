@@ -1,0 +1,46 @@
+"""The ``damselfly`` command loads only the module of the subcommand it runs."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from importlib import import_module
+
+import pytest
+
+from damselfly.services.cli.main import COMMANDS, build_parser
+
+
+def test_the_command_table_names_every_subcommand_its_module_registers() -> None:
+    registered: dict[str, str] = {}
+    for module in dict.fromkeys(COMMANDS.values()):
+        sub = argparse.ArgumentParser().add_subparsers()
+        import_module(module).register(sub)
+        registered |= {name: module for name in sub.choices}
+    assert registered == COMMANDS
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_named_command_parses_with_only_its_module(command: str) -> None:
+    parser = build_parser([command, "--help"])
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert command in subparsers.choices
+    assert {COMMANDS[name] for name in subparsers.choices} == {COMMANDS[command]}
+
+
+@pytest.mark.parametrize("command", ["daemon", "get"])
+def test_the_peer_commands_never_import_duckdb_or_the_manager(command: str) -> None:
+    code = ("import sys\nfrom damselfly.services.cli.main import build_parser\n"
+            f"build_parser([{command!r}, '--help'])\n"
+            "print(sorted(m for m in sys.modules if m == 'duckdb' or "
+            "m.startswith('damselfly.services.manager')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_no_command_registers_them_all() -> None:
+    parser = build_parser(["--version"])
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subparsers.choices) == set(COMMANDS)
