@@ -1,7 +1,8 @@
 """The swarm on kernel-shaped links: every host in its own network namespace, its uplink
 shaped by ``tc`` to U bytes/s (the seed's and the origin's too), no application rate limit
 anywhere. In one run, on the same namespaces and file: Damselfly with default settings (a
-seed peer in front of the origin, N daemons asked at once through their local API),
+seed peer in front of the origin, N daemons asked at once through their local API, and
+again through one ``damselfly get`` process per child),
 BitTorrent (aria2c + opentracker, the seeder on the seed's host) and N curl clients of the
 origin; first, one transfer over one link (curl from the origin, Damselfly from a parent
 holding the file) as the link's own baseline. Writes ``bench/results/swarm.json`` and
@@ -11,17 +12,19 @@ Needs root (network namespaces); without it the benchmark says so and exits clea
 Environment: ``BENCH_SWARM_PEERS`` (default ``10``; the issue's matrix is ``10,30,50``),
 ``BENCH_SWARM_MIB`` (F in MiB, default ``64``; also e.g. ``64,1024``),
 ``BENCH_SWARM_RATE_MIB`` (U = U_s in MiB/s, default 8), ``BENCH_SWARM_SYSTEMS`` (default
-all of ``damselfly,bittorrent,client/server``).
+all of ``damselfly,damselfly-cli,bittorrent,client/server``).
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -39,6 +42,7 @@ from bench.swarm_lab import (
     download_everywhere,
     dump_events,
     origin_bytes_sent,
+    processes_everywhere,
     start_daemons,
     start_origin,
     start_scheduler,
@@ -70,7 +74,7 @@ PEERS: Final = [int(n) for n in numbers("BENCH_SWARM_PEERS", "10")]
 SIZES: Final = [int(m * MiB) for m in numbers("BENCH_SWARM_MIB", "64")]
 RATE: Final = numbers("BENCH_SWARM_RATE_MIB", "8")[0] * MiB
 SYSTEMS: Final = os.environ.get("BENCH_SWARM_SYSTEMS",
-                                "damselfly,bittorrent,client/server").split(",")
+                                "damselfly,damselfly-cli,bittorrent,client/server").split(",")
 BT_PIECE: Final = 256 << 10  # aria2c's usual choice for files of this size
 
 
@@ -130,7 +134,10 @@ def _refusals(endpoints: Sequence[str]) -> dict[str, int]:
     return codes
 
 
-def damselfly(net: NetLab, source: Path, size: int, peers: int) -> tuple[SwarmRun, dict[str, Any]]:
+def damselfly(net: NetLab, source: Path, size: int, peers: int, *, cli: bool = False
+              ) -> tuple[SwarmRun, dict[str, Any]]:
+    """The swarm asked through each daemon's local API, or with ``cli`` through one
+    ``damselfly get`` process per child (its start-up, API calls and export included)."""
     children = _children(peers)
     with Lab(f"df{peers}") as lab:
         core = net[CORE]
@@ -145,9 +152,18 @@ def damselfly(net: NetLab, source: Path, size: int, peers: int) -> tuple[SwarmRu
         cpu0, machine, t0 = lab.cpu_seconds(), Machine(), time.time()
         role0 = {role: lab.cpu_seconds(names) for role, names in roles.items()}
         bound = lower_bound(size, peers, RATE, RATE)
-        results = anyio.run(download_everywhere, [ready[c]["api_socket"] for c in children],
-                            request, _timeout(bound))
+        sockets = [ready[c]["api_socket"] for c in children]
+        clients0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if cli:
+            times = _get_everywhere(lab, net, request, sockets, _timeout(bound))
+        else:
+            times = [r["seconds"] for r in anyio.run(download_everywhere, sockets, request,
+                                                     _timeout(bound))]
         extra: dict[str, Any] = {"cpu_util": round(machine.utilisation(), 2)}
+        if cli:  # the exited get processes (the only children reaped meanwhile)
+            clients = resource.getrusage(resource.RUSAGE_CHILDREN)
+            extra["cpu_s_clients"] = round(clients.ru_utime + clients.ru_stime
+                                           - clients0.ru_utime - clients0.ru_stime, 1)
         cpu = lab.cpu_seconds() - cpu0
         for role, names in roles.items():
             extra[f"cpu_s_{role}"] = round(lab.cpu_seconds(names) - role0[role], 1)
@@ -164,7 +180,21 @@ def damselfly(net: NetLab, source: Path, size: int, peers: int) -> tuple[SwarmRu
                                     ready[SEED]["host_id"])
         extra["t0"] = t0
         extra.update({k: round(v, 3) for k, v in figures.items()})
-        return SwarmRun([r["seconds"] for r in results], sent, cpu), extra
+        return SwarmRun(times, sent, cpu), extra
+
+
+def _get_everywhere(lab: Lab, net: NetLab, request: DownloadRequest, sockets: Sequence[str],
+                    timeout: float) -> list[float]:
+    """One ``damselfly get`` per child, in its namespace, all started at once, as a user's
+    script would run them; each one's exit time from the common start."""
+    out = lab.root / "gets"
+    out.mkdir()
+    command = str(Path(sys.executable).with_name("damselfly"))
+    argvs = [[command, "get", request.url, "-O", str(out / f"{i}"), "--digest", request.digest,
+              "--endpoint", socket_path, "--no-progress"]
+             for i, socket_path in enumerate(sockets)]
+    return processes_everywhere(lab, "get", argvs, timeout,
+                                [net[c] for c in _children(len(sockets))])
 
 
 def bittorrent(net: NetLab, source: Path, size: int, peers: int
@@ -225,7 +255,8 @@ def one_link(net: NetLab, source: Path) -> list[dict[str, Any]]:
 
 
 RUNNERS: Final[dict[str, Callable[[NetLab, Path, int, int], tuple[SwarmRun, dict[str, Any]]]]] = {
-    "damselfly": damselfly, "bittorrent": bittorrent, "client/server": client_server}
+    "damselfly": damselfly, "damselfly-cli": partial(damselfly, cli=True),
+    "bittorrent": bittorrent, "client/server": client_server}
 
 
 def measure(system: str, net: NetLab, source: Path, size: int,
@@ -256,7 +287,7 @@ def compare(rows: list[dict[str, Any]]) -> None:
     slowest = {(r["system"], r.get("mib"), r["peers"]): r.get("slowest_s") for r in rows}
     for row in rows:
         bt = slowest.get(("bittorrent", row.get("mib"), row["peers"]))
-        if row["system"] == "damselfly" and "slowest_s" in row and bt:
+        if row["system"] in ("damselfly", "damselfly-cli") and "slowest_s" in row and bt:
             row["vs_bittorrent"] = round(row["slowest_s"] / bt, 3)
 
 
@@ -304,7 +335,7 @@ def main() -> None:
                     "child_first_piece_max_s", "parents_per_child_p50", "pieces_from_seed",
                     "busy_503", "spread_429",
                     "reschedules", "back_to_source", "piece_failures", "outputs_ok", "cpu_s",
-                    "cpu_s_children", "cpu_s_seed", "cpu_s_scheduler",
+                    "cpu_s_children", "cpu_s_seed", "cpu_s_scheduler", "cpu_s_clients",
                     "cpu_util", "peak_rss_mib", "load_1m", "error"],
         "rows": rows,
         "series": series,

@@ -317,19 +317,28 @@ def curl_everywhere(lab: Lab, url: str, clients: int, timeout: float,
     ``timeout`` seconds."""
     out = lab.root / "curl"
     out.mkdir(exist_ok=True)
+    argvs = [["curl", "-sS", "-f", "--max-time", str(int(timeout)), "-o", str(out / f"{i}"),
+              url] for i in range(clients)]
+    return processes_everywhere(lab, "curl", argvs, timeout, hosts)
+
+
+def processes_everywhere(lab: Lab, name: str, argvs: Sequence[Sequence[str]], timeout: float,
+                         hosts: Sequence[Host] = ()) -> list[float]:
+    """Start every command at once (command ``i`` in ``hosts[i]``'s namespace when given)
+    and return each one's exit time in seconds from the common start. Raises
+    ``RuntimeError`` when one fails or they do not all end within ``timeout`` seconds."""
     t0 = time.monotonic()
-    procs = [lab.spawn(f"curl{i}", ["curl", "-sS", "-f", "--max-time", str(int(timeout)),
-                                    "-o", str(out / f"{i}"), url],
-                       hosts[i] if hosts else None) for i in range(clients)]
-    times: list[float | None] = [None] * clients
+    procs = [lab.spawn(f"{name}{i}", argv, hosts[i] if hosts else None)
+             for i, argv in enumerate(argvs)]
+    times: list[float | None] = [None] * len(procs)
     while None in times:
         for i, proc in enumerate(procs):
             if times[i] is None and proc.poll() is not None:
                 if proc.returncode != 0:
-                    raise RuntimeError(f"curl {url} exited with {proc.returncode}; "
-                                       f"see {lab.logs / f'curl{i}.log'}")
+                    raise RuntimeError(f"{argvs[i][0]} exited with {proc.returncode}; "
+                                       f"see {lab.logs / f'{name}{i}.log'}")
                 times[i] = time.monotonic() - t0
         if time.monotonic() - t0 > timeout + 10:
-            raise RuntimeError(f"curl clients still running after {timeout:.0f}s")
+            raise RuntimeError(f"{name} clients still running after {timeout:.0f}s")
         time.sleep(0.02)
     return [t for t in times if t is not None]
