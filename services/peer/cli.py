@@ -98,7 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def _daemon(args: argparse.Namespace) -> int:
     from damselfly.events.secrets import read_secret
     from damselfly.services.peer.daemon import DaemonConfig, serve
-    from damselfly.services.peer.downloader import Settings
+    from damselfly.services.peer.fetchbook import Settings
     from damselfly.services.peer.proxy import proxy_config
 
     cfg = DaemonConfig(

@@ -32,8 +32,9 @@ from damselfly.events.sched import SeedPeerTriggered
 from damselfly.events.streams import ensure_streams
 from damselfly.events.subjects import job_filter, name_of, safe_token, sched_filter
 from damselfly.services.peer.api import api_app
-from damselfly.services.peer.downloader import PeerContext, Settings
+from damselfly.services.peer.downloader import PeerContext
 from damselfly.services.peer.downloads import Downloads
+from damselfly.services.peer.fetchbook import Settings
 from damselfly.services.peer.jobs import run_job_worker
 from damselfly.services.peer.origins import Sources
 from damselfly.services.peer.parents import ParentClient

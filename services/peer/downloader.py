@@ -12,16 +12,15 @@ import asyncio
 import hashlib
 import logging
 import math
-import random
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypedDict
 
 import anyio
 from anyio import from_thread, to_thread
+from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -35,7 +34,6 @@ from damselfly.events.codec import EventDecodeError, decode
 from damselfly.events.ids import new_id
 from damselfly.events.sched import (
     BackToSourceOrdered,
-    ParentInfo,
     ParentsAssigned,
     PeerQueued,
     ScheduleFailed,
@@ -55,11 +53,27 @@ from damselfly.events.tasks import (
     RescheduleRequested,
     TaskMetadataReported,
 )
-from damselfly.services.peer.bitmap import Bitmap
 from damselfly.services.peer.digests import file_digest, parse_digest, same_digest
+from damselfly.services.peer.fetchbook import (
+    Accept,
+    Action,
+    Book,
+    Fetch,
+    Fetched,
+    GiveUp,
+    Input,
+    Refused,
+    Reject,
+    Reschedule,
+    Settings,
+    Shaped,
+    Stopping,
+    Tick,
+    decide,
+    wake_at,
+)
 from damselfly.services.peer.origins import Sources
 from damselfly.services.peer.parents import ParentClient, PieceError
-from damselfly.services.peer.planner import choose_pieces
 from damselfly.services.peer.request import DownloadRequest
 from damselfly.services.peer.sources import Source, SourceError, SourceStream
 from damselfly.services.peer.storage import Storage, TaskFile, TaskMeta
@@ -69,6 +83,8 @@ log = logging.getLogger("damselfly.peer")
 
 CHUNK: Final = 1 << 16
 Decision = ParentsAssigned | BackToSourceOrdered | ScheduleFailed
+Inbound = Decision | PeerQueued | PieceFinished | TaskMetadataReported | PeerLeft | PeerFailed \
+    | Fetched | Refused
 
 
 class _Ids(TypedDict):
@@ -90,24 +106,6 @@ def _first_leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     return exc
-
-
-@dataclass(frozen=True)
-class Settings:
-    """``concurrency`` pieces in flight per download, at most ``per_parent`` of them to one
-    parent; a parent that answers busy is asked again after ``busy_backoff`` seconds,
-    doubling while it stays busy (up to ``max_busy_backoff``)."""
-
-    concurrency: int = 16
-    per_parent: int = 2
-    schedule_timeout: float = 10.0
-    queue_timeout: float = 300.0
-    stall_timeout: float = 5.0
-    source_attempts: int = 5
-    source_backoff: float = 0.2
-    parent_failure_limit: int = 3
-    busy_backoff: float = 0.1
-    max_busy_backoff: float = 2.0
 
 
 @dataclass
@@ -164,26 +162,12 @@ class Download:
         self._scope = anyio.CancelScope()
         self._stop = threading.Event()
         self._started = time.monotonic()
-        self._decisions: asyncio.Queue[Decision | PeerQueued] = asyncio.Queue()
-        self._wake = asyncio.Event()
+        # Decisions, followed parents' events and fetch outcomes, in arrival order.
+        self._inbox: asyncio.Queue[Inbound] = asyncio.Queue()
+        self._book = Book(self.peer_id, ctx.settings)
         self._subs: list[Subscription] = []
         self._followed: set[str] = set()
-        # What the parents hold and the authoritative digests (from source peers only).
-        self._parents: dict[str, ParentInfo] = {}
-        self._holdings: dict[str, set[int]] = {}
-        self._digests: dict[int, str] = {}
-        self._source_peers: set[str] = set()
-        self._bad: set[str] = set()
-        self._queued = False  # the scheduler said a parent is coming
-        self._failures: Counter[str] = Counter()
-        self._busy_until: dict[str, float] = {}
-        self._busy_streak: Counter[str] = Counter()
-        self._cooling: dict[tuple[str, int], float] = {}  # (parent, piece): ask again after
-        self._piece_rank: list[float] = []
         self._reports: MemoryObjectSendStream[Event] | None = None  # origin pieces' reports
-        self._in_flight: dict[int, str] = {}
-        self._progressed = False
-        self._rank: dict[str, float] = {}
 
     # ---- life cycle -------------------------------------------------------------------
     def status(self) -> dict[str, object]:
@@ -252,7 +236,7 @@ class Download:
             decision = await self._next_decision()
             while not tf.complete:
                 match decision:
-                    case None if self._queued:
+                    case None if self._book.queued:
                         await self._from_source(
                             "the scheduler queued this peer and no parent came within "
                             f"{self.ctx.settings.queue_timeout:g}s")
@@ -319,8 +303,7 @@ class Download:
             return
         if isinstance(event, ParentsAssigned | BackToSourceOrdered | ScheduleFailed | PeerQueued) \
                 and event.peer_id == self.peer_id:
-            self._decisions.put_nowait(event)
-            self._wake.set()
+            self._inbox.put_nowait(event)
 
     async def _next_decision(self) -> Decision | None:
         """The scheduler's answer, or None when none comes in time. ``PeerQueued`` means
@@ -329,12 +312,14 @@ class Download:
         timeout = self.ctx.settings.schedule_timeout
         while True:
             with anyio.move_on_after(timeout) as scope:
-                decision = await self._decisions.get()
+                decision = await self._inbox.get()
             if scope.cancelled_caught:
                 return None
-            if not isinstance(decision, PeerQueued):
+            if isinstance(decision, PeerQueued):
+                decide(self._book, decision, time.monotonic())
+                timeout = self.ctx.settings.queue_timeout
+            elif isinstance(decision, Decision):
                 return decision
-            self._queued, timeout = True, self.ctx.settings.queue_timeout
 
     # ---- back to source ---------------------------------------------------------------
     async def _from_source(self, reason: str) -> None:
@@ -462,71 +447,84 @@ class Download:
     # ---- from parents -----------------------------------------------------------------
     async def _from_parents(self, decision: ParentsAssigned) -> Decision | None:
         """Fetch from parents until done (returns None), until a decision other than new
-        parents arrives (returns it), or until a reschedule goes unanswered (None)."""
+        parents arrives (returns it, once the requests in flight have ended), or until a
+        reschedule goes unanswered (None). The rules are ``fetchbook``'s; this loop feeds it
+        every input in arrival order and carries out what it returns."""
         tf = self.tf
         assert tf is not None
-        settings = self.ctx.settings
-        await self._adopt(decision)
-        await self.ctx.publish(PeerStarted(**self._ids()))
-        last_progress = time.monotonic()
-        answer_by: float | None = None  # set while a reschedule request awaits its answer
+        book = self._book
+        stopping: Decision | None = None
+        item: Inbound | None = decision
         async with anyio.create_task_group() as tg:
-            while not (tf.shaped and tf.complete):
-                while not self._decisions.empty():
-                    next_decision = self._decisions.get_nowait()
-                    if isinstance(next_decision, PeerQueued):
-                        self._queued = True
-                        answer_by = time.monotonic() + settings.queue_timeout
-                        continue
-                    if not isinstance(next_decision, ParentsAssigned):
-                        await self._drain()
-                        return next_decision
-                    await self._adopt(next_decision)
-                    answer_by, last_progress = None, time.monotonic()
-                if tf.shaped:
-                    for piece, parent in self._plan(tf):
-                        self._in_flight[piece] = parent
-                        tg.start_soon(self._fetch, tf, piece, parent)
+            await self._adopt(decision)
+            await self.ctx.publish(PeerStarted(**self._ids()))
+            while True:
                 now = time.monotonic()
-                if self._progressed:
-                    self._progressed, last_progress = False, now
-                if not self._in_flight:
-                    usable = [p for p in self._parents if p not in self._bad]
-                    if answer_by is None and (not usable
-                                              or now - last_progress > settings.stall_timeout):
-                        answer_by = now + settings.schedule_timeout
-                        await self.ctx.publish(RescheduleRequested(
-                            **self._ids(), blocklist=sorted(self._bad),
-                            reason="no usable parent" if not usable else "parents stalled"))
-                    elif answer_by is not None and now > answer_by:
+                event: Input
+                match item:
+                    case None:
+                        event = Tick()
+                    case BackToSourceOrdered() | ScheduleFailed():
+                        stopping, event = stopping or item, Stopping()
+                    case ParentsAssigned() if stopping is not None:
+                        event = Tick()  # this peer is already leaving its parents
+                    case ParentsAssigned():
+                        if item is not decision:
+                            await self._adopt(item)
+                        event = item
+                    case TaskMetadataReported() if item.peer_id in book.source_peers:
+                        if not tf.shaped and item.content_length >= 0:
+                            await self._shape(item.content_length, item.piece_length)
+                        event = item
+                    case _:
+                        event = item
+                if tf.shaped and not book.piece_count:
+                    decide(book, Shaped(tf.piece_count, frozenset(tf.bitmap.held())), now)
+                for action in decide(book, event, now):
+                    if isinstance(action, GiveUp):
                         return None
-                self._wake.clear()
-                with anyio.move_on_after(0.5):
-                    await self._wake.wait()
+                    self._carry_out(tg, tf, action)
+                if tf.shaped and tf.complete:
+                    break
+                if stopping is not None and not book.in_flight:
+                    return stopping
+                due = wake_at(book, now)
+                item = None
+                with anyio.move_on_after(0.5 if due is None else min(due - now, 0.5)):
+                    item = await self._inbox.get()
         return None
 
-    async def _drain(self) -> None:
-        while self._in_flight:
-            self._wake.clear()
-            await self._wake.wait()
+    def _carry_out(self, tg: TaskGroup, tf: TaskFile, action: Action) -> None:
+        match action:
+            case Fetch():
+                tg.start_soon(self._fetch, tf, action)
+            case Accept():
+                length = piece_range(action.piece, tf.meta.content_length,
+                                     tf.meta.piece_length)[1]
+                tf.mark(action.piece, action.digest)
+                self.bytes_from_peers += length
+                self.ctx.stats.download_bytes_peers += length
+                tg.start_soon(self.ctx.publish, PieceFinished(
+                    **self._ids(), piece=action.piece, length=length, digest=action.digest,
+                    parent_id=action.parent, cost_ms=action.cost_ms))
+            case Reject():
+                self.ctx.stats.pieces_corrupt += action.corrupt
+                tg.start_soon(self.ctx.publish, PieceFailed(
+                    **self._ids(), piece=action.piece, parent_id=action.parent,
+                    corrupt=action.corrupt, reason=action.reason))
+            case Reschedule():
+                tg.start_soon(self.ctx.publish, RescheduleRequested(
+                    **self._ids(), blocklist=list(action.blocklist), reason=action.reason))
 
     async def _adopt(self, decision: ParentsAssigned) -> None:
+        """Take the task's geometry from the decision and follow the parents it names."""
+        tf = self.tf
+        assert tf is not None
         if decision.content_length >= 0 and decision.piece_length > 0:
             await self._shape(decision.content_length, decision.piece_length)
-        self._source_peers |= set(decision.source_peers)
-        if decision.source_peers:
-            for piece, digest in enumerate(decision.piece_digests):
-                if digest:
-                    self._digests.setdefault(piece, digest)
-        self._parents = {p.peer_id: p for p in decision.parents if p.peer_id != self.peer_id}
-        count = self.tf.piece_count if self.tf else 0
-        for p in self._parents.values():
-            self._rank.setdefault(p.peer_id, random.random())
-            held = self._holdings.setdefault(p.peer_id, set())
-            if p.bitmap and count:
-                held.update(Bitmap(count, p.bitmap).held())
-        for peer in {*self._parents, *self._source_peers}:
-            await self._follow(peer)
+        for peer in {p.peer_id for p in decision.parents} | set(decision.source_peers):
+            if peer != self.peer_id:
+                await self._follow(peer)
 
     async def _follow(self, peer_id: str) -> None:
         """Replay and follow one peer's events of this task (never the whole task's)."""
@@ -544,108 +542,20 @@ class Download:
             event = decode(msg.data)
         except EventDecodeError:
             return
-        match event:
-            case PieceFinished():
-                self._holdings.setdefault(event.peer_id, set()).add(event.piece)
-                if event.peer_id in self._source_peers and not event.parent_id:
-                    self._digests.setdefault(event.piece, event.digest)
-                self._progressed = True
-                if not self._could_ask(event.peer_id, event.piece):
-                    return  # planning again could not start anything: save the CPU
-            case TaskMetadataReported() if event.peer_id in self._source_peers:
-                if self.tf is not None and not self.tf.shaped and event.content_length >= 0:
-                    await self._shape(event.content_length, event.piece_length)
-                for piece, digest in enumerate(event.piece_digests):
-                    if digest:
-                        self._digests.setdefault(piece, digest)
-            case PeerLeft() | PeerFailed() if event.peer_id in self._parents:
-                self._holdings[event.peer_id] = set()
-            case _:
-                return
-        self._wake.set()
+        if isinstance(event, PieceFinished | TaskMetadataReported | PeerLeft | PeerFailed):
+            self._inbox.put_nowait(event)
 
-    def _could_ask(self, parent: str, piece: int) -> bool:
-        """Whether a piece a parent now holds could become a request right away."""
-        tf = self.tf
-        if tf is None or not tf.shaped or piece in tf.bitmap or piece in self._in_flight:
-            return False
-        window = self.ctx.settings.per_parent
-        return parent in self._parents and sum(
-            p == parent for p in self._in_flight.values()) < window
-
-    def _plan(self, tf: TaskFile) -> list[tuple[int, str]]:
-        now = time.monotonic()
-        if self._cooling:
-            self._cooling = {k: t for k, t in self._cooling.items() if t > now}
-        cooling: dict[str, set[int]] = {}
-        for parent, piece in self._cooling:
-            cooling.setdefault(parent, set()).add(piece)
-        usable = {p: self._holdings.get(p, set()) - cooling.get(p, set())
-                  for p in self._parents
-                  if p not in self._bad and self._busy_until.get(p, 0.0) <= now}
-        if len(self._piece_rank) != tf.piece_count:
-            rng = random.Random()
-            self._piece_rank = [rng.random() for _ in range(tf.piece_count)]
-        settings = self.ctx.settings
-        return choose_pieces(tf.bitmap.missing(),
-                             slots=settings.concurrency - len(self._in_flight),
-                             per_parent=settings.per_parent, in_flight=self._in_flight,
-                             verifiable=self._digests, holdings=usable,
-                             piece_rank=self._piece_rank, tie_break=self._rank)
-
-    async def _fetch(self, tf: TaskFile, piece: int, parent: str) -> None:
-        offset, length = piece_range(piece, tf.meta.content_length, tf.meta.piece_length)
-        info = self._parents.get(parent)
+    async def _fetch(self, tf: TaskFile, fetch: Fetch) -> None:
+        """One request; its outcome goes to the inbox (bytes land in the task file first)."""
+        offset, length = piece_range(fetch.piece, tf.meta.content_length, tf.meta.piece_length)
         started = time.monotonic()
+        outcome: Fetched | Refused
         try:
-            if info is None:
-                return
-            try:
-                digest = await to_thread.run_sync(
-                    self.ctx.parents.fetch, info.upload_url, self.task_id,
-                    mint_token(self.ctx.secret, self.task_id), offset, length, tf)
-            except PieceError as exc:
-                await self._parent_failed(piece, parent, exc)
-                return
-            if digest != self._digests.get(piece):
-                self._bad.add(parent)
-                self.ctx.stats.pieces_corrupt += 1
-                await self.ctx.publish(PieceFailed(
-                    **self._ids(), piece=piece, parent_id=parent, corrupt=True,
-                    reason=f"digest mismatch: expected {self._digests.get(piece)}, got {digest}"))
-                return
-            tf.mark(piece, digest)
-            self._failures[parent] = 0
-            self._busy_streak[parent] = 0
-            self.bytes_from_peers += length
-            self.ctx.stats.download_bytes_peers += length
-            self._progressed = True
-            self._in_flight.pop(piece, None)  # the window reopens before the report's ack
-            self._wake.set()
-            await self.ctx.publish(PieceFinished(
-                **self._ids(), piece=piece, length=length, digest=digest, parent_id=parent,
-                cost_ms=(time.monotonic() - started) * 1000))
-        finally:
-            self._in_flight.pop(piece, None)
-            self._wake.set()
-
-    async def _parent_failed(self, piece: int, parent: str, exc: PieceError) -> None:
-        if exc.kind == "missing":
-            self._holdings.get(parent, set()).discard(piece)
-            return
-        if exc.kind == "spread":  # a seed sent it to another child: get it from the peers
-            self._cooling[(parent, piece)] = time.monotonic() + max(exc.retry_after, 0.1)
-        if exc.kind in ("busy", "spread"):
-            # Back off the parent, doubling while it keeps refusing: a seed whose pieces are
-            # all on their way to others has nothing for this child for a moment.
-            settings = self.ctx.settings
-            wait = min(settings.busy_backoff * 2 ** self._busy_streak[parent],
-                       settings.max_busy_backoff)
-            self._busy_streak[parent] += 1
-            self._busy_until[parent] = time.monotonic() + wait * random.uniform(0.5, 1.0)
-            return
-        self._failures[parent] += 1
-        if self._failures[parent] >= self.ctx.settings.parent_failure_limit:
-            self._bad.add(parent)
-        await self.ctx.publish(PieceFailed(**self._ids(), piece=piece, parent_id=parent,
-                                           reason=str(exc)))
+            digest = await to_thread.run_sync(
+                self.ctx.parents.fetch, fetch.upload_url, self.task_id,
+                mint_token(self.ctx.secret, self.task_id), offset, length, tf)
+            outcome = Fetched(fetch.piece, fetch.parent, digest,
+                              (time.monotonic() - started) * 1000)
+        except PieceError as exc:
+            outcome = Refused(fetch.piece, fetch.parent, exc.kind, str(exc), exc.retry_after)
+        self._inbox.put_nowait(outcome)

@@ -22,7 +22,7 @@ from damselfly.events.ids import derived_id
 from damselfly.events.sched import BackToSourceOrdered
 from damselfly.events.tasks import PeerRegistered
 from damselfly.services.peer.daemon import DaemonConfig
-from damselfly.services.peer.downloader import Settings
+from damselfly.services.peer.fetchbook import Settings
 from damselfly.services.runtime.natsconn import connect, subscribed
 from damselfly.services.runtime.procs import DAMSELFLY
 from tests.support.swarm import Origin, daemon_in_process

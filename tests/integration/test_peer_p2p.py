@@ -23,7 +23,7 @@ from damselfly.events.ids import derived_id
 from damselfly.events.sched import ParentInfo, ParentsAssigned, PeerQueued
 from damselfly.events.tasks import PeerRegistered, PieceFailed, PieceFinished, RescheduleRequested
 from damselfly.services.peer.daemon import DaemonConfig
-from damselfly.services.peer.downloader import Settings
+from damselfly.services.peer.fetchbook import Settings
 from damselfly.services.peer.get import ApiClient
 from damselfly.services.peer.request import DownloadRequest
 from damselfly.services.runtime.natsconn import connect, subscribed

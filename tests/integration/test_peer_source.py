@@ -31,7 +31,7 @@ from damselfly.events.tasks import (
     TaskMetadataReported,
 )
 from damselfly.services.peer.daemon import DaemonConfig
-from damselfly.services.peer.downloader import Settings
+from damselfly.services.peer.fetchbook import Settings
 from damselfly.services.peer.get import ApiClient
 from damselfly.services.peer.request import DownloadRequest
 from damselfly.services.peer.sources import HttpSource

@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from damselfly.services.peer.daemon import DaemonConfig
-from damselfly.services.peer.downloader import Settings
+from damselfly.services.peer.fetchbook import Settings
 from damselfly.services.peer.oci import blob_task_id
 from damselfly.services.peer.proxy import ProxyConfig
 from tests.support.swarm import ChildService, Origin, OriginFaults, daemon_in_process

@@ -18,7 +18,7 @@ from aiohttp import web
 from damselfly.events.codec import encode
 from damselfly.events.tasks import PeerRegistered
 from damselfly.services.peer.daemon import DaemonConfig
-from damselfly.services.peer.downloader import Settings
+from damselfly.services.peer.fetchbook import Settings
 from damselfly.services.peer.oci import basic_auth, bearer_token
 from damselfly.services.peer.proxy import ProxyConfig
 from damselfly.services.runtime.natsconn import connect

@@ -28,7 +28,7 @@ from werkzeug.serving import make_server
 
 from damselfly.events.tasks import PieceFinished
 from damselfly.services.peer.daemon import DaemonConfig
-from damselfly.services.peer.downloader import Settings
+from damselfly.services.peer.fetchbook import Settings
 from damselfly.services.peer.get import ApiClient
 from damselfly.services.peer.origins import Sources
 from damselfly.services.peer.request import DownloadRequest

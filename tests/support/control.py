@@ -31,8 +31,9 @@ from damselfly.projections.projector import Projector
 from damselfly.services.manager.app import create_app
 from damselfly.services.manager.control import service as control
 from damselfly.services.manager.reader import Reader
-from damselfly.services.peer.downloader import PeerContext, Settings
+from damselfly.services.peer.downloader import PeerContext
 from damselfly.services.peer.downloads import Downloads
+from damselfly.services.peer.fetchbook import Settings
 from damselfly.services.peer.jobs import run_job_worker
 from damselfly.services.peer.origins import Sources
 from damselfly.services.peer.parents import ParentClient

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 
 from damselfly.services.peer.daemon import DaemonConfig
-from damselfly.services.peer.downloader import Settings
+from damselfly.services.peer.fetchbook import Settings
 from damselfly.services.peer.proxy import ProxyConfig, ProxyRule
 from damselfly.services.peer.proxy_intercept import InterceptCA
 from tests.support.swarm import Origin, OriginFaults, daemon_in_process
