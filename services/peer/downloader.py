@@ -557,5 +557,6 @@ class Download:
             outcome = Fetched(fetch.piece, fetch.parent, digest,
                               (time.monotonic() - started) * 1000)
         except PieceError as exc:
-            outcome = Refused(fetch.piece, fetch.parent, exc.kind, str(exc), exc.retry_after)
+            outcome = Refused(fetch.piece, fetch.parent, exc.kind, str(exc), exc.retry_after,
+                              exc.offer)
         self._inbox.put_nowait(outcome)

@@ -14,10 +14,11 @@ The rules (``docs/protocol.md``, "How pieces move"):
   all (``planner.choose_pieces``); only pieces whose digest came from a source peer;
 - a piece whose bytes do not match that digest marks its parent bad for the task; other
   failures count, and ``parent_failure_limit`` in a row mark it bad; a slow piece never does;
-- a busy parent (503) or a seed spreading a piece to another child (429) is asked again
-  after a jittered backoff that doubles while it keeps refusing; a spread piece is asked
-  of the other holders meanwhile; a parent that no longer has a piece loses it from its
-  holdings and nothing else;
+- a busy parent (503) is asked again after a jittered backoff that doubles while it keeps
+  refusing; a seed that refuses a piece it sent to another child (429) is asked, until its
+  ``Retry-After`` passes, only for the pieces it offered instead (none: nothing), and the
+  refused piece comes from the other holders; a parent that no longer has a piece loses
+  it from its holdings and nothing else;
 - nothing in flight and no usable parent, or no progress for ``stall_timeout`` seconds:
   one ``Reschedule``; no answer within ``schedule_timeout`` (``queue_timeout`` once the
   scheduler said a parent is coming): ``GiveUp`` (the shell goes back to source).
@@ -78,13 +79,15 @@ class Fetched:
 
 @dataclass(frozen=True)
 class Refused:
-    """A request failed: ``kind`` is ``parents.FailureKind``."""
+    """A request failed: ``kind`` is ``parents.FailureKind``; a seed's 429 (``spread``)
+    names the pieces it ``offer``s instead."""
 
     piece: int
     parent: str
     kind: str
     reason: str
     retry_after: float = 0.0
+    offer: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,7 @@ class Book:
     failures: Counter[str] = field(default_factory=Counter)
     busy_until: dict[str, float] = field(default_factory=dict)
     busy_streak: Counter[str] = field(default_factory=Counter)
-    cooling: dict[tuple[str, int], float] = field(default_factory=dict)  # (parent, piece)
+    offers: dict[str, tuple[frozenset[int], float]] = field(default_factory=dict)  # until
     in_flight: dict[int, str] = field(default_factory=dict)
     piece_rank: list[float] = field(default_factory=list)
     parent_rank: dict[str, float] = field(default_factory=dict)
@@ -223,9 +226,9 @@ def decide(book: Book, event: Input, now: float) -> list[Action]:
 
 
 def wake_at(book: Book, now: float) -> float | None:
-    """When a backoff or a cooling piece ends (planning may then start a request)."""
+    """When a backoff or an offer ends (planning may then start a request)."""
     times = [t for t in book.busy_until.values() if t > now]
-    times += [t for t in book.cooling.values() if t > now]
+    times += [t for _, t in book.offers.values() if t > now]
     return min(times, default=None)
 
 
@@ -270,11 +273,13 @@ def _refused(book: Book, event: Refused, now: float) -> list[Action]:
     if event.kind == "missing":
         book.holdings.get(parent, set()).discard(event.piece)
         return []
-    if event.kind == "spread":  # a seed sent it to another child: get it from the peers
-        book.cooling[(parent, event.piece)] = now + max(event.retry_after, 0.1)
-    if event.kind in ("busy", "spread"):
-        # Back off the parent, doubling while it keeps refusing: a seed whose pieces are
-        # all on their way to others has nothing for this child for a moment.
+    if event.kind == "spread":
+        # A seed sent it to another child: get it from the peers, and ask the seed only for
+        # what it offers (pieces nobody has yet) until the offer runs out or expires.
+        book.offers[parent] = (frozenset(event.offer), now + max(event.retry_after, 0.1))
+        return []
+    if event.kind == "busy":
+        # Back off the parent, doubling while it keeps refusing.
         wait = min(settings.busy_backoff * 2 ** book.busy_streak[parent],
                    settings.max_busy_backoff)
         book.busy_streak[parent] += 1
@@ -289,13 +294,7 @@ def _refused(book: Book, event: Refused, now: float) -> list[Action]:
 def _plan(book: Book, now: float) -> list[Action]:
     if not book.piece_count:
         return []
-    if book.cooling:
-        book.cooling = {k: t for k, t in book.cooling.items() if t > now}
-    cooling: dict[str, set[int]] = {}
-    for parent, piece in book.cooling:
-        cooling.setdefault(parent, set()).add(piece)
-    usable = {p: book.holdings.get(p, set()) - cooling.get(p, set())
-              for p in book.parents
+    usable = {p: _askable(book, p, now) for p in book.parents
               if p not in book.bad and book.busy_until.get(p, 0.0) <= now}
     missing = (p for p in range(book.piece_count) if p not in book.held)
     chosen = choose_pieces(missing, slots=book.settings.concurrency - len(book.in_flight),
@@ -307,6 +306,21 @@ def _plan(book: Book, now: float) -> list[Action]:
         book.in_flight[piece] = parent
         fetches.append(Fetch(piece, parent, book.parents[parent].upload_url))
     return fetches
+
+
+def _askable(book: Book, parent: str, now: float) -> set[int]:
+    """The pieces ``parent`` may be asked for: what it holds, or only what it offered while
+    that offer lasts and has a piece this child still lacks."""
+    held = book.holdings.get(parent, set())
+    offer = book.offers.get(parent)
+    if offer is None:
+        return held
+    pieces, until = offer
+    left = {p for p in pieces if p not in book.held and p not in book.in_flight}
+    if until <= now or (pieces and not left):
+        del book.offers[parent]
+        return held
+    return held & left
 
 
 def _check_stall(book: Book, now: float) -> list[Action]:

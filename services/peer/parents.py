@@ -13,6 +13,7 @@ from typing import Final, Literal
 from urllib.parse import urlsplit
 
 from damselfly.services.peer.storage import DiskFullError, TaskFile
+from damselfly.services.peer.upload import OFFER_HEADER
 
 CHUNK: Final = 1 << 16
 """Small enough that the buffer stays in the CPU cache between recv, hash and write: with
@@ -23,13 +24,15 @@ FailureKind = Literal["missing", "busy", "spread", "failed"]
 
 class PieceError(Exception):
     """A parent could not serve a piece: it lacks it (416/404), is busy (503), sent it to
-    another child a moment ago (429: a seed's super-seeding; ``retry_after`` seconds) or
-    failed."""
+    another child (429: a seed's super-seeding; ``retry_after`` seconds, and the pieces it
+    ``offer``s instead) or failed."""
 
-    def __init__(self, kind: FailureKind, reason: str, retry_after: float = 0.0) -> None:
+    def __init__(self, kind: FailureKind, reason: str, retry_after: float = 0.0,
+                 offer: tuple[int, ...] = ()) -> None:
         super().__init__(reason)
         self.kind = kind
         self.retry_after = retry_after
+        self.offer = offer
 
 
 class ParentClient:
@@ -93,9 +96,12 @@ class ParentClient:
                                  else "spread" if resp.status == 429 else "failed")
             try:
                 retry_after = float(resp.headers.get("Retry-After", "0"))
+                offer = tuple(int(n) for n in resp.headers.get(OFFER_HEADER, "").split(",")
+                              if n)
             except ValueError:
-                retry_after = 0.0
-            raise PieceError(kind, f"parent answered {resp.status} {resp.reason}", retry_after)
+                retry_after, offer = 0.0, ()
+            raise PieceError(kind, f"parent answered {resp.status} {resp.reason}", retry_after,
+                             offer)
         buf: memoryview | None = getattr(self._local, "buf", None)
         if buf is None:
             buf = self._local.buf = memoryview(bytearray(CHUNK))

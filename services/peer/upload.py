@@ -2,7 +2,8 @@
 
 ``GET /v1/tasks/<task>/content`` answers 206 by sendfile for a range of pieces this peer
 holds, 416 for a range it does not hold, 404 for a task it does not know, 401 without the
-cluster's token and 503 when the concurrent-upload limit is reached. Also ``/healthz`` and
+cluster's token, 503 when the concurrent-upload limit is reached, and on a seed peer 429
+with an offer of other pieces (super-seeding). Also ``/healthz`` and
 Prometheus ``/metrics``.
 """
 
@@ -11,15 +12,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import random
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from damselfly.services.peer.storage import Storage, TaskFile
+
+OFFER_HEADER: Final = "X-Damselfly-Offer"
+"""On a seed's 429: the pieces (comma-separated numbers) it would send this child now."""
 
 
 def mint_token(secret: str, task_id: str) -> str:
@@ -50,16 +56,28 @@ class Pacer:
 
 
 class SentPieces:
-    """Which child each piece went to last, for super-seeding (pure): while a piece is on
-    its way to one child, and after it arrived for ``spread`` seconds or as long as the send
-    took if longer (time for that child to report it and pass it on), other children are
-    refused it."""
+    """Super-seeding (pure): which child each piece went to, so a seed sends each piece once
+    before it sends any twice, and leaves the copies to the children.
 
-    def __init__(self, spread: float, keep: int = 1 << 16, stuck: float = 30.0) -> None:
+    A child is refused a piece (``take`` is False) while it is on its way to another child;
+    after it arrived, for ``spread`` seconds or as long as the send took if longer (time
+    for that child to report it and pass it on); and, while the seed is still handing out
+    first copies of the task (one was taken less than ``spread`` seconds ago), whenever it
+    was delivered before. ``offer`` names pieces the child would be given at once: first
+    copies when there are any. A seed that stops handing out first copies (nobody asks for
+    the ones left) serves second copies again after ``spread`` seconds, so no child waits
+    on a piece whose only receiver left."""
+
+    def __init__(self, spread: float, keep: int = 1 << 16, stuck: float = 30.0,
+                 rng: random.Random | None = None) -> None:
         self.spread = spread
         self._keep = keep
         self._stuck = stuck  # a send older than this is over, whatever happened to it
+        self._rng = rng or random.Random()
         self._last: dict[tuple[str, int], tuple[str, float, float | None]] = {}
+        self._copied: dict[str, set[int]] = {}  # task: pieces delivered at least once
+        self._copies = 0  # pieces in _copied
+        self._first_taken: dict[str, float] = {}  # task: when a first copy last went out
 
     def take(self, task_id: str, piece: int, child: str, now: float) -> bool:
         """Whether ``child`` may have ``piece`` now; if so it is recorded as going to it."""
@@ -68,6 +86,12 @@ class SentPieces:
         last = self._last.get((task_id, piece))
         if last is not None and last[0] != child and self._fresh(last, now):
             return False
+        copied = self._copied.get(task_id, set())
+        if piece in copied and (last is None or last[0] != child) and self._first_pass(
+                task_id, now):
+            return False
+        if piece not in copied:
+            self._first_taken[task_id] = now
         if len(self._last) >= self._keep:
             self._last = {k: v for k, v in self._last.items() if self._fresh(v, now)}
         self._last[(task_id, piece)] = (child, now, None)
@@ -80,10 +104,40 @@ class SentPieces:
         if last is not None and last[2] is None:
             if delivered:
                 self._last[(task_id, piece)] = (last[0], last[1], now)
+                self._copy(task_id, piece)
             else:
                 del self._last[(task_id, piece)]
 
-    def _fresh(self, last: tuple[str, float, float | None], now: float) -> bool:
+    def offer(self, task_id: str, held: list[int], now: float, n: int = 4) -> list[int]:
+        """Up to ``n`` of the ``held`` pieces a child would be given now, in a random
+        order (so children refused together ask for different ones): first copies while
+        there are any, else pieces not refused by the time rule."""
+        copied = self._copied.get(task_id, set())
+        free = [p for p in held if p not in copied
+                and not self._fresh(self._last.get((task_id, p)), now)]
+        if not free and not self._first_pass(task_id, now):
+            free = [p for p in held if not self._fresh(self._last.get((task_id, p)), now)]
+        return self._rng.sample(free, min(n, len(free)))
+
+    def _first_pass(self, task_id: str, now: float) -> bool:
+        return now - self._first_taken.get(task_id, -1e18) < self.spread
+
+    def _copy(self, task_id: str, piece: int) -> None:
+        copied = self._copied.setdefault(task_id, set())
+        if piece not in copied:
+            copied.add(piece)
+            self._copies += 1
+        while self._copies > self._keep and len(self._copied) > 1:
+            oldest = next(iter(self._copied))  # forget the oldest other task's copies
+            if oldest == task_id:  # keep the task being served: move it to the end
+                self._copied[task_id] = self._copied.pop(task_id)
+                continue
+            self._copies -= len(self._copied.pop(oldest))
+            self._first_taken.pop(oldest, None)
+
+    def _fresh(self, last: tuple[str, float, float | None] | None, now: float) -> bool:
+        if last is None:
+            return False
         _, started, finished = last
         if finished is None:
             return now - started < self._stuck
@@ -92,7 +146,7 @@ class SentPieces:
         return now - finished < max(self.spread, finished - started)
 
     def __len__(self) -> int:
-        return len(self._last)
+        return len(self._last) + self._copies
 
 
 class _SentFile(web.FileResponse):
@@ -149,8 +203,10 @@ def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploa
     another parent instead of timing out on this one.
 
     ``spread`` > 0 (a seed peer's super-seeding, see ``SentPieces``): a piece on its way to
-    one child, or just delivered, is refused to others with 429, so the seed's uplink
-    carries pieces nobody has yet and the children pass the ones they got to each other."""
+    one child, just delivered, or (while first copies are going out) delivered at all, is
+    refused to others with 429 and an offer of pieces they may have instead, so the seed's
+    uplink carries pieces nobody has yet and the children pass the ones they got to each
+    other."""
     pacer = Pacer(rate_limit)
     slots = asyncio.Semaphore(max_uploads)
     sent = SentPieces(spread)
@@ -179,10 +235,12 @@ def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploa
         held = all(p in tf.bitmap for p in range(start // pl, (stop - 1) // pl + 1))
         if start >= stop or not held:
             return refuse(416, "range not held", **{"Content-Range": f"bytes */{size}"})
-        piece = start // pl
-        if not sent.take(task_id, piece, request.remote or "", time.monotonic()):
-            return refuse(429, "piece just sent to another peer: fetch it from the peers",
-                          **{"Retry-After": f"{spread:g}"})
+        piece, now = start // pl, time.monotonic()
+        if not sent.take(task_id, piece, request.remote or "", now):
+            offer = sent.offer(task_id, tf.bitmap.held(), now)
+            return refuse(429, "piece sent to another peer: fetch it from the peers",
+                          **{"Retry-After": f"{spread:g}",
+                             OFFER_HEADER: ",".join(map(str, offer))})
         delivered = False
         try:
             response = await send(request, tf, stop - start)

@@ -133,13 +133,36 @@ def test_a_busy_parent_is_asked_again_after_a_backoff_that_doubles() -> None:
     assert 21.0 <= b.busy_until["p1"] <= 22.0  # doubled
 
 
-def test_a_spread_piece_comes_from_another_holder_meanwhile() -> None:
-    b = book(Settings(concurrency=1))
+def test_a_spread_piece_comes_from_another_holder_and_the_seed_is_asked_for_its_offer() -> None:
+    b = book(Settings(concurrency=2, per_parent=1))
     decide(b, assigned(parent(SEED), parent("p1", [])), 0.0)
     (piece, who), = b.in_flight.items()
     assert who == SEED
-    assert fetches(decide(b, Refused(piece, SEED, "spread", "429", retry_after=3.0), 1.0)) == []
+    offer = tuple(p for p in range(PIECES) if p != piece)[:2]
+    actions = decide(b, Refused(piece, SEED, "spread", "429", retry_after=1.0, offer=offer),
+                     1.0)
+    assert [p for p, _ in fetches(actions)] in ([offer[0]], [offer[1]])  # only the offer
     assert fetches(decide(b, finished("p1", piece), 1.1)) == [(piece, "p1")]
+
+
+def test_an_empty_offer_leaves_the_seed_alone_until_it_expires() -> None:
+    b = book(Settings(concurrency=1))
+    (piece, _), = fetches(decide(b, assigned(parent(SEED)), 0.0))
+    assert decide(b, Refused(piece, SEED, "spread", "429", retry_after=1.0), 1.0) == []
+    assert wake_at(b, 1.0) == 2.0
+    assert fetches(decide(b, Tick(), 1.9)) == []
+    assert len(fetches(decide(b, Tick(), 2.0))) == 1
+
+
+def test_a_used_up_offer_lets_the_child_ask_the_seed_freely_again() -> None:
+    b = book(Settings(concurrency=1))
+    (piece, _), = fetches(decide(b, assigned(parent(SEED)), 0.0))
+    other = (piece + 1) % PIECES
+    (offered, _), = fetches(decide(b, Refused(piece, SEED, "spread", "429", retry_after=5.0,
+                                              offer=(other,)), 1.0))
+    assert offered == other
+    actions = decide(b, Fetched(other, SEED, DIGESTS[other]), 1.5)
+    assert len(fetches(actions)) == 1 and SEED not in b.offers
 
 
 def test_a_parent_without_the_piece_only_loses_it_from_its_holdings() -> None:

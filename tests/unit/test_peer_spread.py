@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from damselfly.services.peer.upload import SentPieces
 
 
@@ -48,6 +50,28 @@ def test_without_spread_everything_is_served() -> None:
 def test_memory_stays_bounded() -> None:
     sent = SentPieces(spread=1.0, keep=100)
     for i in range(1000):
-        assert sent.take("t", i, "c", now=float(i))
-        sent.sent("t", i, now=float(i))
-    assert len(sent) <= 100
+        assert sent.take(f"t{i % 7}", i, "c", now=float(i))
+        sent.sent(f"t{i % 7}", i, now=float(i))
+    assert len(sent) <= 2 * 100
+
+
+def test_each_piece_goes_out_once_before_any_goes_out_twice() -> None:
+    sent = SentPieces(spread=1.0, rng=random.Random(1))
+    assert sent.take("t", 0, "child-a", now=0.0)
+    sent.sent("t", 0, now=0.5)
+    assert sent.take("t", 1, "child-c", now=9.0)  # first copies are still going out
+    assert not sent.take("t", 0, "child-b", now=9.2)  # so no second copy of piece 0
+    assert sorted(sent.offer("t", [0, 1, 2, 3], now=9.2)) == [2, 3]  # never sent, not on the way
+    sent.sent("t", 1, now=9.5)
+    assert sent.take("t", 0, "child-b", now=10.1)  # no first copy for a spread: serve again
+
+
+def test_a_refused_child_is_offered_first_copies_else_what_it_may_have() -> None:
+    sent = SentPieces(spread=1.0, rng=random.Random(1))
+    for piece in range(3):
+        assert sent.take("t", piece, "child-a", now=0.0)
+        sent.sent("t", piece, now=0.2)
+    assert sorted(sent.offer("t", [0, 1, 2, 3], now=0.3)) == [3]
+    assert sent.offer("t", [0, 1, 2], now=0.3) == []  # all just sent: nothing for now
+    assert sorted(sent.offer("t", [0, 1, 2], now=5.0)) == [0, 1, 2]
+    assert len(sent.offer("t", list(range(100)), now=5.0, n=4)) == 4
