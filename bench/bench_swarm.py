@@ -147,7 +147,7 @@ def damselfly(net: NetLab, source: Path, size: int, peers: int, *, cli: bool = F
         ready = start_daemons(lab, nats, [SEED, *children], hosts=net.hosts, seeds=[SEED])
         digest = file_digest(source, "sha256")
         request = DownloadRequest(url=f"{origin}/files/{source.name}", digest=digest)
-        seed_tx0 = net.egress_bytes(SEED)
+        seed_tx0, core_tx0 = net.egress_bytes(SEED), net.egress_bytes(CORE)
         roles = {"scheduler": ["scheduler"], "seed": [SEED], "children": children}
         cpu0, machine, t0 = lab.cpu_seconds(), Machine(), time.time()
         role0 = {role: lab.cpu_seconds(names) for role, names in roles.items()}
@@ -172,6 +172,8 @@ def damselfly(net: NetLab, source: Path, size: int, peers: int, *, cli: bool = F
         extra.update(_refusals([ready[n]["api_socket"] for n in [SEED, *children]]))
         extra["outputs_ok"] = f"{_outputs_match(lab, children, digest)}/{peers}"
         sent = origin_bytes_sent(origin, core)
+        # What else left the core host's link: NATS delivering events to the daemons.
+        extra["control_mib"] = round((net.egress_bytes(CORE) - core_tx0 - sent) / MiB, 1)
         log = dump_events(lab, nats, core)
         RESULTS.mkdir(parents=True, exist_ok=True)
         kept = RESULTS / f"swarm-F{size // MiB}-N{peers}.events.jsonl"
@@ -327,13 +329,14 @@ def main() -> None:
                    "bittorrent_piece_kib": BT_PIECE >> 10},
         "notes": ["bound = max(F/U_s, N*F/(U_s + N*U)), U = U_s = the link rate.",
                   "seed_link_ratio: bytes the seed's link carried / F; busy_503: busy answers "
-                  "of all upload servers; first-piece times and parents per child come from "
-                  "Damselfly's event log."],
+                  "of all upload servers; control_mib: what the core host's link (NATS, "
+                  "scheduler, origin) carried besides the origin's bytes; first-piece times "
+                  "and parents per child come from Damselfly's event log."],
         "columns": ["system", "mib", "peers", "bound_s", "p50_s", "slowest_s", "eff_p50",
                     "eff_slowest", "vs_bittorrent", "vs_curl", "mib_s", "origin_ratio",
                     "seed_link_ratio", "seed_first_piece_s", "child_first_piece_p50_s",
                     "child_first_piece_max_s", "parents_per_child_p50", "pieces_from_seed",
-                    "busy_503", "spread_429",
+                    "busy_503", "spread_429", "control_mib",
                     "reschedules", "back_to_source", "piece_failures", "outputs_ok", "cpu_s",
                     "cpu_s_children", "cpu_s_seed", "cpu_s_scheduler", "cpu_s_clients",
                     "cpu_util", "peak_rss_mib", "load_1m", "error"],

@@ -48,29 +48,56 @@ class PoisonEvent(Exception):
 
 
 class Publisher:
-    """Publishes events to their subjects; ``publish_many`` pipelines the acks."""
+    """Publishes events to their subjects; ``publish_many`` pipelines the acks.
 
-    def __init__(self, js: JetStreamContext, *, timeout: float = 5.0) -> None:
+    An ack that does not come within ``timeout`` seconds is asked for again, up to
+    ``attempts`` times in all: the event id is the message id, so the stream stores a
+    resent event once, and a broker slow for a moment (a thin link full of deliveries)
+    does not fail the download or the write that published it."""
+
+    def __init__(self, js: JetStreamContext, *, timeout: float = 5.0, attempts: int = 3) -> None:
         self._js = js
         self._timeout = timeout
+        self._attempts = attempts
 
     async def publish(self, event: Event) -> int:
         """Publish one event and wait for the stream's ack; returns its stream sequence.
 
-        Raises ``nats.errors.TimeoutError`` or ``nats.js.errors.APIError``.
+        Raises ``nats.errors.TimeoutError`` (after every attempt) or
+        ``nats.js.errors.APIError``.
         """
-        ack = await self._js.publish(subject_for(event), encode(event), timeout=self._timeout,
-                                     headers={MSG_ID: event.id})
-        return ack.seq
+        for attempt in range(1, self._attempts + 1):
+            try:
+                ack = await self._js.publish(subject_for(event), encode(event),
+                                             timeout=self._timeout, headers={MSG_ID: event.id})
+                return ack.seq
+            except NatsTimeoutError:
+                if attempt == self._attempts:
+                    raise
+                log.warning("no ack for %s within %gs; publishing it again", event.id,
+                            self._timeout)
+        raise AssertionError("unreachable")
 
     async def publish_many(self, events: Iterable[Event]) -> list[int]:
-        """Publish events without waiting between them, then wait for every ack."""
-        futures = [
-            await self._js.publish_async(subject_for(e), encode(e), headers={MSG_ID: e.id})
-            for e in events
-        ]
-        acks = await asyncio.wait_for(asyncio.gather(*futures), timeout=self._timeout)
-        return [a.seq for a in acks]
+        """Publish events without waiting between them, then wait for every ack (all of
+        them again, as one batch, when some do not come in time)."""
+        batch = list(events)
+        for attempt in range(1, self._attempts + 1):
+            futures = [
+                await self._js.publish_async(subject_for(e), encode(e), headers={MSG_ID: e.id})
+                for e in batch
+            ]
+            try:
+                acks = await asyncio.wait_for(asyncio.gather(*futures), timeout=self._timeout)
+                return [a.seq for a in acks]
+            except TimeoutError:
+                for future in futures:
+                    future.cancel()
+                if attempt == self._attempts:
+                    raise NatsTimeoutError from None
+                log.warning("no acks for %d events within %gs; publishing them again",
+                            len(batch), self._timeout)
+        raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)

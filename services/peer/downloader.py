@@ -9,6 +9,7 @@ task file in worker threads, so memory stays flat and the event loop stays free.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import logging
 import math
@@ -26,7 +27,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from damselfly.events.base import Event
 from damselfly.events.bus import Publisher
@@ -82,6 +83,9 @@ from damselfly.services.peer.upload import TransferStats, mint_token
 log = logging.getLogger("damselfly.peer")
 
 CHUNK: Final = 1 << 16
+# A followed parent's events are replayed from this long before the decision that named it
+# (clocks differ between hosts; a report missed here costs a choice, never bytes).
+FOLLOW_MARGIN: Final = 2.0
 Decision = ParentsAssigned | BackToSourceOrdered | ScheduleFailed
 Inbound = Decision | PeerQueued | PieceFinished | TaskMetadataReported | PeerLeft | PeerFailed \
     | Fetched | Refused
@@ -522,20 +526,24 @@ class Download:
         assert tf is not None
         if decision.content_length >= 0 and decision.piece_length > 0:
             await self._shape(decision.content_length, decision.piece_length)
+        since = dt.datetime.fromtimestamp(decision.at - FOLLOW_MARGIN, dt.UTC)
         for peer in {p.peer_id for p in decision.parents} | set(decision.source_peers):
             if peer != self.peer_id:
-                await self._follow(peer)
+                await self._follow(peer, since)
 
-    async def _follow(self, peer_id: str) -> None:
-        """Replay and follow one peer's events of this task (never the whole task's)."""
+    async def _follow(self, peer_id: str, since: dt.datetime) -> None:
+        """Follow one peer's events of this task (never the whole task's) from ``since``:
+        what it held before is in the decision's bitmap and digests, so replaying all its
+        history would only repeat them (NATS would deliver every child every parent's
+        every piece report, the largest share of control traffic in a swarm)."""
         if peer_id in self._followed:
             return
         self._followed.add(peer_id)
         subject = task_filter(self.ctx.cluster, partition(self.task_id), self.task_id, peer_id,
                               ">")
         self._subs.append(await self.ctx.js.subscribe(
-            subject, cb=self._on_peer_event, ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL))
+            subject, cb=self._on_peer_event, ordered_consumer=True, config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since)))
 
     async def _on_peer_event(self, msg: Msg) -> None:
         try:

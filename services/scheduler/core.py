@@ -90,6 +90,7 @@ class Peer(msgspec.Struct, kw_only=True):
     source: bool = False       # fetched from the origin: its digests are the authority
     bad: bool = False
     failed_uploads: int = 0
+    told: set[int] = msgspec.field(default_factory=set)  # pieces whose digest it was sent
 
 
 class Task(msgspec.Struct, kw_only=True):
@@ -335,6 +336,7 @@ def _on_reschedule(state: State, e: RescheduleRequested, out: list[Event], trace
         return
     peer.retries += 1
     peer.blocklist.extend(b for b in e.blocklist if b not in peer.blocklist)
+    peer.told.clear()  # a stuck child may have missed a decision: tell it every digest again
     if peer.state == BACK_TO_SOURCE:  # its origin fetch failed: it wants parents now
         peer.state = RUNNING
         if peer.peer_id in task.origin_fetchers:
@@ -483,7 +485,18 @@ def _assign(state: State, task: Task, peer: Peer, parents: list[Peer], trigger: 
                             bitmap=bytes(p.bitmap), seed=state.hosts[p.host_id].seed)
                  for p in parents],
         content_length=task.content_length, piece_length=task.piece_length,
-        piece_digests=list(task.digests), source_peers=list(task.source_peers)))
+        piece_digests=_untold_digests(task, peer), source_peers=list(task.source_peers)))
+
+
+def _untold_digests(task: Task, peer: Peer) -> list[str]:
+    """The task's known digests this peer was not sent yet ("" for the rest, trailing ones
+    left off): a child keeps what it was told, and with 512 pieces the whole list is 36 KB
+    in every top-up, a large share of what NATS delivers."""
+    digests = [d if d and i not in peer.told else "" for i, d in enumerate(task.digests)]
+    peer.told.update(i for i, d in enumerate(task.digests) if d)
+    while digests and not digests[-1]:
+        digests.pop()
+    return digests
 
 
 def _order_back_to_source(state: State, task: Task, peer: Peer, trigger: Event,

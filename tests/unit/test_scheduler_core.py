@@ -68,6 +68,26 @@ def test_parents_carry_addresses_bitmaps_digests_and_sources() -> None:
     assert d.trigger_id == s.log[-1].id
 
 
+def test_a_child_is_sent_each_digest_once_and_all_again_when_it_asks() -> None:
+    s = Script()
+    for h in ("h1", "h2", "h3"):
+        s.host(h)
+    only(s.register("p1", "h1"), BackToSourceOrdered)
+    s.source("p1", range(1))
+    first = only(s.register("p2", "h2"), ParentsAssigned)
+    assert isinstance(first, ParentsAssigned) and first.piece_digests == ["d0"]
+    s.piece("p1", 1)
+    s.piece("p1", 2)
+    other = only(s.register("p3", "h3"), ParentsAssigned)
+    assert isinstance(other, ParentsAssigned)
+    assert other.piece_digests == ["d0", "d1", "d2"]  # another child is told them all
+    top_up = [d for d in s.piece("p3", 0, parent="p1") if isinstance(d, ParentsAssigned)]
+    assert [d.peer_id for d in top_up] == ["p2"]
+    assert top_up[0].piece_digests == ["", "d1", "d2"]  # only the ones p2 was not sent
+    again = [d for d in s.reschedule("p2") if isinstance(d, ParentsAssigned)]
+    assert again and again[0].piece_digests == ["d0", "d1", "d2"]  # stuck: everything
+
+
 def test_never_a_parent_on_the_childs_own_host() -> None:
     s = swarm_with_source()
     d = only(s.register("p1b", "h1"), BackToSourceOrdered)  # only holder shares its host
