@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from damselfly import dashboards
 from damselfly.projections import store
 from damselfly.services.manager.control.auth import Caller, Principal, allow, reader_of, record
+from damselfly.services.manager.jobshape import dragonfly_job, job_number, job_prefix
 from damselfly.services.manager.schedulers import live_schedulers
 
 log = logging.getLogger("damselfly.manager.api")
@@ -160,24 +161,42 @@ async def jobs(request: Request, who: Caller, state: str = "", type: str = "",
                application: str = "", limit: Annotated[int, Query(ge=1, le=1000)] = 200
                ) -> list[dict[str, object]]:
     allow(who, scope="job")
-    return await _records(
+    rows = await _records(
         request, who,
         f"SELECT * FROM ({JOBS_SQL}) WHERE (? = '' OR state = ?) AND (? = '' OR kind = ?) "
         "AND (? = '' OR application = ?) ORDER BY requested_at DESC NULLS LAST, job_id LIMIT ?",
         [state, state, type, type, application, application, limit])
+    return [{"id": job_number(str(r["job_id"])), **r} for r in rows]
 
 
 @router.get("/jobs/{job_id}")
-@open_router.get("/jobs/{job_id}", summary="A job's state and its outcome on each host")
+@open_router.get("/jobs/{job_id}", summary="A job by its id or Dragonfly integer id: "
+                 "Dragonfly's fields (id, type, state PENDING/SUCCESS/FAILURE, result) and "
+                 "Damselfly's (job, hosts)")
 async def job(request: Request, who: Caller, job_id: str) -> dict[str, object]:
     allow(who, scope="job")
-    found = await _records(request, who, f"SELECT * FROM ({JOBS_SQL}) WHERE job_id = ?",
-                           [job_id])
+    prefix = job_prefix(job_id)
+    where, key = ("job_id LIKE ? || '%'", prefix) if prefix else ("job_id = ?", job_id)
+    found = await _records(request, who, f"SELECT * FROM ({JOBS_SQL}) WHERE {where} "
+                           "ORDER BY job_id LIMIT 1", [key])
+    if not found and prefix:  # the number of an id that is not hex: find it by its hash
+        ids = await _records(request, who, "SELECT job_id FROM jobs")
+        matches: list[object] = [r["job_id"] for r in ids
+                                 if job_number(str(r["job_id"])) == int(job_id)]
+        if matches:
+            found = await _records(request, who, f"SELECT * FROM ({JOBS_SQL}) WHERE "
+                                   "job_id = ?", matches[:1])
     if not found:
         raise HTTPException(404, f"no job {job_id}")
+    job_id = str(found[0]["job_id"])
     outcomes = await _records(request, who, "SELECT * FROM job_hosts WHERE job_id = ? "
                               "ORDER BY host_id, task_id", [job_id])
-    return {"job": found[0], "hosts": outcomes}
+    named = await _records(request, who, "SELECT j.host_id, j.task_id, j.state, j.reason, "
+                           "h.hostname, h.ip, t.url FROM job_hosts j LEFT JOIN hosts h "
+                           "USING (host_id) LEFT JOIN tasks t USING (task_id) "
+                           "WHERE j.job_id = ?", [job_id])
+    urls = {str(r["task_id"]): str(r["url"] or "") for r in named}
+    return {**dragonfly_job(found[0], named, urls), "job": found[0], "hosts": outcomes}
 
 
 @router.get("/dashboards")

@@ -51,5 +51,19 @@ class Reader:
         return [{c: store.plain(v) for c, v in zip(result.columns, row, strict=True)}
                 for row in result.rows]
 
+    async def caught_up(self, projection: str, stream: str, seq: int, timeout: float) -> bool:
+        """Wait until ``projection`` has applied ``stream`` up to ``seq`` (a write this
+        manager just published, so the next read sees it); False after ``timeout`` s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            rows = await self.records("SELECT last_seq FROM projection_watermarks WHERE "
+                                      "projection = ? AND stream = ?", [projection, stream])
+            if rows and int(str(rows[0]["last_seq"])) >= seq:
+                return True
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+
     def close(self) -> None:
         self._con.close()

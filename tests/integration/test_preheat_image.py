@@ -10,7 +10,7 @@ import json
 import secrets
 import socket
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -18,16 +18,20 @@ import pytest
 from aiohttp import web
 
 from damselfly.services.peer.oci import blob_task_id
-from damselfly.services.peer.proxy import ProxyConfig, proxy_app
-from damselfly.services.runtime.procs import DAMSELFLY, spawn, stop, wait_ready
 from tests.support.control import (
     ROOT_PASSWORD,
-    PeerHost,
     job_outcome,
     peer_host,
     running_manager,
 )
-from tests.support.registry import have_registry_tools, push, running_registry, write_image
+from tests.support.registry import (
+    have_registry_tools,
+    mirror,
+    push,
+    running_registry,
+    scheduler,
+    write_image,
+)
 from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.anyio,
@@ -37,43 +41,17 @@ CLUSTER = "img"
 PIECE = 64 << 10
 
 
-@contextlib.contextmanager
-def scheduler(nats_url: str, run: Path) -> Iterator[None]:
-    ready = run / "scheduler.json"
-    with open(run / "scheduler.log", "wb") as log:
-        proc = spawn([*DAMSELFLY, "scheduler", "--nats", nats_url,
-                      "--cluster", CLUSTER, "--ready-file", str(ready)], log)
-    try:
-        wait_ready(ready, proc)
-        yield
-    finally:
-        stop([proc])
-
-
-@contextlib.asynccontextmanager
-async def mirror(host: PeerHost, registry: str) -> AsyncIterator[str]:
-    runner = web.AppRunner(proxy_app(host.downloads, ProxyConfig(registry=registry,
-                                                                 piece_length=PIECE)),
-                           access_log=None)
-    await runner.setup()
-    sock = socket.create_server(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        await runner.cleanup()
-
-
 async def test_preheat_an_image_then_pull_its_layers_from_the_swarm(
         nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     image = write_image(tmp_path / "layout", "v1", [200_000, 300_000])
-    with running_registry(tmp_path / "registry") as registry, scheduler(nats_url, tmp_path):
+    with (running_registry(tmp_path / "registry") as registry,
+          scheduler(nats_url, tmp_path, CLUSTER)):
         push(image, registry, "team/app")
         async with (running_manager(nats_url, tmp_path / "m", monkeypatch) as m,
                     peer_host(nats_url, tmp_path / "seed", "seed", cluster=CLUSTER) as seed,
                     peer_host(nats_url, tmp_path / "peer", "peer", cluster=CLUSTER,
                               seed=False) as peer,
-                    mirror(peer, registry.url) as proxy):
+                    mirror(peer, registry.url, PIECE) as proxy):
             root = await eventually(lambda: m.try_sign_in("root", ROOT_PASSWORD))
             status, job = await m.call("POST", "/api/v1/jobs", {
                 "type": "preheat", "scheduler_cluster_ids": [CLUSTER],

@@ -16,12 +16,16 @@ import subprocess
 import tarfile
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from damselfly.services.runtime.procs import spawn, stop
+from aiohttp import web
+
+from damselfly.services.peer.proxy import ProxyConfig, proxy_app
+from damselfly.services.runtime.procs import DAMSELFLY, spawn, stop, wait_ready
+from tests.support.control import PeerHost
 from tests.support.wait import eventually_sync
 
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -148,3 +152,31 @@ def push(image: Image, registry: Registry, name: str) -> str:
                     f"oci:{image.layout}:{image.tag}", f"docker://{ref}"],
                    check=True, capture_output=True, timeout=60)
     return ref
+
+
+@contextmanager
+def scheduler(nats_url: str, run: Path, cluster: str) -> Iterator[None]:
+    """A scheduler process for ``cluster``, its files under ``run``."""
+    ready = run / "scheduler.json"
+    with open(run / "scheduler.log", "wb") as log:
+        proc = spawn([*DAMSELFLY, "scheduler", "--nats", nats_url,
+                      "--cluster", cluster, "--ready-file", str(ready)], log)
+    try:
+        wait_ready(ready, proc)
+        yield
+    finally:
+        stop([proc])
+
+
+@asynccontextmanager
+async def mirror(host: PeerHost, registry: str, piece_length: int) -> AsyncIterator[str]:
+    """``host``'s registry mirror in front of ``registry``, on a free loopback port."""
+    runner = web.AppRunner(proxy_app(host.downloads, ProxyConfig(
+        registry=registry, piece_length=piece_length)), access_log=None)
+    await runner.setup()
+    sock = socket.create_server(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        await runner.cleanup()

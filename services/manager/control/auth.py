@@ -9,6 +9,8 @@ mint tokens with, and every manager reading the log accepts the same tokens.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import datetime as dt
 import hashlib
 import hmac
@@ -24,6 +26,7 @@ from damselfly.events.base import Event
 from damselfly.events.bus import Publisher
 from damselfly.events.ids import new_id
 from damselfly.events.secrets import read_secret
+from damselfly.services.manager.control.passwords import verify_password
 from damselfly.services.manager.reader import Reader
 
 ROLES: Final = {"root": ("read", "write"), "guest": ("read",)}
@@ -122,16 +125,45 @@ async def _from_token(reader: Reader, token: str, now: float) -> Principal:
                      frozenset(str(s) for s in scopes), token_id)
 
 
-async def principal(request: Request) -> Principal:
-    """The caller from ``Authorization: Bearer …``. Raises ``HTTPException`` 401."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise HTTPException(401, "sign in first: send Authorization: Bearer <token>",
-                            headers={"WWW-Authenticate": "Bearer"})
+async def _from_password(reader: Reader, name: str, password: str) -> Principal:
+    row = await _user(reader, name)
+    if not await asyncio.to_thread(verify_password, password, str(row["password_hash"])):
+        raise AuthError("wrong user name or password")
+    return Principal(str(row["user_id"]), str(row["role"]), str(row["tenant"] or ""))
+
+
+def _basic(value: str) -> tuple[str, str]:
+    """``(user, password)`` of a Basic credential. Raises ``AuthError``."""
     try:
-        return await _from_token(reader_of(request), token, time.time())
+        name, colon, password = base64.b64decode(value, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise AuthError("malformed Basic credentials") from None
+    if not colon:
+        raise AuthError("malformed Basic credentials")
+    return name, password
+
+
+async def principal(request: Request) -> Principal:
+    """The caller, as Harbor's preheat provider and Dragonfly's clients send it:
+    ``Authorization: Bearer <token>``, ``Authorization: Basic`` with a user's name and
+    password (or any name and a token), or ``?access_token=<token>``. Raises
+    ``HTTPException`` 401."""
+    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+    reader, now = reader_of(request), time.time()
+    try:
+        if scheme.lower() == "bearer" and credential:
+            return await _from_token(reader, credential, now)
+        if scheme.lower() == "basic" and credential:
+            name, password = _basic(credential)
+            if password.startswith(tuple(PREFIXES.values())):
+                return await _from_token(reader, password, now)
+            return await _from_password(reader, name, password)
+        if token := request.query_params.get("access_token"):
+            return await _from_token(reader, token, now)
     except AuthError as exc:
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+    raise HTTPException(401, "sign in first: send Authorization: Bearer <token>",
+                        headers={"WWW-Authenticate": "Bearer"})
 
 
 Caller = Annotated[Principal, Depends(principal)]
@@ -170,9 +202,10 @@ async def issue_token(request: Request, who: Principal, *, kind: TokenKind, name
 
 
 async def record(request: Request, who: Principal, action: str, target: str,
-                 *events: Event, status: int = 200) -> None:
-    """Publish a write's events followed by its audit record. Raises NATS errors."""
+                 *events: Event, status: int = 200) -> list[int]:
+    """Publish a write's events followed by its audit record; their stream sequences, in
+    order. Raises NATS errors."""
     audit = AuditRecorded(id=new_id(), at=time.time(), actor=who.user_id, action=action,
                           target=target, method=request.method, path=request.url.path,
                           status=status)
-    await publisher_of(request).publish_many([*events, audit])
+    return await publisher_of(request).publish_many([*events, audit])

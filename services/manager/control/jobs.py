@@ -2,16 +2,19 @@
 personal access token with the ``job`` scope) take ``{"type": "preheat" | "delete_task" |
 "get_task", "args": {…}, "scheduler_cluster_ids": […]}`` and publish the request event;
 the coordinator and the peers do the rest. Credentials in ``args`` (``username``,
-``password``, ``Authorization``-like headers) are sealed, never published in clear.
+``password``, ``Authorization``-like headers) are sealed, never published in clear. The
+answer is Dragonfly's (``id`` an integer, ``state`` ``PENDING``), as Harbor reads it, with
+the event log's ``job_id`` beside it; the job's URL answers from the moment it returns.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from damselfly.events.base import Event
 from damselfly.events.ids import new_id
@@ -23,6 +26,7 @@ from damselfly.events.jobs import (
     PreheatScope,
 )
 from damselfly.events.secrets import public_headers, seal, sensitive_headers
+from damselfly.events.streams import JOBS_STREAM
 from damselfly.events.taskid import task_id as compute_task_id
 from damselfly.services.manager.control.auth import (
     Caller,
@@ -33,6 +37,7 @@ from damselfly.services.manager.control.auth import (
     record,
 )
 from damselfly.services.manager.control.clusters import known_clusters
+from damselfly.services.manager.jobshape import job_number, rfc3339
 
 router = APIRouter(tags=["jobs"])
 
@@ -58,6 +63,15 @@ class PreheatArgs(Strict):
     password: str = ""
     platform: Annotated[str, Field(pattern=r"^$|^[a-z0-9]+/[a-z0-9]+(/[a-z0-9]+)?$")] = ""
     piece_length: Annotated[int, Field(ge=1, le=1 << 30)] | None = None
+    # Dragonfly's fields that Harbor always sends (zero for "the default"): taken, not used;
+    # a preheat here ends by the manager's preheat timeout and all_peers reaches every host.
+    concurrent_count: Annotated[int, Field(ge=0)] = 0
+    timeout: Annotated[int, Field(ge=0, description="nanoseconds (Go's Duration)")] = 0
+
+    @field_validator("scope", mode="before")
+    @classmethod
+    def _default_scope(cls, value: object) -> object:
+        return value or "single_seed_peer"  # Harbor sends "" when none is configured
 
 
 class TaskArgs(Strict):
@@ -77,8 +91,10 @@ ClusterId = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int
 class JobCreate(Strict):
     type: Literal["preheat", "delete_task", "get_task"]
     args: dict[str, Any]
-    scheduler_cluster_ids: list[ClusterId] = Field([], description="cluster ids; Dragonfly's "
-                                                   "numeric ids are taken as their decimal text")
+    scheduler_cluster_ids: Annotated[list[ClusterId], BeforeValidator(
+        lambda v: [] if v is None else v)] = Field(
+        [], description="cluster ids (none or null: every cluster); Dragonfly's numeric ids "
+                        "are taken as their decimal text")
     bio: str = ""
 
 
@@ -142,8 +158,12 @@ async def _create(request: Request, who: Principal, body: JobCreate) -> dict[str
         raise HTTPException(404, f"unknown scheduler clusters: {', '.join(unknown)}")
     job_id = new_id()
     event = _preheat(job_id, who, body) if body.type == "preheat" else _task_job(job_id, who, body)
-    await record(request, who, f"job.{body.type}", job_id, event, status=201)
-    out: dict[str, object] = {"id": job_id, "type": body.type, "state": "pending",
+    seq, *_ = await record(request, who, f"job.{body.type}", job_id, event, status=201)
+    # Read your write: the job's URL answers as soon as this response arrives.
+    await reader_of(request).caught_up("jobs", JOBS_STREAM, seq, timeout=2.0)
+    created = rfc3339(dt.datetime.fromtimestamp(event.at, dt.UTC).replace(tzinfo=None))
+    out: dict[str, object] = {"id": job_number(job_id), "job_id": job_id, "type": body.type,
+                              "state": "PENDING", "created_at": created, "updated_at": created,
                               "scheduler_cluster_ids": body.scheduler_cluster_ids}
     if isinstance(event, PreheatRequested):
         out |= {"url": event.url, "urls": [event.url, *event.urls], "scope": event.scope,
