@@ -23,7 +23,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
-import aiohttp
 import anyio
 
 from bench.netlab import Host
@@ -284,7 +283,7 @@ async def run_all(jobs: Sequence[Callable[[], Awaitable[T]]], timeout: float,
         async with limiter:
             try:
                 results[i] = await jobs[i]()
-            except (RuntimeError, OSError, aiohttp.ClientError) as exc:
+            except (RuntimeError, OSError) as exc:
                 errors.append(str(exc) or repr(exc))
 
     try:

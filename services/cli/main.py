@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from importlib import import_module, metadata
+from importlib import import_module
 
 # Each module has register(subparsers) and sets ``run`` on its parsers. A command imports
 # only its own module, so ``damselfly daemon`` and ``damselfly get`` never load DuckDB or the
@@ -28,11 +28,21 @@ COMMANDS = {
 }
 
 
-def _version() -> str:
-    try:
-        return metadata.version("damselfly")
-    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
-        return "unknown"
+class _Version(argparse.Action):
+    """``--version``, reading the installed distribution's metadata only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("damselfly")
+        except metadata.PackageNotFoundError:  # a checkout that was never installed
+            version = "unknown"
+        print(f"damselfly {version}")
+        parser.exit()
 
 
 def _command(argv: Sequence[str]) -> str | None:
@@ -47,7 +57,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser for ``argv``: only its command's module when it names one, else all."""
     parser = argparse.ArgumentParser(prog="damselfly", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--version", action="version", version=f"damselfly {_version()}")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True)
     command = _command(sys.argv[1:] if argv is None else argv)
     modules = [COMMANDS[command]] if command else COMMANDS.values()

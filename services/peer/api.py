@@ -31,14 +31,19 @@ class ImportRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
 class ExportRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     path: str
+    hard_link: bool = False  # dfget's --force-hard-link: link, or fail
 
 
-def export_file(source: Path, target: Path) -> int:
-    """Copy atomically: into a hidden file beside ``target``, then rename over it, so a
-    reader never sees half a file. Returns the bytes copied. Raises ``OSError``."""
+def export_file(source: Path, target: Path, hard_link: bool = False) -> int:
+    """Copy (or hard-link) atomically: into a hidden file beside ``target``, then rename
+    over it, so a reader never sees half a file. Returns the bytes exported. Raises
+    ``OSError`` (a link across file systems is ``EXDEV``)."""
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
     try:
-        shutil.copyfile(source, tmp)
+        if hard_link:
+            os.link(source, tmp)
+        else:
+            shutil.copyfile(source, tmp)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -170,7 +175,8 @@ def api_app(downloads: Downloads, stats: TransferStats) -> web.Application:
         if not target.is_absolute():
             return _error(400, f"export path must be absolute: {body.path}")
         try:
-            size = await anyio.to_thread.run_sync(export_file, tf.data_path, target)
+            size = await anyio.to_thread.run_sync(export_file, tf.data_path, target,
+                                                  body.hard_link)
         except OSError as exc:
             return _error(400, f"cannot write {target}: {exc.strerror or exc}")
         tf.touch()

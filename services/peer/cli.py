@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 from pathlib import Path
 
 import anyio
@@ -70,29 +72,65 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                                                  "intercept CONNECT with certificates it signs")
     d.set_defaults(run=_daemon)
 
-    g = sub.add_parser("get", help="download a URL through the swarm (dfget-style)")
+    g = sub.add_parser("get", help="download a URL through the swarm (dfget's flags; "
+                                    "each long flag also reads DFGET_<FLAG> from the "
+                                    "environment)")
     g.add_argument("url")
     g.add_argument("-O", "--output", required=True, help="output path (a directory with -r)")
-    g.add_argument("--digest", default="", help="sha256:<hex>, sha512:<hex> or crc32:<hex>")
+    g.add_argument("--digest", default=_env("digest", ""),
+                   help="sha256:<hex>, sha512:<hex> or crc32:<hex>")
     g.add_argument("-H", "--header", action="append", default=[], help="'Name: value'")
-    g.add_argument("--tag", default="")
-    g.add_argument("--application", default="")
-    g.add_argument("--priority", type=int, default=0, help="0-6 (Dragonfly's levels)")
+    g.add_argument("--tag", default=_env("tag", ""))
+    g.add_argument("--application", default=_env("application", ""))
+    g.add_argument("-p", "--priority", type=int, default=int(_env("priority", "6")),
+                   choices=range(7), metavar="0-6",
+                   help="Dragonfly's levels (default 6: a seed peer fetches a task nobody "
+                        "holds; 3: this peer fetches it itself)")
     g.add_argument("--filtered-query-param", action="append", default=[],
                    help="query parameter left out of the task id (repeat, or join with &)")
-    g.add_argument("--piece-length", type=size, default=0,
+    g.add_argument("--content-for-calculating-task-id",
+                   default=_env("content_for_calculating_task_id", ""),
+                   help="compute the task id from this text instead of the URL")
+    g.add_argument("--piece-length", type=size, default=size(_env("piece_length", "0")),
                    help="bytes, or 4mib, 16kb (default: automatic)")
-    g.add_argument("--disable-back-to-source", action="store_true")
+    g.add_argument("--disable-back-to-source", action="store_true",
+                   default=_flag("disable_back_to_source"),
+                   help="never fetch from the origin on this host (a seed peer still may)")
     g.add_argument("-r", "--recursive", action="store_true",
                    help="download every file under a directory listing")
-    g.add_argument("--timeout", type=duration, default=0.0,
-                   help="seconds, or 30m, 2h, 1h30m (0: none)")
-    g.add_argument("--endpoint", help="daemon API: a unix socket path or http://host:port")
-    g.add_argument("--no-progress", action="store_true",
+    g.add_argument("-I", "--include-files", action="append", default=[],
+                   help="with -r: only paths matching this glob, such as '*.bin' or "
+                        "'models/*' (repeat)")
+    g.add_argument("--max-files", type=int, default=int(_env("max_files", "100")),
+                   help="with -r: refuse a listing of more files (default 100)")
+    g.add_argument("--max-concurrent-requests", type=int,
+                   default=int(_env("max_concurrent_requests", "5")),
+                   help="with -r: files downloaded at once (default 5)")
+    g.add_argument("--overwrite", action="store_true", default=_flag("overwrite"),
+                   help="replace an existing output file (without it, one is refused)")
+    g.add_argument("--force-hard-link", action="store_true", default=_flag("force_hard_link"),
+                   help="hard-link the output to the daemon's copy, failing when it cannot "
+                        "(default: copy); writing to a linked output corrupts the cache")
+    g.add_argument("--timeout", type=duration, default=duration(_env("timeout", "2h")),
+                   help="seconds, or 30m, 2h, 1h30m (default 2h; 0: none)")
+    g.add_argument("-e", "--endpoint", default=_env("endpoint", "") or None,
+                   help="daemon API: a unix socket path or http://host:port")
+    g.add_argument("--no-progress", action="store_true", default=_flag("no_progress"),
                    help="no progress bar (there is none when stderr is not a terminal)")
+    g.add_argument("-l", "--log-level", default=_env("log_level", "info"),
+                   choices=["trace", "debug", "info", "warn", "error"])
     g.set_defaults(run=_get)
 
     register_init(sub)  # ``damselfly init containerd``
+
+
+def _env(flag: str, default: str) -> str:
+    """dfget's environment variable for a flag (``DFGET_MAX_FILES`` for ``max_files``)."""
+    return os.environ.get(f"DFGET_{flag.upper()}", default)
+
+
+def _flag(flag: str) -> bool:
+    return _env(flag, "false").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _daemon(args: argparse.Namespace) -> int:
@@ -127,4 +165,6 @@ def _daemon(args: argparse.Namespace) -> int:
 def _get(args: argparse.Namespace) -> int:
     from damselfly.services.peer.get import run
 
+    logging.getLogger().setLevel({"trace": "DEBUG", "warn": "WARNING"}.get(
+        args.log_level, args.log_level.upper()))
     return anyio.run(run, args)

@@ -7,24 +7,30 @@ output path atomically. Any failure is a non-zero exit with a one-line reason.
 
 from __future__ import annotations
 
+import fnmatch
+import http.client
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 from urllib.parse import unquote, urljoin, urlsplit
 
-import aiohttp
 import anyio
 import msgspec
+from anyio import to_thread
 
 from damselfly.services.peer.digests import parse_digest
 from damselfly.services.peer.request import DownloadRequest
 from damselfly.services.runtime.procs import DAMSELFLY, wait_ready
+
+CALL_TIMEOUT: Final = 60.0  # an export of a large file copies or links it before answering
 
 
 def damselfly_home() -> Path:
@@ -35,44 +41,120 @@ def default_endpoint() -> str:
     return os.environ.get("DAMSELFLY_ENDPOINT", str(damselfly_home() / "daemon" / "api.sock"))
 
 
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("daemon", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
 class ApiClient:
-    """The daemon's local API over a unix socket path or an ``http://`` URL."""
+    """The daemon's local API over a unix socket path or an ``http://`` URL.
+
+    Plain ``http.client`` in worker threads, so ``damselfly get`` starts without loading an
+    HTTP framework: one kept-alive connection for the calls (one at a time), one more per
+    progress stream; ``close()`` ends the kept one. Calls raise ``RuntimeError`` with the
+    daemon's reason, or ``OSError`` when it cannot be reached."""
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
-        if endpoint.startswith(("http://", "https://")):
-            self._base, connector = endpoint.rstrip("/"), None
-        else:
-            self._base, connector = "http://daemon", aiohttp.UnixConnector(path=endpoint)
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+        self._kept: http.client.HTTPConnection | None = None
+        self._lock = threading.Lock()
 
     async def close(self) -> None:
-        await self._session.close()
+        with self._lock:
+            if self._kept is not None:
+                self._kept.close()
+                self._kept = None
+
+    def _connect(self, timeout: float) -> http.client.HTTPConnection:
+        if self.endpoint.startswith("http://"):
+            parts = urlsplit(self.endpoint)
+            return http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port,
+                                              timeout=timeout)
+        return _UnixConnection(self.endpoint, timeout)
+
+    def _open(self, method: str, path: str, timeout: float
+              ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """A connection of its own, for a response read as it arrives."""
+        conn = self._connect(timeout)
+        try:
+            conn.request(method, path)
+            return conn, conn.getresponse()
+        except http.client.HTTPException as exc:
+            conn.close()
+            raise RuntimeError(f"the daemon at {self.endpoint} answered badly: {exc!r}") from None
+        except OSError:
+            conn.close()
+            raise
+
+    def _call(self, method: str, path: str, body: bytes | None, timeout: float
+              ) -> tuple[int, bytes]:
+        headers = {"Content-Type": "application/json"} if body else {}
+        with self._lock:
+            for attempt in (1, 2):  # a kept connection the daemon closed gets one new try
+                reused = self._kept is not None
+                conn = self._kept or self._connect(timeout)
+                self._kept = None
+                try:
+                    conn.timeout = timeout
+                    if conn.sock is not None:
+                        conn.sock.settimeout(timeout)
+                    conn.request(method, path, body=body, headers=headers)
+                    response = conn.getresponse()
+                    data = response.read()
+                except (http.client.RemoteDisconnected, BrokenPipeError,
+                        ConnectionResetError):
+                    conn.close()
+                    if reused and attempt == 1:
+                        continue
+                    raise
+                except http.client.HTTPException as exc:
+                    conn.close()
+                    raise RuntimeError(f"the daemon at {self.endpoint} answered badly: "
+                                       f"{exc!r}") from None
+                except OSError:
+                    conn.close()
+                    raise
+                self._kept = None if response.will_close else conn
+                return response.status, data
+        raise AssertionError("unreachable")
 
     async def healthy(self) -> bool:
         try:
-            async with self._session.get(f"{self._base}/healthz",
-                                         timeout=aiohttp.ClientTimeout(total=5)) as r:
-                return r.status == 200
-        except (aiohttp.ClientError, OSError, TimeoutError):
+            status, _ = await to_thread.run_sync(self._call, "GET", "/healthz", None, 5.0)
+        except (OSError, RuntimeError):
             return False
+        return status == 200
 
     async def _json(self, method: str, path: str, body: object = None) -> dict[str, Any]:
         data = None if body is None else msgspec.json.encode(body)
-        async with self._session.request(method, f"{self._base}{path}", data=data,
-                                         headers={"Content-Type": "application/json"}) as r:
-            payload = await r.json(content_type=None)
-            if r.status >= 400:
-                raise RuntimeError(payload.get("error", f"daemon answered {r.status}"))
-            assert isinstance(payload, dict)
-            return payload
+        status, raw = await to_thread.run_sync(self._call, method, path, data, CALL_TIMEOUT)
+        try:
+            payload = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            payload = {}
+        if status >= 400 or not isinstance(payload, dict):
+            reason = payload.get("error") if isinstance(payload, dict) else None
+            raise RuntimeError(reason or f"daemon answered {status}")
+        return payload
 
     async def start(self, request: DownloadRequest) -> dict[str, Any]:
         return await self._json("POST", "/v1/tasks", request)
 
-    async def export(self, task_id: str, path: Path) -> dict[str, Any]:
-        return await self._json("POST", f"/v1/tasks/{task_id}/export", {"path": str(path)})
+    async def export(self, task_id: str, path: Path, hard_link: bool = False
+                     ) -> dict[str, Any]:
+        return await self._json("POST", f"/v1/tasks/{task_id}/export",
+                                {"path": str(path), "hard_link": hard_link})
 
     async def finish(self, task_id: str,
                      on_status: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -88,12 +170,18 @@ class ApiClient:
         return await self.finish((await self.start(request))["task_id"])
 
     async def progress(self, task_id: str) -> AsyncIterator[dict[str, Any]]:
-        async with self._session.get(f"{self._base}/v1/tasks/{task_id}/progress") as r:
-            if r.status >= 400:
-                raise RuntimeError((await r.json(content_type=None)).get("error", r.reason))
-            async for line in r.content:
+        """The task's status lines as the daemon writes them (one at least every 0.2 s)."""
+        conn, response = await to_thread.run_sync(
+            self._open, "GET", f"/v1/tasks/{task_id}/progress", CALL_TIMEOUT)
+        try:
+            if response.status >= 400:
+                payload = msgspec.json.decode(response.read() or b"{}")
+                raise RuntimeError(payload.get("error") or response.reason)
+            while line := await to_thread.run_sync(response.readline, abandon_on_cancel=True):
                 if line.strip():
                     yield msgspec.json.decode(line)
+        finally:
+            conn.close()
 
 
 def start_daemon(home: Path) -> str:
@@ -159,7 +247,7 @@ def _size(n: float) -> str:
 
 
 async def fetch_one(client: ApiClient, request: DownloadRequest, output: Path,
-                    show_progress: bool) -> dict[str, Any]:
+                    show_progress: bool, hard_link: bool = False) -> dict[str, Any]:
     """Download one URL to ``output``. Raises ``RuntimeError`` with the daemon's reason."""
     bar = ProgressBar(output.name, sys.stderr, show_progress)
     try:
@@ -168,7 +256,7 @@ async def fetch_one(client: ApiClient, request: DownloadRequest, output: Path,
         bar.close()
     if status.get("state") != "succeeded":
         raise RuntimeError(f"{request.url}: {status.get('error') or status.get('state')}")
-    await client.export(status["task_id"], output)
+    await client.export(status["task_id"], output, hard_link)
     return status
 
 
@@ -212,6 +300,17 @@ def parse_headers(values: list[str]) -> dict[str, str]:
     return headers
 
 
+def chosen_files(listing: list[tuple[str, str]], include: list[str], max_files: int
+                 ) -> list[tuple[str, str]]:
+    """The listed ``(URL, relative path)`` pairs ``-I`` globs keep (all without any).
+    Raises ``ValueError`` beyond ``--max-files``."""
+    kept = [(url, rel) for url, rel in listing
+            if not include or any(fnmatch.fnmatchcase(rel, g) for g in include)]
+    if len(kept) > max_files:
+        raise ValueError(f"{len(kept)} files to download, more than --max-files {max_files}")
+    return kept
+
+
 async def run(args: Any) -> int:
     if args.digest:
         parse_digest(args.digest)
@@ -221,18 +320,23 @@ async def run(args: Any) -> int:
                            application=args.application, priority=args.priority,
                            piece_length=args.piece_length, filtered_query_params=filtered,
                            disable_back_to_source=args.disable_back_to_source,
-                           digest=args.digest)
+                           digest=args.digest,
+                           content_for_calculating_task_id=args.content_for_calculating_task_id)
     output = Path(args.output).resolve()
     jobs = [(base, output)]
     if args.recursive:
-        if args.digest:
-            raise ValueError("--digest cannot be used with --recursive")
+        if args.digest or args.content_for_calculating_task_id:
+            raise ValueError("--digest and --content-for-calculating-task-id name one file: "
+                             "not with --recursive")
         listing = await anyio.to_thread.run_sync(lambda: list(list_directory(args.url, headers)))
         jobs = [(msgspec.structs.replace(base, url=url), output / relative)
-                for url, relative in listing]
+                for url, relative in chosen_files(listing, args.include_files, args.max_files)]
     elif output.is_dir():
         output = output / (Path(urlsplit(args.url).path).name or "index.html")
         jobs = [(base, output)]
+    taken = [str(t) for _, t in jobs if t.exists()]
+    if taken and not args.overwrite:
+        raise ValueError(f"{taken[0]} exists: give --overwrite to replace it")
     client = ApiClient(args.endpoint or default_endpoint())
     try:
         if not await client.healthy():
@@ -240,14 +344,28 @@ async def run(args: Any) -> int:
                 raise RuntimeError(f"no daemon answers at {args.endpoint}")
             await client.close()
             client = ApiClient(await anyio.to_thread.run_sync(start_daemon, damselfly_home()))
+        show = not args.no_progress and sys.stderr.isatty() and len(jobs) == 1
+        limiter = anyio.Semaphore(max(1, args.max_concurrent_requests))
+        failures: list[Exception] = []
+
+        async def one(request: DownloadRequest, target: Path) -> None:
+            async with limiter:
+                try:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    await fetch_one(client, request, target, show, args.force_hard_link)
+                except (RuntimeError, OSError) as exc:  # the first one stops the others
+                    failures.append(exc)
+                    tg.cancel_scope.cancel()
+
         with anyio.fail_after(args.timeout or None):
-            for request, target in jobs:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                await fetch_one(client, request, target,
-                                not args.no_progress and sys.stderr.isatty())
+            async with anyio.create_task_group() as tg:
+                for request, target in jobs:
+                    tg.start_soon(one, request, target)
+            if failures:
+                raise failures[0]
     except TimeoutError:
         raise RuntimeError(f"timed out after {args.timeout:g}s") from None
-    except aiohttp.ClientError as exc:
+    except OSError as exc:
         raise RuntimeError(f"the daemon at {client.endpoint} failed: {exc}") from None
     finally:
         await client.close()

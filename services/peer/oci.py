@@ -7,12 +7,13 @@ from __future__ import annotations
 import base64
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlencode, urlsplit
 
-import aiohttp
-
 from damselfly.events.taskid import task_id
+
+if TYPE_CHECKING:  # only the session's type: `damselfly init` and `get` never load aiohttp
+    import aiohttp
 
 REGISTRY_HEADER: Final = "X-Dragonfly-Registry"
 DOCKER_HUB: Final = "https://registry-1.docker.io"

@@ -18,8 +18,12 @@ class DownloadRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     filtered_query_params: list[str] = msgspec.field(default_factory=list)
     disable_back_to_source: bool = False
     digest: str = ""
+    content_for_calculating_task_id: str = ""  # dfget's: the task id from this, not the URL
 
     def task_id(self) -> str:
+        if self.content_for_calculating_task_id:
+            return task_id(self.content_for_calculating_task_id, tag=self.tag,
+                           application=self.application, piece_length=self.piece_length)
         return task_id(self.url, tag=self.tag, application=self.application,
                        piece_length=self.piece_length,
                        filtered_query_params=self.filtered_query_params)

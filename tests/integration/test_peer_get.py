@@ -20,6 +20,7 @@ from damselfly.events.bus import Publisher
 from damselfly.events.codec import decode
 from damselfly.events.ids import derived_id
 from damselfly.events.sched import BackToSourceOrdered
+from damselfly.events.taskid import task_id
 from damselfly.events.tasks import PeerRegistered
 from damselfly.services.peer.daemon import DaemonConfig
 from damselfly.services.peer.fetchbook import Settings
@@ -158,3 +159,37 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().split()[2]
     except OSError:
         return "Z"
+
+
+async def test_dfget_flags_overwrite_globs_limits_links_and_task_ids(
+        tmp_path: Path, nats_url: str) -> None:
+    async with world(tmp_path, nats_url) as (origin, api):
+        out = tmp_path / "out.bin"
+        out.write_text("precious")
+        refused = await get(f"{origin}/f.bin", "-O", str(out), "-e", api)
+        kept = out.read_text()
+        replaced = await get(f"{origin}/f.bin", "-O", str(out), "-e", api,
+                             env={"DFGET_OVERWRITE": "true"})
+        mirror = tmp_path / "mirror"
+        globbed = await get(f"{origin}/tree/", "-O", str(mirror), "-r", "-I", "sub/*",
+                            "-e", api, "--max-concurrent-requests", "2")
+        too_many = await get(f"{origin}/tree/", "-O", str(tmp_path / "m2"), "-r",
+                             "--max-files", "1", "-e", api)
+        linked = tmp_path / "linked.bin"
+        link = await get(f"{origin}/f.bin", "-O", str(linked), "-e", api, "--force-hard-link")
+        named = tmp_path / "named.bin"
+        by_content = await get(f"{origin}/f.bin", "-O", str(named), "-e", api,
+                               "--content-for-calculating-task-id", "model-v1", "-p", "3")
+        tasks = list((tmp_path / "d" / "tasks").iterdir())
+    rc, err = refused
+    assert rc == 1 and "exists: give --overwrite" in err and kept == "precious"
+    assert replaced[0] == 0, replaced[1]
+    assert out.read_bytes() == (tmp_path / "www" / "f.bin").read_bytes()
+    assert globbed[0] == 0, globbed[1]
+    assert (mirror / "sub" / "b.txt").read_text() == "beta" and not (mirror / "a.txt").exists()
+    assert too_many[0] == 1 and "more than --max-files 1" in too_many[1]
+    assert link[0] == 0, link[1]
+    assert linked.stat().st_nlink == 2  # the daemon's stored copy and this one
+    assert by_content[0] == 0, by_content[1]
+    assert named.read_bytes() == out.read_bytes()
+    assert task_id("model-v1") in {t.name for t in tasks}
