@@ -42,10 +42,11 @@ test: lint chromium registry-tools netlab-tools
 	$(BIN)/python -m pytest -q tests
 
 # The swarm benchmark runs every host in its own network namespace (root) and compares
-# against BitTorrent (Debian's aria2c, mktorrent, opentracker) and plain curl clients;
+# against BitTorrent (Debian's aria2c, mktorrent, opentracker) and plain curl clients
+# (GNU time reads a client process's peak RSS);
 # matplotlib (the bench extra) draws its plots.
 bench: $(STAMP) netlab-tools
-	command -v aria2c >/dev/null && command -v mktorrent >/dev/null && command -v opentracker >/dev/null && command -v curl >/dev/null || (apt-get update -qq && apt-get install -y -qq aria2 mktorrent opentracker curl >/dev/null)
+	command -v aria2c >/dev/null && command -v mktorrent >/dev/null && command -v opentracker >/dev/null && command -v curl >/dev/null && test -x /usr/bin/time || (apt-get update -qq && apt-get install -y -qq aria2 mktorrent opentracker curl time >/dev/null)
 	$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install -q -e '.[test,bench]'
 	$(BIN)/python -m bench
 

@@ -110,6 +110,11 @@ def aims(results: Sequence[Mapping[str, Any]]) -> list[tuple[str, object, str, s
                   row["vs_bittorrent"] <= 0.7)
         check(f"origin bytes / F, {where}", row["origin_ratio"], "<= 1.02",
               row["origin_ratio"] <= 1.02)
+    for r in by_name.get("get_startup", {}).get("rows", []):
+        if r.get("command", "").startswith("damselfly get"):
+            check(f"{r['command']}: p50 ms", r["p50_ms"], "<= 150", r["p50_ms"] <= 150)
+            check(f"{r['command']}: peak RSS MiB", r["max_rss_mib"], "<= 38.1 (40 MB)",
+                  r["max_rss_mib"] <= 40e6 / (1 << 20))
     small = [r for r in by_name.get("small_files", {}).get("rows", [])
              if r.get("files") == "all sizes" and r.get("in_flight") == 1]
     if small:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 from pathlib import Path
 
-import anyio
-
 from damselfly.services.peer.containerd import register as register_init
-from damselfly.services.runtime.signals import stop_on_signals
 from damselfly.services.runtime.units import duration, size
+
+# asyncio and anyio load inside the commands: `damselfly get --help` needs neither.
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -134,10 +132,15 @@ def _flag(flag: str) -> bool:
 
 
 def _daemon(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import anyio
+
     from damselfly.events.secrets import read_secret
     from damselfly.services.peer.daemon import DaemonConfig, serve
     from damselfly.services.peer.fetchbook import Settings
     from damselfly.services.peer.proxy import proxy_config
+    from damselfly.services.runtime.signals import stop_on_signals
 
     cfg = DaemonConfig(
         nats_url=args.nats, data_dir=args.data_dir.resolve(),
@@ -163,6 +166,8 @@ def _daemon(args: argparse.Namespace) -> int:
 
 
 def _get(args: argparse.Namespace) -> int:
+    import anyio
+
     from damselfly.services.peer.get import run
 
     logging.getLogger().setLevel({"trace": "DEBUG", "warn": "WARNING"}.get(
