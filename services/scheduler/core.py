@@ -367,6 +367,12 @@ def _schedule(state: State, task: Task, peer: Peer, trigger: Event, out: list[Ev
     host = state.hosts.get(peer.host_id)
     is_seed = host is not None and host.seed
     origin_busy = bool(task.origin_fetchers) or _seed_pending(state, task)
+    if peer.no_source and peer.priority != 2 and not is_seed and not origin_busy \
+            and not task.holders and (seed := _pick_seed(state, task, peer)) is not None:
+        # dfget's --disable-back-to-source: this peer never fetches from the origin, but a
+        # seed peer may, as in Dragonfly.
+        _trigger_seed(state, task, seed, trigger, out)
+        return _queue(state, task, peer, trigger, out, "waiting for the seed peer")
     if peer.no_source or peer.priority == 2:
         if origin_busy:
             return _queue(state, task, peer, trigger, out, "waiting for a holder")

@@ -16,6 +16,7 @@ from damselfly.events import (
     Event,
     ParentsAssigned,
     PeerQueued,
+    PeerRegistered,
     ScheduleFailed,
     SeedPeerTriggered,
     TaskMetadataReported,
@@ -86,6 +87,25 @@ def test_a_child_is_sent_each_digest_once_and_all_again_when_it_asks() -> None:
     assert top_up[0].piece_digests == ["", "d1", "d2"]  # only the ones p2 was not sent
     again = [d for d in s.reschedule("p2") if isinstance(d, ParentsAssigned)]
     assert again and again[0].piece_digests == ["d0", "d1", "d2"]  # stuck: everything
+
+
+def no_source(s: Script, peer: str, host: str) -> list[Event]:
+    return s.apply(PeerRegistered(id=f"r-{peer}", at=50.0, cluster=C, task_id=TASK,
+                                  peer_id=peer, host_id=host, url="https://origin/file",
+                                  priority=6, disable_back_to_source=True))
+
+
+def test_disable_back_to_source_still_lets_a_seed_peer_fetch() -> None:
+    s = Script()
+    s.host("seed-host", seed=True)
+    s.host("h1")
+    out = no_source(s, "p1", "h1")
+    assert [type(d) for d in out] == [SeedPeerTriggered, PeerQueued]
+    without_seed = Script()
+    without_seed.host("h1")
+    (failed,) = no_source(without_seed, "p1", "h1")
+    assert isinstance(failed, ScheduleFailed)
+    assert "back-to-source is not allowed" in failed.reason
 
 
 def test_never_a_parent_on_the_childs_own_host() -> None:
