@@ -22,6 +22,7 @@ from typing import Final
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
+from damselfly.services.peer.oci import RangeError, parse_range
 from damselfly.services.peer.storage import Storage, TaskFile
 
 OFFER_HEADER: Final = "X-Damselfly-Offer"
@@ -225,12 +226,9 @@ def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploa
             return refuse(404, f"unknown task {task_id}")
         size = tf.meta.content_length
         try:
-            asked = request.http_range
-        except ValueError:
-            return refuse(416, "malformed Range", **{"Content-Range": f"bytes */{size}"})
-        start = 0 if asked.start is None else (asked.start if asked.start >= 0
-                                               else max(size + asked.start, 0))
-        stop = size if asked.stop is None else min(asked.stop, size)
+            start, stop = parse_range(request.headers.get("Range", ""), size) or (0, size)
+        except RangeError as exc:  # malformed, several ranges, outside, or bytes=-0
+            return refuse(416, str(exc), **{"Content-Range": f"bytes */{size}"})
         pl = tf.meta.piece_length
         held = all(p in tf.bitmap for p in range(start // pl, (stop - 1) // pl + 1))
         if start >= stop or not held:

@@ -76,6 +76,10 @@ async def test_ranges_it_holds_and_refusals(tmp_path: Path) -> None:
         assert (status, data) == (206, body[5:10])
         status, _, headers = await get(url, tf.task_id, f"bytes={2 * PIECE}-{3 * PIECE}")
         assert status == 416 and headers["Content-Range"] == f"bytes */{len(body)}"
+        for unsatisfiable in ("bytes=-0", f"bytes={len(body)}-", "bytes=0-1,4-5", "lines=1-2"):
+            status, _, headers = await get(url, tf.task_id, unsatisfiable)
+            assert status == 416 and headers["Content-Range"] == f"bytes */{len(body)}", \
+                unsatisfiable
         assert (await get(url, "f" * 64, "bytes=0-1"))[0] == 404
         assert (await get(url, tf.task_id, "bytes=0-1", token="forged"))[0] == 401
         wrong = mint_token("other", tf.task_id)
@@ -86,6 +90,7 @@ async def test_ranges_it_holds_and_refusals(tmp_path: Path) -> None:
     assert f"damselfly_upload_bytes_total {2 * PIECE + 5}" in metrics
     assert 'damselfly_upload_responses_total{code="206"} 2' in metrics
     assert 'damselfly_upload_responses_total{code="401"} 2' in metrics
+    assert 'damselfly_upload_responses_total{code="416"} 5' in metrics
 
 
 async def test_requests_beyond_the_upload_limit_wait_their_turn(
