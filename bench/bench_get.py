@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
 from bench.report import write_result
-from bench.swarm_lab import Lab, start_daemons, start_origin, start_scheduler, write_random_file
+from bench.swarm_lab import (
+    DAMSELFLY,
+    Lab,
+    start_daemons,
+    start_origin,
+    start_scheduler,
+    write_random_file,
+)
 from bench.swarm_math import percentile
 from damselfly.services.peer.request import DownloadRequest
 from damselfly.services.peer.upload import mint_token
 
 RUNS: Final = int(os.environ.get("BENCH_GET_RUNS", "20"))
 SIZE: Final = 1 << 20
-DAMSELFLY: Final = str(Path(sys.executable).with_name("damselfly"))
 TIME: Final = "/usr/bin/time"
 
 

@@ -35,6 +35,7 @@ from bench.bt_swarm import run_bittorrent
 from bench.netlab import NetLab
 from bench.report import RESULTS, plot_cdf, write_result
 from bench.swarm_lab import (
+    DAMSELFLY,
     Lab,
     MiB,
     SwarmRun,
@@ -191,8 +192,7 @@ def _get_everywhere(lab: Lab, net: NetLab, request: DownloadRequest, sockets: Se
     script would run them; each one's exit time from the common start."""
     out = lab.root / "gets"
     out.mkdir()
-    command = str(Path(sys.executable).with_name("damselfly"))
-    argvs = [[command, "get", request.url, "-O", str(out / f"{i}"), "--digest", request.digest,
+    argvs = [[DAMSELFLY, "get", request.url, "-O", str(out / f"{i}"), "--digest", request.digest,
               "--endpoint", socket_path, "--no-progress"]
              for i, socket_path in enumerate(sockets)]
     return processes_everywhere(lab, "get", argvs, timeout,

@@ -143,6 +143,10 @@ def _cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
+DAMSELFLY: Final = str(Path(sys.executable).with_name("damselfly"))
+"""The installed ``damselfly`` command, as a user runs it."""
+
+
 def python_cli(*args: str) -> list[str]:
     return [sys.executable, "-m", *args]
 

@@ -66,38 +66,43 @@ class Publisher:
         Raises ``nats.errors.TimeoutError`` (after every attempt) or
         ``nats.js.errors.APIError``.
         """
-        for attempt in range(1, self._attempts + 1):
+        for _ in range(self._attempts - 1):
             try:
-                ack = await self._js.publish(subject_for(event), encode(event),
-                                             timeout=self._timeout, headers={MSG_ID: event.id})
-                return ack.seq
+                return await self._publish_once(event)
             except NatsTimeoutError:
-                if attempt == self._attempts:
-                    raise
                 log.warning("no ack for %s within %gs; publishing it again", event.id,
                             self._timeout)
-        raise AssertionError("unreachable")
+        return await self._publish_once(event)
 
     async def publish_many(self, events: Iterable[Event]) -> list[int]:
         """Publish events without waiting between them, then wait for every ack (all of
         them again, as one batch, when some do not come in time)."""
         batch = list(events)
-        for attempt in range(1, self._attempts + 1):
-            futures = [
-                await self._js.publish_async(subject_for(e), encode(e), headers={MSG_ID: e.id})
-                for e in batch
-            ]
+        for _ in range(self._attempts - 1):
             try:
-                acks = await asyncio.wait_for(asyncio.gather(*futures), timeout=self._timeout)
-                return [a.seq for a in acks]
-            except TimeoutError:
-                for future in futures:
-                    future.cancel()
-                if attempt == self._attempts:
-                    raise NatsTimeoutError from None
+                return await self._publish_batch(batch)
+            except NatsTimeoutError:
                 log.warning("no acks for %d events within %gs; publishing them again",
                             len(batch), self._timeout)
-        raise AssertionError("unreachable")
+        return await self._publish_batch(batch)
+
+    async def _publish_once(self, event: Event) -> int:
+        ack = await self._js.publish(subject_for(event), encode(event), timeout=self._timeout,
+                                     headers={MSG_ID: event.id})
+        return ack.seq
+
+    async def _publish_batch(self, batch: list[Event]) -> list[int]:
+        futures = [
+            await self._js.publish_async(subject_for(e), encode(e), headers={MSG_ID: e.id})
+            for e in batch
+        ]
+        try:
+            acks = await asyncio.wait_for(asyncio.gather(*futures), timeout=self._timeout)
+        except TimeoutError:
+            for future in futures:
+                future.cancel()
+            raise NatsTimeoutError from None
+        return [a.seq for a in acks]
 
 
 @dataclass(frozen=True)

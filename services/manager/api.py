@@ -189,13 +189,12 @@ async def job(request: Request, who: Caller, job_id: str) -> dict[str, object]:
     if not found:
         raise HTTPException(404, f"no job {job_id}")
     job_id = str(found[0]["job_id"])
-    outcomes = await _records(request, who, "SELECT * FROM job_hosts WHERE job_id = ? "
-                              "ORDER BY host_id, task_id", [job_id])
-    named = await _records(request, who, "SELECT j.host_id, j.task_id, j.state, j.reason, "
-                           "h.hostname, h.ip, t.url FROM job_hosts j LEFT JOIN hosts h "
-                           "USING (host_id) LEFT JOIN tasks t USING (task_id) "
-                           "WHERE j.job_id = ?", [job_id])
+    named = await _records(request, who, "SELECT j.*, h.hostname, h.ip, t.url FROM job_hosts j "
+                           "LEFT JOIN hosts h USING (host_id) LEFT JOIN tasks t USING (task_id) "
+                           "WHERE j.job_id = ? ORDER BY j.host_id, j.task_id", [job_id])
     urls = {str(r["task_id"]): str(r["url"] or "") for r in named}
+    outcomes = [{k: v for k, v in r.items() if k not in ("hostname", "ip", "url")}
+                for r in named]
     return {**dragonfly_job(found[0], named, urls), "job": found[0], "hosts": outcomes}
 
 

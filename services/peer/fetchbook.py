@@ -177,10 +177,6 @@ class Book:
     def __post_init__(self) -> None:
         self.rng = random.Random(self.peer_id)
 
-    @property
-    def complete(self) -> bool:
-        return self.piece_count > 0 and len(self.held) == self.piece_count
-
 
 def decide(book: Book, event: Input, now: float) -> list[Action]:
     """Fold ``event`` into ``book``; the actions to carry out, in order."""
@@ -204,9 +200,7 @@ def decide(book: Book, event: Input, now: float) -> list[Action]:
             if not _could_ask(book, event.peer_id, event.piece):
                 return []  # planning again could not start anything: save the CPU
         case TaskMetadataReported() if event.peer_id in book.source_peers:
-            for piece, digest in enumerate(event.piece_digests):
-                if digest:
-                    book.digests.setdefault(piece, digest)
+            _learn_digests(book, event.piece_digests)
         case PeerLeft() | PeerFailed() if event.peer_id in book.parents:
             book.holdings[event.peer_id] = set()
         case Fetched():
@@ -232,12 +226,17 @@ def wake_at(book: Book, now: float) -> float | None:
     return min(times, default=None)
 
 
+def _learn_digests(book: Book, digests: list[str]) -> None:
+    """Keep the first digest a source gave for each piece ("" is none yet)."""
+    for piece, digest in enumerate(digests):
+        if digest:
+            book.digests.setdefault(piece, digest)
+
+
 def _adopt(book: Book, decision: ParentsAssigned) -> None:
     book.source_peers |= set(decision.source_peers)
     if decision.source_peers:
-        for piece, digest in enumerate(decision.piece_digests):
-            if digest:
-                book.digests.setdefault(piece, digest)
+        _learn_digests(book, decision.piece_digests)
     book.parents = {p.peer_id: p for p in decision.parents if p.peer_id != book.peer_id}
     for p in book.parents.values():
         if p.peer_id not in book.parent_rank:

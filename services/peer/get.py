@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, Final, NoReturn, TextIO
 from urllib.parse import unquote, urljoin, urlsplit
 
 import anyio
@@ -83,51 +83,54 @@ class ApiClient:
                                               timeout=timeout)
         return _UnixConnection(self.endpoint, timeout)
 
+    def _exchange(self, conn: http.client.HTTPConnection, method: str, path: str,
+                  body: bytes | None) -> http.client.HTTPResponse:
+        """Send one request and read the answer's head; the connection is closed on any
+        failure. Raises ``RuntimeError`` for a garbled answer, else ``OSError``."""
+        headers = {"Content-Type": "application/json"} if body else {}
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            return conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            self._broken(conn, exc)
+
+    def _broken(self, conn: http.client.HTTPConnection,
+                exc: OSError | http.client.HTTPException) -> NoReturn:
+        conn.close()
+        if isinstance(exc, OSError):  # http.client's RemoteDisconnected is one too
+            raise exc
+        raise RuntimeError(f"the daemon at {self.endpoint} answered badly: {exc!r}") from None
+
     def _open(self, method: str, path: str, timeout: float
               ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """A connection of its own, for a response read as it arrives."""
         conn = self._connect(timeout)
-        try:
-            conn.request(method, path)
-            return conn, conn.getresponse()
-        except http.client.HTTPException as exc:
-            conn.close()
-            raise RuntimeError(f"the daemon at {self.endpoint} answered badly: {exc!r}") from None
-        except OSError:
-            conn.close()
-            raise
+        return conn, self._exchange(conn, method, path, None)
 
     def _call(self, method: str, path: str, body: bytes | None, timeout: float
               ) -> tuple[int, bytes]:
-        headers = {"Content-Type": "application/json"} if body else {}
         with self._lock:
-            for attempt in (1, 2):  # a kept connection the daemon closed gets one new try
-                reused = self._kept is not None
-                conn = self._kept or self._connect(timeout)
-                self._kept = None
+            kept, self._kept = self._kept, None
+            if kept is not None:
+                kept.timeout = timeout
+                if kept.sock is not None:
+                    kept.sock.settimeout(timeout)
                 try:
-                    conn.timeout = timeout
-                    if conn.sock is not None:
-                        conn.sock.settimeout(timeout)
-                    conn.request(method, path, body=body, headers=headers)
-                    response = conn.getresponse()
-                    data = response.read()
-                except (http.client.RemoteDisconnected, BrokenPipeError,
-                        ConnectionResetError):
-                    conn.close()
-                    if reused and attempt == 1:
-                        continue
-                    raise
-                except http.client.HTTPException as exc:
-                    conn.close()
-                    raise RuntimeError(f"the daemon at {self.endpoint} answered badly: "
-                                       f"{exc!r}") from None
-                except OSError:
-                    conn.close()
-                    raise
-                self._kept = None if response.will_close else conn
-                return response.status, data
-        raise AssertionError("unreachable")
+                    return self._answer(kept, self._exchange(kept, method, path, body))
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the daemon closed the kept connection: one new try
+            conn = self._connect(timeout)
+            return self._answer(conn, self._exchange(conn, method, path, body))
+
+    def _answer(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse
+                ) -> tuple[int, bytes]:
+        """Read the body, keeping the connection for the next call when it stays open."""
+        try:
+            data = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self._broken(conn, exc)
+        self._kept = None if response.will_close else conn
+        return response.status, data
 
     async def healthy(self) -> bool:
         try:
