@@ -8,6 +8,7 @@ files exceed a high watermark, down to a low one. Only files under ``root`` are 
 from __future__ import annotations
 
 import errno
+import io
 import os
 import shutil
 import threading
@@ -143,6 +144,10 @@ class TaskFile:
                 f.write(_encoder.encode(self.meta))
             os.replace(tmp, self.dir / "meta.json")
             self._saved_at, self._dirty = time.monotonic(), False
+
+    def reader(self) -> io.FileIO:
+        """The data file for reading, on a descriptor of its own (close it when done)."""
+        return io.FileIO(os.dup(self._fd), "rb")
 
     def close(self, *, keep: bool = True) -> None:
         """Close the data file; with ``keep``, write metadata not yet written first."""
