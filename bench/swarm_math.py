@@ -20,6 +20,7 @@ from damselfly.events.tasks import (
     PieceFailed,
     PieceFinished,
     RescheduleRequested,
+    singles,
 )
 
 
@@ -64,7 +65,7 @@ def swarm_log_figures(events: Iterable[Event], t0: float, seed_host: str) -> dic
     parents: dict[str, set[str]] = {}
     by_parent: dict[str, int] = {}
     counts = {"reschedules": 0, "back_to_source": 0, "piece_failures": 0}
-    for event in events:
+    for event in singles(events):
         match event:
             case PeerRegistered():
                 host_of[event.peer_id] = event.host_id

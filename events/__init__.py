@@ -41,6 +41,7 @@ from damselfly.events.tasks import (
     PeerSucceeded,
     PieceFailed,
     PieceFinished,
+    PiecesFinished,
     RescheduleRequested,
     TaskMetadataReported,
 )
@@ -53,7 +54,8 @@ __all__ = [
     "HostAnnounced", "HostKeepalive", "HostLeft", "JobFailed", "JobProgressed", "JobStarted",
     "JobSucceeded", "ParentInfo", "ParentsAssigned", "PeerFailed", "PeerLeft", "PeerQueued",
     "PeerRegistered",
-    "PeerStarted", "PeerSucceeded", "PieceFailed", "PieceFinished", "PreheatRequested",
+    "PeerStarted", "PeerSucceeded", "PieceFailed", "PieceFinished", "PiecesFinished",
+    "PreheatRequested",
     "RescheduleRequested", "ScheduleFailed", "SeedPeerTriggered", "TaskMetadataReported",
     "decode", "encode", "event_types",
 ]

@@ -12,6 +12,7 @@ from typing import Literal
 import msgspec
 
 from damselfly.events.base import Event
+from damselfly.events.fields import Limit, OptToken, Seconds, Text, Texts, Token, Tokens, Url
 
 ClusterKind = Literal["scheduler", "seed_peer"]
 Role = Literal["root", "guest"]
@@ -25,10 +26,10 @@ class ClusterScopes(msgspec.Struct, frozen=True, kw_only=True):
     """Which hosts belong to a scheduler cluster: by IDC, location prefix, CIDR or hostname
     pattern (a regular expression)."""
 
-    idc: list[str] = msgspec.field(default_factory=list)
-    location: list[str] = msgspec.field(default_factory=list)
-    cidrs: list[str] = msgspec.field(default_factory=list)
-    hostnames: list[str] = msgspec.field(default_factory=list)
+    idc: Texts = msgspec.field(default_factory=list)
+    location: Texts = msgspec.field(default_factory=list)
+    cidrs: Texts = msgspec.field(default_factory=list)
+    hostnames: Texts = msgspec.field(default_factory=list)
 
 
 class ClusterSaved(Event, frozen=True, kw_only=True, tag="admin.cluster_saved.v1"):
@@ -38,23 +39,23 @@ class ClusterSaved(Event, frozen=True, kw_only=True, tag="admin.cluster_saved.v1
     cluster to the seed-peer clusters serving it; ``load_limit`` is a seed-peer cluster's.
     """
 
-    cluster: str
+    cluster: Token
     kind: ClusterKind = "scheduler"
-    name: str = ""
-    bio: str = ""
+    name: Text = ""
+    bio: Text = ""
     scopes: ClusterScopes = msgspec.field(default_factory=ClusterScopes)
     is_default: bool = False
-    seed_peer_clusters: list[str] = msgspec.field(default_factory=list)
-    load_limit: int = 0
-    actor: str = ""
+    seed_peer_clusters: Tokens = msgspec.field(default_factory=list)
+    load_limit: Limit = 0
+    actor: Text = ""
 
 
 class ClusterDeleted(Event, frozen=True, kw_only=True, tag="admin.cluster_deleted.v1"):
     """A scheduler or seed-peer cluster was deleted."""
 
-    cluster: str
+    cluster: Token
     kind: ClusterKind = "scheduler"
-    actor: str = ""
+    actor: Text = ""
 
 
 class UserSaved(Event, frozen=True, kw_only=True, tag="admin.user_saved.v1"):
@@ -64,63 +65,63 @@ class UserSaved(Event, frozen=True, kw_only=True, tag="admin.user_saved.v1"):
     ``password_hash`` is ``scrypt$n$r$p$salt$hash``, never the password.
     """
 
-    user_id: str
-    email: str = ""
+    user_id: Token
+    email: Text = ""
     role: Role = "guest"
-    tenant: str = ""
-    password_hash: str
+    tenant: OptToken = ""
+    password_hash: Text
     state: UserState = "enabled"
-    actor: str = ""
+    actor: Text = ""
 
 
 class TokenIssued(Event, frozen=True, kw_only=True, tag="admin.token_issued.v1"):
     """A token was issued (``kind``: ``session`` at sign-in, or ``personal`` for a personal
     access token); only the sha256 of its secret part is kept."""
 
-    token_id: str
-    user_id: str
-    name: str = ""
-    scopes: list[str] = msgspec.field(default_factory=list)
-    expires_at: float
-    token_hash: str
+    token_id: Token
+    user_id: Token
+    name: Text = ""
+    scopes: Texts = msgspec.field(default_factory=list)
+    expires_at: Seconds
+    token_hash: Text
     kind: TokenKind = "personal"
 
 
 class TokenRevoked(Event, frozen=True, kw_only=True, tag="admin.token_revoked.v1"):
     """A token was revoked before its expiry (a sign-out, or a personal token withdrawn)."""
 
-    token_id: str
-    user_id: str
-    actor: str = ""
+    token_id: Token
+    user_id: Token
+    actor: Text = ""
 
 
 class TenantSaved(Event, frozen=True, kw_only=True, tag="admin.tenant_saved.v1"):
     """A tenant (Dragonfly's application) was created or changed; its tasks, jobs and peers
     are those whose ``application`` is ``tenant``."""
 
-    tenant: str
-    url: str = ""
-    bio: str = ""
-    priority: int = 0
-    actor: str = ""
+    tenant: Token
+    url: Url = ""
+    bio: Text = ""
+    priority: Limit = 0
+    actor: Text = ""
 
 
 class TenantDeleted(Event, frozen=True, kw_only=True, tag="admin.tenant_deleted.v1"):
     """A tenant was deleted."""
 
-    tenant: str
-    actor: str = ""
+    tenant: Token
+    actor: Text = ""
 
 
 class AuditRecorded(Event, frozen=True, kw_only=True, tag="admin.audit_recorded.v1"):
     """Someone changed something through the manager: who, what, on which target, outcome."""
 
-    actor: str
-    action: str
-    target: str = ""
-    method: str = ""
-    path: str = ""
-    status: int = 0
+    actor: Text
+    action: Text
+    target: Text = ""
+    method: Text = ""
+    path: Url = ""
+    status: Limit = 0
 
 
 AdminEvent = (

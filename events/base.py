@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
+from damselfly.events.fields import EventId, Seconds
+
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """A fact that happened. Subclasses set a versioned tag such as ``"host.announced.v1"``.
@@ -12,8 +14,8 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     publish is stored once. ``at`` is unix seconds, stamped by a shell, never by a core.
     """
 
-    id: str
-    at: float = 0.0
+    id: EventId
+    at: Seconds = 0.0
 
 
 def tag_of(kind: type[Event]) -> str:

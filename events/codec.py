@@ -26,7 +26,15 @@ _decoder: Final = msgspec.json.Decoder(AnyEvent)
 
 
 def encode(event: Event) -> bytes:
-    return _encoder.encode(event)
+    """The event's bytes. Raises ``EventDecodeError`` for an event that every consumer would
+    refuse (a field out of shape, ``events.fields``), so that it fails where it is made, with
+    the reason, instead of landing in the dead-letter subject."""
+    data = _encoder.encode(event)
+    try:
+        _decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise EventDecodeError(f"refusing to encode {type(event).__name__}: {exc}") from exc
+    return data
 
 
 def decode(data: bytes) -> AnyEvent:

@@ -10,6 +10,7 @@ from typing import Final
 import msgspec
 
 from damselfly.events.base import Event
+from damselfly.events.fields import FilterLimit, Limit, ParentLimit, Token, Weights
 
 DEFAULT_WEIGHTS: Final = {
     "pieces": 0.2, "upload_success": 0.2, "free_upload": 0.15,
@@ -21,17 +22,17 @@ DEFAULT_WEIGHTS: Final = {
 class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Scheduler limits and evaluator weights of one scheduler cluster."""
 
-    candidate_parent_limit: int = 15
-    filter_parent_limit: int = 15
-    back_to_source_limit: int = 3
-    retry_limit: int = 5
-    weights: dict[str, float] = msgspec.field(default_factory=dict)
+    candidate_parent_limit: ParentLimit = 15
+    filter_parent_limit: FilterLimit = 15
+    back_to_source_limit: Limit = 3
+    retry_limit: Limit = 5
+    weights: Weights = msgspec.field(default_factory=dict)
 
 
 class ClusterConfigSet(Event, frozen=True, kw_only=True, tag="config.cluster_set.v1"):
     """The configuration of a scheduler cluster changed."""
 
-    cluster: str
+    cluster: Token
     config: ClusterConfig
 
 

@@ -10,6 +10,20 @@ from typing import Literal
 import msgspec
 
 from damselfly.events.base import Event
+from damselfly.events.fields import (
+    Headers,
+    PieceLength,
+    Result,
+    Sealed,
+    TaskId,
+    TaskIds,
+    Text,
+    Texts,
+    Token,
+    Tokens,
+    Url,
+    Urls,
+)
 
 PreheatKind = Literal["file", "image"]
 PreheatScope = Literal["single_seed_peer", "all_seed_peers", "all_peers"]
@@ -26,35 +40,35 @@ class PreheatRequested(Event, frozen=True, kw_only=True, tag="job.preheat_reques
     ``sealed_credentials`` is sealed for the manager (see ``events.secrets``).
     """
 
-    job_id: str
-    url: str
-    urls: list[str] = msgspec.field(default_factory=list)
+    job_id: Token
+    url: Url
+    urls: Urls = msgspec.field(default_factory=list)
     kind: PreheatKind = "file"
     scope: PreheatScope = "single_seed_peer"
-    tag: str = ""
-    application: str = ""
-    platform: str = ""
-    piece_length: int = 0
-    headers: dict[str, str] = msgspec.field(default_factory=dict)
-    filtered_query_params: list[str] = msgspec.field(default_factory=list)
-    scheduler_cluster_ids: list[str] = msgspec.field(default_factory=list)
-    sealed_credentials: str = ""
+    tag: Text = ""
+    application: Text = ""
+    platform: Text = ""
+    piece_length: PieceLength = 0
+    headers: Headers = msgspec.field(default_factory=dict)
+    filtered_query_params: Texts = msgspec.field(default_factory=list)
+    scheduler_cluster_ids: Texts = msgspec.field(default_factory=list)
+    sealed_credentials: Sealed = ""
 
 
 class JobStarted(Event, frozen=True, kw_only=True, tag="job.started.v1"):
     """A job's work began: the tasks it expanded to and the hosts it targets."""
 
-    job_id: str
-    task_ids: list[str] = msgspec.field(default_factory=list)
-    host_ids: list[str] = msgspec.field(default_factory=list)
+    job_id: Token
+    task_ids: TaskIds = msgspec.field(default_factory=list)
+    host_ids: Tokens = msgspec.field(default_factory=list)
 
 
 class JobProgressed(Event, frozen=True, kw_only=True, tag="job.progressed.v1"):
     """One host's part of a job changed state (``running``, ``succeeded``, ``failed``)."""
 
-    job_id: str
-    host_id: str
-    task_id: str
+    job_id: Token
+    host_id: Token
+    task_id: TaskId
     state: HostJobState
     reason: str = ""
 
@@ -62,31 +76,31 @@ class JobProgressed(Event, frozen=True, kw_only=True, tag="job.progressed.v1"):
 class JobSucceeded(Event, frozen=True, kw_only=True, tag="job.succeeded.v1"):
     """A job finished on every host it targeted."""
 
-    job_id: str
-    result: dict[str, str] = msgspec.field(default_factory=dict)
+    job_id: Token
+    result: Result = msgspec.field(default_factory=dict)
 
 
 class JobFailed(Event, frozen=True, kw_only=True, tag="job.failed.v1"):
     """A job failed; ``reason`` says why in one line."""
 
-    job_id: str
+    job_id: Token
     reason: str
 
 
 class DeleteTaskRequested(Event, frozen=True, kw_only=True, tag="job.delete_task_requested.v1"):
     """Someone asked every peer (of the given clusters) to drop a task."""
 
-    job_id: str
-    task_id: str
-    scheduler_cluster_ids: list[str] = msgspec.field(default_factory=list)
+    job_id: Token
+    task_id: TaskId
+    scheduler_cluster_ids: Texts = msgspec.field(default_factory=list)
 
 
 class GetTaskRequested(Event, frozen=True, kw_only=True, tag="job.get_task_requested.v1"):
     """Someone asked which peers hold a task."""
 
-    job_id: str
-    task_id: str
-    scheduler_cluster_ids: list[str] = msgspec.field(default_factory=list)
+    job_id: Token
+    task_id: TaskId
+    scheduler_cluster_ids: Texts = msgspec.field(default_factory=list)
 
 
 JobEvent = (

@@ -6,9 +6,26 @@ from the event that triggered it, so a redelivered or replayed trigger is dedupl
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from damselfly.events.base import Event
+from damselfly.events.fields import (
+    MAX_LIST,
+    Bitmap,
+    ContentLength,
+    Digests,
+    EventId,
+    Headers,
+    PieceLength,
+    TaskId,
+    Text,
+    Texts,
+    Token,
+    Tokens,
+    Url,
+)
 
 
 class ParentInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -18,10 +35,10 @@ class ParentInfo(msgspec.Struct, frozen=True, kw_only=True):
     bit first: piece ``i`` is held when ``bitmap[i // 8] & (0x80 >> (i % 8))``.
     """
 
-    peer_id: str
-    host_id: str
-    upload_url: str
-    bitmap: bytes = b""
+    peer_id: Token
+    host_id: Token
+    upload_url: Url
+    bitmap: Bitmap = b""
     seed: bool = False
 
 
@@ -33,40 +50,40 @@ class ParentsAssigned(Event, frozen=True, kw_only=True, tag="sched.parents_assig
     ``piece_digests[i]`` is piece ``i``'s digest, ``""`` while no source has reported it.
     """
 
-    cluster: str
-    task_id: str
-    peer_id: str
-    trigger_id: str
-    parents: list[ParentInfo]
-    content_length: int = -1
-    piece_length: int = 0
-    piece_digests: list[str] = msgspec.field(default_factory=list)
-    source_peers: list[str] = msgspec.field(default_factory=list)
+    cluster: Token
+    task_id: TaskId
+    peer_id: Token
+    trigger_id: EventId
+    parents: Annotated[list[ParentInfo], msgspec.Meta(max_length=MAX_LIST)]
+    content_length: ContentLength = -1
+    piece_length: PieceLength = 0
+    piece_digests: Digests = msgspec.field(default_factory=list)
+    source_peers: Tokens = msgspec.field(default_factory=list)
 
 
 class BackToSourceOrdered(Event, frozen=True, kw_only=True, tag="sched.back_to_source_ordered.v1"):
     """The scheduler told a peer to fetch from the origin itself."""
 
-    cluster: str
-    task_id: str
-    peer_id: str
-    trigger_id: str
+    cluster: Token
+    task_id: TaskId
+    peer_id: Token
+    trigger_id: EventId
     reason: str = ""
 
 
 class SeedPeerTriggered(Event, frozen=True, kw_only=True, tag="sched.seed_peer_triggered.v1"):
     """The scheduler asked a seed host to fetch a task from the origin and serve the swarm."""
 
-    cluster: str
-    task_id: str
-    host_id: str
-    trigger_id: str
-    url: str
-    tag: str = ""
-    application: str = ""
-    piece_length: int = 0
-    headers: dict[str, str] = msgspec.field(default_factory=dict)
-    filtered_query_params: list[str] = msgspec.field(default_factory=list)
+    cluster: Token
+    task_id: TaskId
+    host_id: Token
+    trigger_id: EventId
+    url: Url
+    tag: Text = ""
+    application: Text = ""
+    piece_length: PieceLength = 0
+    headers: Headers = msgspec.field(default_factory=dict)
+    filtered_query_params: Texts = msgspec.field(default_factory=list)
 
 
 class PeerQueued(Event, frozen=True, kw_only=True, tag="sched.peer_queued.v1"):
@@ -74,20 +91,20 @@ class PeerQueued(Event, frozen=True, kw_only=True, tag="sched.peer_queued.v1"):
     task is at its back-to-source limit). The peer keeps waiting instead of timing out and
     going to the origin itself; it gets ``ParentsAssigned`` as soon as a holder has pieces."""
 
-    cluster: str
-    task_id: str
-    peer_id: str
-    trigger_id: str
+    cluster: Token
+    task_id: TaskId
+    peer_id: Token
+    trigger_id: EventId
     reason: str = ""
 
 
 class ScheduleFailed(Event, frozen=True, kw_only=True, tag="sched.schedule_failed.v1"):
     """The scheduler gave up on a peer (forbidden priority, retry limit, no source allowed)."""
 
-    cluster: str
-    task_id: str
-    peer_id: str
-    trigger_id: str
+    cluster: Token
+    task_id: TaskId
+    peer_id: Token
+    trigger_id: EventId
     reason: str
 
 

@@ -31,6 +31,7 @@ from damselfly.events.admin import (
 )
 from damselfly.events.base import Event, tag_of
 from damselfly.events.config import ClusterConfigSet
+from damselfly.events.fields import TOKEN_PATTERN
 from damselfly.events.hosts import HostAnnounced, HostKeepalive, HostLeft
 from damselfly.events.jobs import (
     DeleteTaskRequested,
@@ -57,6 +58,7 @@ from damselfly.events.tasks import (
     PeerSucceeded,
     PieceFailed,
     PieceFinished,
+    PiecesFinished,
     RescheduleRequested,
     TaskMetadataReported,
 )
@@ -66,7 +68,7 @@ ALL: Final = "df.>"
 """Every subject of every stream (``damselfly events tail``'s default)."""
 CLUSTER_SEARCH: Final = "df.rpc.cluster_search"
 """Core NATS request/reply, outside every stream: a question is not a fact."""
-_TOKEN: Final = re.compile(r"^[A-Za-z0-9_\-]+$")
+_TOKEN: Final = re.compile(TOKEN_PATTERN)
 
 
 class SubjectError(ValueError):
@@ -81,7 +83,7 @@ def token(value: str) -> str:
 
 def safe_token(value: str) -> str:
     """Turn any string (a hostname, say) into a valid token."""
-    cleaned = re.sub(r"[^A-Za-z0-9_\-]", "_", value)
+    cleaned = re.sub(r"[^A-Za-z0-9_\-]", "_", value)[:100]
     return cleaned or "_"
 
 
@@ -149,8 +151,8 @@ def subject_for(event: Event) -> str:
         case HostAnnounced() | HostKeepalive() | HostLeft():
             return host_subject(event.cluster, event.host_id, _name(event))
         case (PeerRegistered() | PeerStarted() | BackToSourceStarted() | TaskMetadataReported()
-              | PieceFinished() | PieceFailed() | PeerSucceeded() | PeerFailed() | PeerLeft()
-              | RescheduleRequested()):
+              | PieceFinished() | PiecesFinished() | PieceFailed() | PeerSucceeded()
+              | PeerFailed() | PeerLeft() | RescheduleRequested()):
             return task_subject(event.cluster, event.task_id, event.peer_id, _name(event))
         case ParentsAssigned() | BackToSourceOrdered() | PeerQueued() | ScheduleFailed():
             return sched_subject(event.cluster, event.task_id, event.peer_id)

@@ -16,6 +16,7 @@ from damselfly.events.tasks import (
     PieceFailed,
     PieceFinished,
     RescheduleRequested,
+    singles,
 )
 from damselfly.projections.model import ADD, MAX, MIN, Column, Patches, Projection, Table
 
@@ -41,7 +42,7 @@ def fold(events: Sequence[AnyEvent]) -> list[Patches]:
     # Piece events only add up and move ``updated_at`` forward, which commutes with every
     # other event, so they are summed in plain lists and merged once per peer at the end.
     pieces: dict[tuple[str, str], list[float]] = {}
-    for e in events:
+    for e in singles(events):
         match e:
             case PieceFinished():
                 acc = pieces.get((e.task_id, e.peer_id))

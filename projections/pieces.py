@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from damselfly.events.codec import AnyEvent
 from damselfly.events.streams import TASKS_STREAM
-from damselfly.events.tasks import PieceFailed, PieceFinished
+from damselfly.events.tasks import PieceFailed, PieceFinished, singles
 from damselfly.projections.model import ADD, Column, Patches, Projection, Table
 
 PIECE_MINUTES = Table(
@@ -30,7 +30,7 @@ def fold(events: Sequence[AnyEvent]) -> list[Patches]:
     # The hot path: every column here adds up, so sum piece events per key in plain lists
     # and hand each key to ``Patches`` once.
     sums: dict[tuple[float, str, str, str], list[float]] = {}
-    for e in events:
+    for e in singles(events):
         match e:
             case PieceFinished():
                 key = (e.at // 60 * 60, e.cluster, e.task_id, e.peer_id)

@@ -12,7 +12,6 @@ import asyncio
 import datetime as dt
 import hashlib
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -22,7 +21,6 @@ from typing import Final, Literal, TypedDict
 import anyio
 from anyio import from_thread, to_thread
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -32,6 +30,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from damselfly.events.base import Event
 from damselfly.events.bus import Publisher
 from damselfly.events.codec import EventDecodeError, decode
+from damselfly.events.fields import MAX_BATCH
 from damselfly.events.ids import new_id
 from damselfly.events.sched import (
     BackToSourceOrdered,
@@ -44,6 +43,7 @@ from damselfly.events.subjects import partition, sched_subject, task_filter
 from damselfly.events.taskid import piece_length_for, piece_range
 from damselfly.events.tasks import (
     BackToSourceStarted,
+    FinishedPiece,
     PeerFailed,
     PeerLeft,
     PeerRegistered,
@@ -51,6 +51,7 @@ from damselfly.events.tasks import (
     PeerSucceeded,
     PieceFailed,
     PieceFinished,
+    PiecesFinished,
     RescheduleRequested,
     TaskMetadataReported,
 )
@@ -75,6 +76,7 @@ from damselfly.services.peer.fetchbook import (
 )
 from damselfly.services.peer.origins import Sources
 from damselfly.services.peer.parents import ParentClient, PieceError
+from damselfly.services.peer.reports import PieceReports, piece_reports
 from damselfly.services.peer.request import DownloadRequest
 from damselfly.services.peer.sources import Source, SourceError, SourceStream
 from damselfly.services.peer.storage import Storage, TaskFile, TaskMeta
@@ -87,8 +89,8 @@ CHUNK: Final = 1 << 16
 # (clocks differ between hosts; a report missed here costs a choice, never bytes).
 FOLLOW_MARGIN: Final = 2.0
 Decision = ParentsAssigned | BackToSourceOrdered | ScheduleFailed
-Inbound = Decision | PeerQueued | PieceFinished | TaskMetadataReported | PeerLeft | PeerFailed \
-    | Fetched | Refused
+Inbound = Decision | PeerQueued | PiecesFinished | PieceFinished | TaskMetadataReported \
+    | PeerLeft | PeerFailed | Fetched | Refused
 
 
 class _Ids(TypedDict):
@@ -171,7 +173,7 @@ class Download:
         self._book = Book(self.peer_id, ctx.settings)
         self._subs: list[Subscription] = []
         self._followed: set[str] = set()
-        self._reports: MemoryObjectSendStream[Event] | None = None  # origin pieces' reports
+        self._pieces: PieceReports | None = None  # while fetching (from parents or origin)
 
     # ---- life cycle -------------------------------------------------------------------
     def status(self) -> dict[str, object]:
@@ -255,14 +257,19 @@ class Download:
                         decision = await self._from_parents(decision)
         await self._succeed(tf)
 
+    async def _report_pieces(self, pieces: list[FinishedPiece]) -> None:
+        await self.ctx.publish(PiecesFinished(**self._ids(), pieces=pieces))
+
     async def _announce_held(self, tf: TaskFile) -> None:
         """Tell the swarm (again) that this peer holds a whole task it fetched earlier."""
         await self._register()
         await self._report_metadata(tf)
+        held = [FinishedPiece(piece, piece_range(piece, tf.meta.content_length,
+                                                 tf.meta.piece_length)[1], digest)
+                for piece, digest in enumerate(tf.meta.piece_digests)]
         await self.ctx.publisher.publish_many(
-            PieceFinished(**self._ids(), piece=piece, length=piece_range(
-                piece, tf.meta.content_length, tf.meta.piece_length)[1], digest=digest)
-            for piece, digest in enumerate(tf.meta.piece_digests))
+            PiecesFinished(**self._ids(), pieces=held[i:i + MAX_BATCH])
+            for i in range(0, len(held), MAX_BATCH))
         await self._succeed(tf)
 
     async def _register(self) -> None:
@@ -335,27 +342,11 @@ class Download:
         assert tf is not None
         if tf.shaped:
             await self._report_metadata(tf)
-        send, receive = anyio.create_memory_object_stream[Event](math.inf)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._report_pieces, receive)
-            with send:
-                self._reports = send
-                await to_thread.run_sync(self._pump, source, tf)
+        # The pump hands each piece's report over and goes on: it never waits for an ack
+        # (it did, per piece, and a seed took in its origin at 0.8 of its link).
+        async with piece_reports(self._report_pieces) as self._pieces:
+            await to_thread.run_sync(self._pump, source, tf)
         await self._report_metadata(tf)
-
-    async def _report_pieces(self, receive: MemoryObjectReceiveStream[Event]) -> None:
-        """Publish the reports of pieces fetched from the origin as the pump hands them
-        over, in order, all waiting ones at once: the pump never waits for an ack (it did,
-        per piece, and a seed took in its origin at 0.8 of its link)."""
-        async with receive:
-            async for event in receive:
-                batch = [event]
-                while True:
-                    try:
-                        batch.append(receive.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                await self.ctx.publisher.publish_many(batch)
 
     async def _report_metadata(self, tf: TaskFile) -> None:
         await self.ctx.publish(TaskMetadataReported(
@@ -441,12 +432,11 @@ class Download:
             nbytes -= n
 
     def _source_piece_done(self, piece: int, length: int, digest: str) -> None:
-        assert self.tf is not None and self._reports is not None
+        assert self.tf is not None and self._pieces is not None
         self.tf.mark(piece, digest)
         self.bytes_from_origin += length
         self.ctx.stats.download_bytes_origin += length
-        self._reports.send_nowait(PieceFinished(**self._ids(), piece=piece, length=length,
-                                                digest=digest))
+        self._pieces.add(FinishedPiece(piece, length, digest))
 
     # ---- from parents -----------------------------------------------------------------
     async def _from_parents(self, decision: ParentsAssigned) -> Decision | None:
@@ -459,7 +449,8 @@ class Download:
         book = self._book
         stopping: Decision | None = None
         item: Inbound | None = decision
-        async with anyio.create_task_group() as tg:
+        async with piece_reports(self._report_pieces) as self._pieces, \
+                anyio.create_task_group() as tg:
             await self._adopt(decision)
             await self.ctx.publish(PeerStarted(**self._ids()))
             while True:
@@ -508,9 +499,9 @@ class Download:
                 tf.mark(action.piece, action.digest)
                 self.bytes_from_peers += length
                 self.ctx.stats.download_bytes_peers += length
-                tg.start_soon(self.ctx.publish, PieceFinished(
-                    **self._ids(), piece=action.piece, length=length, digest=action.digest,
-                    parent_id=action.parent, cost_ms=action.cost_ms))
+                assert self._pieces is not None
+                self._pieces.add(FinishedPiece(action.piece, length, action.digest,
+                                               action.parent, action.cost_ms))
             case Reject():
                 self.ctx.stats.pieces_corrupt += action.corrupt
                 tg.start_soon(self.ctx.publish, PieceFailed(
@@ -550,7 +541,8 @@ class Download:
             event = decode(msg.data)
         except EventDecodeError:
             return
-        if isinstance(event, PieceFinished | TaskMetadataReported | PeerLeft | PeerFailed):
+        if isinstance(event, PiecesFinished | PieceFinished | TaskMetadataReported | PeerLeft
+                      | PeerFailed):
             self._inbox.put_nowait(event)
 
     async def _fetch(self, tf: TaskFile, fetch: Fetch) -> None:

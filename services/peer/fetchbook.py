@@ -3,10 +3,11 @@ each answer, and when it asks the scheduler for other parents.
 
 ``decide(book, event, now)`` folds one input into the ``Book`` and returns the actions the
 shell (``downloader.py``) carries out. Inputs are the scheduler's decisions
-(``ParentsAssigned``, ``PeerQueued``), the followed parents' events (``PieceFinished``,
-``TaskMetadataReported``, ``PeerLeft``, ``PeerFailed``) and the shell's own facts:
-``Shaped`` (the task file's geometry is known), ``Fetched`` and ``Refused`` (a request's
-outcome), ``Stopping`` (a decision other than parents arrived) and ``Tick`` (time passed).
+(``ParentsAssigned``, ``PeerQueued``), the followed parents' events (``PiecesFinished``,
+the older ``PieceFinished``, ``TaskMetadataReported``, ``PeerLeft``, ``PeerFailed``) and the
+shell's own facts: ``Shaped`` (the task file's geometry is known), ``Fetched`` and
+``Refused`` (a request's outcome), ``Stopping`` (a decision other than parents arrived)
+and ``Tick`` (time passed).
 
 The rules (``docs/protocol.md``, "How pieces move"):
 - rarest piece first among the parents that may be asked, in this child's own random
@@ -31,10 +32,18 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from damselfly.events.sched import ParentInfo, ParentsAssigned, PeerQueued
-from damselfly.events.tasks import PeerFailed, PeerLeft, PieceFinished, TaskMetadataReported
+from damselfly.events.tasks import (
+    FinishedPiece,
+    PeerFailed,
+    PeerLeft,
+    PieceFinished,
+    PiecesFinished,
+    TaskMetadataReported,
+)
 from damselfly.services.peer.bitmap import Bitmap
 from damselfly.services.peer.planner import choose_pieces
 
@@ -100,8 +109,8 @@ class Tick:
     """Time passed."""
 
 
-Input = (ParentsAssigned | PeerQueued | PieceFinished | TaskMetadataReported | PeerLeft
-         | PeerFailed | Shaped | Fetched | Refused | Stopping | Tick)
+Input = (ParentsAssigned | PeerQueued | PieceFinished | PiecesFinished | TaskMetadataReported
+         | PeerLeft | PeerFailed | Shaped | Fetched | Refused | Stopping | Tick)
 
 
 # ---- actions for the shell ----------------------------------------------------------------
@@ -193,12 +202,11 @@ def decide(book: Book, event: Input, now: float) -> list[Action]:
         case PeerQueued():
             book.queued, book.answer_by = True, now + book.settings.queue_timeout
         case PieceFinished():
-            book.holdings.setdefault(event.peer_id, set()).add(event.piece)
-            if event.peer_id in book.source_peers and not event.parent_id:
-                book.digests.setdefault(event.piece, event.digest)
-            book.last_progress = now
-            if not _could_ask(book, event.peer_id, event.piece):
+            if not _parent_holds(book, event.peer_id, [event], now):
                 return []  # planning again could not start anything: save the CPU
+        case PiecesFinished():
+            if not _parent_holds(book, event.peer_id, event.pieces, now):
+                return []
         case TaskMetadataReported() if event.peer_id in book.source_peers:
             _learn_digests(book, event.piece_digests)
         case PeerLeft() | PeerFailed() if event.peer_id in book.parents:
@@ -244,6 +252,22 @@ def _adopt(book: Book, decision: ParentsAssigned) -> None:
         held = book.holdings.setdefault(p.peer_id, set())
         if p.bitmap and book.piece_count:
             held.update(Bitmap(book.piece_count, p.bitmap).held())
+
+
+def _parent_holds(book: Book, peer_id: str, pieces: Sequence[PieceFinished | FinishedPiece],
+                  now: float) -> bool:
+    """Learn that a followed peer holds ``pieces`` (and, from a source, their digests);
+    whether any of them could become a request right away."""
+    held = book.holdings.setdefault(peer_id, set())
+    source = peer_id in book.source_peers
+    useful = False
+    for p in pieces:
+        held.add(p.piece)
+        if source and not p.parent_id and p.digest:
+            book.digests.setdefault(p.piece, p.digest)
+        useful = useful or _could_ask(book, peer_id, p.piece)
+    book.last_progress = now
+    return useful
 
 
 def _could_ask(book: Book, parent: str, piece: int) -> bool:

@@ -20,6 +20,7 @@ import msgspec
 
 from damselfly.events.base import Event
 from damselfly.events.config import DEFAULT_WEIGHTS, ClusterConfig, ClusterConfigSet
+from damselfly.events.fields import MAX_PIECES
 from damselfly.events.hosts import HostAnnounced, HostLeft
 from damselfly.events.ids import derived_id
 from damselfly.events.sched import (
@@ -39,6 +40,7 @@ from damselfly.events.tasks import (
     PeerSucceeded,
     PieceFailed,
     PieceFinished,
+    PiecesFinished,
     RescheduleRequested,
     TaskMetadataReported,
 )
@@ -60,7 +62,6 @@ _SERVING: Final = frozenset({RUNNING, BACK_TO_SOURCE, SUCCEEDED})
 # more of its requests by itself (docs/protocol.md).
 BAD_UPLOAD_FAILURES: Final = 3
 LOCATION_ELEMENTS: Final = 5
-MAX_PIECES: Final = 1 << 22  # 16 TiB in 4 MiB pieces; beyond it a report is not believed
 
 
 class Host(msgspec.Struct, kw_only=True):
@@ -279,6 +280,12 @@ def _on_piece_finished(state: State, e: PieceFinished, out: list[Event], trace: 
         task.holders.append(peer.peer_id)
         _wake_waiting(state, task, e, out, trace)
         _top_up(state, task, [peer], e, out, trace)
+
+
+def _on_pieces_finished(state: State, e: PiecesFinished, out: list[Event], trace: Trace
+                        ) -> None:
+    for single in e.singles():
+        _on_piece_finished(state, single, out, trace)
 
 
 def _on_piece_failed(state: State, e: PieceFailed, out: list[Event], trace: Trace) -> None:
@@ -709,6 +716,7 @@ _HANDLERS: Final[dict[type, Callable[..., None]]] = {
     BackToSourceStarted: _on_back_to_source,
     TaskMetadataReported: _on_metadata,
     PieceFinished: _on_piece_finished,
+    PiecesFinished: _on_pieces_finished,
     PieceFailed: _on_piece_failed,
     PeerSucceeded: _on_succeeded,
     PeerFailed: _on_failed,

@@ -21,7 +21,14 @@ from damselfly.events.bus import Publisher
 from damselfly.events.codec import AnyEvent, decode
 from damselfly.events.ids import derived_id
 from damselfly.events.sched import ParentInfo, ParentsAssigned, PeerQueued
-from damselfly.events.tasks import PeerRegistered, PieceFailed, PieceFinished, RescheduleRequested
+from damselfly.events.tasks import (
+    PeerRegistered,
+    PieceFailed,
+    PieceFinished,
+    PiecesFinished,
+    RescheduleRequested,
+    singles,
+)
 from damselfly.services.peer.daemon import DaemonConfig
 from damselfly.services.peer.fetchbook import Settings
 from damselfly.services.peer.get import ApiClient
@@ -107,7 +114,7 @@ async def download(api: str, request: DownloadRequest, out: Path | None = None) 
 
 
 async def task_events(nc: Client, cluster: str) -> list[AnyEvent]:
-    return await read_events(nc.jetstream(), "DF_TASKS", f"df.task.{cluster}.>")
+    return list(singles(await read_events(nc.jetstream(), "DF_TASKS", f"df.task.{cluster}.>")))
 
 
 def config(tmp_path: Path, name: str, nats_url: str, cluster: str) -> DaemonConfig:
@@ -241,13 +248,14 @@ async def test_a_parent_killed_mid_transfer_leaves_the_child_to_finish_from_othe
             await scheduler.start()
             doomed_peer = sources[0]["peer_id"]
 
-            sub = await nc.subscribe(f"df.task.{cluster}.*.*.*.piece_finished")
+            sub = await nc.subscribe(f"df.task.{cluster}.*.*.*.pieces_finished")
             await subscribed(nc)  # subscribed before the child's first piece, not after
 
             async def kill_after_first_piece_from_doomed() -> None:
                 async for msg in sub.messages:
                     event = decode(msg.data)
-                    if isinstance(event, PieceFinished) and event.parent_id == doomed_peer:
+                    if isinstance(event, PiecesFinished) and any(
+                            p.parent_id == doomed_peer for p in event.pieces):
                         parents[0].kill()
                         break
                 await sub.unsubscribe()

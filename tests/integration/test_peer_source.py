@@ -29,6 +29,7 @@ from damselfly.events.tasks import (
     PeerSucceeded,
     PieceFinished,
     TaskMetadataReported,
+    singles,
 )
 from damselfly.services.peer.daemon import DaemonConfig
 from damselfly.services.peer.fetchbook import Settings
@@ -72,7 +73,8 @@ async def download(client: ApiClient, request: DownloadRequest) -> dict[str, Any
 async def task_events(nats_url: str, cluster: str) -> list[AnyEvent]:
     nc = await connect(nats_url, "test")
     try:
-        return await read_events(nc.jetstream(), "DF_TASKS", f"df.task.{cluster}.>")
+        return list(singles(await read_events(nc.jetstream(), "DF_TASKS",
+                                              f"df.task.{cluster}.>")))
     finally:
         await nc.close()
 

@@ -26,7 +26,7 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import make_server
 
-from damselfly.events.tasks import PieceFinished
+from damselfly.events.tasks import PieceFinished, singles
 from damselfly.services.peer.daemon import DaemonConfig
 from damselfly.services.peer.fetchbook import Settings
 from damselfly.services.peer.get import ApiClient
@@ -252,7 +252,8 @@ async def test_a_swarm_fetches_an_object_the_store_serves_about_once(
 
     nc = await connect(nats_url, "test")
     try:
-        events = await read_events(nc.jetstream(), "DF_TASKS", f"df.task.{cluster}.>")
+        events = list(singles(await read_events(nc.jetstream(), "DF_TASKS",
+                                                f"df.task.{cluster}.>")))
     finally:
         await nc.close()
     assert sum(e.length for e in events if isinstance(e, PieceFinished) and not e.parent_id) \

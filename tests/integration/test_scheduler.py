@@ -38,11 +38,11 @@ from damselfly.events import (
     TaskMetadataReported,
     decode,
 )
-from damselfly.events.bus import Publisher
+from damselfly.events.bus import DEAD_REASON, DEAD_SEQ, Publisher
 from damselfly.events.ids import new_id
 from damselfly.events.log import read_log
 from damselfly.events.streams import SNAPSHOT_BUCKET, ensure_streams
-from damselfly.events.subjects import partition
+from damselfly.events.subjects import dlq_subject, partition
 from damselfly.services.launcher.broker import Broker, nats_server_binary, start_broker
 from damselfly.services.runtime.eventlog import dump
 from damselfly.services.runtime.natsconn import connect
@@ -111,10 +111,10 @@ class Swarm:
 
     def piece(self, peer: str, i: int, parent: str = "") -> Event:
         return PieceFinished(**self.meta(), task_id=self.task, peer_id=peer, piece=i,
-                             length=4, digest=f"sha256:{i}", parent_id=parent, cost_ms=1.0)
+                             length=4, digest=f"sha256:{i:064x}", parent_id=parent, cost_ms=1.0)
 
     async def fetch_from_parents(self, peer: str, decision: ParentsAssigned) -> None:
-        assert decision.piece_digests == [f"sha256:{i}" for i in range(PIECES)]
+        assert decision.piece_digests == [f"sha256:{i:064x}" for i in range(PIECES)]
         parents = [p.peer_id for p in decision.parents]
         await self.pub.publish_many(
             [self.piece(peer, i, parents[i % len(parents)]) for i in range(PIECES)]
@@ -237,6 +237,28 @@ async def test_a_swarm_download_is_scheduled_and_a_restart_decides_nothing_twice
     assert changed.returncode == 0, changed.stderr
     assert "p2 <- p1, p0  =>  p2 <- p0, p1" in changed.stdout
     assert "1 of 3 decisions change" in changed.stdout
+
+
+@pytest.mark.anyio
+async def test_a_forged_registration_is_dead_lettered_and_scheduling_goes_on(
+        nc: Client) -> None:
+    """Issue 12: a non-hex task id crash-looped a partition, again after every restart."""
+    cluster = "c9"
+    swarm = Swarm(nc, cluster)
+    await swarm.hosts("h0")
+    js = nc.jetstream()
+    forged = {"type": "peer.registered.v1", "id": new_id(), "at": 1.0, "cluster": cluster,
+              "task_id": "../not-hex", "peer_id": "p9", "host_id": "h0", "url": "https://o/f"}
+    ack = await js.publish(f"df.task.{cluster}.{partition(swarm.task)}.x.p9.registered",
+                           msgspec.json.encode(forged))
+    for restart in range(2):  # the replayed poison is stepped over again, not crashed on
+        async with running(nc, cluster):
+            decision = await Swarm(nc, cluster).register(f"p{restart}", "h0")
+            assert isinstance(decision, BackToSourceOrdered)
+        dead = await js.get_last_msg("DF_DLQ", dlq_subject("DF_TASKS"))
+        assert dead.headers is not None and dead.headers[DEAD_SEQ] == str(ack.seq)
+        assert dead.headers[DEAD_REASON].startswith("undecodable: Expected `str` matching")
+        assert "$.task_id" in dead.headers[DEAD_REASON]
 
 
 @pytest.mark.anyio

@@ -21,6 +21,7 @@ from damselfly.events.sched import (
     ParentsAssigned,
     SeedPeerTriggered,
 )
+from damselfly.events.streams import stream_configs
 from damselfly.events.subjects import subject_for
 from damselfly.events.tasks import (
     BackToSourceStarted,
@@ -140,8 +141,8 @@ def events(swarm: Swarm) -> Iterator[AnyEvent]:
     yield JobSucceeded(id=f"done-{job}", at=t + 0.6, job_id=job)
 
 
-_STREAM_OF_FAMILY = {"host": "DF_HOSTS", "task": "DF_TASKS", "sched": "DF_SCHED", "job": "DF_JOBS",
-                     "config": "DF_CONFIG"}
+_STREAM_OF_FAMILY = {c.subjects[0].split(".")[1]: c.name for c in stream_configs()
+                     if c.subjects and c.name}
 
 
 def by_stream(stream_events: Iterable[AnyEvent]) -> dict[str, list[tuple[int, AnyEvent]]]:

@@ -74,6 +74,13 @@ def test_bad_bytes_raise_a_typed_error_that_says_why(data: bytes, reason: str) -
     assert reason.lower() in str(info.value).lower()
 
 
+def test_an_event_no_consumer_would_accept_is_not_encoded() -> None:
+    bad = PeerRegistered(id="e1", cluster="c", task_id="../../etc", peer_id="p", host_id="h",
+                         url="https://origin/f")
+    with pytest.raises(EventDecodeError, match=r"refusing to encode PeerRegistered: .*task_id"):
+        encode(bad)
+
+
 def test_events_are_frozen() -> None:
     event = HostAnnounced(id="a", cluster="c", host_id="h", hostname="n", ip="1.2.3.4",
                           upload_url="http://1.2.3.4:1")

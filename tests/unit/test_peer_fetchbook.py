@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from damselfly.events.sched import ParentInfo, ParentsAssigned, PeerQueued
-from damselfly.events.tasks import PeerLeft, PieceFinished, TaskMetadataReported
+from damselfly.events.tasks import (
+    FinishedPiece,
+    PeerLeft,
+    PieceFinished,
+    PiecesFinished,
+    TaskMetadataReported,
+)
 from damselfly.services.peer.bitmap import Bitmap
 from damselfly.services.peer.fetchbook import (
     Accept,
@@ -36,10 +42,10 @@ def parent(peer_id: str, held: range | list[int] = range(PIECES)) -> ParentInfo:
                       bitmap=bitmap.to_bytes())
 
 
-def assigned(*parents: ParentInfo) -> ParentsAssigned:
+def assigned(*parents: ParentInfo, digests: list[str] = DIGESTS) -> ParentsAssigned:
     return ParentsAssigned(id="d", cluster="c", task_id="t", peer_id="me", trigger_id="r",
                            parents=list(parents), content_length=PIECES, piece_length=1,
-                           piece_digests=DIGESTS, source_peers=[SEED])
+                           piece_digests=digests, source_peers=[SEED])
 
 
 def finished(peer_id: str, piece: int, parent_id: str = "x") -> PieceFinished:
@@ -177,6 +183,20 @@ def test_pieces_a_parent_reports_later_are_asked_for() -> None:
     b = book(Settings(concurrency=4))
     assert fetches(decide(b, assigned(parent("p1", [])), 0.0)) == []
     assert fetches(decide(b, finished("p1", 3), 0.5)) == [(3, "p1")]
+
+
+def test_a_batch_of_piece_reports_counts_as_each_of_its_pieces() -> None:
+    b = book(Settings(concurrency=8, per_parent=8))
+    decide(b, assigned(parent("p1", []), digests=DIGESTS[:6]), 0.0)
+    report = PiecesFinished(id="b", cluster="c", task_id="t", peer_id="p1", pieces=[
+        FinishedPiece(1, 1, "", "x", 3.0), FinishedPiece(5, 1, "", "x", 2.0)])
+    assert sorted(fetches(decide(b, report, 0.1))) == [(1, "p1"), (5, "p1")]
+    # From a source, the pieces' digests are learnt (from anyone else they are not).
+    from_seed = PiecesFinished(id="s", cluster="c", task_id="t", peer_id=SEED, pieces=[
+        FinishedPiece(6, 1, "sha256:" + "e" * 64), FinishedPiece(7, 1, "")])
+    decide(b, from_seed, 0.2)
+    assert b.digests.get(6) == "sha256:" + "e" * 64 and 7 not in b.digests
+    assert b.holdings[SEED] >= {6, 7}
 
 
 def test_a_parent_that_left_is_not_asked() -> None:
