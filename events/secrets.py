@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 from cryptography.exceptions import InvalidTag
@@ -22,17 +23,30 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 SENSITIVE_HEADERS: Final = frozenset(
     {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-registry-auth",
-     "x-amz-security-token", "x-api-key"}
+     "x-amz-security-token", "x-api-key", "private-token", "x-auth-token"}
 )
 """Never written to a stream, never sent on to another origin after a redirect (as curl
 and requests do: a presigned object-store URL rejects a second credential)."""
+SENSITIVE_SUFFIXES: Final = ("-token", "-secret", "-key", "-password", "-credential",
+                             "-credentials", "-auth")
+"""And any header whose name ends so (``X-Goog-Api-Key``, ``Job-Token``, ``X-Hub-Secret``)."""
 
 SECRET_ENV: Final = "DAMSELFLY_CLUSTER_SECRET"
 PREFIX: Final = "aesgcm1."
 
 
 def is_sensitive(header: str) -> bool:
-    return header.lower() in SENSITIVE_HEADERS
+    name = header.lower()
+    return name in SENSITIVE_HEADERS or name.endswith(SENSITIVE_SUFFIXES)
+
+
+def public_url(url: str) -> str:
+    """``url`` without a ``user:password@`` part, for the log: the peer that was given it
+    keeps using it to reach the origin, no other peer ever sees it."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def public_headers(headers: Mapping[str, str]) -> dict[str, str]:

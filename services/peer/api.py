@@ -9,11 +9,14 @@ import secrets
 import shutil
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import anyio
 import msgspec
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
+from damselfly.services.peer.downloader import IMPORTED
 from damselfly.services.peer.downloads import Downloads
 from damselfly.services.peer.request import DownloadRequest
 from damselfly.services.peer.upload import TransferStats, metrics_text
@@ -52,6 +55,20 @@ def export_file(source: Path, target: Path, hard_link: bool = False) -> int:
 
 def _error(status: int, reason: str) -> web.Response:
     return web.json_response({"error": reason}, status=status)
+
+
+@web.middleware
+async def _json_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A write must say ``Content-Type: application/json``: a web page can send a form or
+    ``text/plain`` to a loopback port without asking, but not JSON (that needs a CORS
+    preflight, which this API never answers), so no page a user visits drives the daemon."""
+    if request.method in ("POST", "PUT", "PATCH") \
+            and request.content_type != "application/json":
+        return _error(415, f"Content-Type must be application/json, not "
+                           f"{request.headers.get('Content-Type', 'none')}")
+    if request.method == "OPTIONS":
+        return _error(405, "no cross-origin requests")
+    return await handler(request)
 
 
 def _schema_of(struct: type[msgspec.Struct]) -> dict[str, Any]:
@@ -126,6 +143,8 @@ def api_app(downloads: Downloads, stats: TransferStats) -> web.Application:
 
     async def start(request: web.Request) -> web.Response:
         body: DownloadRequest = await decode_body(request, DownloadRequest)
+        if urlsplit(body.url).scheme == "file":
+            return _error(400, f"{body.url} is a local file: import it (POST /v1/imports)")
         try:
             downloads.ctx.sources.for_url(body.url)
         except ValueError as exc:
@@ -190,7 +209,7 @@ def api_app(downloads: Downloads, stats: TransferStats) -> web.Application:
         download_request = DownloadRequest(url=path.as_uri(), tag=body.tag,
                                            application=body.application,
                                            piece_length=body.piece_length)
-        download = downloads.start(download_request, straight_to_source="imported a local file")
+        download = downloads.start(download_request, straight_to_source=IMPORTED)
         return web.json_response(download.status(), status=202)
 
     async def healthz(request: web.Request) -> web.Response:
@@ -203,7 +222,7 @@ def api_app(downloads: Downloads, stats: TransferStats) -> web.Application:
     async def openapi_doc(request: web.Request) -> web.Response:
         return web.json_response(openapi())
 
-    app = web.Application()
+    app = web.Application(middlewares=[_json_only])
     app.router.add_post("/v1/tasks", start)
     app.router.add_get("/v1/tasks/{task_id}", stat)
     app.router.add_delete("/v1/tasks/{task_id}", cancel)

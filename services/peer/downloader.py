@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypedDict
+from urllib.parse import urlsplit
 
 import anyio
 from anyio import from_thread, to_thread
@@ -38,7 +39,7 @@ from damselfly.events.sched import (
     PeerQueued,
     ScheduleFailed,
 )
-from damselfly.events.secrets import public_headers
+from damselfly.events.secrets import public_headers, public_url
 from damselfly.events.subjects import partition, sched_subject, task_filter
 from damselfly.events.taskid import piece_length_for, piece_range
 from damselfly.events.tasks import (
@@ -79,7 +80,7 @@ from damselfly.services.peer.parents import ParentClient, PieceError
 from damselfly.services.peer.reports import PieceReports, piece_reports
 from damselfly.services.peer.request import DownloadRequest
 from damselfly.services.peer.sources import Source, SourceError, SourceStream
-from damselfly.services.peer.storage import Storage, TaskFile, TaskMeta
+from damselfly.services.peer.storage import DiskFullError, Storage, TaskFile, TaskMeta
 from damselfly.services.peer.upload import TransferStats, mint_token
 
 log = logging.getLogger("damselfly.peer")
@@ -88,6 +89,8 @@ CHUNK: Final = 1 << 16
 # A followed parent's events are replayed from this long before the decision that named it
 # (clocks differ between hosts; a report missed here costs a choice, never bytes).
 FOLLOW_MARGIN: Final = 2.0
+IMPORTED: Final = "imported a local file"
+"""The ``straight_to_source`` reason of an import, the one download that may read a file."""
 Decision = ParentsAssigned | BackToSourceOrdered | ScheduleFailed
 Inbound = Decision | PeerQueued | PiecesFinished | PieceFinished | TaskMetadataReported \
     | PeerLeft | PeerFailed | Fetched | Refused
@@ -200,6 +203,9 @@ class Download:
                 leaf = _first_leaf(exc)
                 if not isinstance(leaf, DownloadFailed | SourceError | OSError | ValueError):
                     log.error("task %s: unexpected failure", self.task_id[:12], exc_info=exc)
+                if isinstance(leaf, DiskFullError):  # leave the next task the space
+                    self.ctx.storage.remove(self.task_id)
+                    self.tf = None
                 await self._fail(str(leaf) or repr(leaf))
             finally:
                 self._stop.set()
@@ -275,20 +281,14 @@ class Download:
     async def _register(self) -> None:
         r = self.request
         await self.ctx.publish(PeerRegistered(
-            **self._ids(), host_id=self.ctx.host_id, url=r.url, tag=r.tag,
+            **self._ids(), host_id=self.ctx.host_id, url=public_url(r.url), tag=r.tag,
             application=r.application, priority=r.priority, piece_length=r.piece_length,
             headers=public_headers(r.headers), filtered_query_params=r.filtered_query_params,
             disable_back_to_source=r.disable_back_to_source))
 
     async def _succeed(self, tf: TaskFile) -> None:
         if self.request.digest:
-            algorithm, _ = parse_digest(self.request.digest)
-            actual = await to_thread.run_sync(file_digest, tf.data_path, algorithm)
-            if not same_digest(self.request.digest, actual):
-                self.ctx.storage.remove(self.task_id)
-                self.tf = None
-                raise DownloadFailed(f"digest mismatch: expected {self.request.digest}, "
-                                     f"got {actual}")
+            tf = await self._verified(tf)
         tf.meta.done = True
         tf.touch()
         await self.ctx.publish(PeerSucceeded(
@@ -296,6 +296,34 @@ class Download:
             bytes_from_origin=self.bytes_from_origin, bytes_from_peers=self.bytes_from_peers,
             cost_ms=(time.monotonic() - self._started) * 1000))
         self.state = "succeeded"
+
+    async def _verified(self, tf: TaskFile) -> TaskFile:
+        """The task file, once its bytes hash to the requested digest. On a mismatch the
+        file is dropped and fetched from the origin once more (a parent, or a cache in
+        front of the origin, may have been wrong); a second mismatch fails the download."""
+        mismatch = await self._mismatch(tf)
+        if not mismatch:
+            return tf
+        if self.request.disable_back_to_source:
+            raise DownloadFailed(mismatch)
+        log.warning("task %s: %s; fetching it from the origin again", self.task_id[:12],
+                    mismatch)
+        self.tf = tf = self.ctx.storage.create(self.task_id, self.request)
+        tf.meta.peer_id = self.peer_id
+        await self._from_source(f"{mismatch}; fetching it from the origin again")
+        if again := await self._mismatch(tf):
+            raise DownloadFailed(f"{again} from the origin too")
+        return tf
+
+    async def _mismatch(self, tf: TaskFile) -> str:
+        """Why the file is not the requested digest (its files then removed), or ""."""
+        algorithm, _ = parse_digest(self.request.digest)
+        actual = await to_thread.run_sync(file_digest, tf.data_path, algorithm)
+        if same_digest(self.request.digest, actual):
+            return ""
+        self.ctx.storage.remove(self.task_id)
+        self.tf = None
+        return f"digest mismatch: expected {self.request.digest}, got {actual}"
 
     async def _shape(self, content_length: int, piece_length: int) -> None:
         tf = self.tf
@@ -336,6 +364,11 @@ class Download:
     async def _from_source(self, reason: str) -> None:
         if self.request.disable_back_to_source:
             raise DownloadFailed(f"back-to-source is disabled and {reason}")
+        if urlsplit(self.request.url).scheme == "file" and self.straight_to_source != IMPORTED:
+            # The daemon may read files its caller cannot: a local file enters the swarm
+            # only through an import, never by a seed trigger, a job or a download.
+            raise DownloadFailed(f"{self.request.url} is a local file: only an import "
+                                 "(damselfly import, POST /v1/imports) reads one")
         source = self.ctx.sources.for_url(self.request.url)
         await self.ctx.publish(BackToSourceStarted(**self._ids(), reason=reason))
         tf = self.tf

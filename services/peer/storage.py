@@ -216,7 +216,11 @@ class Storage:
             removed = self.collect({*active, tf.task_id},
                                    target=max(self.gc_low - content_length, 0))
             others = self.used(besides=tf.task_id)
-        free = shutil.disk_usage(self.root).free
+        # Other tasks' files are sparse until their pieces land: the disk's free space
+        # still counts what they will write, so it is set aside for them.
+        unwritten = sum(max(t.meta.content_length, 0) - t.completed_length()
+                        for t in self._open.values() if t is not tf and not t.complete)
+        free = shutil.disk_usage(self.root).free - unwritten
         if self.quota:
             free = min(free, self.quota - others)
         if content_length > free:

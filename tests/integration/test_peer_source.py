@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
 import pytest
 
@@ -175,11 +176,14 @@ async def test_a_full_disk_fails_that_task_only(tmp_path: Path, nats_url: str) -
     assert small["state"] == "succeeded"
 
 
-async def test_digest_mismatch_fails_and_keeps_nothing(tmp_path: Path, nats_url: str) -> None:
+async def test_digest_mismatch_retries_the_origin_once_then_fails_and_keeps_nothing(
+        tmp_path: Path, nats_url: str) -> None:
     async with setup(tmp_path, nats_url) as (origin, client, _):
         status = await download(client, DownloadRequest(url=f"{origin.url}/f.bin",
                                                         digest="sha256:" + "0" * 64))
         assert status["state"] == "failed" and status["error"].startswith("digest mismatch")
+        assert status["error"].endswith("from the origin too")
+        assert origin.bytes_served == 2 * SIZE
         with pytest.raises(RuntimeError, match="unknown task"):
             await client.export(status["task_id"], tmp_path / "out.bin")
     assert not (tmp_path / "out.bin").exists()
@@ -210,6 +214,17 @@ async def test_api_describes_itself_and_rejects_bad_requests(
             await client._json("POST", "/v1/tasks", {"url": "ftp://x/y"})
         with pytest.raises(RuntimeError, match="Object missing required field `url`"):
             await client._json("POST", "/v1/tasks", {})
+        # The daemon reads files its caller may not: a local file comes in by import only.
+        with pytest.raises(RuntimeError, match="is a local file: import it"):
+            await client._json("POST", "/v1/tasks", {"url": "file:///etc/shadow"})
+        # What a web page may send a loopback port without a CORS preflight is refused.
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{client.endpoint}/v1/tasks", data='{"url": "http://x/y"}',
+                                 headers={"Content-Type": "text/plain"}) as answer:
+                assert answer.status == 415
+                assert "must be application/json, not text/plain" in await answer.text()
+            async with http.options(f"{client.endpoint}/v1/tasks") as answer:
+                assert answer.status == 405 and "Access-Control-Allow-Origin" not in answer.headers
     assert {"/v1/tasks", "/v1/tasks/{task_id}/progress", "/v1/imports"} <= set(doc["paths"])
 
 

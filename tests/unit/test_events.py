@@ -17,7 +17,7 @@ from damselfly.events import (
 )
 from damselfly.events.base import tag_of
 from damselfly.events.codec import EventDecodeError
-from damselfly.events.secrets import public_headers
+from damselfly.events.secrets import public_headers, public_url
 from damselfly.events.streams import stream_configs
 from damselfly.events.subjects import (
     PARTITIONS,
@@ -141,11 +141,16 @@ def test_any_hostname_becomes_a_valid_token() -> None:
 
 def test_credentials_never_reach_an_event() -> None:
     headers = {"Authorization": "Bearer s3cr3t", "Cookie": "a=b", "Accept": "*/*",
-               "X-Registry-Auth": "x"}
+               "X-Registry-Auth": "x", "Private-Token": "s3cr3t", "X-Auth-Token": "s3cr3t",
+               "X-Goog-Api-Key": "s3cr3t", "Job-Token": "s3cr3t", "X-Hub-Secret": "s3cr3t",
+               "Range": "bytes=0-"}
     event = PeerRegistered(id="1", cluster="c", task_id=TASK, peer_id="p", host_id="h",
-                           url="http://o/f", headers=public_headers(headers))
+                           url=public_url("https://me:s3cr3t@o:8443/f?x=1"),
+                           headers=public_headers(headers))
     assert b"s3cr3t" not in encode(event)
-    assert event.headers == {"Accept": "*/*"}
+    assert event.headers == {"Accept": "*/*", "Range": "bytes=0-"}
+    assert event.url == "https://o:8443/f?x=1"
+    assert public_url("http://o/a@b") == "http://o/a@b"  # an @ in the path is no login
 
 
 def test_the_readme_catalogue_lists_every_event_type() -> None:

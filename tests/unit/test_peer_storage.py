@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,22 @@ def test_a_task_too_big_for_the_quota_fails_alone(tmp_path: Path) -> None:
         storage.reserve(big, 500, active=())
     still = storage.get(kept)
     assert still is not None and still.complete
+
+
+def test_space_a_running_task_will_still_write_is_not_free(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # A disk with 1000 bytes free, as the kernel counts it: sparse files take nothing yet.
+    monkeypatch.setattr("damselfly.services.peer.storage.shutil.disk_usage",
+                        lambda _: shutil._ntuple_diskusage(10_000, 9000, 1000))
+    storage = Storage(tmp_path)
+    first = DownloadRequest(url="http://o/running")
+    running = storage.create(first.task_id(), first)
+    storage.reserve(running, 800, active=())
+    running.shape(800, 100)
+    running.write(0, b"x" * 100)
+    running.mark(0, "sha256:" + "0" * 64)
+    second = DownloadRequest(url="http://o/next")
+    following = storage.create(second.task_id(), second)
+    with pytest.raises(DiskFullError, match="needs 400 bytes, 300 free"):  # 1000 - 700 unwritten
+        storage.reserve(following, 400, active=())
+    storage.reserve(following, 300, active=())
