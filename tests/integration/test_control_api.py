@@ -128,6 +128,18 @@ async def test_clusters_scopes_config_and_search(nats_url: str, tmp_path: Path,
 
         stored = await eventually(lambda: _get(m, "/api/v1/scheduler-clusters/hz", root))
         assert stored["cidrs"] == ["10.1.0.0/16"] and stored["config"]["retry_limit"] == 5
+        # Dragonfly's clients name a cluster by an integer: ``number``, in paths and jobs.
+        assert isinstance(created["number"], int) and created["number"] == stored["number"]
+        by_number = await _get(m, f"/api/v1/scheduler-clusters/{created['number']}", root)
+        assert by_number["cluster"] == "hz"
+        status, job = await m.call("POST", "/oapi/v1/jobs", {
+            "type": "preheat", "args": {"type": "file", "url": "http://o/f"},
+            "scheduler_cluster_ids": [created["number"]]}, root)
+        assert status == 201 and job["scheduler_cluster_ids"] == ["hz"], job
+        status, unknown = await m.call("POST", "/oapi/v1/jobs", {
+            "type": "preheat", "args": {"type": "file", "url": "http://o/f"},
+            "scheduler_cluster_ids": [12345]}, root)
+        assert status == 404 and unknown["detail"] == "unknown scheduler clusters: 12345"
         status, patched = await m.call("PATCH", "/api/v1/scheduler-clusters/hz",
                                        {"config": {"filter_parent_limit": 40}}, root)
         assert status == 200 and patched["config"]["candidate_parent_limit"] == 5

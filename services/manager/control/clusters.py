@@ -7,7 +7,9 @@ Writes become ``ClusterSaved``/``ClusterDeleted`` (DF_ADMIN) and ``ClusterConfig
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections.abc import Iterable
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -16,6 +18,7 @@ from nats.errors import Error as NatsError
 from pydantic import BaseModel, ConfigDict, Field
 
 from damselfly.events.admin import ClusterDeleted, ClusterKind, ClusterSaved, ClusterScopes
+from damselfly.events.clustersearch import FALLBACK
 from damselfly.events.config import DEFAULT_WEIGHTS, ClusterConfig, ClusterConfigSet
 from damselfly.events.ids import new_id
 from damselfly.services.manager.control.auth import Caller, allow, reader_of, record
@@ -129,12 +132,31 @@ def _saved(kind: ClusterKind, cluster: str, current: dict[str, object], change: 
 
 
 def _view(saved: ClusterSaved, config: ClusterConfig | None) -> dict[str, object]:
-    out: dict[str, object] = {"id": saved.cluster, **msgspec.to_builtins(saved)}
+    out: dict[str, object] = {"id": saved.cluster, "number": cluster_number(saved.cluster),
+                              **msgspec.to_builtins(saved)}
     for private in ("type", "cluster", "actor"):
         out.pop(private, None)
     if config is not None:
         out["config"] = msgspec.to_builtins(config)
     return out
+
+
+def cluster_number(cluster: str) -> int:
+    """Dragonfly's integer id for a cluster: 1 for ``default`` (Dragonfly's first cluster,
+    what Harbor's ``cluster_ids: [1]`` means), else the first 52 bits of its name's sha256
+    (exact in JSON everywhere, and the same after any replay)."""
+    if cluster == FALLBACK:
+        return 1
+    return int(hashlib.sha256(cluster.encode()).hexdigest()[:13], 16)
+
+
+def by_number(given: str, clusters: Iterable[str]) -> str:
+    """The cluster ``given`` names: itself, or the one whose integer id it is."""
+    if given.isdecimal():
+        for cluster in clusters:
+            if cluster != given and cluster_number(cluster) == int(given):
+                return cluster
+    return given
 
 
 async def known_clusters(reader: Reader) -> set[str]:
@@ -178,24 +200,33 @@ def _routes(kind: ClusterKind, path: str) -> None:
 
     async def list_all(request: Request, who: Caller) -> list[dict[str, object]]:
         allow(who, scope="cluster")
-        return await reader_of(request).records(
+        rows = await reader_of(request).records(
             "SELECT * FROM admin_clusters WHERE kind = ? AND state = 'active' ORDER BY cluster",
             [kind])
+        return [{"number": cluster_number(str(r["cluster"])), **r} for r in rows]
+
+    async def named(reader: Reader, given: str) -> str:
+        """A cluster in a path is its name or its integer id (``number`` in the answers)."""
+        rows = await reader.records("SELECT cluster FROM admin_clusters WHERE kind = ? "
+                                    "AND state = 'active'", [kind])
+        return by_number(given, (str(r["cluster"]) for r in rows))
 
     async def get_one(request: Request, who: Caller, cluster: str) -> dict[str, object]:
         allow(who, scope="cluster")
         reader = reader_of(request)
+        cluster = await named(reader, cluster)
         row = await _cluster(reader, kind, cluster)
         if row is None:
             raise HTTPException(404, f"no {noun} {cluster}")
         if is_scheduler:
             row["config"] = msgspec.to_builtins(await _config(reader, cluster))
-        return row
+        return {"number": cluster_number(cluster), **row}
 
     async def update(request: Request, who: Caller, cluster: str, body: ClusterChange
                      ) -> dict[str, object]:
         allow(who, scope="cluster", write=True, everywhere=True)
         reader = reader_of(request)
+        cluster = await named(reader, cluster)
         current = await _cluster(reader, kind, cluster)
         if current is None:
             raise HTTPException(404, f"no {noun} {cluster}")
@@ -214,6 +245,7 @@ def _routes(kind: ClusterKind, path: str) -> None:
 
     async def delete(request: Request, who: Caller, cluster: str) -> dict[str, object]:
         allow(who, scope="cluster", write=True, everywhere=True)
+        cluster = await named(reader_of(request), cluster)
         if await _cluster(reader_of(request), kind, cluster) is None:
             raise HTTPException(404, f"no {noun} {cluster}")
         await record(request, who, f"{kind}_cluster.delete", cluster,

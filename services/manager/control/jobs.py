@@ -36,7 +36,7 @@ from damselfly.services.manager.control.auth import (
     reader_of,
     record,
 )
-from damselfly.services.manager.control.clusters import known_clusters
+from damselfly.services.manager.control.clusters import by_number, known_clusters
 from damselfly.services.manager.jobshape import job_number, rfc3339
 
 router = APIRouter(tags=["jobs"])
@@ -153,7 +153,9 @@ async def _create(request: Request, who: Principal, body: JobCreate) -> dict[str
     if who.tenant and body.type != "preheat":
         raise HTTPException(403, f"user {who.user_id} is bound to tenant {who.tenant!r}; "
                                  "only root may delete or look up tasks across tenants")
-    unknown = sorted(set(body.scheduler_cluster_ids) - await known_clusters(reader_of(request)))
+    known = await known_clusters(reader_of(request))
+    body.scheduler_cluster_ids = [by_number(c, known) for c in body.scheduler_cluster_ids]
+    unknown = sorted(set(body.scheduler_cluster_ids) - known)
     if unknown:
         raise HTTPException(404, f"unknown scheduler clusters: {', '.join(unknown)}")
     job_id = new_id()
