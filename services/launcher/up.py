@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -36,15 +37,16 @@ class ServiceSpec:
     argv: list[str]
 
 
-def service_specs(nats_url: str, data_dir: Path, peers: int) -> list[ServiceSpec]:
-    """Every service that exists, in start order."""
+def service_specs(nats_url: str, data_dir: Path, peers: int,
+                  daemon_flags: Sequence[str] = ()) -> list[ServiceSpec]:
+    """Every service that exists, in start order; ``daemon_flags`` go to every daemon."""
     def daemon(name: str, *flags: str) -> ServiceSpec:
         # Every daemon serves its local API and its registry mirror on free loopback ports,
         # in the one cluster this machine's scheduler serves (no cluster search: a scoped
         # cluster made in the console would have no scheduler here).
         return ServiceSpec(name, ["daemon", *flags, "--nats", nats_url, "--data-dir",
                                   str(data_dir / name), "--api-port", "0", "--proxy-port", "0",
-                                  "--cluster", "default"])
+                                  "--cluster", "default", *daemon_flags])
 
     return [
         ServiceSpec("scheduler", ["scheduler", "--nats", nats_url,
@@ -83,6 +85,7 @@ class LocalCluster:
     data_dir: Path
     peers: int = 2
     nats_url: str | None = None
+    daemon_flags: list[str] = field(default_factory=list)
     endpoints: dict[str, object] = field(default_factory=dict)
     _broker: Broker | None = None
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -107,7 +110,7 @@ class LocalCluster:
                                                       root_password_file(self.data_dir))}
         services: dict[str, object] = {}
         self.endpoints = {"nats": url, "data_dir": str(self.data_dir), "services": services}
-        for spec in service_specs(url, self.data_dir, self.peers):
+        for spec in service_specs(url, self.data_dir, self.peers, self.daemon_flags):
             ready = run_dir / f"{spec.name}.json"
             ready.unlink(missing_ok=True)
             with open(logs / f"{spec.name}.log", "ab") as log:
@@ -165,7 +168,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--data-dir", type=Path, default=Path(".data"), help="state dir (default .data)")
     p.add_argument("--peers", type=int, default=2, help="number of normal peers (default 2)")
     p.add_argument("--nats", help="use this NATS server instead of the embedded one")
+    p.add_argument("--registry-mirror", default="",
+                   help="the registry every daemon's mirror fronts (default Docker Hub), so "
+                        "skopeo, podman and CRI-O pulls through it use the swarm")
+    p.add_argument("--proxy-rule", action="append", default=[],
+                   help="REGEX=swarm|direct[:param,…] for every daemon's HTTP proxy (repeat): "
+                        "which URLs (pip, Maven, YUM) go through the swarm")
     p.set_defaults(run=_run)
+
+
+def daemon_flags(args: argparse.Namespace) -> list[str]:
+    """The ``up`` flags that every daemon takes, as that daemon's arguments."""
+    flags = ["--registry-mirror", args.registry_mirror] if args.registry_mirror else []
+    for rule in args.proxy_rule:
+        flags += ["--proxy-rule", rule]
+    return flags
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -176,7 +193,8 @@ def _run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with LocalCluster(args.data_dir.resolve(), args.peers, args.nats) as cluster:
+    with LocalCluster(args.data_dir.resolve(), args.peers, args.nats,
+                      daemon_flags(args)) as cluster:
         print(endpoint_table(cluster.endpoints))
         where = ("$DAMSELFLY_ROOT_PASSWORD" if os.environ.get("DAMSELFLY_ROOT_PASSWORD")
                  else root_password_file(args.data_dir))

@@ -6,10 +6,12 @@ import argparse
 import subprocess
 import sys
 from importlib import import_module
+from pathlib import Path
 
 import pytest
 
 from damselfly.services.cli.main import COMMANDS, build_parser
+from damselfly.services.launcher.up import daemon_flags, service_specs
 
 
 def test_the_command_table_names_every_subcommand_its_module_registers() -> None:
@@ -44,3 +46,16 @@ def test_no_command_registers_them_all() -> None:
     parser = build_parser(["--version"])
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert set(subparsers.choices) == set(COMMANDS)
+
+
+def test_up_hands_its_mirror_and_proxy_rules_to_every_daemon(tmp_path: Path) -> None:
+    argv = ["up", "--registry-mirror", "https://registry.example:5000",
+            "--proxy-rule", r"files\.pythonhosted\.org=swarm", "--proxy-rule", "maven=direct"]
+    up = build_parser(argv).parse_args(argv)
+    daemons = [s for s in service_specs("nats://n:4222", tmp_path, 2, daemon_flags(up))
+               if s.argv[0] == "daemon"]
+    assert [s.name for s in daemons] == ["seed-peer", "peer-1", "peer-2"]
+    for spec in daemons:
+        parsed = build_parser(spec.argv).parse_args(spec.argv)
+        assert parsed.registry_mirror == "https://registry.example:5000"
+        assert parsed.proxy_rule == [r"files\.pythonhosted\.org=swarm", "maven=direct"]
