@@ -273,7 +273,8 @@ def _parent_holds(book: Book, peer_id: str, pieces: Sequence[PieceFinished | Fin
 def _could_ask(book: Book, parent: str, piece: int) -> bool:
     """Whether a piece a parent now holds could become a request right away."""
     if (not book.active or not book.piece_count or piece in book.held
-            or piece in book.in_flight or parent not in book.parents):
+            or piece in book.in_flight or parent not in book.parents
+            or len(book.in_flight) >= book.settings.concurrency):
         return False
     return sum(p == parent for p in book.in_flight.values()) < book.settings.per_parent
 
