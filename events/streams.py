@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Final
 
 from nats.js import JetStreamContext
@@ -53,11 +53,19 @@ async def ensure_streams(js: JetStreamContext) -> None:
     """
     for config in stream_configs():
         try:
-            await js.stream_info(str(config.name))
+            info = await js.stream_info(str(config.name))
         except NotFoundError:
             try:
                 await js.add_stream(config)
                 continue
             except BadRequestError:  # created concurrently by another process
-                pass
-        await js.update_stream(config)
+                info = await js.stream_info(str(config.name))
+        if not same_definition(config, info.config):
+            await js.update_stream(config)
+
+
+def same_definition(want: StreamConfig, have: StreamConfig) -> bool:
+    """Whether the stored stream already has every setting ``want`` sets: a service whose
+    broker role may not redefine streams (a peer daemon) then never asks to."""
+    return all(getattr(have, f.name) == value for f in fields(want)
+               if (value := getattr(want, f.name)) is not None)

@@ -37,17 +37,19 @@ class Broker:
 
 
 def start_broker(data_dir: Path, *, host: str = "127.0.0.1", timeout: float = 20.0,
-                 wrap: Sequence[str] = ()) -> Broker:
+                 wrap: Sequence[str] = (), config: Path | None = None) -> Broker:
     """Start ``nats-server`` with JetStream on ``data_dir`` on a free port and wait until it
     listens; ``wrap`` prefixes its command line (``ip netns exec NS`` runs it in a network
-    namespace). Raises ``RuntimeError`` if it exits or does not come up in time."""
+    namespace), ``config`` is a config file (the users and permissions of
+    ``natsauth``). Raises ``RuntimeError`` if it exits or does not come up in time."""
     data_dir.mkdir(parents=True, exist_ok=True)
     ports_dir = data_dir / "ports"
     ports_dir.mkdir(exist_ok=True)
     for stale in ports_dir.glob("*.ports"):
         stale.unlink()
     with open(data_dir / "nats-server.log", "ab") as log:
-        proc = spawn([*wrap, nats_server_binary(), "-js", "-a", host, "-p", "-1", "-m", "-1",
+        proc = spawn([*wrap, nats_server_binary(), *(["-c", str(config)] if config else []),
+                      "-js", "-a", host, "-p", "-1", "-m", "-1",
                       "-sd", str(data_dir / "store"), "--ports_file_dir", str(ports_dir)], log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

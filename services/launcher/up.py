@@ -16,25 +16,29 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Self
 
 from damselfly.events.streams import ensure_streams
+from damselfly.services.launcher import natsauth
 from damselfly.services.launcher.broker import Broker, start_broker
 from damselfly.services.manager.client import root_password_file
-from damselfly.services.runtime.natsconn import connect
+from damselfly.services.runtime.natsconn import CREDS_ENV, connect
 from damselfly.services.runtime.procs import DAMSELFLY, spawn, stop, wait_ready
 
 
 @dataclass(frozen=True)
 class ServiceSpec:
-    """One child service: its name in cluster.json and its ``damselfly`` arguments."""
+    """One child service: its name in cluster.json, its ``damselfly`` arguments and its
+    role on the broker (``natsauth.ROLES``)."""
 
     name: str
     argv: list[str]
+    role: str = "peer"
 
 
 def service_specs(nats_url: str, data_dir: Path, peers: int,
@@ -50,15 +54,16 @@ def service_specs(nats_url: str, data_dir: Path, peers: int,
 
     return [
         ServiceSpec("scheduler", ["scheduler", "--nats", nats_url,
-                                  "--data-dir", str(data_dir / "scheduler")]),
+                                  "--data-dir", str(data_dir / "scheduler")], "scheduler"),
         ServiceSpec("manager", ["manager", "--nats", nats_url,
-                                "--data-dir", str(data_dir / "manager")]),
+                                "--data-dir", str(data_dir / "manager")], "manager"),
         daemon("seed-peer", "--seed"),
         *(daemon(f"peer-{i}") for i in range(1, peers + 1)),
     ]
 
 
 async def _prepare_streams(url: str) -> None:
+    """Create the streams, as the ``admin`` role (the only one that may)."""
     nc = await connect(url, "damselfly-up")
     try:
         await ensure_streams(nc.jetstream())
@@ -99,10 +104,14 @@ class LocalCluster:
         run_dir.mkdir(exist_ok=True)
         logs.mkdir(exist_ok=True)
         url = self.nats_url
-        if url is None:
-            self._broker = start_broker(self.data_dir / "nats")
+        roles: dict[str, Path] = {}
+        if url is None:  # the embedded server: every service gets its own role's user
+            creds = natsauth.write(self.data_dir)
+            roles = creds.files
+            self._broker = start_broker(self.data_dir / "nats", config=creds.config)
             url = self._broker.url
-        asyncio.run(_prepare_streams(url))
+        with _credentials(roles.get("admin")):
+            asyncio.run(_prepare_streams(url))
         # The cluster secret mints upload tokens; the root password is the manager's first.
         env = {"DAMSELFLY_CLUSTER_SECRET": kept_secret("DAMSELFLY_CLUSTER_SECRET",
                                                        self.data_dir / "cluster.secret"),
@@ -110,12 +119,15 @@ class LocalCluster:
                                                       root_password_file(self.data_dir))}
         services: dict[str, object] = {}
         self.endpoints = {"nats": url, "data_dir": str(self.data_dir), "services": services}
+        if roles:
+            self.endpoints["nats_creds"] = {role: str(path) for role, path in roles.items()}
         for spec in service_specs(url, self.data_dir, self.peers, self.daemon_flags):
             ready = run_dir / f"{spec.name}.json"
             ready.unlink(missing_ok=True)
+            role_env = {CREDS_ENV: str(roles[spec.role])} if roles else {}
             with open(logs / f"{spec.name}.log", "ab") as log:
                 proc = spawn([*DAMSELFLY, *spec.argv,
-                              "--ready-file", str(ready)], log, env)
+                              "--ready-file", str(ready)], log, env | role_env)
             self._procs.append(proc)
             try:
                 services[spec.name] = wait_ready(ready, proc)
@@ -150,6 +162,22 @@ class LocalCluster:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+@contextmanager
+def _credentials(path: Path | None) -> Iterator[None]:
+    """``CREDS_ENV`` set to ``path`` (unchanged when None) for the connections made inside."""
+    before = os.environ.get(CREDS_ENV)
+    if path is not None:
+        os.environ[CREDS_ENV] = str(path)
+    try:
+        yield
+    finally:
+        if path is not None:
+            if before is None:
+                os.environ.pop(CREDS_ENV, None)
+            else:
+                os.environ[CREDS_ENV] = before
 
 
 def endpoint_table(endpoints: dict[str, object]) -> str:
@@ -200,6 +228,9 @@ def _run(args: argparse.Namespace) -> int:
                  else root_password_file(args.data_dir))
         print(f"\nconsole and API: sign in as root with the password in {where}; the "
               "damselfly CLI does so by itself for this data dir")
+        creds = cluster.endpoints.get("nats_creds")
+        if isinstance(creds, dict):
+            print(f"the log, for damselfly events and replay: {CREDS_ENV}={creds['observer']}")
         print(f"endpoints written to {args.data_dir / 'cluster.json'}; Ctrl-C stops everything",
               flush=True)
         while not done.wait(0.5):

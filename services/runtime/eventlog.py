@@ -86,7 +86,12 @@ async def dump(url: str, since: float | None, out: TextIO, idle: float = 1.0) ->
             if since is not None:
                 config.deliver_policy = DeliverPolicy.BY_START_TIME
                 config.opt_start_time = datetime.fromtimestamp(since, UTC)
-            sub = await js.pull_subscribe("", stream=stream, config=config)
+            try:
+                sub = await js.pull_subscribe("", stream=stream, config=config)
+            except NatsTimeoutError:  # no answer: the broker refused this role the stream
+                print(f"skipped {stream}: not readable with these NATS credentials",
+                      file=sys.stderr)
+                continue
             while True:
                 try:
                     msgs = await sub.fetch(1000, timeout=idle)

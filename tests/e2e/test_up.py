@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -19,6 +20,7 @@ from damselfly.events import HostAnnounced, decode
 from damselfly.events.bus import Publisher
 from damselfly.events.log import read_log
 from damselfly.events.streams import STREAM_NAMES
+from damselfly.services.runtime.natsconn import CREDS_ENV
 from damselfly.services.runtime.procs import DAMSELFLY
 from tests.support.wait import eventually_sync
 
@@ -58,11 +60,13 @@ def _read_lines(proc: subprocess.Popen[str], into: list[str]) -> None:
         into.append(line)
 
 
-async def _publish_probe(url: str, host: str, event_id: str) -> list[str]:
-    nc = await nats.connect(url)
+async def _publish_probe(url: str, host: str, event_id: str, creds: str) -> list[str]:
+    """Announce a host as a peer daemon would, with the peer role's credentials."""
+    user, _, password = Path(creds).read_text().strip().partition(":")
+    nc = await nats.connect(url, user=user, password=password)
     js = nc.jetstream()
-    streams = {s.config.name for s in await js.streams_info() if s.config.name}
-    assert set(STREAM_NAMES) <= streams
+    streams = {(await js.stream_info(name)).config.name for name in STREAM_NAMES}
+    assert streams == set(STREAM_NAMES)
     await Publisher(js).publish(HostAnnounced(id=event_id, at=time.time(), cluster="default",
                                               host_id=host, hostname=host,
                                               ip="127.0.0.1", upload_url="http://127.0.0.1:9"))
@@ -86,10 +90,23 @@ def test_up_writes_cluster_json_serves_events_and_leaves_nothing_behind(tmp_path
             assert json.loads(r.read()) == {"status": "ok"}
         children = _descendants(proc.pid)
         assert children, "up started no process"
-        asyncio.run(_publish_probe(cluster["nats"], "probe", "e2e-1"))
+        # The broker knows every role; the log's readers use the observer's credentials,
+        # as `up` prints.
+        creds = cluster["nats_creds"]
+        assert set(creds) == {"peer", "scheduler", "manager", "jobs", "observer", "admin"}
+        assert all(Path(p).stat().st_mode & 0o777 == 0o600 for p in creds.values())
+        peer = creds["peer"]
+        reader_env = {**os.environ, CREDS_ENV: creds["observer"]}
+        anonymous = subprocess.run([*DAMSELFLY, "events", "dump", "--nats", cluster["nats"]],
+                                   capture_output=True, timeout=60, check=False,
+                                   env={k: v for k, v in os.environ.items() if k != CREDS_ENV})
+        assert anonymous.returncode != 0
+        assert b"refuses these credentials" in anonymous.stderr
+        asyncio.run(_publish_probe(cluster["nats"], "probe", "e2e-1", peer))
 
         tail = subprocess.Popen([*DAMSELFLY, "events", "tail", "--nats", cluster["nats"]],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                env=reader_env)
         printed: list[str] = []
         reader = threading.Thread(target=_read_lines, args=(tail, printed), daemon=True)
         reader.start()
@@ -99,13 +116,14 @@ def test_up_writes_cluster_json_serves_events_and_leaves_nothing_behind(tmp_path
 
         def shows_a_live_host() -> bool:
             i = next(announced)
-            asyncio.run(_publish_probe(cluster["nats"], f"live{i}", f"e2e-live-{i}"))
+            asyncio.run(_publish_probe(cluster["nats"], f"live{i}", f"e2e-live-{i}", peer))
             return any("host_id=live" in line for line in printed)
 
         eventually_sync(shows_a_live_host, timeout=30, every=0.2)
-        asyncio.run(_publish_probe(cluster["nats"], "live-last", "e2e-live-last"))
+        asyncio.run(_publish_probe(cluster["nats"], "live-last", "e2e-live-last", peer))
         eventually_sync(lambda: any("host_id=live-last" in line for line in printed))
-        asyncio.run(_publish_probe(cluster["nats"], "probe", "e2e-1"))  # a duplicate: stored once
+        # A duplicate: stored once.
+        asyncio.run(_publish_probe(cluster["nats"], "probe", "e2e-1", peer))
         tail.send_signal(signal.SIGINT)
         assert tail.wait(timeout=20) == 0
         reader.join(timeout=20)
@@ -113,7 +131,7 @@ def test_up_writes_cluster_json_serves_events_and_leaves_nothing_behind(tmp_path
                    for line in printed)
 
         dump = subprocess.run([*DAMSELFLY, "events", "dump", "--nats", cluster["nats"]],
-                              capture_output=True, timeout=60, check=True)
+                              capture_output=True, timeout=60, check=True, env=reader_env)
         log = tmp_path / "log.jsonl"
         log.write_bytes(dump.stdout)
         records = list(read_log(log))
@@ -139,6 +157,7 @@ def test_up_writes_cluster_json_serves_events_and_leaves_nothing_behind(tmp_path
     assert proc.returncode == 0, out.decode()
     assert "nats" in out.decode()
     assert f"sign in as root with the password in {data / 'root.password'}" in out.decode()
+    assert f"{CREDS_ENV}={data / 'creds' / 'observer.creds'}" in out.decode()
     left = {pid for pid in children if Path(f"/proc/{pid}").exists()
             and (Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z")}
     assert not left, f"processes left behind: {left}"
