@@ -108,7 +108,7 @@ async def run(size: int, work: Path) -> dict[str, Any]:
                                         upload_url=str(parent.endpoints["upload_url"]))])
             await publisher.publish(decision)
 
-        await nc.subscribe(f"df.task.{CLUSTER}.*.*.*.registered", cb=scripted_scheduler)
+        await nc.subscribe(f"df.task.{CLUSTER}.*.*.*.*.registered", cb=scripted_scheduler)
         request = DownloadRequest(url=f"{origin.url}/blob.bin")
         source, origin_seconds = await download(str(parent.endpoints["api_url"]), request)
         assert source["state"] == "succeeded", source

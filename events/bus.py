@@ -27,7 +27,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from damselfly.events.base import Event
-from damselfly.events.codec import AnyEvent, EventDecodeError, decode, encode
+from damselfly.events.codec import AnyEvent, EventDecodeError, decode_delivered, encode
 from damselfly.events.subjects import dlq_subject, subject_for
 
 log = logging.getLogger("damselfly.bus")
@@ -194,7 +194,7 @@ class Consumer:
         dead: list[int] = []
         for msg in msgs:
             try:
-                event = decode(msg.data)
+                event = decode_delivered(msg.subject, msg.data)
             except EventDecodeError as exc:
                 await dead_letter(self._js, msg, f"undecodable: {exc}")
                 self.stats.dead += 1

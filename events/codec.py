@@ -12,6 +12,7 @@ from damselfly.events.config import ConfigEvent
 from damselfly.events.hosts import HostEvent
 from damselfly.events.jobs import JobEvent
 from damselfly.events.sched import SchedEvent
+from damselfly.events.subjects import SubjectError, subject_for
 from damselfly.events.tasks import TaskEvent
 
 AnyEvent = HostEvent | TaskEvent | SchedEvent | JobEvent | ConfigEvent | AdminEvent
@@ -43,6 +44,21 @@ def decode(data: bytes) -> AnyEvent:
         return _decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise EventDecodeError(str(exc)) from exc
+
+
+def decode_delivered(subject: str, data: bytes) -> AnyEvent:
+    """Decode an event that arrived on ``subject``, which must be its own subject
+    (``subjects.subject_for``): the broker lets a daemon publish only under its host's
+    subjects, so an event there that names another host's peer is forged. Raises
+    ``EventDecodeError`` for both."""
+    event = decode(data)
+    try:
+        own = subject_for(event)
+    except SubjectError as exc:
+        raise EventDecodeError(str(exc)) from exc
+    if own != subject:
+        raise EventDecodeError(f"published on {subject}, not on its own subject {own}")
+    return event
 
 
 def to_builtins(event: Event) -> dict[str, object]:

@@ -101,14 +101,26 @@ def host_filter(cluster: str, host_id: str = "*", name: str = "*") -> str:
     return f"df.host.{cluster}.{host_id}.{name}"
 
 
+def host_of(peer_id: str) -> str:
+    """The host a peer runs on: a peer id is ``<host_id>-<8 hex>`` (``downloader``)."""
+    return peer_id.rsplit("-", 1)[0]
+
+
 def task_subject(cluster: str, task_id: str, peer_id: str, name: str) -> str:
-    return f"df.task.{token(cluster)}.{partition(task_id)}.{token(task_id)}.{token(peer_id)}.{name}"
+    """``df.task.<cluster>.<partition>.<task>.<host>.<peer>.<name>``: the host token lets
+    the broker hold each daemon to its own host's subjects (``launcher.natsauth``)."""
+    return (f"df.task.{token(cluster)}.{partition(task_id)}.{token(task_id)}."
+            f"{token(host_of(peer_id))}.{token(peer_id)}.{name}")
 
 
 def task_filter(cluster: str = "*", part: int | str = "*", task_id: str = "*", peer_id: str = "*",
                 name: str = "*") -> str:
-    """A subscription filter over task events; ``*`` for any token."""
-    return f"df.task.{cluster}.{part}.{task_id}.{peer_id}.{name}"
+    """A subscription filter over task events; ``*`` for any token. A whole partition is
+    ``>``, which also matches the subjects written before they named the host."""
+    if task_id == peer_id == name == "*":
+        return f"df.task.{cluster}.{part}.>"
+    host = "*" if peer_id == "*" else host_of(peer_id)
+    return f"df.task.{cluster}.{part}.{task_id}.{host}.{peer_id}.{name}"
 
 
 def sched_subject(cluster: str, task_id: str, addressee: str) -> str:

@@ -25,7 +25,7 @@ import json
 import os
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
@@ -74,6 +74,16 @@ ROLES: Final[Mapping[str, Role]] = {
     "admin": Role(publish=(">",), subscribe=(">",)),
 }
 
+def peer_of(host_id: str) -> Role:
+    """The ``peer`` role held to one host: host and task events only under its own
+    ``<host>`` token (``events.subjects``), so it cannot speak for another daemon; the
+    consumers refuse an event whose peer is not the subject's (``codec.decode_delivered``)."""
+    peer = ROLES["peer"]
+    own = (f"df.host.*.{host_id}.>", f"df.task.*.*.*.{host_id}.>")
+    return replace(peer, publish=tuple(p for p in peer.publish
+                                       if p not in ("df.host.>", "df.task.>")) + own)
+
+
 @dataclass
 class Credentials:
     """Where ``write`` put the server's config and each role's credentials file."""
@@ -82,11 +92,12 @@ class Credentials:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def server_config(passwords: Mapping[str, str]) -> str:
-    """The ``authorization`` block of a ``nats-server`` config for these role passwords."""
+def server_config(passwords: Mapping[str, str], roles: Mapping[str, Role]) -> str:
+    """The ``authorization`` block of a ``nats-server`` config: a user per name in
+    ``passwords``, with the permissions of its role in ``roles``."""
     users = []
     for role, password in passwords.items():
-        r = ROLES[role]
+        r = roles[role]
         permissions = {
             "publish": {"allow": list(r.publish), **({"deny": list(r.deny_publish)}
                                                      if r.deny_publish else {})},
@@ -97,21 +108,23 @@ def server_config(passwords: Mapping[str, str]) -> str:
     return "authorization: " + json.dumps({"users": users}, indent=2) + "\n"
 
 
-def write(directory: Path) -> Credentials:
+def write(directory: Path, hosts: Mapping[str, str] | None = None) -> Credentials:
     """The server config and one credentials file per role under ``directory`` (0600),
-    keeping the passwords of an earlier run so that a restarted cluster keeps working."""
+    plus one per daemon in ``hosts`` (its name → its host id) held to its own host
+    (``peer_of``); an earlier run's passwords are kept so a restarted cluster keeps working."""
     creds_dir = directory / "creds"
     creds_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    roles = {**ROLES, **{name: peer_of(host) for name, host in (hosts or {}).items()}}
     passwords: dict[str, str] = {}
     out = Credentials(directory / "nats" / "auth.conf")
-    for role in ROLES:
+    for role in roles:
         path = creds_dir / f"{role}.creds"
         if not path.exists():
             _write_private(path, f"{role}:{secrets.token_urlsafe(24)}\n")
         passwords[role] = path.read_text().strip().partition(":")[2]
         out.files[role] = path
     out.config.parent.mkdir(parents=True, exist_ok=True)
-    _write_private(out.config, server_config(passwords), replace=True)
+    _write_private(out.config, server_config(passwords, roles), replace=True)
     return out
 
 

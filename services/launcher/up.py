@@ -27,6 +27,7 @@ from damselfly.events.streams import ensure_streams
 from damselfly.services.launcher import natsauth
 from damselfly.services.launcher.broker import Broker, start_broker
 from damselfly.services.manager.client import root_password_file
+from damselfly.services.peer.daemon import host_id_for
 from damselfly.services.runtime.natsconn import CREDS_ENV, connect
 from damselfly.services.runtime.procs import DAMSELFLY, spawn, stop, wait_ready
 
@@ -105,8 +106,14 @@ class LocalCluster:
         logs.mkdir(exist_ok=True)
         url = self.nats_url
         roles: dict[str, Path] = {}
+        specs = service_specs("", self.data_dir, self.peers, self.daemon_flags)
         if url is None:  # the embedded server: every service gets its own role's user
-            creds = natsauth.write(self.data_dir)
+            hosts = {}
+            for spec in specs:  # each daemon's id, made now, so its user names its host
+                if spec.role == "peer":
+                    (self.data_dir / spec.name).mkdir(parents=True, exist_ok=True)
+                    hosts[spec.name] = host_id_for(self.data_dir / spec.name)
+            creds = natsauth.write(self.data_dir, hosts)
             roles = creds.files
             self._broker = start_broker(self.data_dir / "nats", config=creds.config)
             url = self._broker.url
@@ -124,7 +131,8 @@ class LocalCluster:
         for spec in service_specs(url, self.data_dir, self.peers, self.daemon_flags):
             ready = run_dir / f"{spec.name}.json"
             ready.unlink(missing_ok=True)
-            role_env = {CREDS_ENV: str(roles[spec.role])} if roles else {}
+            own = roles.get(spec.name) or roles.get(spec.role)  # a daemon's is its host's
+            role_env = {CREDS_ENV: str(own)} if own else {}
             with open(logs / f"{spec.name}.log", "ab") as log:
                 proc = spawn([*DAMSELFLY, *spec.argv,
                               "--ready-file", str(ready)], log, env | role_env)

@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 
 from damselfly.events.bus import Publisher
 from damselfly.events.clustersearch import FALLBACK, TIMEOUT, ClusterQuery, ask_cluster
-from damselfly.events.codec import EventDecodeError, decode
+from damselfly.events.codec import EventDecodeError, decode_delivered
 from damselfly.events.hosts import HostAnnounced, HostKeepalive, HostLeft
 from damselfly.events.ids import derived_id, new_id
 from damselfly.events.jobs import DeleteTaskRequested, JobProgressed
@@ -242,7 +242,7 @@ async def serve(cfg: DaemonConfig, stop: asyncio.Event) -> None:
 
 async def _on_seed_trigger(msg: Msg, downloads: Downloads, host_id: str) -> None:
     try:
-        event = decode(msg.data)
+        event = decode_delivered(msg.subject, msg.data)
     except EventDecodeError as exc:
         log.warning("undecodable message on %s: %s", msg.subject, exc)
         return
@@ -258,7 +258,7 @@ async def _on_seed_trigger(msg: Msg, downloads: Downloads, host_id: str) -> None
 async def _on_delete_requested(msg: Msg, downloads: Downloads, cluster: str) -> None:
     """Drop a task when a delete job asks this daemon's cluster to, and say so."""
     try:
-        event = decode(msg.data)
+        event = decode_delivered(msg.subject, msg.data)
     except EventDecodeError as exc:
         log.warning("undecodable message on %s: %s", msg.subject, exc)
         return

@@ -30,7 +30,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from damselfly.events.base import Event
 from damselfly.events.bus import Publisher
-from damselfly.events.codec import EventDecodeError, decode
+from damselfly.events.codec import EventDecodeError, decode_delivered
 from damselfly.events.fields import MAX_BATCH
 from damselfly.events.ids import new_id
 from damselfly.events.sched import (
@@ -336,7 +336,7 @@ class Download:
     # ---- decisions --------------------------------------------------------------------
     async def _on_decision(self, msg: Msg) -> None:
         try:
-            event = decode(msg.data)
+            event = decode_delivered(msg.subject, msg.data)
         except EventDecodeError as exc:
             log.warning("undecodable decision on %s: %s", msg.subject, exc)
             return
@@ -571,7 +571,7 @@ class Download:
 
     async def _on_peer_event(self, msg: Msg) -> None:
         try:
-            event = decode(msg.data)
+            event = decode_delivered(msg.subject, msg.data)
         except EventDecodeError:
             return
         if isinstance(event, PiecesFinished | PieceFinished | TaskMetadataReported | PeerLeft

@@ -27,7 +27,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError
 
 from damselfly.events.bus import Consumer, Delivered
-from damselfly.events.codec import EventDecodeError, decode
+from damselfly.events.codec import EventDecodeError, decode_delivered
 from damselfly.events.ids import derived_id
 from damselfly.events.jobs import GetTaskRequested, HostJobState, JobProgressed, PreheatRequested
 from damselfly.events.secrets import SealError, open_sealed
@@ -192,7 +192,7 @@ class JobWorker:
 
     async def on_get_task(self, msg: Msg) -> None:
         try:
-            e = decode(msg.data)
+            e = decode_delivered(msg.subject, msg.data)
         except EventDecodeError as exc:
             log.warning("undecodable message on %s: %s", msg.subject, exc)
             return

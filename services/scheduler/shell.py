@@ -40,7 +40,7 @@ from nats.js.kv import KeyValue
 
 from damselfly.events.base import Event
 from damselfly.events.bus import Publisher, dead_letter
-from damselfly.events.codec import EventDecodeError, decode
+from damselfly.events.codec import EventDecodeError, decode_delivered
 from damselfly.events.hosts import HostAnnounced, HostKeepalive, HostLeft
 from damselfly.events.ids import derived_id
 from damselfly.events.streams import (
@@ -185,7 +185,7 @@ class Feed:
         meta = msg.metadata
         self._after = meta.sequence.stream
         try:
-            event = decode(msg.data)
+            event = decode_delivered(msg.subject, msg.data)
         except EventDecodeError as exc:
             await _dead_letter_quietly(self._js, msg, f"undecodable: {exc}")
             return
@@ -229,7 +229,7 @@ class LiveFeed:
     async def _on_msg(self, msg: Msg) -> None:
         meta = msg.metadata
         try:
-            event = decode(msg.data)
+            event = decode_delivered(msg.subject, msg.data)
         except EventDecodeError as exc:
             await _dead_letter_quietly(self._js, msg, f"undecodable: {exc}")
             return
@@ -635,7 +635,7 @@ class Scheduler:
 
         async def on_host(msg) -> None:  # type: ignore[no-untyped-def]
             try:
-                event = decode(msg.data)
+                event = decode_delivered(msg.subject, msg.data)
             except EventDecodeError:
                 return
             if isinstance(event, HostAnnounced | HostKeepalive):

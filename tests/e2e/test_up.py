@@ -65,7 +65,7 @@ async def _publish_probe(url: str, host: str, event_id: str, creds: str) -> list
     user, _, password = Path(creds).read_text().strip().partition(":")
     nc = await nats.connect(url, user=user, password=password)
     js = nc.jetstream()
-    streams = {(await js.stream_info(name)).config.name for name in STREAM_NAMES}
+    streams = {str((await js.stream_info(name)).config.name) for name in STREAM_NAMES}
     assert streams == set(STREAM_NAMES)
     await Publisher(js).publish(HostAnnounced(id=event_id, at=time.time(), cluster="default",
                                               host_id=host, hostname=host,
@@ -93,7 +93,9 @@ def test_up_writes_cluster_json_serves_events_and_leaves_nothing_behind(tmp_path
         # The broker knows every role; the log's readers use the observer's credentials,
         # as `up` prints.
         creds = cluster["nats_creds"]
-        assert set(creds) == {"peer", "scheduler", "manager", "jobs", "observer", "admin"}
+        # Every role, and each daemon its own user held to its host's subjects.
+        assert set(creds) == {"peer", "scheduler", "manager", "jobs", "observer", "admin",
+                              "seed-peer", "peer-1", "peer-2"}
         assert all(Path(p).stat().st_mode & 0o777 == 0o600 for p in creds.values())
         peer = creds["peer"]
         reader_env = {**os.environ, CREDS_ENV: creds["observer"]}

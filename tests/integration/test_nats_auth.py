@@ -21,11 +21,15 @@ from damselfly.events import (
     HostAnnounced,
     ParentInfo,
     ParentsAssigned,
+    PeerStarted,
     PreheatRequested,
+    encode,
 )
 from damselfly.events.admin import UserSaved
 from damselfly.events.bus import Publisher
+from damselfly.events.codec import EventDecodeError, decode_delivered
 from damselfly.events.streams import ensure_streams
+from damselfly.events.subjects import subject_for
 from damselfly.services.launcher import natsauth
 from damselfly.services.launcher.broker import Broker, start_broker
 from damselfly.services.runtime.natsconn import CREDS_ENV, connect
@@ -39,7 +43,7 @@ Secured = tuple[Broker, natsauth.Credentials]
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     root = tmp_path_factory.mktemp("secured")
-    creds = natsauth.write(root)
+    creds = natsauth.write(root, {"daemon-1": "h1"})
     broker = start_broker(root / "nats", config=creds.config)
     try:
         yield broker, creds
@@ -102,6 +106,32 @@ async def test_a_peer_cannot_publish_decisions_config_admin_or_jobs(
     assert stored.state.messages == 0
     with pytest.raises(NatsError):
         await admin.jetstream().get_last_msg("DF_ADMIN", "df.admin.user.evil.saved")
+
+
+@pytest.mark.anyio
+async def test_a_daemon_speaks_only_for_its_own_host(
+        secured: Secured, admin: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    daemon = await as_role(secured, "daemon-1", monkeypatch)  # host h1
+    try:
+        assert not await refused(daemon, host())
+        assert not await refused(daemon, PeerStarted(id="s1", cluster="c", task_id=TASK,
+                                                     peer_id="h1-0a0b0c0d"))
+        other = HostAnnounced(id="o1", cluster="c", host_id="h2", hostname="h2",
+                              ip="127.0.0.1", upload_url="http://127.0.0.1:2")
+        assert await refused(daemon, other)
+        assert await refused(daemon, PeerStarted(id="s2", cluster="c", task_id=TASK,
+                                                 peer_id="h2-0a0b0c0d"))
+        # Under its own host token, an event naming another host's peer is published, but
+        # every consumer refuses it (codec.decode_delivered).
+        forged = PeerStarted(id="s3", cluster="c", task_id=TASK, peer_id="h2-0a0b0c0d")
+        own = subject_for(forged).replace(".h2.h2-", ".h1.h2-")
+        await daemon.jetstream().publish(own, encode(forged))
+        stored = await admin.jetstream().get_last_msg("DF_TASKS", own)
+        assert stored.data is not None
+        with pytest.raises(EventDecodeError, match="not on its own subject"):
+            decode_delivered(own, stored.data)
+    finally:
+        await daemon.close()
 
 
 @pytest.mark.anyio

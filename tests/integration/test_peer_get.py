@@ -124,7 +124,7 @@ async def test_get_starts_a_daemon_when_none_answers(tmp_path: Path, nats_url: s
             id=derived_id(e.id, "test"), cluster=cluster, task_id=e.task_id, peer_id=e.peer_id,
             trigger_id=e.id, reason="scripted"))
 
-    await nc.subscribe(f"df.task.{cluster}.*.*.*.registered", cb=order_source)
+    await nc.subscribe(f"df.task.{cluster}.*.*.*.*.registered", cb=order_source)
     await subscribed(nc)  # the SUB reaches the server before the daemon registers
     home = tmp_path / "home"
     pid_file = home / "daemon" / "daemon.pid"

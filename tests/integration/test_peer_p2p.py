@@ -62,7 +62,7 @@ class ScriptedScheduler:
 
     async def start(self) -> None:
         for name in ("registered", "reschedule_requested"):
-            await self.nc.subscribe(f"df.task.{self.cluster}.*.*.*.{name}", cb=self._on)
+            await self.nc.subscribe(f"df.task.{self.cluster}.*.*.*.*.{name}", cb=self._on)
         # Unless the server holds the SUBs first, a child's registration, published on its own
         # connection, can reach the server first and is never seen (a flush is not enough).
         await subscribed(self.nc)
@@ -248,7 +248,7 @@ async def test_a_parent_killed_mid_transfer_leaves_the_child_to_finish_from_othe
             await scheduler.start()
             doomed_peer = sources[0]["peer_id"]
 
-            sub = await nc.subscribe(f"df.task.{cluster}.*.*.*.pieces_finished")
+            sub = await nc.subscribe(f"df.task.{cluster}.*.*.*.*.pieces_finished")
             await subscribed(nc)  # subscribed before the child's first piece, not after
 
             async def kill_after_first_piece_from_doomed() -> None:

@@ -249,7 +249,7 @@ async def test_a_forged_registration_is_dead_lettered_and_scheduling_goes_on(
     js = nc.jetstream()
     forged = {"type": "peer.registered.v1", "id": new_id(), "at": 1.0, "cluster": cluster,
               "task_id": "../not-hex", "peer_id": "p9", "host_id": "h0", "url": "https://o/f"}
-    ack = await js.publish(f"df.task.{cluster}.{partition(swarm.task)}.x.p9.registered",
+    ack = await js.publish(f"df.task.{cluster}.{partition(swarm.task)}.x.h0.p9.registered",
                            msgspec.json.encode(forged))
     for restart in range(2):  # the replayed poison is stepped over again, not crashed on
         async with running(nc, cluster):

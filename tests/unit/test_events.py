@@ -119,11 +119,11 @@ def test_stream_subjects_never_overlap() -> None:
         assert len(owners) <= 1, (probe, owners)
 
 
-def test_a_task_subject_names_cluster_partition_task_peer_and_event() -> None:
+def test_a_task_subject_names_cluster_partition_task_host_peer_and_event() -> None:
     event = PieceFinished(id="1", cluster="default", task_id=TASK, peer_id="host-b-1", piece=3,
                           length=4, digest="sha256:x")
     parts = subject_for(event).split(".")
-    assert parts == ["df", "task", "default", str(partition(TASK)), TASK, "host-b-1",
+    assert parts == ["df", "task", "default", str(partition(TASK)), TASK, "host-b", "host-b-1",
                      "piece_finished"]
     assert 0 <= partition(TASK) < PARTITIONS
 
