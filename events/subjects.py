@@ -102,8 +102,9 @@ def host_filter(cluster: str, host_id: str = "*", name: str = "*") -> str:
 
 
 def host_of(peer_id: str) -> str:
-    """The host a peer runs on: a peer id is ``<host_id>-<8 hex>`` (``downloader``)."""
-    return peer_id.rsplit("-", 1)[0]
+    """The host a peer runs on: a peer id is ``<host_id>-<8 hex>`` (``downloader``); an id
+    with nothing before its last ``-`` is its own host, so the token is never empty."""
+    return peer_id.rpartition("-")[0] or peer_id
 
 
 def task_subject(cluster: str, task_id: str, peer_id: str, name: str) -> str:

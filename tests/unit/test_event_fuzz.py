@@ -170,7 +170,10 @@ def test_the_unmutated_samples_are_applied(projections: duckdb.DuckDBPyConnectio
         assert outcome(msgspec.json.encode(sample), projections) == "applied", sample["type"]
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Derandomized: the same 600 examples every run, so CI never fails by chance; explore
+# with more examples and a random seed by hand (6,000 more found nothing on 2026-12-03).
+@settings(max_examples=600, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(raw=mutated())
 def test_a_mutated_event_is_dead_lettered_or_applied(
         raw: bytes, projections: duckdb.DuckDBPyConnection) -> None:

@@ -126,6 +126,8 @@ def test_a_task_subject_names_cluster_partition_task_host_peer_and_event() -> No
     assert parts == ["df", "task", "default", str(partition(TASK)), TASK, "host-b", "host-b-1",
                      "piece_finished"]
     assert 0 <= partition(TASK) < PARTITIONS
+    # A peer id with nothing before its last dash (hypothesis found "-") is its own host.
+    assert subject_for(msgspec.structs.replace(event, peer_id="-")).split(".")[5:7] == ["-", "-"]
 
 
 @pytest.mark.parametrize("bad", ["", "a.b", "a b", "a*", "a>"])
