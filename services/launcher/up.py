@@ -16,8 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -42,6 +41,11 @@ class ServiceSpec:
     role: str = "peer"
 
 
+def daemon_names(peers: int) -> list[str]:
+    """The daemons ``up`` starts: the seed peer, then ``peers`` normal ones."""
+    return ["seed-peer", *(f"peer-{i}" for i in range(1, peers + 1))]
+
+
 def service_specs(nats_url: str, data_dir: Path, peers: int,
                   daemon_flags: Sequence[str] = ()) -> list[ServiceSpec]:
     """Every service that exists, in start order; ``daemon_flags`` go to every daemon."""
@@ -53,19 +57,20 @@ def service_specs(nats_url: str, data_dir: Path, peers: int,
                                   str(data_dir / name), "--api-port", "0", "--proxy-port", "0",
                                   "--cluster", "default", *daemon_flags])
 
+    seed, *others = daemon_names(peers)
     return [
         ServiceSpec("scheduler", ["scheduler", "--nats", nats_url,
                                   "--data-dir", str(data_dir / "scheduler")], "scheduler"),
         ServiceSpec("manager", ["manager", "--nats", nats_url,
                                 "--data-dir", str(data_dir / "manager")], "manager"),
-        daemon("seed-peer", "--seed"),
-        *(daemon(f"peer-{i}") for i in range(1, peers + 1)),
+        daemon(seed, "--seed"),
+        *(daemon(name) for name in others),
     ]
 
 
-async def _prepare_streams(url: str) -> None:
+async def _prepare_streams(url: str, creds: Path | None) -> None:
     """Create the streams, as the ``admin`` role (the only one that may)."""
-    nc = await connect(url, "damselfly-up")
+    nc = await connect(url, "damselfly-up", creds=str(creds) if creds else None)
     try:
         await ensure_streams(nc.jetstream())
     finally:
@@ -106,19 +111,16 @@ class LocalCluster:
         logs.mkdir(exist_ok=True)
         url = self.nats_url
         roles: dict[str, Path] = {}
-        specs = service_specs("", self.data_dir, self.peers, self.daemon_flags)
         if url is None:  # the embedded server: every service gets its own role's user
             hosts = {}
-            for spec in specs:  # each daemon's id, made now, so its user names its host
-                if spec.role == "peer":
-                    (self.data_dir / spec.name).mkdir(parents=True, exist_ok=True)
-                    hosts[spec.name] = host_id_for(self.data_dir / spec.name)
+            for name in daemon_names(self.peers):  # made now, so its user names its host
+                (self.data_dir / name).mkdir(parents=True, exist_ok=True)
+                hosts[name] = host_id_for(self.data_dir / name)
             creds = natsauth.write(self.data_dir, hosts)
             roles = creds.files
             self._broker = start_broker(self.data_dir / "nats", config=creds.config)
             url = self._broker.url
-        with _credentials(roles.get("admin")):
-            asyncio.run(_prepare_streams(url))
+        asyncio.run(_prepare_streams(url, roles.get("admin")))
         # The cluster secret mints upload tokens; the root password is the manager's first.
         env = {"DAMSELFLY_CLUSTER_SECRET": kept_secret("DAMSELFLY_CLUSTER_SECRET",
                                                        self.data_dir / "cluster.secret"),
@@ -170,22 +172,6 @@ class LocalCluster:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
-
-
-@contextmanager
-def _credentials(path: Path | None) -> Iterator[None]:
-    """``CREDS_ENV`` set to ``path`` (unchanged when None) for the connections made inside."""
-    before = os.environ.get(CREDS_ENV)
-    if path is not None:
-        os.environ[CREDS_ENV] = str(path)
-    try:
-        yield
-    finally:
-        if path is not None:
-            if before is None:
-                os.environ.pop(CREDS_ENV, None)
-            else:
-                os.environ[CREDS_ENV] = before
 
 
 def endpoint_table(endpoints: dict[str, object]) -> str:

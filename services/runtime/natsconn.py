@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
@@ -20,9 +19,8 @@ CREDS_ENV: Final = "DAMSELFLY_NATS_CREDS"
 ``damselfly up`` writes for each role) or a NATS ``.creds`` file (JWT and nkey seed)."""
 
 
-def credentials(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """nats-py's connect options for the credentials in ``CREDS_ENV`` (none when unset)."""
-    path = environ.get(CREDS_ENV, "")
+def credentials(path: str) -> dict[str, str]:
+    """nats-py's connect options for the credentials file ``path`` (none for "")."""
     if not path:
         return {}
     text = Path(path).read_text()
@@ -32,13 +30,16 @@ def credentials(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     return {"user": user, "password": password}
 
 
-async def connect(url: str, name: str, *, first_timeout: float = 10.0) -> Client:
+async def connect(url: str, name: str, *, first_timeout: float = 10.0,
+                  creds: str | None = None) -> Client:
     """Connect to ``url`` (or a comma-separated list of a cluster's servers), reconnecting
-    forever once connected, with the credentials in ``CREDS_ENV``. Raises
+    forever once connected, with the credentials file ``creds`` (by default the one
+    ``CREDS_ENV`` names, if any). Raises
     ``ConnectionError`` when no server answers within ``first_timeout`` seconds, or refuses
     the credentials."""
     connected = False
     refused = False
+    creds = os.environ.get(CREDS_ENV, "") if creds is None else creds
 
     async def on_error(exc: Exception) -> None:
         # Before the first connection the caller reports one line; afterwards every
@@ -53,13 +54,12 @@ async def connect(url: str, name: str, *, first_timeout: float = 10.0) -> Client
         client = await asyncio.wait_for(
             nats.connect(url.split(","), name=name, connect_timeout=2, max_reconnect_attempts=-1,
                          reconnect_time_wait=0.5, allow_reconnect=True, error_cb=on_error,
-                         **credentials()),
+                         **credentials(creds)),
             first_timeout)
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         if refused or isinstance(exc, nats.errors.AuthorizationError):
             raise ConnectionError(f"the NATS server at {url} refuses these credentials "
-                                  f"(${CREDS_ENV}: {os.environ.get(CREDS_ENV) or 'unset'})"
-                                  ) from exc
+                                  f"(${CREDS_ENV}: {creds or 'unset'})") from exc
         raise ConnectionError(f"no NATS server answers at {url}") from exc
     connected = True
     return client

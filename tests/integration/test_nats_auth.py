@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import nats
@@ -51,11 +52,14 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
         broker.stop()
 
 
-async def as_role(secured: Secured, role: str,
-                  monkeypatch: pytest.MonkeyPatch) -> Client:
+@asynccontextmanager
+async def as_role(secured: Secured, role: str) -> AsyncIterator[Client]:
     broker, creds = secured
-    monkeypatch.setenv(CREDS_ENV, str(creds.files[role]))
-    return await connect(broker.url, f"test-{role}")
+    nc = await connect(broker.url, f"test-{role}", creds=str(creds.files[role]))
+    try:
+        yield nc
+    finally:
+        await nc.close()
 
 
 def host() -> HostAnnounced:
@@ -83,25 +87,19 @@ async def refused(nc: Client, event: Event) -> bool:
 
 
 @pytest.fixture
-async def admin(secured: Secured,
-                monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Client]:
-    nc = await as_role(secured, "admin", monkeypatch)
-    await ensure_streams(nc.jetstream())
-    yield nc
-    await nc.drain()
+async def admin(secured: Secured) -> AsyncIterator[Client]:
+    async with as_role(secured, "admin") as nc:
+        await ensure_streams(nc.jetstream())
+        yield nc
 
 
 @pytest.mark.anyio
 async def test_a_peer_cannot_publish_decisions_config_admin_or_jobs(
-        secured: Secured, admin: Client,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    peer = await as_role(secured, "peer", monkeypatch)
-    try:
+        secured: Secured, admin: Client) -> None:
+    async with as_role(secured, "peer") as peer:
         assert not await refused(peer, host())  # its own kind of event is stored
         for what, event in FORGERIES.items():
             assert await refused(peer, event), what
-    finally:
-        await peer.close()
     stored = await admin.jetstream().stream_info("DF_SCHED")
     assert stored.state.messages == 0
     with pytest.raises(NatsError):
@@ -110,9 +108,8 @@ async def test_a_peer_cannot_publish_decisions_config_admin_or_jobs(
 
 @pytest.mark.anyio
 async def test_a_daemon_speaks_only_for_its_own_host(
-        secured: Secured, admin: Client, monkeypatch: pytest.MonkeyPatch) -> None:
-    daemon = await as_role(secured, "daemon-1", monkeypatch)  # host h1
-    try:
+        secured: Secured, admin: Client) -> None:
+    async with as_role(secured, "daemon-1") as daemon:  # host h1
         assert not await refused(daemon, host())
         assert not await refused(daemon, PeerStarted(id="s1", cluster="c", task_id=TASK,
                                                      peer_id="h1-0a0b0c0d"))
@@ -130,37 +127,27 @@ async def test_a_daemon_speaks_only_for_its_own_host(
         assert stored.data is not None
         with pytest.raises(EventDecodeError, match="not on its own subject"):
             decode_delivered(own, stored.data)
-    finally:
-        await daemon.close()
 
 
 @pytest.mark.anyio
 async def test_an_observer_reads_but_never_publishes_nor_reads_the_admin_stream(
-        secured: Secured, admin: Client,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        secured: Secured, admin: Client) -> None:
     await Publisher(admin.jetstream()).publish(host())
-    observer = await as_role(secured, "observer", monkeypatch)
-    try:
+    async with as_role(secured, "observer") as observer:
         assert await refused(observer, host())
         sub = await observer.jetstream().pull_subscribe("df.host.>", stream="DF_HOSTS")
         assert await sub.fetch(1, timeout=5)
         with pytest.raises(NatsError):
             await observer.jetstream().pull_subscribe("df.admin.>", stream="DF_ADMIN")
-    finally:
-        await observer.close()
 
 
 @pytest.mark.anyio
 async def test_a_job_publisher_publishes_preheats_and_nothing_else(
-        secured: Secured, admin: Client,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    jobs = await as_role(secured, "jobs", monkeypatch)
-    try:
+        secured: Secured, admin: Client) -> None:
+    async with as_role(secured, "jobs") as jobs:
         assert not await refused(jobs, PreheatRequested(id="p2", job_id="j2", url="https://o/f"))
         assert await refused(jobs, host())
         assert await refused(jobs, FORGERIES["a decision"])
-    finally:
-        await jobs.close()
 
 
 @pytest.mark.anyio

@@ -207,6 +207,8 @@ def _routes(kind: ClusterKind, path: str) -> None:
 
     async def named(reader: Reader, given: str) -> str:
         """A cluster in a path is its name or its integer id (``number`` in the answers)."""
+        if not given.isdecimal():
+            return given
         rows = await reader.records("SELECT cluster FROM admin_clusters WHERE kind = ? "
                                     "AND state = 'active'", [kind])
         return by_number(given, (str(r["cluster"]) for r in rows))
