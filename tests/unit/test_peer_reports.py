@@ -69,3 +69,22 @@ async def test_pieces_waiting_when_the_download_fails_are_still_reported() -> No
             raise RuntimeError("the origin went away")
     assert [str(e) for e in caught.value.exceptions] == ["the origin went away"]
     assert sent.batches == [[0], [1]]
+
+
+@pytest.mark.anyio
+async def test_a_batch_waiting_for_its_ack_does_not_hold_back_the_next() -> None:
+    sent = Sent()
+    ack = anyio.Event()
+
+    async def slow_first(pieces: list[FinishedPiece]) -> None:
+        await sent(pieces)
+        if len(sent.batches) == 1:
+            await ack.wait()  # the broker is slow to ack the first batch
+
+    async with piece_reports(slow_first, interval=0.01, most=16) as reports:
+        reports.add(piece(0))
+        await until(lambda: sent.batches == [[0]])
+        reports.add(piece(1))
+        await until(lambda: sent.batches == [[0], [1]])  # sent while the first awaits its ack
+        ack.set()
+    assert sent.batches == [[0], [1]]
