@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -59,6 +60,7 @@ class Publisher:
         self._js = js
         self._timeout = timeout
         self._attempts = attempts
+        self.published: Counter[str] = Counter()  # events the streams acked, by stream
 
     async def publish(self, event: Event) -> int:
         """Publish one event and wait for the stream's ack; returns its stream sequence.
@@ -89,6 +91,7 @@ class Publisher:
     async def _publish_once(self, event: Event) -> int:
         ack = await self._js.publish(subject_for(event), encode(event), timeout=self._timeout,
                                      headers={MSG_ID: event.id})
+        self.published[ack.stream] += 1
         return ack.seq
 
     async def _publish_batch(self, batch: list[Event]) -> list[int]:
@@ -102,6 +105,7 @@ class Publisher:
             for future in futures:
                 future.cancel()
             raise NatsTimeoutError from None
+        self.published.update(a.stream for a in acks)
         return [a.seq for a in acks]
 
 
@@ -123,9 +127,13 @@ DeadHandler = Callable[[int], Awaitable[None]]
 
 @dataclass
 class ConsumerStats:
+    """What a consumer settled, and ``pending``: what the stream held beyond its last
+    fetch (its lag)."""
+
     acked: int = 0
     naked: int = 0
     dead: int = 0
+    pending: int = 0
 
 
 async def dead_letter(js: JetStreamContext, msg: Msg, reason: str) -> None:
@@ -153,7 +161,9 @@ class Consumer:
     def __init__(self, js: JetStreamContext, *, stream: str, filter_subject: str | None = None,
                  durable: str | None = None, start_seq: int | None = None,
                  deliver_new: bool = False, batch: int = 256, nak_delay: float = 1.0,
-                 max_deliver: int = 5, ack_wait: float = 30.0) -> None:
+                 max_deliver: int = 5, ack_wait: float = 30.0,
+                 stats: ConsumerStats | None = None) -> None:
+        """``stats``: counts to add to (a reopened consumer goes on with its predecessor's)."""
         self._js = js
         self.stream = stream
         self._filter = filter_subject
@@ -170,7 +180,7 @@ class Consumer:
             ack_policy=AckPolicy.EXPLICIT, max_deliver=max_deliver, ack_wait=ack_wait,
             filter_subject=filter_subject, max_ack_pending=max(batch * 4, 1024),
         )
-        self.stats = ConsumerStats()
+        self.stats = stats if stats is not None else ConsumerStats()
         self._sub: JetStreamContext.PullSubscription | None = None
 
     async def _subscription(self) -> JetStreamContext.PullSubscription:
@@ -183,10 +193,13 @@ class Consumer:
     async def _pull(self, timeout: float) -> list[Msg]:
         sub = await self._subscription()
         try:
-            return await sub.fetch(self._batch, timeout=timeout)
+            msgs = await sub.fetch(self._batch, timeout=timeout)
         except (TimeoutError, NatsTimeoutError):
             # nats-py raises the bare asyncio error when a poll expires partway through.
+            self.stats.pending = 0
             return []
+        self.stats.pending = msgs[-1].metadata.num_pending if msgs else 0
+        return msgs
 
     async def _decode(self, msgs: Sequence[Msg]) -> tuple[list[Delivered], list[int]]:
         """The decodable messages, and the stream sequences of the rest, dead-lettered."""

@@ -20,7 +20,7 @@ import duckdb
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
-from damselfly.events.bus import Consumer, Delivered, PoisonEvent
+from damselfly.events.bus import Consumer, ConsumerStats, Delivered, PoisonEvent
 from damselfly.projections import by_name, store
 
 log = logging.getLogger("damselfly.projections")
@@ -48,6 +48,7 @@ class Projector:
         self._halt = asyncio.Event()
         self._retry_delay = retry_delay
         self.applied = 0
+        self.stats: dict[str, ConsumerStats] = {}  # per stream, across reopened consumers
 
     async def _apply(self, stream: str, halt: asyncio.Event, items: Sequence[Delivered]) -> None:
         """Apply a batch and its watermarks in one transaction, unless a rebuild happened
@@ -75,7 +76,8 @@ class Projector:
             halt = self._halt
             first = await asyncio.to_thread(store.start_seq, self._con, stream)
         log.info("projecting %s from sequence %d", stream, first)
-        consumer = Consumer(self._js, stream=stream, start_seq=first, batch=self._batch)
+        consumer = Consumer(self._js, stream=stream, start_seq=first, batch=self._batch,
+                            stats=self.stats.setdefault(stream, ConsumerStats()))
         await consumer.run_batches(partial(self._apply, stream, halt), halt,
                                    max_events=self._max_events,
                                    on_dead=partial(self._skip, stream, halt), drain=drain)

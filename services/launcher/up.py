@@ -60,7 +60,8 @@ def service_specs(nats_url: str, data_dir: Path, peers: int,
     seed, *others = daemon_names(peers)
     return [
         ServiceSpec("scheduler", ["scheduler", "--nats", nats_url,
-                                  "--data-dir", str(data_dir / "scheduler")], "scheduler"),
+                                  "--data-dir", str(data_dir / "scheduler"),
+                                  "--metrics-port", "0"], "scheduler"),
         ServiceSpec("manager", ["manager", "--nats", nats_url,
                                 "--data-dir", str(data_dir / "manager")], "manager"),
         daemon(seed, "--seed"),

@@ -3,7 +3,7 @@
 Routers are listed in ``ROUTERS``; another part of the manager adds its own there (the
 control side: clusters, jobs, users). Shared state lives on ``app.state``: ``reader``
 (DuckDB reads), ``projector`` (rebuilds), ``publisher`` (commands as events) and ``js``
-(the JetStream context).
+(the JetStream context). ``/metrics`` is Prometheus' (``metrics.py``).
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ from typing import Final
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
 from damselfly.services.manager import api
 from damselfly.services.manager.control import service as control
+from damselfly.services.manager.metrics import manager_registry
 
 CONSOLE: Final = Path(__file__).parent / "console"
 ROUTERS: Final[tuple[APIRouter, ...]] = (api.router, api.open_router, *control.ROUTERS)
@@ -40,6 +42,13 @@ def create_app(**state: object) -> FastAPI:
     @app.get("/healthy", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    registry = manager_registry(getattr(app.state, "projector", None),
+                                getattr(app.state, "publisher", None))
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:

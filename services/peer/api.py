@@ -18,8 +18,8 @@ from aiohttp.typedefs import Handler
 
 from damselfly.services.peer.downloader import IMPORTED
 from damselfly.services.peer.downloads import Downloads
+from damselfly.services.peer.metrics import TransferStats, daemon_registry, exposition
 from damselfly.services.peer.request import DownloadRequest
-from damselfly.services.peer.upload import TransferStats, metrics_text
 
 TERMINAL: Final = ("succeeded", "failed", "cancelled")
 PROGRESS_INTERVAL: Final = 0.2
@@ -215,9 +215,10 @@ def api_app(downloads: Downloads, stats: TransferStats) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "host_id": downloads.ctx.host_id})
 
+    registry = daemon_registry(stats, storage, downloads.ctx.publisher)
+
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(text=metrics_text(stats, len(storage.tasks())),
-                            content_type="text/plain", charset="utf-8")
+        return exposition(registry)
 
     async def openapi_doc(request: web.Request) -> web.Response:
         return web.json_response(openapi())

@@ -75,13 +75,14 @@ from damselfly.services.peer.fetchbook import (
     decide,
     wake_at,
 )
+from damselfly.services.peer.metrics import TransferStats
 from damselfly.services.peer.origins import Sources
 from damselfly.services.peer.parents import ParentClient, PieceError
 from damselfly.services.peer.reports import PieceReports, piece_reports
 from damselfly.services.peer.request import DownloadRequest
 from damselfly.services.peer.sources import Source, SourceError, SourceStream
 from damselfly.services.peer.storage import DiskFullError, Storage, TaskFile, TaskMeta
-from damselfly.services.peer.upload import TransferStats, mint_token
+from damselfly.services.peer.upload import mint_token
 
 log = logging.getLogger("damselfly.peer")
 
@@ -468,7 +469,7 @@ class Download:
         assert self.tf is not None and self._pieces is not None
         self.tf.mark(piece, digest)
         self.bytes_from_origin += length
-        self.ctx.stats.download_bytes_origin += length
+        self.ctx.stats.fetched(urlsplit(self.request.url).scheme, length)
         self._pieces.add(FinishedPiece(piece, length, digest))
 
     # ---- from parents -----------------------------------------------------------------
@@ -531,7 +532,7 @@ class Download:
                                      tf.meta.piece_length)[1]
                 tf.mark(action.piece, action.digest)
                 self.bytes_from_peers += length
-                self.ctx.stats.download_bytes_peers += length
+                self.ctx.stats.fetched("peers", length)
                 assert self._pieces is not None
                 self._pieces.add(FinishedPiece(action.piece, length, action.digest,
                                                action.parent, action.cost_ms))

@@ -168,6 +168,7 @@ class Storage:
         self.quota, self.gc_high, self.gc_low, self.ttl = quota, gc_high, gc_low or gc_high, ttl
         self._clock = clock
         self._open: dict[str, TaskFile] = {}
+        self.gc_runs = self.gc_removed = self.gc_freed = 0  # for the metrics
         for meta_path in sorted(self._tasks_dir.glob("*/meta.json")):
             meta = _decoder.decode(meta_path.read_bytes())
             self._open[meta.task_id] = TaskFile(meta_path.parent, meta, clock)
@@ -247,4 +248,7 @@ class Storage:
             if t.task_id in self._open:
                 self.remove(t.task_id)
                 removed.append(t.meta)
+        self.gc_runs += 1
+        self.gc_removed += len(removed)
+        self.gc_freed += sum(max(m.content_length, 0) for m in removed)
         return removed

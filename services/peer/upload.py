@@ -14,13 +14,12 @@ import hashlib
 import hmac
 import random
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Final
 
 from aiohttp import web
 
+from damselfly.services.peer.metrics import TransferStats, daemon_registry, exposition
 from damselfly.services.peer.oci import RangeError, parse_range
 from damselfly.services.peer.storage import Storage, TaskFile
 
@@ -149,38 +148,6 @@ class SentPieces:
         return len(self._last) + self._copies
 
 
-@dataclass
-class TransferStats:
-    """Counters the metrics endpoint exposes."""
-
-    uploads_running: int = 0
-    upload_bytes: int = 0
-    upload_responses: Counter[int] = field(default_factory=Counter)
-    download_bytes_origin: int = 0
-    download_bytes_peers: int = 0
-    pieces_corrupt: int = 0
-
-
-def metrics_text(stats: TransferStats, tasks: int) -> str:
-    lines = [
-        "# TYPE damselfly_uploads_running gauge",
-        f"damselfly_uploads_running {stats.uploads_running}",
-        "# TYPE damselfly_upload_bytes_total counter",
-        f"damselfly_upload_bytes_total {stats.upload_bytes}",
-        "# TYPE damselfly_upload_responses_total counter",
-        *(f'damselfly_upload_responses_total{{code="{code}"}} {n}'
-          for code, n in sorted(stats.upload_responses.items())),
-        "# TYPE damselfly_download_bytes_total counter",
-        f'damselfly_download_bytes_total{{from="origin"}} {stats.download_bytes_origin}',
-        f'damselfly_download_bytes_total{{from="peers"}} {stats.download_bytes_peers}',
-        "# TYPE damselfly_pieces_corrupt_total counter",
-        f"damselfly_pieces_corrupt_total {stats.pieces_corrupt}",
-        "# TYPE damselfly_tasks gauge",
-        f"damselfly_tasks {tasks}",
-    ]
-    return "\n".join(lines) + "\n"
-
-
 async def _sendfile(request: web.Request, tf: TaskFile, start: int, stop: int
                     ) -> web.StreamResponse:
     """Bytes ``[start, stop)`` of the task by sendfile from the task's own open file (a
@@ -288,9 +255,10 @@ def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploa
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
+    registry = daemon_registry(stats, storage)
+
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(text=metrics_text(stats, len(storage.tasks())),
-                            content_type="text/plain", charset="utf-8")
+        return exposition(registry)
 
     app = web.Application()
     app.router.add_get("/v1/tasks/{task_id}/content", content)

@@ -19,6 +19,7 @@ from damselfly.services.runtime.eventlog import dump
 from damselfly.services.runtime.natsconn import connect
 from damselfly.services.runtime.procs import write_ready
 from damselfly.services.runtime.signals import stop_on_signals
+from damselfly.services.scheduler.metrics import SchedulerMetrics
 from damselfly.services.scheduler.replay import (
     parse_weights,
     print_changes,
@@ -39,6 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--keepalive-timeout", type=float, default=30.0,
                    help="declare a host dead after this many silent seconds")
     p.add_argument("--snapshot-every", type=float, default=5.0, help="seconds between snapshots")
+    p.add_argument("--metrics-port", type=int,
+                   help="serve Prometheus metrics at /metrics on this port (0: any free one)")
+    p.add_argument("--metrics-host", default="127.0.0.1",
+                   help="address for --metrics-port (default 127.0.0.1)")
     p.set_defaults(run=_run_scheduler)
 
     r = sub.add_parser("replay", help="run a recorded log through the scheduler core offline")
@@ -60,20 +65,30 @@ def _run_scheduler(args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         stop_on_signals(stop)
         nc = await connect(args.nats, f"damselfly-scheduler-{scheduler_id}")
+        metrics = SchedulerMetrics()
+        endpoints: dict[str, object] = {}
+        stop_metrics = None
+        if args.metrics_port is not None:
+            endpoints["metrics_url"], stop_metrics = metrics.serve(args.metrics_host,
+                                                                   args.metrics_port)
         try:
             scheduler = Scheduler(nc, cluster=args.cluster, scheduler_id=scheduler_id,
                                   lease_ttl=args.lease_ttl,
                                   keepalive_timeout=args.keepalive_timeout,
-                                  data_dir=args.data_dir, snapshot_every=args.snapshot_every)
+                                  data_dir=args.data_dir, snapshot_every=args.snapshot_every,
+                                  metrics=metrics)
 
             def ready() -> None:
                 if args.ready_file:
                     write_ready(args.ready_file, {"scheduler_id": scheduler_id,
                                                   "cluster": args.cluster,
-                                                  "partitions": sorted(scheduler.owned)})
+                                                  "partitions": sorted(scheduler.owned),
+                                                  **endpoints})
 
             await scheduler.run(stop, ready)
         finally:
+            if stop_metrics is not None:
+                stop_metrics()
             if nc.is_connected:
                 await nc.drain()
             else:

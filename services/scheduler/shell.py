@@ -62,6 +62,7 @@ from damselfly.events.subjects import (
 )
 from damselfly.services.scheduler import core
 from damselfly.services.scheduler.lease import Leases, Members, lease_key, open_bucket
+from damselfly.services.scheduler.metrics import SchedulerMetrics
 
 log = logging.getLogger("damselfly.scheduler")
 
@@ -147,8 +148,9 @@ class Feed:
     """
 
     def __init__(self, js: JetStreamContext, stream: str, subjects: list[str],
-                 after_seq: int) -> None:
+                 after_seq: int, metrics: SchedulerMetrics, part: int) -> None:
         self._js = js
+        self._metrics, self._lag = metrics, metrics.lag.labels(stream, str(part))
         self.stream = stream
         self._subjects = subjects
         self._after = after_seq
@@ -173,8 +175,10 @@ class Feed:
         try:
             sub = await self._subscription()
             while (pending := (await sub.consumer_info()).num_pending or 0) > 0:
+                self._lag.set(pending)
                 for msg in await sub.fetch(min(pending, 1024), timeout=5.0):
                     await self._hold(msg)
+            self._lag.set(0)
         except (TimeoutError, NatsError):
             await self.close()
             raise
@@ -187,7 +191,7 @@ class Feed:
         try:
             event = decode_delivered(msg.subject, msg.data)
         except EventDecodeError as exc:
-            await _dead_letter_quietly(self._js, msg, f"undecodable: {exc}")
+            await _dead_letter_quietly(self._js, msg, f"undecodable: {exc}", self._metrics)
             return
         self._held.append(Logged((meta.timestamp.timestamp(), self.stream, meta.sequence.stream),
                                  event, msg))
@@ -201,8 +205,10 @@ class Feed:
                 pass  # the server is away; it drops the inactive consumer by itself
 
 
-async def _dead_letter_quietly(js: JetStreamContext, msg: Msg, reason: str) -> None:
+async def _dead_letter_quietly(js: JetStreamContext, msg: Msg, reason: str,
+                               metrics: SchedulerMetrics) -> None:
     """Copy a message the partition skips to the dead-letter subject, if the server lets us."""
+    metrics.dead_lettered.labels(msg.metadata.stream).inc()
     try:
         await dead_letter(js, msg, reason)
     except (TimeoutError, NatsError) as err:
@@ -216,8 +222,10 @@ class LiveFeed:
     would cap the fold rate well below what the core can do.
     """
 
-    def __init__(self, js: JetStreamContext, subject: str, after_seq: int) -> None:
+    def __init__(self, js: JetStreamContext, subject: str, after_seq: int,
+                 metrics: SchedulerMetrics, part: int) -> None:
         self._js = js
+        self._metrics, self._lag = metrics, metrics.lag.labels(TASKS_STREAM, str(part))
         self._subject = subject
         self._after = after_seq
         self._buffer: list[Logged] = []
@@ -228,10 +236,11 @@ class LiveFeed:
 
     async def _on_msg(self, msg: Msg) -> None:
         meta = msg.metadata
+        self._lag.set(meta.num_pending)
         try:
             event = decode_delivered(msg.subject, msg.data)
         except EventDecodeError as exc:
-            await _dead_letter_quietly(self._js, msg, f"undecodable: {exc}")
+            await _dead_letter_quietly(self._js, msg, f"undecodable: {exc}", self._metrics)
             return
         self._buffer.append(Logged((meta.timestamp.timestamp(), TASKS_STREAM, meta.sequence.stream),
                                    event, msg))
@@ -280,9 +289,11 @@ class PartitionWorker:
     """Folds one partition and publishes its decisions while this scheduler holds its lease."""
 
     def __init__(self, nc: Client, publisher: Publisher, snapshots: KeyValue,
-                 cluster: str, part: int, *, batch: int = 256, poll: float = 0.5,
-                 snapshot_every: float = 5.0) -> None:
+                 cluster: str, part: int, metrics: SchedulerMetrics, *, batch: int = 256,
+                 poll: float = 0.5, snapshot_every: float = 5.0) -> None:
         self._nc = nc
+        self._metrics = metrics
+        self._answering: list[float] = []  # when each decision's cause was stored
         self._js = nc.jetstream()
         self._publisher = publisher
         self._snapshots = snapshots
@@ -347,13 +358,15 @@ class PartitionWorker:
         """Fold and decide until ``stop``; then save a snapshot if ``on_stop_save()``."""
         await self.restore()
         await self._find_stale_bound()
-        tasks = LiveFeed(self._js, task_filter(self.cluster, self.part), self.seqs[TASKS_STREAM])
+        tasks = LiveFeed(self._js, task_filter(self.cluster, self.part), self.seqs[TASKS_STREAM],
+                         self._metrics, self.part)
         # Keepalives are left out: the core ignores them and they are most of DF_HOSTS.
         hosts = [host_filter(self.cluster, name=name_of(HostAnnounced)),
                  host_filter(self.cluster, name=name_of(HostLeft))]
-        feeds = [Feed(self._js, HOSTS_STREAM, hosts, self.seqs[HOSTS_STREAM]),
+        feeds = [Feed(self._js, HOSTS_STREAM, hosts, self.seqs[HOSTS_STREAM], self._metrics,
+                      self.part),
                  Feed(self._js, CONFIG_STREAM, [cluster_config_subject(self.cluster)],
-                      self.seqs[CONFIG_STREAM])]
+                      self.seqs[CONFIG_STREAM], self._metrics, self.part)]
         last_save = time.monotonic()
         try:
             while not stop.is_set():
@@ -419,22 +432,32 @@ class PartitionWorker:
         except Exception as exc:
             log.exception("partition %d: core failed on %s", self.part, type(item.event).__name__)
             await _dead_letter_quietly(self._js, item.msg,
-                                       f"scheduler core: {type(exc).__name__}: {exc}")
+                                       f"scheduler core: {type(exc).__name__}: {exc}",
+                                       self._metrics)
             return []
 
     def _step(self, item: Logged) -> list[Event]:
         stored, stream, seq = item.key
         self.seqs[stream] = seq
         self.folded += 1
+        self._metrics.folded.labels(stream).inc()
         decisions = core.step(self.state, item.event)
-        return [] if stored < self._stale_before else decisions
+        if stored < self._stale_before:
+            return []
+        self._answering += [stored] * len(decisions)
+        return decisions
 
     async def _publish(self, out: list[Event], stop: Stop) -> None:
         now = time.time()  # a decision happens when it is made; replay ignores ``at``
         out = [msgspec.structs.replace(d, at=now) for d in out]
+        answering, self._answering = self._answering, []
         while out:
             try:
                 await self._publisher.publish_many(out)
+                self._metrics.decisions.inc(len(out))
+                published = time.time()
+                for stored in answering:
+                    self._metrics.decision_latency.observe(max(published - stored, 0.0))
                 return
             except (TimeoutError, NatsError) as exc:
                 if stop.is_set():
@@ -483,9 +506,11 @@ class Scheduler:
 
     def __init__(self, nc: Client, *, cluster: str, scheduler_id: str, lease_ttl: float = 6.0,
                  keepalive_timeout: float = 30.0, data_dir: Path | None = None,
-                 poll: float = 0.5, snapshot_every: float = 5.0) -> None:
+                 poll: float = 0.5, snapshot_every: float = 5.0,
+                 metrics: SchedulerMetrics | None = None) -> None:
         self._nc = nc
         self._js = nc.jetstream()
+        self.metrics = metrics or SchedulerMetrics()
         self.cluster = cluster
         self.scheduler_id = scheduler_id
         self._ttl = lease_ttl
@@ -495,6 +520,7 @@ class Scheduler:
         self._snapshot_every = snapshot_every
         self._publisher = Publisher(self._js)
         self.owned: dict[int, _Owned] = {}
+        self.metrics.count_partitions(lambda: len(self.owned))
         self._share = PARTITIONS
         self._retired: list[_Owned] = []  # workers told to stop, maybe still finishing
 
@@ -605,7 +631,7 @@ class Scheduler:
 
     def _start(self, tg: TaskGroup, part: int, revision: int, snapshots: KeyValue) -> None:
         worker = PartitionWorker(self._nc, self._publisher, snapshots, self.cluster, part,
-                                 poll=self._poll, snapshot_every=self._snapshot_every)
+                                 self.metrics, poll=self._poll, snapshot_every=self._snapshot_every)
         owned = _Owned(revision, time.monotonic(), worker)
         self.owned[part] = owned
         tg.start_soon(_run_worker, owned, name=f"partition {part}")

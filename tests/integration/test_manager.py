@@ -23,6 +23,7 @@ from damselfly.projections import PROJECTIONS
 from damselfly.services.runtime.natsconn import connect
 from damselfly.services.runtime.procs import DAMSELFLY, spawn, stop, wait_ready
 from damselfly.services.scheduler.lease import Leases, Members, lease_key, open_bucket
+from tests.support.metrics import samples, scrape
 from tests.support.synthetic import Swarm, events
 from tests.support.wait import eventually_sync
 
@@ -188,6 +189,17 @@ def test_projections_report_their_lag(manager: dict[str, str]) -> None:
     marks = get(manager["url"] + "/api/v1/projections", manager["token"])
     assert {m["projection"] for m in marks} == {p.name for p in PROJECTIONS}
     assert all(m["lag"] == 0 and m["last_seq"] == m["stream_last_seq"] for m in marks), marks
+
+
+def test_metrics_say_what_each_stream_projected(manager: dict[str, str]) -> None:
+    scraped = samples(scrape(manager["url"] + "/metrics"))
+    streams = {dict(labels)["stream"] for name, labels in scraped
+               if name == "damselfly_manager_events_projected_total"}
+    assert {"DF_TASKS", "DF_HOSTS", "DF_SCHED", "DF_JOBS"} <= streams
+    tasks = (("stream", "DF_TASKS"),)
+    assert scraped[("damselfly_manager_events_projected_total", tasks)] > 0
+    assert scraped[("damselfly_manager_events_dead_lettered_total", tasks)] == 0
+    assert scraped[("damselfly_manager_consumer_lag", tasks)] == 0
 
 
 def test_live_rebuild_through_the_cli_restores_the_rows(manager: dict[str, str]) -> None:

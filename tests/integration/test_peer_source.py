@@ -38,6 +38,7 @@ from damselfly.services.peer.get import ApiClient
 from damselfly.services.peer.request import DownloadRequest
 from damselfly.services.peer.sources import HttpSource
 from damselfly.services.runtime.natsconn import connect
+from tests.support.metrics import samples
 from tests.support.swarm import Origin, OriginFaults, daemon_in_process, read_events
 
 pytestmark = pytest.mark.anyio
@@ -285,9 +286,20 @@ async def test_gc_makes_room_by_dropping_the_least_recently_used_task(
         with pytest.raises(RuntimeError, match="unknown task"):
             await client._json("GET", f"/v1/tasks/{second['task_id']}")
         kept = await client._json("GET", f"/v1/tasks/{first['task_id']}")
+        async with aiohttp.ClientSession() as s, s.get(f"{client.endpoint}/metrics") as r:
+            assert r.headers["Content-Type"].startswith("text/plain; version=")
+            scraped = samples(await r.text())
     assert third["state"] == "succeeded" and kept["state"] == "succeeded"
     left = [e for e in await task_events(nats_url, cluster) if isinstance(e, PeerLeft)]
     assert [(e.task_id, e.reason) for e in left] == [(second["task_id"], "garbage-collected")]
+    # what the daemon's metrics say of it: three files from the http origin, one collected
+    assert scraped[("damselfly_download_bytes_total", (("source", "http"),))] == 3 * SIZE
+    assert scraped[("damselfly_pieces_fetched_total", (("source", "http"),))] == 3
+    assert scraped[("damselfly_gc_tasks_removed_total", ())] == 1
+    assert scraped[("damselfly_gc_freed_bytes_total", ())] == SIZE
+    assert scraped[("damselfly_gc_runs_total", ())] >= 1
+    assert scraped[("damselfly_tasks", ())] == 2
+    assert scraped[("damselfly_events_published_total", (("stream", "DF_TASKS"),))] >= 3 * 4
 
 
 async def test_https_origin_with_a_trusted_certificate(

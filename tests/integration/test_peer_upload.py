@@ -14,9 +14,11 @@ import anyio
 import pytest
 from aiohttp import web
 
+from damselfly.services.peer.metrics import TransferStats
 from damselfly.services.peer.request import DownloadRequest
 from damselfly.services.peer.storage import Storage, TaskFile
-from damselfly.services.peer.upload import TransferStats, mint_token, upload_app
+from damselfly.services.peer.upload import mint_token, upload_app
+from tests.support.metrics import samples
 from tests.support.wait import eventually
 
 if TYPE_CHECKING:
@@ -87,10 +89,11 @@ async def test_ranges_it_holds_and_refusals(tmp_path: Path) -> None:
         async with aiohttp.ClientSession() as s, s.get(f"{url}/metrics") as r:
             metrics = await r.text()
     assert stats.upload_bytes == 2 * PIECE + 5
-    assert f"damselfly_upload_bytes_total {2 * PIECE + 5}" in metrics
-    assert 'damselfly_upload_responses_total{code="206"} 2' in metrics
-    assert 'damselfly_upload_responses_total{code="401"} 2' in metrics
-    assert 'damselfly_upload_responses_total{code="416"} 5' in metrics
+    scraped = samples(metrics)
+    assert scraped[("damselfly_upload_bytes_total", ())] == 2 * PIECE + 5
+    assert scraped[("damselfly_pieces_served_total", ())] == 2
+    for code, n in (("206", 2), ("401", 2), ("404", 1), ("416", 5)):
+        assert scraped[("damselfly_upload_responses_total", (("code", code),))] == n, code
 
 
 async def test_requests_beyond_the_upload_limit_wait_their_turn(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 from urllib.parse import urlparse
 
+import anyio
 import msgspec
 import pytest
 from nats.aio.client import Client
@@ -50,6 +51,7 @@ from damselfly.services.runtime.procs import DAMSELFLY, spawn, stop, wait_ready
 from damselfly.services.scheduler.lease import lease_key, open_bucket
 from damselfly.services.scheduler.replay import replay
 from damselfly.services.scheduler.shell import Scheduler, Snapshot
+from tests.support.metrics import samples, scrape
 from tests.support.wait import eventually, eventually_sync
 
 if TYPE_CHECKING:
@@ -252,9 +254,23 @@ async def test_a_forged_registration_is_dead_lettered_and_scheduling_goes_on(
     ack = await js.publish(f"df.task.{cluster}.{partition(swarm.task)}.x.h0.p9.registered",
                            msgspec.json.encode(forged))
     for restart in range(2):  # the replayed poison is stepped over again, not crashed on
-        async with running(nc, cluster):
+        async with running(nc, cluster) as scheduler:
             decision = await Swarm(nc, cluster).register(f"p{restart}", "h0")
             assert isinstance(decision, BackToSourceOrdered)
+            url, stop_serving = scheduler.metrics.serve("127.0.0.1", 0)
+            try:
+                scraped = samples(await anyio.to_thread.run_sync(scrape, url))
+            finally:
+                stop_serving()
+        tasks = (("stream", "DF_TASKS"),)
+        if restart == 0:  # (the first stop's snapshot lies past the poison)
+            assert scraped[("damselfly_scheduler_events_dead_lettered_total", tasks)] == 1
+        assert scraped[("damselfly_scheduler_events_folded_total", tasks)] >= 1
+        assert scraped[("damselfly_scheduler_decisions_total", ())] >= 1
+        assert scraped[("damselfly_scheduler_decision_latency_seconds_count", ())] >= 1
+        assert scraped[("damselfly_scheduler_partitions_owned", ())] == 16
+        assert ("damselfly_scheduler_consumer_lag",
+                (("partition", str(partition(swarm.task))), *tasks)) in scraped
         dead = await js.get_last_msg("DF_DLQ", dlq_subject("DF_TASKS"))
         assert dead.headers is not None and dead.headers[DEAD_SEQ] == str(ack.seq)
         assert dead.headers[DEAD_REASON].startswith("undecodable: Expected `str` matching")
@@ -369,9 +385,12 @@ def test_sigterm_ends_the_scheduler_cleanly_even_with_nats_gone(tmp_path: Path) 
     try:
         with (tmp_path / "log").open("wb") as log:
             proc = spawn([*DAMSELFLY, "scheduler", "--nats", broker.url,
-                          "--ready-file", str(ready)], log)
+                          "--ready-file", str(ready), "--metrics-port", "0"], log)
         try:
-            assert wait_ready(ready, proc)["partitions"] == list(range(16))
+            endpoints = wait_ready(ready, proc)
+            assert endpoints["partitions"] == list(range(16))
+            scraped = samples(scrape(str(endpoints["metrics_url"])))
+            assert scraped[("damselfly_scheduler_partitions_owned", ())] == 16
         finally:
             broker.stop()
             stop([proc])  # SIGTERM, then SIGKILL after the grace period

@@ -35,10 +35,11 @@ from damselfly.services.peer.downloader import PeerContext
 from damselfly.services.peer.downloads import Downloads
 from damselfly.services.peer.fetchbook import Settings
 from damselfly.services.peer.jobs import run_job_worker
+from damselfly.services.peer.metrics import TransferStats
 from damselfly.services.peer.origins import Sources
 from damselfly.services.peer.parents import ParentClient
 from damselfly.services.peer.storage import Storage
-from damselfly.services.peer.upload import TransferStats, upload_app
+from damselfly.services.peer.upload import upload_app
 from damselfly.services.runtime.natsconn import connect
 from tests.support.wait import eventually
 

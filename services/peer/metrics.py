@@ -1,0 +1,100 @@
+"""The daemon's Prometheus metrics (``/metrics`` on the local API and the upload server).
+
+One collector reads the daemon's own counters at each scrape (``TransferStats``, the
+storage's GC counts, the publisher's), and ``prometheus_client`` writes the exposition, so
+several daemons in one process (the tests') never share a value.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from damselfly.events.bus import Publisher
+from damselfly.services.peer.storage import Storage
+
+
+@dataclass
+class TransferStats:
+    """The daemon's transfer counters; ``download_bytes`` and ``pieces_fetched`` by source
+    kind (``peers``, or the origin's URL scheme)."""
+
+    uploads_running: int = 0
+    upload_bytes: int = 0
+    upload_responses: Counter[int] = field(default_factory=Counter)
+    download_bytes: Counter[str] = field(default_factory=Counter)
+    pieces_fetched: Counter[str] = field(default_factory=Counter)
+    pieces_corrupt: int = 0
+
+    def fetched(self, source: str, length: int) -> None:
+        self.pieces_fetched[source] += 1
+        self.download_bytes[source] += length
+
+
+class DaemonCollector(Collector):
+    def __init__(self, stats: TransferStats, storage: Storage,
+                 publisher: Publisher | None) -> None:
+        self._stats, self._storage, self._publisher = stats, storage, publisher
+
+    def collect(self) -> Iterator[Metric]:
+        stats, storage = self._stats, self._storage
+        yield GaugeMetricFamily("damselfly_uploads_running", "Upload slots in use",
+                                value=stats.uploads_running)
+        yield CounterMetricFamily("damselfly_upload_bytes", "Piece bytes sent to children",
+                                  value=stats.upload_bytes)
+        responses = CounterMetricFamily("damselfly_upload_responses",
+                                        "Upload server answers by status (503: busy)",
+                                        labels=["code"])
+        for code, n in sorted(stats.upload_responses.items()):
+            responses.add_metric([str(code)], n)
+        yield responses
+        yield CounterMetricFamily("damselfly_pieces_served", "Pieces sent whole to children",
+                                  value=stats.upload_responses[206])
+        fetched = CounterMetricFamily("damselfly_pieces_fetched",
+                                      "Pieces this daemon got, by source kind (peers, or the "
+                                      "origin's URL scheme)", labels=["source"])
+        got = CounterMetricFamily("damselfly_download_bytes",
+                                  "Bytes this daemon got, by source kind", labels=["source"])
+        for kind in sorted(stats.pieces_fetched):
+            fetched.add_metric([kind], stats.pieces_fetched[kind])
+            got.add_metric([kind], stats.download_bytes[kind])
+        yield fetched
+        yield got
+        yield CounterMetricFamily("damselfly_pieces_corrupt",
+                                  "Pieces whose bytes did not match their digest",
+                                  value=stats.pieces_corrupt)
+        yield GaugeMetricFamily("damselfly_tasks", "Tasks on disk", value=len(storage.tasks()))
+        yield GaugeMetricFamily("damselfly_storage_bytes", "Bytes the tasks' files hold",
+                                value=storage.used())
+        yield CounterMetricFamily("damselfly_gc_runs", "Garbage collections",
+                                  value=storage.gc_runs)
+        yield CounterMetricFamily("damselfly_gc_tasks_removed", "Tasks garbage-collected",
+                                  value=storage.gc_removed)
+        yield CounterMetricFamily("damselfly_gc_freed_bytes",
+                                  "Bytes garbage collection freed", value=storage.gc_freed)
+        if self._publisher is not None:
+            published = CounterMetricFamily("damselfly_events_published",
+                                            "Events the streams acked, by stream",
+                                            labels=["stream"])
+            for stream, n in sorted(self._publisher.published.items()):
+                published.add_metric([stream], n)
+            yield published
+
+
+def daemon_registry(stats: TransferStats, storage: Storage,
+                    publisher: Publisher | None = None) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(DaemonCollector(stats, storage, publisher))
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> web.Response:
+    response = web.Response(body=generate_latest(registry))
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
