@@ -59,6 +59,11 @@ class Common(TypedDict):
     task_id: str
 
 
+def digest(piece: int) -> str:
+    """A well-formed piece digest (an event with any other shape is refused at encoding)."""
+    return f"sha256:{hashlib.sha256(str(piece).encode()).hexdigest()}"
+
+
 def task_id(cluster: str, i: int) -> str:
     return hashlib.sha256(f"{cluster}/{i}".encode()).hexdigest()
 
@@ -83,13 +88,13 @@ def swarm_log(cluster: str) -> list[Event]:
                                      content_length=PIECES * 1024, piece_length=1024,
                                      piece_count=PIECES)]
         out += [PieceFinished(id=f"{task}-s{i}", **common, peer_id=src, piece=i,
-                              length=1024, digest=f"d{i}") for i in range(PIECES)]
+                              length=1024, digest=digest(i)) for i in range(PIECES)]
         for p in range(1, PEERS):
             peer = f"t{t}-p{p}"
             out.append(PeerRegistered(id=f"{task}-r{p}", **common, peer_id=peer,
                                       host_id=f"h{p}", url=f"https://origin/{t}"))
             out += [PieceFinished(id=f"{task}-{p}-{i}", **common, peer_id=peer, piece=i,
-                                  length=1024, digest=f"d{i}", parent_id=src, cost_ms=5.0)
+                                  length=1024, digest=digest(i), parent_id=src, cost_ms=5.0)
                     for i in range(PIECES)]
             out.append(PeerSucceeded(id=f"{task}-ok{p}", **common, peer_id=peer,
                                      content_length=PIECES * 1024, piece_count=PIECES))
@@ -225,7 +230,7 @@ async def measure_latency(nc: Client, cluster: str) -> dict[str, list[float]]:
             TaskMetadataReported(id=f"{task}-m", **common, peer_id=src, content_length=1024,
                                  piece_length=1024, piece_count=1),
             PieceFinished(id=f"{task}-p", **common, peer_id=src, piece=0, length=1024,
-                          digest="d0")])
+                          digest=digest(0))])
     await asyncio.sleep(1.0)
 
     def registration(name: str, i: int) -> PeerRegistered:

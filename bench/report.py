@@ -115,6 +115,14 @@ def aims(results: Sequence[Mapping[str, Any]]) -> list[tuple[str, object, str, s
             check(f"{r['command']}: p50 ms", r["p50_ms"], "<= 150", r["p50_ms"] <= 150)
             check(f"{r['command']}: peak RSS MiB", r["max_rss_mib"], "<= 38.1 (40 MB)",
                   r["max_rss_mib"] <= 40e6 / (1 << 20))
+    for r in by_name.get("control_plane", {}).get("rows", []):
+        if r.get("hosts") == 15000:
+            check("control plane, 15,000 hosts: decision p99 ms", r["decision_p99_ms"],
+                  "<= 100", r["decision_p99_ms"] <= 100)
+            check("control plane, 15,000 hosts: scheduler peak RSS MiB",
+                  r["scheduler_peak_rss_mib"], "<= 1024", r["scheduler_peak_rss_mib"] <= 1024)
+            check("control plane, 15,000 hosts: fold rate / raw consume", r["fold_vs_raw"],
+                  ">= 1", r["fold_vs_raw"] >= 1)
     small = [r for r in by_name.get("small_files", {}).get("rows", [])
              if r.get("files") == "all sizes" and r.get("in_flight") == 1]
     if small:
