@@ -141,7 +141,8 @@ async def dead_letter(js: JetStreamContext, msg: Msg, reason: str) -> None:
     meta = msg.metadata
     one_line = reason.replace("\n", " ")[:500]
     log.error("dead-lettered %s seq %s (%s): %s", meta.stream, meta.sequence.stream,
-              msg.subject, one_line)
+              msg.subject, one_line, extra={"stream": meta.stream, "seq": meta.sequence.stream,
+                                            "subject": msg.subject})
     await js.publish(
         dlq_subject(meta.stream), msg.data,
         headers={DEAD_REASON: one_line, DEAD_STREAM: meta.stream,

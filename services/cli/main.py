@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from importlib import import_module
+
+from damselfly.services.runtime import logs
 
 # Each module has register(subparsers) and sets ``run`` on its parsers. A command imports
 # only its own module, so ``damselfly daemon`` and ``damselfly get`` never load DuckDB or the
@@ -46,17 +47,17 @@ class _Version(argparse.Action):
 
 
 def _command(argv: Sequence[str]) -> str | None:
-    """The subcommand named in ``argv`` (after any global flags), if it is one."""
-    for arg in argv:
-        if not arg.startswith("-"):
-            return arg if arg in COMMANDS else None
-    return None
+    """The subcommand named in ``argv`` (after any global flags and their values)."""
+    return next((arg for arg in argv if arg in COMMANDS), None)
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser for ``argv``: only its command's module when it names one, else all."""
     parser = argparse.ArgumentParser(prog="damselfly", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log-format", choices=logs.FORMATS, default=logs.default_format(),
+                        help=f"text lines or one JSON object per line (default: ${logs.ENV} "
+                             "or text)")
     parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True)
     command = _command(sys.argv[1:] if argv is None else argv)
@@ -68,8 +69,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logs.configure(args.log_format, verbose=args.verbose)
     try:
         return int(args.run(args))
     except KeyboardInterrupt:

@@ -214,7 +214,8 @@ async def serve(cfg: DaemonConfig, stop: asyncio.Event) -> None:
                 upload_limit=cfg.upload_limit))
             for tf in storage.tasks():
                 if not tf.complete:
-                    log.info("resuming task %s", tf.task_id[:12])
+                    log.info("resuming task %s", tf.task_id[:12],
+                             extra={"task_id": tf.task_id, "host_id": host_id})
                     downloads.start(tf.meta.request, task_id=tf.task_id)
             # Ready means ready for jobs too: a preheat asked for right after start reaches us.
             await tg.start(partial(run_job_worker, downloads, seed=cfg.seed))
@@ -225,7 +226,7 @@ async def serve(cfg: DaemonConfig, stop: asyncio.Event) -> None:
                                              "api_url": api_url, "upload_url": upload_url,
                                              **({"proxy_url": proxy_url} if proxy_url else {})})
             log.info("daemon %s ready: upload %s, api %s %s", host_id, upload_url, api_socket,
-                     api_url)
+                     api_url, extra={"host_id": host_id})
             await stop.wait()
             downloads.cancel_all()
             tg.cancel_scope.cancel()

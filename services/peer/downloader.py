@@ -203,7 +203,8 @@ class Download:
             except Exception as exc:  # one task's failure never stops the daemon
                 leaf = _first_leaf(exc)
                 if not isinstance(leaf, DownloadFailed | SourceError | OSError | ValueError):
-                    log.error("task %s: unexpected failure", self.task_id[:12], exc_info=exc)
+                    log.error("task %s: unexpected failure", self.task_id[:12], exc_info=exc,
+                              extra=self._log_ids())
                 if isinstance(leaf, DiskFullError):  # leave the next task the space
                     self.ctx.storage.remove(self.task_id)
                     self.tf = None
@@ -219,9 +220,13 @@ class Download:
 
     async def _fail(self, reason: str) -> None:
         self.state, self.error = "failed", reason.splitlines()[0] if reason else "failed"
-        log.warning("task %s failed: %s", self.task_id[:12], self.error)
+        log.warning("task %s failed: %s", self.task_id[:12], self.error, extra=self._log_ids())
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             await self.ctx.publish(PeerFailed(**self._ids(), reason=self.error))
+
+    def _log_ids(self) -> dict[str, str]:
+        """The ids a JSON log line carries as fields."""
+        return {"task_id": self.task_id, "peer_id": self.peer_id, "host_id": self.ctx.host_id}
 
     def _ids(self) -> _Ids:
         return {"id": new_id(), "at": time.time(), "cluster": self.ctx.cluster,
@@ -308,7 +313,7 @@ class Download:
         if self.request.disable_back_to_source:
             raise DownloadFailed(mismatch)
         log.warning("task %s: %s; fetching it from the origin again", self.task_id[:12],
-                    mismatch)
+                    mismatch, extra=self._log_ids())
         self.tf = tf = self.ctx.storage.create(self.task_id, self.request)
         tf.meta.peer_id = self.peer_id
         await self._from_source(f"{mismatch}; fetching it from the origin again")

@@ -1,2 +1,3 @@
-"""What every service runs on: its NATS connection, signal handling, child processes and
-their ready files, and the event-log tools (``damselfly events tail|dump``)."""
+"""What every service runs on: its NATS connection, signal handling, logging (text or JSON
+lines), child processes and their ready files, and the event-log tools (``damselfly events
+tail|dump``)."""

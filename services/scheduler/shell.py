@@ -292,6 +292,7 @@ class PartitionWorker:
                  cluster: str, part: int, metrics: SchedulerMetrics, *, batch: int = 256,
                  poll: float = 0.5, snapshot_every: float = 5.0) -> None:
         self._nc = nc
+        self._log = logging.LoggerAdapter(log, {"partition": part})  # a field of JSON lines
         self._metrics = metrics
         self._answering: list[float] = []  # when each decision's cause was stored
         self._js = nc.jetstream()
@@ -323,19 +324,19 @@ class PartitionWorker:
             try:
                 snap = msgspec.msgpack.decode(zlib.decompress(entry.value), type=Snapshot)
             except (zlib.error, msgspec.DecodeError) as exc:  # e.g. an older state layout
-                log.warning("partition %d: unusable snapshot (%s); replaying from the start",
+                self._log.warning("partition %d: unusable snapshot (%s); replaying from the start",
                             self.part, exc)
                 return
             self.state, self.seqs = snap.state, dict(snap.seqs)
             self._saved_seqs = dict(self.seqs)
-            log.info("partition %d restored at %s", self.part, self.seqs)
+            self._log.info("partition %d restored at %s", self.part, self.seqs)
 
     async def _find_stale_bound(self) -> None:
         try:
             last = (await self._js.stream_info(TASKS_STREAM)).state.last_seq
             newest = (await self._js.get_msg(TASKS_STREAM, seq=last)).time if last else None
         except (TimeoutError, NatsError) as exc:
-            log.warning("partition %d: no newest event (%s); republishing whatever replays",
+            self._log.warning("partition %d: no newest event (%s); republishing whatever replays",
                         self.part, exc)
             return
         if newest is not None:
@@ -349,8 +350,8 @@ class PartitionWorker:
         try:
             await self._snapshots.put(self.snapshot_key, data)
         except NatsError as exc:  # too big or the server is away: replay just runs longer
-            log.warning("partition %d: snapshot of %d bytes not saved: %s", self.part, len(data),
-                        exc)
+            self._log.warning("partition %d: snapshot of %d bytes not saved: %s", self.part,
+                              len(data), exc)
             return
         self._saved_seqs = dict(self.seqs)
 
@@ -376,7 +377,8 @@ class PartitionWorker:
                 except Unpublished:
                     return  # no snapshot past decisions that never went out
                 except (TimeoutError, NatsError) as exc:
-                    log.warning("partition %d: %s; retrying", self.part, exc or type(exc).__name__)
+                    self._log.warning("partition %d: %s; retrying", self.part,
+                                      exc or type(exc).__name__)
                     await _stopped_within(stop, 1.0)
                     continue
                 if time.monotonic() - last_save >= self._snapshot_every:
@@ -429,8 +431,9 @@ class PartitionWorker:
             return []
         try:
             return self._step(item)
-        except Exception as exc:
-            log.exception("partition %d: core failed on %s", self.part, type(item.event).__name__)
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback, dead-lettered
+            self._log.exception("partition %d: core failed on %s", self.part,
+                                type(item.event).__name__)
             await _dead_letter_quietly(self._js, item.msg,
                                        f"scheduler core: {type(exc).__name__}: {exc}",
                                        self._metrics)
@@ -462,7 +465,7 @@ class PartitionWorker:
             except (TimeoutError, NatsError) as exc:
                 if stop.is_set():
                     raise Unpublished(f"{len(out)} decisions") from exc
-                log.warning("partition %d: publishing %d decisions failed (%s); retrying",
+                self._log.warning("partition %d: publishing %d decisions failed (%s); retrying",
                             self.part, len(out), exc)
                 await anyio.sleep(0.5)
 
@@ -635,7 +638,8 @@ class Scheduler:
         owned = _Owned(revision, time.monotonic(), worker)
         self.owned[part] = owned
         tg.start_soon(_run_worker, owned, name=f"partition {part}")
-        log.info("scheduler %s owns partition %d", self.scheduler_id, part)
+        log.info("scheduler %s owns partition %d", self.scheduler_id, part,
+                 extra={"partition": part})
 
     def _write_status(self) -> None:
         if self._data_dir is None:
@@ -690,7 +694,8 @@ class Scheduler:
                                         reason="keepalive timeout")
                         try:
                             await self._publisher.publish(left)
-                            log.info("declared host %s dead (keepalive timeout)", host_id)
+                            log.info("declared host %s dead (keepalive timeout)", host_id,
+                                     extra={"host_id": host_id})
                         except (TimeoutError, NatsError) as exc:
                             log.warning("could not declare %s dead: %s", host_id, exc)
         finally:

@@ -384,8 +384,8 @@ def test_sigterm_ends_the_scheduler_cleanly_even_with_nats_gone(tmp_path: Path) 
     ready = tmp_path / "ready.json"
     try:
         with (tmp_path / "log").open("wb") as log:
-            proc = spawn([*DAMSELFLY, "scheduler", "--nats", broker.url,
-                          "--ready-file", str(ready), "--metrics-port", "0"], log)
+            proc = spawn([*DAMSELFLY, "--log-format", "json", "scheduler", "--nats",
+                          broker.url, "--ready-file", str(ready), "--metrics-port", "0"], log)
         try:
             endpoints = wait_ready(ready, proc)
             assert endpoints["partitions"] == list(range(16))
@@ -397,6 +397,9 @@ def test_sigterm_ends_the_scheduler_cleanly_even_with_nats_gone(tmp_path: Path) 
     finally:
         broker.stop()
     assert proc.returncode == 0, (tmp_path / "log").read_text()[-2000:]
+    lines = [json.loads(line) for line in (tmp_path / "log").read_text().splitlines()]
+    owned = [line for line in lines if line["message"].endswith("owns partition 3")]
+    assert len(owned) == 1 and owned[0]["partition"] == 3 and owned[0]["level"] == "INFO"
 
 
 def _owned(ready: Path) -> list[int]:
