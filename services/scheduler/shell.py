@@ -148,7 +148,7 @@ class Feed:
     """
 
     def __init__(self, js: JetStreamContext, stream: str, subjects: list[str],
-                 after_seq: int, metrics: SchedulerMetrics, part: int) -> None:
+                 after_seq: int, metrics: SchedulerMetrics, part: int | str) -> None:
         self._js = js
         self._metrics, self._lag = metrics, metrics.lag.labels(stream, str(part))
         self.stream = stream
@@ -203,6 +203,60 @@ class Feed:
                 await sub.unsubscribe()
             except (TimeoutError, NatsError):
                 pass  # the server is away; it drops the inactive consumer by itself
+
+
+class HostLog:
+    """The cluster's host announcements and departures, read once by this scheduler and
+    handed to each of its partitions from that partition's own position (each partition
+    reading them itself read every host event 16 times: at 15,000 hosts a scheduler took
+    23 s to learn the hosts, and a new owner as long before it decided anything).
+    Keepalives are left out: the core ignores them and they are most of DF_HOSTS."""
+
+    def __init__(self, js: JetStreamContext, cluster: str, metrics: SchedulerMetrics) -> None:
+        subjects = [host_filter(cluster, name=name_of(HostAnnounced)),
+                    host_filter(cluster, name=name_of(HostLeft))]
+        self._feed = Feed(js, HOSTS_STREAM, subjects, 0, metrics, "shared")
+        self._events: list[Logged] = []  # in stream order
+        self._lock = asyncio.Lock()
+        self._drains = 0  # drains begun so far
+
+    async def drain(self) -> None:
+        """Read every host event stored before this call. One reader at a time; a drain
+        that began after this call covers it, so partitions waiting together share one.
+        Raises ``nats.errors.Error`` when the server is away."""
+        asked = self._drains
+        async with self._lock:
+            if self._drains > asked:
+                return
+            self._drains += 1
+            self._events += await self._feed.drain()
+
+    def after(self, seq: int) -> list[Logged]:
+        start = bisect.bisect_right(self._events, seq, key=lambda e: e.key[2])
+        return self._events[start:]
+
+    def view(self, after_seq: int) -> HostView:
+        return HostView(self, after_seq)
+
+    async def close(self) -> None:
+        await self._feed.close()
+
+
+class HostView:
+    """One partition's reading of the shared ``HostLog`` (a ``Feed`` to the partition)."""
+
+    def __init__(self, log: HostLog, after_seq: int) -> None:
+        self._log, self._after = log, after_seq
+
+    async def drain(self) -> list[Logged]:
+        await self._log.drain()
+        out = self._log.after(self._after)
+        if out:
+            self._after = out[-1].key[2]
+        return out
+
+    async def close(self) -> None:
+        """The log stays open for the other partitions."""
 
 
 async def _dead_letter_quietly(js: JetStreamContext, msg: Msg, reason: str,
@@ -289,11 +343,12 @@ class PartitionWorker:
     """Folds one partition and publishes its decisions while this scheduler holds its lease."""
 
     def __init__(self, nc: Client, publisher: Publisher, snapshots: KeyValue,
-                 cluster: str, part: int, metrics: SchedulerMetrics, *, batch: int = 256,
-                 poll: float = 0.5, snapshot_every: float = 5.0) -> None:
+                 cluster: str, part: int, metrics: SchedulerMetrics, hosts: HostLog, *,
+                 batch: int = 256, poll: float = 0.5, snapshot_every: float = 5.0) -> None:
         self._nc = nc
         self._log = logging.LoggerAdapter(log, {"partition": part})  # a field of JSON lines
         self._metrics = metrics
+        self._hosts = hosts
         self._answering: list[float] = []  # when each decision's cause was stored
         self._js = nc.jetstream()
         self._publisher = publisher
@@ -361,13 +416,10 @@ class PartitionWorker:
         await self._find_stale_bound()
         tasks = LiveFeed(self._js, task_filter(self.cluster, self.part), self.seqs[TASKS_STREAM],
                          self._metrics, self.part)
-        # Keepalives are left out: the core ignores them and they are most of DF_HOSTS.
-        hosts = [host_filter(self.cluster, name=name_of(HostAnnounced)),
-                 host_filter(self.cluster, name=name_of(HostLeft))]
-        feeds = [Feed(self._js, HOSTS_STREAM, hosts, self.seqs[HOSTS_STREAM], self._metrics,
-                      self.part),
-                 Feed(self._js, CONFIG_STREAM, [cluster_config_subject(self.cluster)],
-                      self.seqs[CONFIG_STREAM], self._metrics, self.part)]
+        feeds: list[Feed | HostView] = [
+            self._hosts.view(self.seqs[HOSTS_STREAM]),
+            Feed(self._js, CONFIG_STREAM, [cluster_config_subject(self.cluster)],
+                 self.seqs[CONFIG_STREAM], self._metrics, self.part)]
         last_save = time.monotonic()
         try:
             while not stop.is_set():
@@ -392,7 +444,7 @@ class PartitionWorker:
                 for feed in feeds:
                     await feed.close()
 
-    async def round(self, tasks: LiveFeed, feeds: list[Feed], stop: Stop) -> None:
+    async def round(self, tasks: LiveFeed, feeds: list[Feed | HostView], stop: Stop) -> None:
         """One fetch: fold task and side events in log order, then publish the decisions."""
         known = self._side[-1].key if self._side else None
         items = await tasks.fetch(self._batch, self._poll)
@@ -466,11 +518,12 @@ class PartitionWorker:
                 if stop.is_set():
                     raise Unpublished(f"{len(out)} decisions") from exc
                 self._log.warning("partition %d: publishing %d decisions failed (%s); retrying",
-                            self.part, len(out), exc)
+                                  self.part, len(out), exc)
                 await anyio.sleep(0.5)
 
 
-async def _drain_together(feeds: list[Feed]) -> tuple[list[Logged], Exception | None]:
+async def _drain_together(feeds: list[Feed | HostView]
+                          ) -> tuple[list[Logged], Exception | None]:
     """Drain every feed at once: what those that answered gave, and the last failure."""
     results: list[list[Logged] | Exception] = [[] for _ in feeds]
 
@@ -514,6 +567,7 @@ class Scheduler:
         self._nc = nc
         self._js = nc.jetstream()
         self.metrics = metrics or SchedulerMetrics()
+        self._hosts = HostLog(self._js, cluster, self.metrics)
         self.cluster = cluster
         self.scheduler_id = scheduler_id
         self._ttl = lease_ttl
@@ -553,6 +607,8 @@ class Scheduler:
                 # even when the caller cancels (each call below has its own timeout).
                 with anyio.CancelScope(shield=True):
                     await self._shut_down(members, leases)
+                    if self._nc.is_connected:  # else the server drops the idle consumer
+                        await self._hosts.close()
                 tg.cancel_scope.cancel()  # the watcher, when it did not see ``stop``
 
     async def _shut_down(self, members: Members, leases: Leases) -> None:
@@ -634,7 +690,8 @@ class Scheduler:
 
     def _start(self, tg: TaskGroup, part: int, revision: int, snapshots: KeyValue) -> None:
         worker = PartitionWorker(self._nc, self._publisher, snapshots, self.cluster, part,
-                                 self.metrics, poll=self._poll, snapshot_every=self._snapshot_every)
+                                 self.metrics, self._hosts, poll=self._poll,
+                                 snapshot_every=self._snapshot_every)
         owned = _Owned(revision, time.monotonic(), worker)
         self.owned[part] = owned
         tg.start_soon(_run_worker, owned, name=f"partition {part}")
