@@ -206,30 +206,53 @@ class Feed:
 
 
 class HostLog:
-    """The cluster's host announcements and departures, read once by this scheduler and
-    handed to each of its partitions from that partition's own position (each partition
-    reading them itself read every host event 16 times: at 15,000 hosts a scheduler took
-    23 s to learn the hosts, and a new owner as long before it decided anything).
-    Keepalives are left out: the core ignores them and they are most of DF_HOSTS."""
+    """The cluster's host announcements and departures, read once by this scheduler (a push
+    ordered consumer) and handed to each of its partitions from that partition's own
+    position. Each partition pulling them itself read every host event 16 times: at 15,000
+    hosts a scheduler took 23 s to learn the hosts, and a new owner as long before it
+    decided anything. Keepalives are left out: the core ignores them and they are most of
+    DF_HOSTS."""
 
     def __init__(self, js: JetStreamContext, cluster: str, metrics: SchedulerMetrics) -> None:
-        subjects = [host_filter(cluster, name=name_of(HostAnnounced)),
-                    host_filter(cluster, name=name_of(HostLeft))]
-        self._feed = Feed(js, HOSTS_STREAM, subjects, 0, metrics, "shared")
+        self._js = js
+        self._subjects = [host_filter(cluster, name=name_of(HostAnnounced)),
+                          host_filter(cluster, name=name_of(HostLeft))]
+        self._metrics = metrics
         self._events: list[Logged] = []  # in stream order
-        self._lock = asyncio.Lock()
-        self._drains = 0  # drains begun so far
+        self._last = 0  # the stream sequence of the last message received
+        self._arrived = asyncio.Event()
+        self._sub: JetStreamContext.PushSubscription | None = None
+        self._opening = asyncio.Lock()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        meta = msg.metadata
+        try:
+            event = decode_delivered(msg.subject, msg.data)
+        except EventDecodeError as exc:
+            await _dead_letter_quietly(self._js, msg, f"undecodable: {exc}", self._metrics)
+        else:
+            self._events.append(Logged((meta.timestamp.timestamp(), HOSTS_STREAM,
+                                        meta.sequence.stream), event, msg))
+        self._last = meta.sequence.stream
+        self._arrived.set()
+        self._arrived = asyncio.Event()
 
     async def drain(self) -> None:
-        """Read every host event stored before this call. One reader at a time; a drain
-        that began after this call covers it, so partitions waiting together share one.
-        Raises ``nats.errors.Error`` when the server is away."""
-        asked = self._drains
-        async with self._lock:
-            if self._drains > asked:
-                return
-            self._drains += 1
-            self._events += await self._feed.drain()
+        """Wait until every host event stored before this call has arrived. Raises
+        ``nats.errors.Error`` or ``TimeoutError`` when the server is away."""
+        async with self._opening:
+            if self._sub is None:
+                self._sub = await self._js.subscribe(
+                    "", stream=HOSTS_STREAM, cb=self._on_msg, ordered_consumer=True,
+                    config=ConsumerConfig(filter_subjects=self._subjects),
+                    pending_msgs_limit=1 << 20, idle_heartbeat=HEARTBEAT)
+        sub = self._sub
+        with anyio.fail_after(30):
+            while (info := await sub.consumer_info()).num_pending:
+                await anyio.sleep(0.05)  # the server is still sending (a new log, a backlog)
+            delivered = (info.delivered.stream_seq or 0) if info.delivered else 0
+            while self._last < delivered:
+                await self._arrived.wait()
 
     def after(self, seq: int) -> list[Logged]:
         start = bisect.bisect_right(self._events, seq, key=lambda e: e.key[2])
@@ -239,7 +262,10 @@ class HostLog:
         return HostView(self, after_seq)
 
     async def close(self) -> None:
-        await self._feed.close()
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(TimeoutError, NatsError):
+                await sub.unsubscribe()
 
 
 class HostView:
