@@ -50,7 +50,7 @@ from damselfly.services.runtime.natsconn import connect
 from damselfly.services.runtime.procs import DAMSELFLY, spawn, stop, wait_ready
 
 HOSTS: Final = [int(n) for n in os.environ.get("BENCH_CP_HOSTS", "1000,5000,15000").split(",")]
-TASKS, BURST, ROUNDS, KEEPALIVE, PARTITIONS = 100, 1000, 3, 5.0, 16  # a daemon keeps alive every 5 s
+TASKS, BURST, ROUNDS, KEEPALIVE, PARTITIONS = 100, 1000, 3, 5.0, 16  # as a daemon: every 5 s
 CLUSTER: Final = "cp"
 
 
