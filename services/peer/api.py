@@ -16,6 +16,7 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from damselfly.services.peer.callers import caller_uid, may_touch_files
 from damselfly.services.peer.downloader import IMPORTED
 from damselfly.services.peer.downloads import Downloads
 from damselfly.services.peer.metrics import TransferStats, daemon_registry, exposition
@@ -55,6 +56,18 @@ def export_file(source: Path, target: Path, hard_link: bool = False) -> int:
 
 def _error(status: int, reason: str) -> web.Response:
     return web.json_response({"error": reason}, status=status)
+
+
+def _file_door_closed(request: web.Request, what: str) -> web.Response | None:
+    """403 unless the caller has the daemon's own rights: an import reads and an export
+    writes a file as the daemon's user (root, often), for any path the caller names."""
+    uid = caller_uid(request)
+    if may_touch_files(uid):
+        return None
+    who = "an unknown caller" if uid is None else f"uid {uid}"
+    return _error(403, f"{what} reads and writes files as the daemon's user (uid "
+                       f"{os.getuid()}); {who} may not ask for it (fetch the bytes with "
+                       "GET /v1/tasks/<task>/data, which damselfly get does by itself)")
 
 
 @web.middleware
@@ -105,13 +118,24 @@ def openapi() -> dict[str, Any]:
                 "responses": {"200": {"description": "NDJSON status lines",
                                       "content": {"application/x-ndjson": {"schema": status}}}}}},
             "/v1/tasks/{task_id}/export": {"post": {
-                "summary": "Copy a finished task to a path, atomically", "parameters": [task],
+                "summary": "Copy a finished task to a path, atomically, with the daemon's "
+                           "rights (only root or the daemon's own user may ask)",
+                "parameters": [task],
                 "requestBody": json_body(_schema_of(ExportRequest)),
-                "responses": {"200": ok("path and bytes"), "409": ok("not finished")}}},
+                "responses": {"200": ok("path and bytes"), "403": ok("not the daemon's user"),
+                              "409": ok("not finished")}}},
+            "/v1/tasks/{task_id}/data": {"get": {
+                "summary": "A finished task's bytes, for a caller to write with its own rights",
+                "parameters": [task],
+                "responses": {"200": {"description": "the content",
+                                      "content": {"application/octet-stream": {}}},
+                              "409": ok("not finished")}}},
             "/v1/imports": {"post": {
-                "summary": "Import a local file into the swarm (this peer becomes its source)",
+                "summary": "Import a local file into the swarm (this peer becomes its source); "
+                           "only root or the daemon's own user may ask",
                 "requestBody": json_body(_schema_of(ImportRequest)),
-                "responses": {"202": ok("the task's status")}}},
+                "responses": {"202": ok("the task's status"),
+                              "403": ok("not the daemon's user")}}},
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": ok("ok", {})}}},
             "/metrics": {"get": {"summary": "Prometheus metrics",
                                  "responses": {"200": {"description": "text exposition"}}}},
@@ -184,6 +208,8 @@ def api_app(downloads: Downloads, stats: TransferStats) -> web.Application:
 
     async def export(request: web.Request) -> web.Response:
         task_id = request.match_info["task_id"]
+        if refused := _file_door_closed(request, "export"):
+            return refused
         body: ExportRequest = await decode_body(request, ExportRequest)
         tf = storage.get(task_id)
         if tf is None:
@@ -201,7 +227,19 @@ def api_app(downloads: Downloads, stats: TransferStats) -> web.Application:
         tf.touch()
         return web.json_response({"task_id": task_id, "path": str(target), "bytes": size})
 
+    async def data(request: web.Request) -> web.StreamResponse:
+        tf = storage.get(request.match_info["task_id"])
+        if tf is None:
+            return _error(404, "unknown task")
+        if not tf.complete:
+            return _error(409, "the task has not finished")
+        tf.touch()
+        return web.FileResponse(tf.data_path,
+                                headers={"Content-Type": "application/octet-stream"})
+
     async def import_file(request: web.Request) -> web.Response:
+        if refused := _file_door_closed(request, "import"):
+            return refused
         body: ImportRequest = await decode_body(request, ImportRequest)
         path = Path(body.path)
         if not path.is_absolute() or not path.is_file():
@@ -229,6 +267,7 @@ def api_app(downloads: Downloads, stats: TransferStats) -> web.Application:
     app.router.add_delete("/v1/tasks/{task_id}", cancel)
     app.router.add_get("/v1/tasks/{task_id}/progress", progress)
     app.router.add_post("/v1/tasks/{task_id}/export", export)
+    app.router.add_get("/v1/tasks/{task_id}/data", data)
     app.router.add_post("/v1/imports", import_file)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

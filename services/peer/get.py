@@ -57,6 +57,14 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+class ApiError(RuntimeError):
+    """The daemon refused a call; the message is its one-line reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
 class ApiClient:
     """The daemon's local API over a unix socket path or an ``http://`` URL.
 
@@ -148,7 +156,7 @@ class ApiClient:
             payload = {}
         if status >= 400 or not isinstance(payload, dict):
             reason = payload.get("error") if isinstance(payload, dict) else None
-            raise RuntimeError(reason or f"daemon answered {status}")
+            raise ApiError(status, reason or f"daemon answered {status}")
         return payload
 
     async def start(self, request: DownloadRequest) -> dict[str, Any]:
@@ -158,6 +166,38 @@ class ApiClient:
                      ) -> dict[str, Any]:
         return await self._json("POST", f"/v1/tasks/{task_id}/export",
                                 {"path": str(path), "hard_link": hard_link})
+
+    async def save(self, task_id: str, path: Path) -> int:
+        """Write a finished task's bytes to ``path`` with this process's own rights (a
+        temporary file beside it, renamed when whole); returns the bytes written."""
+        return await to_thread.run_sync(self._save, task_id, path)
+
+    def _save(self, task_id: str, path: Path) -> int:
+        conn, response = self._open("GET", f"/v1/tasks/{task_id}/data", CALL_TIMEOUT)
+        part = path.with_name(f".{path.name}.{os.getpid()}.part")
+        try:
+            if response.status >= 400:
+                payload = msgspec.json.decode(response.read() or b"{}")
+                raise ApiError(response.status, payload.get("error") or response.reason)
+            written = 0
+            with open(part, "wb") as out:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    written += len(chunk)
+            part.replace(path)
+            return written
+        finally:
+            part.unlink(missing_ok=True)
+            conn.close()
+
+    async def deliver(self, task_id: str, path: Path, hard_link: bool = False) -> None:
+        """Export, or (when the daemon may not write files for this user) save."""
+        try:
+            await self.export(task_id, path, hard_link)
+        except ApiError as exc:
+            if exc.status != 403:
+                raise
+            await self.save(task_id, path)
 
     async def finish(self, task_id: str,
                      on_status: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -259,7 +299,7 @@ async def fetch_one(client: ApiClient, request: DownloadRequest, output: Path,
         bar.close()
     if status.get("state") != "succeeded":
         raise RuntimeError(f"{request.url}: {status.get('error') or status.get('state')}")
-    await client.export(status["task_id"], output, hard_link)
+    await client.deliver(status["task_id"], output, hard_link)
     return status
 
 

@@ -4,9 +4,13 @@ exports — a real nats-server, a real origin on loopback, the daemon in this ev
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
+import shutil
 import ssl
+import subprocess
+import tempfile
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -205,6 +209,52 @@ async def test_import_then_export_a_local_file(tmp_path: Path, nats_url: str) ->
     assert out.read_bytes() == local.read_bytes() and cancelled["state"] == "cancelled"
     events = await task_events(nats_url, cluster)
     assert any(isinstance(e, PeerSucceeded) and e.content_length == SIZE for e in events)
+
+
+NOBODY = 65534
+
+
+def as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``curl`` run as user nobody (it is the caller the daemon sees)."""
+    return subprocess.run(["curl", "-sS", "-w", "\n%{http_code}", *argv], user=NOBODY,
+                          group=NOBODY, extra_groups=[], capture_output=True, text=True,
+                          timeout=30, check=False)
+
+
+def answer(ran: subprocess.CompletedProcess[str]) -> tuple[int, str]:
+    assert ran.returncode == 0, ran.stderr
+    body, _, code = ran.stdout.rpartition("\n")
+    return int(code), body
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to call as another user")
+async def test_another_user_cannot_make_the_daemon_read_or_write_files(
+        tmp_path: Path, nats_url: str) -> None:
+    """Issue 12: a root daemon imported any file and exported to any path for any caller."""
+    drop = Path(tempfile.mkdtemp(prefix="damselfly-nobody-"))
+    drop.chmod(0o777)
+    try:
+        async with setup(tmp_path, nats_url) as (origin, client, _):
+            status = await download(client, DownloadRequest(url=f"{origin.url}/f.bin"))
+            api, task, out = client.endpoint, status["task_id"], drop / "mine.bin"
+            json_post = ["-X", "POST", "-H", "Content-Type: application/json", "-d"]
+            imported = answer(await anyio.to_thread.run_sync(lambda: as_nobody(
+                *json_post, json.dumps({"path": "/etc/shadow"}), f"{api}/v1/imports")))
+            exported = answer(await anyio.to_thread.run_sync(lambda: as_nobody(
+                *json_post, json.dumps({"path": f"{drop}/root.bin"}),
+                f"{api}/v1/tasks/{task}/export")))
+            saved = answer(await anyio.to_thread.run_sync(lambda: as_nobody(
+                "-o", str(out), f"{api}/v1/tasks/{task}/data")))
+    finally:
+        written = {p.name: p.stat().st_uid for p in drop.iterdir()}
+        body = out.read_bytes() if out.exists() else b""
+        shutil.rmtree(drop, ignore_errors=True)
+    assert imported[0] == exported[0] == 403
+    assert json.loads(imported[1])["error"].startswith(
+        "import reads and writes files as the daemon's user")
+    assert f"uid {NOBODY} may not ask for it" in json.loads(exported[1])["error"]
+    assert saved[0] == 200 and body == (tmp_path / "www" / "f.bin").read_bytes()
+    assert written == {"mine.bin": NOBODY}  # written by the caller; nothing by the daemon
 
 
 async def test_api_describes_itself_and_rejects_bad_requests(
