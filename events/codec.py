@@ -10,9 +10,9 @@ from damselfly.events.admin import AdminEvent
 from damselfly.events.base import Event
 from damselfly.events.config import ConfigEvent
 from damselfly.events.hosts import HostEvent
-from damselfly.events.jobs import JobEvent
+from damselfly.events.jobs import JobEvent, JobProgressed
 from damselfly.events.sched import SchedEvent
-from damselfly.events.subjects import SubjectError, subject_for
+from damselfly.events.subjects import SubjectError, job_subject, subject_for
 from damselfly.events.tasks import TaskEvent
 
 AnyEvent = HostEvent | TaskEvent | SchedEvent | JobEvent | ConfigEvent | AdminEvent
@@ -56,9 +56,17 @@ def decode_delivered(subject: str, data: bytes) -> AnyEvent:
         own = subject_for(event)
     except SubjectError as exc:
         raise EventDecodeError(str(exc)) from exc
-    if own != subject:
+    if own != subject and not _stored_before_its_subject_changed(event, subject):
         raise EventDecodeError(f"published on {subject}, not on its own subject {own}")
     return event
+
+
+def _stored_before_its_subject_changed(event: AnyEvent, subject: str) -> bool:
+    """A ``JobProgressed`` stored before progress had per-host subjects, on the job's own
+    (only the manager and admin roles may publish there now, so it is not a daemon's
+    forgery)."""
+    return isinstance(event, JobProgressed) and subject == job_subject(event.job_id,
+                                                                       "progressed")
 
 
 def to_builtins(event: Event) -> dict[str, object]:

@@ -1,6 +1,6 @@
 """Jobs: preheat, delete-task and get-task, requested by the manager or any external system.
 
-Subjects: ``df.job.<job>.<name>``.
+Subjects: ``df.job.<job>.<name>``; a host's progress ``df.job.<job>.progressed.<host>``.
 """
 
 from __future__ import annotations

@@ -137,6 +137,12 @@ def job_subject(job_id: str, name: str) -> str:
     return f"df.job.{token(job_id)}.{name}"
 
 
+def job_progress_subject(job_id: str, host_id: str) -> str:
+    """One host's progress on a job: the host is a token of its own, so the broker can hold
+    a daemon to its own host's progress (``JobProgressed`` once used ``job_subject``)."""
+    return f"df.job.{token(job_id)}.progressed.{token(host_id)}"
+
+
 def job_filter(name: str = "*") -> str:
     """Every job's events of one kind (``preheat_requested``, say)."""
     return f"df.job.*.{name}"
@@ -171,7 +177,9 @@ def subject_for(event: Event) -> str:
             return sched_subject(event.cluster, event.task_id, event.peer_id)
         case SeedPeerTriggered():
             return sched_subject(event.cluster, event.task_id, event.host_id)
-        case (PreheatRequested() | JobStarted() | JobProgressed() | JobSucceeded() | JobFailed()
+        case JobProgressed():
+            return job_progress_subject(event.job_id, event.host_id)
+        case (PreheatRequested() | JobStarted() | JobSucceeded() | JobFailed()
               | DeleteTaskRequested() | GetTaskRequested()):
             return job_subject(event.job_id, _name(event))
         case ClusterConfigSet():

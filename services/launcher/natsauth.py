@@ -55,7 +55,7 @@ class Role:
 
 ROLES: Final[Mapping[str, Role]] = {
     "peer": Role(
-        publish=(*_READ_LOG, "df.host.>", "df.task.>", "df.job.*.progressed",
+        publish=(*_READ_LOG, "df.host.>", "df.task.>", "df.job.*.progressed.*",
                  "df.rpc.cluster_search"),
         subscribe=(*_INBOX, "df.sched.>", "df.job.>", "df.config.>"),
         deny_publish=_NO_ADMIN_STREAM),
@@ -79,9 +79,10 @@ def peer_of(host_id: str) -> Role:
     ``<host>`` token (``events.subjects``), so it cannot speak for another daemon; the
     consumers refuse an event whose peer is not the subject's (``codec.decode_delivered``)."""
     peer = ROLES["peer"]
-    own = (f"df.host.*.{host_id}.>", f"df.task.*.*.*.{host_id}.>")
-    return replace(peer, publish=tuple(p for p in peer.publish
-                                       if p not in ("df.host.>", "df.task.>")) + own)
+    own = (f"df.host.*.{host_id}.>", f"df.task.*.*.*.{host_id}.>",
+           f"df.job.*.progressed.{host_id}")
+    return replace(peer, publish=tuple(p for p in peer.publish if p not in (
+        "df.host.>", "df.task.>", "df.job.*.progressed.*")) + own)
 
 
 @dataclass

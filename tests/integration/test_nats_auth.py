@@ -29,8 +29,9 @@ from damselfly.events import (
 from damselfly.events.admin import UserSaved
 from damselfly.events.bus import Publisher
 from damselfly.events.codec import EventDecodeError, decode_delivered
+from damselfly.events.jobs import JobProgressed
 from damselfly.events.streams import ensure_streams
-from damselfly.events.subjects import subject_for
+from damselfly.events.subjects import job_subject, subject_for
 from damselfly.services.launcher import natsauth
 from damselfly.services.launcher.broker import Broker, start_broker
 from damselfly.services.runtime.natsconn import CREDS_ENV, connect
@@ -127,6 +128,25 @@ async def test_a_daemon_speaks_only_for_its_own_host(
         assert stored.data is not None
         with pytest.raises(EventDecodeError, match="not on its own subject"):
             decode_delivered(own, stored.data)
+        # Job progress too: its own host's, never another's (it once could report any
+        # host's part of any job).
+        assert not await refused(daemon, progress("h1"))
+        assert await refused(daemon, progress("h2"))
+        legacy = job_subject("j1", "progressed")  # the subject before progress had hosts
+        assert await refused_raw(daemon, legacy, encode(progress("h1")))
+
+
+def progress(host_id: str) -> JobProgressed:
+    return JobProgressed(id=f"jp-{host_id}-{time.monotonic_ns()}", job_id="j1",
+                         host_id=host_id, task_id=TASK, state="succeeded")
+
+
+async def refused_raw(nc: Client, subject: str, data: bytes) -> bool:
+    try:
+        await nc.jetstream().publish(subject, data, timeout=1.0)
+    except (NatsTimeoutError, NatsError):
+        return True
+    return False
 
 
 @pytest.mark.anyio

@@ -306,7 +306,7 @@ async def test_a_delete_job_drops_the_task_on_this_cluster_only(
         task_id = status["task_id"]
         nc = await connect(nats_url, "test")
         try:
-            progressed = await nc.subscribe("df.job.*.progressed")
+            progressed = await nc.subscribe("df.job.*.progressed.*")
             publisher = Publisher(nc.jetstream())
             await publisher.publish(DeleteTaskRequested(
                 id=new_id(), job_id="other", task_id=task_id, scheduler_cluster_ids=["elsewhere"]))

@@ -16,7 +16,8 @@ from damselfly.events import (
     event_types,
 )
 from damselfly.events.base import tag_of
-from damselfly.events.codec import EventDecodeError
+from damselfly.events.codec import EventDecodeError, decode_delivered
+from damselfly.events.jobs import JobProgressed
 from damselfly.events.secrets import public_headers, public_url
 from damselfly.events.streams import stream_configs
 from damselfly.events.subjects import (
@@ -159,3 +160,14 @@ def test_the_readme_catalogue_lists_every_event_type() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     missing = [tag_of(t) for t in event_types() if f"`{tag_of(t)}`" not in readme]
     assert not missing, f"README.md's event table lacks {missing}"
+
+
+def test_job_progress_is_on_its_hosts_subject_and_older_logs_still_read() -> None:
+    event = JobProgressed(id="jp1", job_id="j1", host_id="h1", task_id="a" * 64,
+                          state="succeeded")
+    data = encode(event)
+    assert subject_for(event) == "df.job.j1.progressed.h1"
+    assert decode_delivered("df.job.j1.progressed.h1", data) == event
+    assert decode_delivered("df.job.j1.progressed", data) == event  # stored before hosts
+    with pytest.raises(EventDecodeError, match="not on its own subject"):
+        decode_delivered("df.job.j1.progressed.h2", data)  # another host's daemon forged it
