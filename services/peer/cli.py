@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from damselfly.services.peer.containerd import register as register_init
+from damselfly.services.peer.init import register as register_init
 from damselfly.services.runtime.units import duration, size
 
 # asyncio and anyio load inside the commands: `damselfly get --help` needs neither.
@@ -119,7 +119,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    choices=["trace", "debug", "info", "warn", "error"])
     g.set_defaults(run=_get)
 
-    register_init(sub)  # ``damselfly init containerd``
+    register_init(sub)  # ``damselfly init containerd|docker|podman``
 
 
 def _env(flag: str, default: str) -> str:

@@ -8,24 +8,16 @@ a named registry, else from the ``ns`` query parameter containerd adds."""
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+from damselfly.services.peer.configfiles import ConfigFile, apply
 from damselfly.services.peer.oci import DOCKER_HUB, REGISTRY_HEADER, registry_url
 
 DEFAULT_CERTS_DIR: Final = Path("/etc/containerd/certs.d")
 DEFAULT_MIRROR: Final = "http://127.0.0.1:4001"
 ALL_REGISTRIES: Final = "_default"
-
-
-@dataclass(frozen=True)
-class HostsFile:
-    path: Path
-    text: str
 
 
 def registry_server(registry: str) -> tuple[str, str]:
@@ -48,44 +40,21 @@ def hosts_toml(mirror: str, server: str = "") -> str:
     return text
 
 
-def plan(certs_dir: Path, mirror: str, registries: list[str]) -> list[HostsFile]:
+def plan(certs_dir: Path, mirror: str, registries: list[str]) -> list[ConfigFile]:
     """The files to write: one per registry, or ``_default`` for all when none is named.
     Raises ``ValueError`` for a malformed registry or mirror."""
     mirror = registry_url(mirror)
     if not registries:
-        return [HostsFile(certs_dir / ALL_REGISTRIES / "hosts.toml", hosts_toml(mirror))]
+        return [ConfigFile(certs_dir / ALL_REGISTRIES / "hosts.toml", hosts_toml(mirror))]
     files = []
     for registry in registries:
         name, server = registry_server(registry)
-        files.append(HostsFile(certs_dir / name / "hosts.toml", hosts_toml(mirror, server)))
+        files.append(ConfigFile(certs_dir / name / "hosts.toml", hosts_toml(mirror, server)))
     return files
 
 
-def apply(files: list[HostsFile]) -> list[str]:
-    """Write each file atomically, keeping a different previous one as ``hosts.toml.bak``;
-    returns one line per file saying what changed. Raises ``OSError``."""
-    changes = []
-    for f in files:
-        old = f.path.read_text() if f.path.exists() else None
-        if old == f.text:
-            changes.append(f"unchanged {f.path}")
-            continue
-        f.path.parent.mkdir(parents=True, exist_ok=True)
-        if old is not None:
-            f.path.with_suffix(".toml.bak").write_text(old)
-        tmp = f.path.with_name(f".hosts.toml.{secrets.token_hex(4)}")
-        tmp.write_text(f.text)
-        os.replace(tmp, f.path)
-        changes.append(f"created {f.path}" if old is None else
-                       f"updated {f.path} (previous kept as {f.path.name}.bak)")
-    return changes
-
-
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``damselfly init containerd`` to the ``damselfly`` parser."""
-    init = sub.add_parser("init", help="configure a container runtime to pull through the "
-                                       "daemon's registry mirror")
-    runtimes = init.add_subparsers(dest="runtime", required=True)
+def register(runtimes: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``containerd`` to ``damselfly init``."""
     c = runtimes.add_parser("containerd", help="write containerd hosts.toml files")
     c.add_argument("--registry", action="append", default=[],
                    help="a registry to mirror, host[:port] or URL (repeat; default: all)")

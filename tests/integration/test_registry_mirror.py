@@ -1,8 +1,9 @@
 """The issue's "done when": a real registry (Debian's ``docker-registry``) holding a
 multi-layer image, and ``skopeo`` on three peers pulling it at once through their daemons'
-mirrors (configured the way a user does, in ``registries.conf``): the images are
-byte-identical and the registry serves each blob about once. And once pulled, the image
-comes through the mirror with the registry stopped, but never a tampered manifest."""
+mirrors (configured the way a user does: ``damselfly init podman`` writes
+``registries.conf``): the images are byte-identical and the registry serves each blob about
+once. And once pulled, the image comes through the mirror with the registry stopped, but
+never a tampered manifest."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from damselfly.services.runtime.procs import DAMSELFLY
 from tests.support.registry import have_registry_tools, push, running_registry, write_image
 from tests.support.swarm import Swarm
 
@@ -25,14 +27,11 @@ LAYER_SIZES = [1536 << 10, 640 << 10, 200 << 10]
 
 
 def registries_conf(path: Path, registry_host: str, proxy_url: str) -> Path:
-    """What a user writes so that podman/skopeo pull through the local mirror."""
-    path.write_text(
-        "[[registry]]\n"
-        f'location = "{registry_host}"\n'
-        "insecure = true\n"
-        "[[registry.mirror]]\n"
-        f'location = "{proxy_url.removeprefix("http://")}"\n'
-        "insecure = true\n")
+    """What a user does so that podman/skopeo pull through the local mirror."""
+    init = subprocess.run([*DAMSELFLY, "init", "podman", "--registries-conf", str(path),
+                           "--registry", f"http://{registry_host}", "--mirror", proxy_url],
+                          check=False, capture_output=True, text=True, timeout=60)
+    assert init.returncode == 0, init.stderr
     return path
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from damselfly.services.peer.containerd import apply, plan
+from damselfly.services.peer.configfiles import apply
+from damselfly.services.peer.containerd import plan
 from damselfly.services.peer.oci import DOCKER_HUB
 
 MIRROR = "http://127.0.0.1:4001"
