@@ -7,16 +7,13 @@ a named registry, else from the ``ns`` query parameter containerd adds."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
-from damselfly.services.peer.configfiles import ConfigFile, apply
+from damselfly.services.peer.configfiles import ConfigFile
 from damselfly.services.peer.oci import DOCKER_HUB, REGISTRY_HEADER, registry_url
 
-DEFAULT_CERTS_DIR: Final = Path("/etc/containerd/certs.d")
-DEFAULT_MIRROR: Final = "http://127.0.0.1:4001"
 ALL_REGISTRIES: Final = "_default"
 
 
@@ -51,23 +48,3 @@ def plan(certs_dir: Path, mirror: str, registries: list[str]) -> list[ConfigFile
         name, server = registry_server(registry)
         files.append(ConfigFile(certs_dir / name / "hosts.toml", hosts_toml(mirror, server)))
     return files
-
-
-def register(runtimes: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``containerd`` to ``damselfly init``."""
-    c = runtimes.add_parser("containerd", help="write containerd hosts.toml files")
-    c.add_argument("--registry", action="append", default=[],
-                   help="a registry to mirror, host[:port] or URL (repeat; default: all)")
-    c.add_argument("--mirror", default=DEFAULT_MIRROR,
-                   help=f"the daemon's proxy URL (default {DEFAULT_MIRROR})")
-    c.add_argument("--certs-dir", type=Path, default=DEFAULT_CERTS_DIR,
-                   help=f"containerd's registry config_path (default {DEFAULT_CERTS_DIR})")
-    c.set_defaults(run=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    for line in apply(plan(args.certs_dir, args.mirror, args.registry)):
-        print(line)
-    print(f"containerd reads these when its CRI registry config_path is {args.certs_dir} "
-          f"(ctr: --hosts-dir {args.certs_dir})")
-    return 0
