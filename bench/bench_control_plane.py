@@ -36,15 +36,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.bench_scheduler import Common, Replies, digest, hosts, percentiles, task_id
 from bench.report import write_result
-from damselfly.events import (
+from damselfly.events.bus import Publisher
+from damselfly.events.hosts import HostKeepalive
+from damselfly.events.streams import ensure_streams
+from damselfly.events.tasks import (
     BackToSourceStarted,
     PeerRegistered,
     PieceFinished,
     TaskMetadataReported,
 )
-from damselfly.events.bus import Publisher
-from damselfly.events.hosts import HostKeepalive
-from damselfly.events.streams import ensure_streams
 from damselfly.services.launcher.broker import start_broker
 from damselfly.services.runtime.natsconn import connect
 from damselfly.services.runtime.procs import DAMSELFLY, spawn, stop, wait_ready

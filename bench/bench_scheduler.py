@@ -28,19 +28,19 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from damselfly.events import (
+from damselfly.events.base import Event
+from damselfly.events.bus import Publisher
+from damselfly.events.codec import decode
+from damselfly.events.hosts import HostAnnounced
+from damselfly.events.streams import ensure_streams
+from damselfly.events.tasks import (
     BackToSourceStarted,
-    Event,
-    HostAnnounced,
     PeerRegistered,
     PeerSucceeded,
     PieceFinished,
+    TaskEvent,
     TaskMetadataReported,
-    decode,
 )
-from damselfly.events.bus import Publisher
-from damselfly.events.streams import ensure_streams
-from damselfly.events.tasks import TaskEvent
 from damselfly.services.launcher.broker import start_broker
 from damselfly.services.runtime.natsconn import connect
 from damselfly.services.runtime.procs import DAMSELFLY, spawn, stop, wait_ready, write_ready

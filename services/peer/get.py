@@ -11,16 +11,13 @@ import fnmatch
 import http.client
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
-from html.parser import HTMLParser
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Final, NoReturn, TextIO
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import anyio
 import msgspec
@@ -28,7 +25,6 @@ from anyio import to_thread
 
 from damselfly.services.peer.digests import parse_digest
 from damselfly.services.peer.request import DownloadRequest
-from damselfly.services.runtime.procs import DAMSELFLY, wait_ready
 
 CALL_TIMEOUT: Final = 60.0  # an export of a large file copies or links it before answering
 
@@ -230,6 +226,10 @@ class ApiClient:
 def start_daemon(home: Path) -> str:
     """Start a daemon in its own session (it outlives this command); returns its socket.
     Raises ``RuntimeError`` naming its log when it does not come up."""
+    import subprocess  # only when no daemon runs: a get that finds one never loads these
+
+    from damselfly.services.runtime.procs import DAMSELFLY, wait_ready
+
     data_dir = home / "daemon"
     data_dir.mkdir(parents=True, exist_ok=True)
     ready = data_dir / "ready.json"
@@ -303,36 +303,6 @@ async def fetch_one(client: ApiClient, request: DownloadRequest, output: Path,
     return status
 
 
-class _Links(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.hrefs: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":
-            self.hrefs.extend(v for k, v in attrs if k == "href" and v)
-
-
-def list_directory(url: str, headers: dict[str, str]) -> Iterator[tuple[str, str]]:
-    """``(file URL, relative path)`` for every file under a directory listing, recursively.
-    Only links below ``url`` count (no parents, no sort links). Raises ``OSError``."""
-    base = url if url.endswith("/") else url + "/"
-    request = urllib.request.Request(base, headers=headers)
-    with urllib.request.urlopen(request, timeout=30) as response:
-        parser = _Links()
-        parser.feed(response.read().decode(errors="replace"))
-    for href in dict.fromkeys(parser.hrefs):
-        target = urljoin(base, href)
-        if not target.startswith(base) or target == base or urlsplit(target).query:
-            continue
-        relative = unquote(target[len(base):])
-        if target.endswith("/"):
-            for child, child_path in list_directory(target, headers):
-                yield child, f"{relative}{child_path}"
-        else:
-            yield target, relative
-
-
 def parse_headers(values: list[str]) -> dict[str, str]:
     headers = {}
     for value in values:
@@ -371,6 +341,8 @@ async def run(args: Any) -> int:
         if args.digest or args.content_for_calculating_task_id:
             raise ValueError("--digest and --content-for-calculating-task-id name one file: "
                              "not with --recursive")
+        from damselfly.services.peer.listing import list_directory  # only -r needs it
+
         listing = await anyio.to_thread.run_sync(lambda: list(list_directory(args.url, headers)))
         jobs = [(msgspec.structs.replace(base, url=url), output / relative)
                 for url, relative in chosen_files(listing, args.include_files, args.max_files)]

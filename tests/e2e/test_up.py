@@ -16,8 +16,9 @@ from typing import Any
 
 import nats
 
-from damselfly.events import HostAnnounced, decode
 from damselfly.events.bus import Publisher
+from damselfly.events.codec import decode
+from damselfly.events.hosts import HostAnnounced
 from damselfly.events.log import read_log
 from damselfly.events.streams import STREAM_NAMES
 from damselfly.services.runtime.natsconn import CREDS_ENV

@@ -11,7 +11,6 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
 
-from damselfly.events import HostAnnounced, HostKeepalive, decode
 from damselfly.events.bus import (
     DEAD_REASON,
     DEAD_SEQ,
@@ -21,6 +20,8 @@ from damselfly.events.bus import (
     Publisher,
     TransientError,
 )
+from damselfly.events.codec import decode
+from damselfly.events.hosts import HostAnnounced, HostKeepalive
 from damselfly.events.ids import new_id
 from damselfly.events.streams import STREAM_NAMES, ensure_streams
 from damselfly.events.subjects import dlq_subject, host_subject

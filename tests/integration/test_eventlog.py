@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 import nats
 import pytest
 
-from damselfly.events import HostAnnounced
 from damselfly.events.bus import Publisher
+from damselfly.events.codec import encode
+from damselfly.events.hosts import HostAnnounced
 from damselfly.events.ids import new_id
 from damselfly.events.streams import ensure_streams
 from damselfly.services.runtime.eventlog import dump, event_line, parse_since
@@ -51,8 +52,6 @@ def test_since_takes_durations_and_iso_times() -> None:
 
 
 def test_an_event_line_is_one_readable_line_and_survives_garbage() -> None:
-    from damselfly.events import encode
-
     line = event_line("df.host.since.h.announced", encode(_announced("h")))
     assert "host.announced.v1" in line and "host_id=h" in line and "\n" not in line
     assert "<undecodable:" in event_line("df.host.x", b"\xff")

@@ -15,23 +15,17 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from damselfly.events import (
-    ClusterConfig,
-    ClusterConfigSet,
-    Event,
-    HostAnnounced,
-    ParentInfo,
-    ParentsAssigned,
-    PeerStarted,
-    PreheatRequested,
-    encode,
-)
 from damselfly.events.admin import UserSaved
+from damselfly.events.base import Event
 from damselfly.events.bus import Publisher
-from damselfly.events.codec import EventDecodeError, decode_delivered
-from damselfly.events.jobs import JobProgressed
+from damselfly.events.codec import EventDecodeError, decode_delivered, encode
+from damselfly.events.config import ClusterConfig, ClusterConfigSet
+from damselfly.events.hosts import HostAnnounced
+from damselfly.events.jobs import JobProgressed, PreheatRequested
+from damselfly.events.sched import ParentInfo, ParentsAssigned
 from damselfly.events.streams import ensure_streams
 from damselfly.events.subjects import job_subject, subject_for
+from damselfly.events.tasks import PeerStarted
 from damselfly.services.launcher import natsauth
 from damselfly.services.launcher.broker import Broker, start_broker
 from damselfly.services.runtime.natsconn import CREDS_ENV, connect

@@ -23,27 +23,23 @@ import pytest
 from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError
 
-from damselfly.events import (
-    BackToSourceOrdered,
+from damselfly.events.base import Event
+from damselfly.events.bus import DEAD_REASON, DEAD_SEQ, Publisher
+from damselfly.events.codec import decode
+from damselfly.events.config import ClusterConfig, ClusterConfigSet
+from damselfly.events.hosts import HostAnnounced, HostLeft
+from damselfly.events.ids import new_id
+from damselfly.events.log import read_log
+from damselfly.events.sched import BackToSourceOrdered, ParentsAssigned, PeerQueued
+from damselfly.events.streams import SNAPSHOT_BUCKET, ensure_streams
+from damselfly.events.subjects import dlq_subject, partition
+from damselfly.events.tasks import (
     BackToSourceStarted,
-    ClusterConfig,
-    ClusterConfigSet,
-    Event,
-    HostAnnounced,
-    HostLeft,
-    ParentsAssigned,
-    PeerQueued,
     PeerRegistered,
     PeerSucceeded,
     PieceFinished,
     TaskMetadataReported,
-    decode,
 )
-from damselfly.events.bus import DEAD_REASON, DEAD_SEQ, Publisher
-from damselfly.events.ids import new_id
-from damselfly.events.log import read_log
-from damselfly.events.streams import SNAPSHOT_BUCKET, ensure_streams
-from damselfly.events.subjects import dlq_subject, partition
 from damselfly.services.launcher.broker import Broker, nats_server_binary, start_broker
 from damselfly.services.runtime.eventlog import dump
 from damselfly.services.runtime.natsconn import connect

@@ -6,13 +6,11 @@ import hashlib
 import itertools
 from typing import TypedDict
 
-from damselfly.events import (
+from damselfly.events.base import Event
+from damselfly.events.config import ClusterConfig, ClusterConfigSet
+from damselfly.events.hosts import HostAnnounced, HostLeft
+from damselfly.events.tasks import (
     BackToSourceStarted,
-    ClusterConfig,
-    ClusterConfigSet,
-    Event,
-    HostAnnounced,
-    HostLeft,
     PeerFailed,
     PeerRegistered,
     PeerSucceeded,

@@ -16,8 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from damselfly.events import decode
-from damselfly.events.codec import EventDecodeError
+from damselfly.events.codec import EventDecodeError, decode
 from damselfly.events.sched import ParentsAssigned, PeerQueued
 from damselfly.events.subjects import subject_for
 from damselfly.events.tasks import PeerFailed, PeerLeft, PieceFinished, TaskMetadataReported

@@ -7,16 +7,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from damselfly.events import (
-    HostAnnounced,
-    PeerRegistered,
-    PieceFinished,
-    decode,
-    encode,
-    event_types,
-)
 from damselfly.events.base import tag_of
-from damselfly.events.codec import EventDecodeError, decode_delivered
+from damselfly.events.codec import EventDecodeError, decode, decode_delivered, encode, event_types
+from damselfly.events.hosts import HostAnnounced
 from damselfly.events.jobs import JobProgressed
 from damselfly.events.secrets import public_headers, public_url
 from damselfly.events.streams import stream_configs
@@ -28,6 +21,7 @@ from damselfly.events.subjects import (
     subject_for,
     task_subject,
 )
+from damselfly.events.tasks import PeerRegistered, PieceFinished
 
 SAMPLES = Path(__file__).parent / "samples"
 TASK = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"

@@ -9,19 +9,22 @@ from typing import TypeVar
 import msgspec
 import pytest
 
-from damselfly.events import (
+from damselfly.events.base import Event
+from damselfly.events.config import ClusterConfig
+from damselfly.events.sched import (
     BackToSourceOrdered,
-    BackToSourceStarted,
-    ClusterConfig,
-    Event,
     ParentsAssigned,
     PeerQueued,
-    PeerRegistered,
     ScheduleFailed,
     SeedPeerTriggered,
+)
+from damselfly.events.tasks import (
+    BackToSourceStarted,
+    FinishedPiece,
+    PeerRegistered,
+    PiecesFinished,
     TaskMetadataReported,
 )
-from damselfly.events.tasks import FinishedPiece, PiecesFinished
 from damselfly.services.scheduler import core
 from tests.support.scheduling import PIECES, TASK, C, Script, scripted_swarm
 

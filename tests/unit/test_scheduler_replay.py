@@ -6,8 +6,10 @@ import io
 
 import pytest
 
-from damselfly.events import AnyEvent, Event, ParentsAssigned
+from damselfly.events.base import Event
+from damselfly.events.codec import AnyEvent
 from damselfly.events.log import LogRecord
+from damselfly.events.sched import ParentsAssigned
 from damselfly.events.subjects import subject_for
 from damselfly.services.scheduler import core
 from damselfly.services.scheduler.replay import (
