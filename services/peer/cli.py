@@ -73,7 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g = sub.add_parser("get", help="download a URL through the swarm (dfget's flags; "
                                     "each long flag also reads DFGET_<FLAG> from the "
                                     "environment)")
-    g.add_argument("url")
+    g.add_argument("url", help="http(s)://…, s3://BUCKET/KEY or "
+                               "hf://[datasets/|spaces/]OWNER/REPO[@REVISION]/PATH")
     g.add_argument("-O", "--output", required=True, help="output path (a directory with -r)")
     g.add_argument("--digest", default=_env("digest", ""),
                    help="sha256:<hex>, sha512:<hex> or crc32:<hex>")

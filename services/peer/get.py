@@ -14,7 +14,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, NoReturn, TextIO
 from urllib.parse import urlsplit
@@ -324,6 +324,18 @@ def chosen_files(listing: list[tuple[str, str]], include: list[str], max_files: 
     return kept
 
 
+def _listing(url: str, headers: dict[str, str]) -> Iterator[tuple[str, str]]:
+    """The files ``-r`` downloads: an http(s) index page's, or an hf:// repository's (with
+    this process's ``HF_TOKEN``). Loaded only for ``-r``."""
+    if urlsplit(url).scheme == "hf":
+        from damselfly.services.peer.hf import hf_config, list_repo
+
+        return list_repo(url, hf_config(os.environ))
+    from damselfly.services.peer.listing import list_directory
+
+    return list_directory(url, headers)
+
+
 async def run(args: Any) -> int:
     if args.digest:
         parse_digest(args.digest)
@@ -341,9 +353,7 @@ async def run(args: Any) -> int:
         if args.digest or args.content_for_calculating_task_id:
             raise ValueError("--digest and --content-for-calculating-task-id name one file: "
                              "not with --recursive")
-        from damselfly.services.peer.listing import list_directory  # only -r needs it
-
-        listing = await anyio.to_thread.run_sync(lambda: list(list_directory(args.url, headers)))
+        listing = await anyio.to_thread.run_sync(lambda: list(_listing(args.url, headers)))
         jobs = [(msgspec.structs.replace(base, url=url), output / relative)
                 for url, relative in chosen_files(listing, args.include_files, args.max_files)]
     elif output.is_dir():

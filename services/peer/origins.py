@@ -1,4 +1,4 @@
-"""The origins a daemon can fetch from, by URL scheme: http(s), file and s3."""
+"""The origins a daemon can fetch from, by URL scheme: http(s), file, s3 and hf."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+from damselfly.services.peer.hf import HfSource, hf_config
 from damselfly.services.peer.s3 import S3Source, s3_config
 from damselfly.services.peer.sources import FileSource, HttpSource, Source
 
@@ -18,11 +19,12 @@ class Sources:
 
     @classmethod
     def default(cls, timeout: float = 30.0, environ: Mapping[str, str] = os.environ) -> Sources:
-        """http(s), file and s3 (configured from ``environ``: see ``s3.s3_config``). Raises
-        ``ValueError`` for an S3 configuration that cannot work."""
+        """http(s), file, s3 and hf (configured from ``environ``: see ``s3.s3_config`` and
+        ``hf.hf_config``). Raises ``ValueError`` for an S3 configuration that cannot work."""
         http_source = HttpSource(timeout)
         return cls({"http": http_source, "https": http_source, "file": FileSource(),
-                    "s3": S3Source(s3_config(environ), timeout)})
+                    "s3": S3Source(s3_config(environ), timeout),
+                    "hf": HfSource(hf_config(environ), timeout)})
 
     def register(self, scheme: str, source: Source) -> None:
         self._by_scheme[scheme] = source
