@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="children the scheduler may give this host's peers at once")
     d.add_argument("--upload-slots", type=int, default=8,
                    help="piece responses sent at once; more requests wait their turn")
+    d.add_argument("--no-wire-compression", dest="compress", action="store_false",
+                   help="never send pieces zstd-compressed (by default a task whose bytes "
+                        "compress goes out compressed to children that accept it)")
     d.add_argument("--spread", type=float, default=1.0,
                    help="a seed peer refuses a piece on its way to one child to the others, "
                         "and for this many seconds after (longer if the send took longer; "
@@ -150,6 +153,7 @@ def _daemon(args: argparse.Namespace) -> int:
         advertise_host=args.advertise_host,
         idc=args.idc, location=args.location, ready_file=args.ready_file,
         upload_limit=args.upload_limit, upload_slots=args.upload_slots, spread=args.spread,
+        compress=args.compress,
         upload_rate=args.upload_rate, quota=args.disk_quota,
         gc_high=args.gc_high, gc_low=args.gc_low, ttl=args.task_ttl,
         settings=Settings(concurrency=args.concurrency, schedule_timeout=args.schedule_timeout,

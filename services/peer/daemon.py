@@ -70,6 +70,7 @@ class DaemonConfig:
     upload_slots: int = 8
     spread: float = 1.0
     upload_rate: float = 0.0
+    compress: bool = True  # zstd on the wire for children that accept it (wire.py)
     keepalive: float = 5.0
     quota: int = 0
     gc_high: int = 0
@@ -170,7 +171,8 @@ async def serve(cfg: DaemonConfig, stop: asyncio.Event) -> None:
         stats = TransferStats()
         runner, upload_port = await _site(
             upload_app(storage, cfg.secret, stats, max_uploads=cfg.upload_slots,
-                       rate_limit=cfg.upload_rate, spread=cfg.spread if cfg.seed else 0.0),
+                       rate_limit=cfg.upload_rate, spread=cfg.spread if cfg.seed else 0.0,
+                       compress=cfg.compress),
             host=_listen_host(cfg.advertise_host),
             port=cfg.upload_port)
         runners.append(runner)

@@ -26,7 +26,8 @@ class TransferStats:
     kind (``peers``, or the origin's URL scheme)."""
 
     uploads_running: int = 0
-    upload_bytes: int = 0
+    upload_bytes: int = 0  # on the wire: compressed, for a compressed answer
+    upload_compressed: int = 0
     upload_responses: Counter[int] = field(default_factory=Counter)
     download_bytes: Counter[str] = field(default_factory=Counter)
     pieces_fetched: Counter[str] = field(default_factory=Counter)
@@ -46,8 +47,11 @@ class DaemonCollector(Collector):
         stats, storage = self._stats, self._storage
         yield GaugeMetricFamily("damselfly_uploads_running", "Upload slots in use",
                                 value=stats.uploads_running)
-        yield CounterMetricFamily("damselfly_upload_bytes", "Piece bytes sent to children",
+        yield CounterMetricFamily("damselfly_upload_bytes",
+                                  "Piece bytes sent to children, as on the wire",
                                   value=stats.upload_bytes)
+        yield CounterMetricFamily("damselfly_upload_compressed",
+                                  "Answers sent zstd-compressed", value=stats.upload_compressed)
         responses = CounterMetricFamily("damselfly_upload_responses",
                                         "Upload server answers by status (503: busy)",
                                         labels=["code"])

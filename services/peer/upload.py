@@ -22,6 +22,7 @@ from aiohttp import web
 from damselfly.services.peer.metrics import TransferStats, daemon_registry, exposition
 from damselfly.services.peer.oci import RangeError, parse_range
 from damselfly.services.peer.storage import Storage, TaskFile
+from damselfly.services.peer.wire import Compressibility, accepts, send_compressed
 
 OFFER_HEADER: Final = "X-Damselfly-Offer"
 """On a seed's 429: the pieces (comma-separated numbers) it would send this child now."""
@@ -174,7 +175,7 @@ async def _sendfile(request: web.Request, tf: TaskFile, start: int, stop: int
 
 def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploads: int = 8,
                rate_limit: float = 0.0, max_queue_wait: float = 2.0, max_slot_wait: float = 5.0,
-               spread: float = 0.0) -> web.Application:
+               spread: float = 0.0, compress: bool = True) -> web.Application:
     """The piece server. At most ``max_uploads`` responses are sent at once; more requests
     wait their turn, first come first served, for up to ``max_slot_wait`` seconds (well
     inside a child's 10 s socket timeout) and then get 503 (so a piece a child waits for
@@ -187,8 +188,12 @@ def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploa
     one child, just delivered, or (while first copies are going out) delivered at all, is
     refused to others with 429 and an offer of pieces they may have instead, so the seed's
     uplink carries pieces nobody has yet and the children pass the ones they got to each
-    other."""
+    other.
+
+    ``compress``: a child that accepts zstd gets the pieces of a task whose bytes compress
+    compressed (``wire.py``); every other answer goes out by sendfile."""
     pacer = Pacer(rate_limit)
+    squeezable = Compressibility()
     slots = asyncio.Semaphore(max_uploads)
     sent = SentPieces(spread)
 
@@ -243,8 +248,12 @@ def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploa
             try:
                 if wait:
                     await asyncio.sleep(wait)
-                response = await _sendfile(request, tf, start, stop)
-                stats.upload_bytes += nbytes
+                if compress and accepts(request) and squeezable.worth(tf, start, stop):
+                    response, on_wire = await send_compressed(request, tf, start, stop)
+                    stats.upload_compressed += 1
+                else:
+                    response, on_wire = await _sendfile(request, tf, start, stop), nbytes
+                stats.upload_bytes += on_wire
                 stats.upload_responses[response.status] += 1
                 return response
             finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from damselfly.services.peer.metrics import TransferStats
+from damselfly.services.peer.parents import ParentClient
 from damselfly.services.peer.request import DownloadRequest
 from damselfly.services.peer.storage import Storage, TaskFile
 from damselfly.services.peer.upload import mint_token, upload_app
@@ -45,6 +47,7 @@ class Limits(TypedDict, total=False):
     max_uploads: int
     rate_limit: float
     max_slot_wait: float
+    compress: bool
 
 
 @asynccontextmanager
@@ -151,3 +154,50 @@ async def test_a_saturated_rate_limit_answers_503_instead_of_queueing_past_timeo
             await eventually(first_sent)
             tg.start_soon(one, "bytes=0-49999")
     assert sorted(codes) == [206, 503]
+
+
+def task_of(tmp_path: Path, name: str, body: bytes, piece: int) -> tuple[Storage, TaskFile]:
+    storage = Storage(tmp_path / name)
+    request = DownloadRequest(url=f"http://o/{name}")
+    tf = storage.create(request.task_id(), request)
+    tf.shape(len(body), piece)
+    tf.write(0, body)
+    for p in range(tf.piece_count):
+        tf.mark(p, "sha256:x")
+    return storage, tf
+
+
+def fetch_into(tmp_path: Path, url: str, src: TaskFile, piece: int) -> tuple[str, bytes]:
+    """What a child gets for one piece through ParentClient (it accepts zstd)."""
+    storage = Storage(tmp_path / f"child-{src.task_id[:6]}-{piece}")
+    tf = storage.create(src.task_id, src.meta.request)
+    tf.shape(src.meta.content_length, src.meta.piece_length)
+    offset = piece * src.meta.piece_length
+    length = min(src.meta.piece_length, src.meta.content_length - offset)
+    digest = ParentClient().fetch(url, src.task_id, mint_token("secret", src.task_id), offset,
+                                  length, tf)
+    with tf.reader() as f:
+        return digest, os.pread(f.fileno(), length, offset)
+
+
+async def test_a_compressible_task_goes_out_zstd_and_arrives_whole(tmp_path: Path) -> None:
+    piece = 512 << 10
+    text = b"".join(b"layer %08d: the quick brown fox jumps over the lazy dog\n" % i
+                    for i in range(40_000))[:3 * piece - 123]
+    noise = os.urandom(2 * piece)
+    texts, text_tf = task_of(tmp_path, "text", text, piece)
+    noises, noise_tf = task_of(tmp_path, "noise", noise, piece)
+    for storage, tf, body, compressed in ((texts, text_tf, text, True),
+                                          (noises, noise_tf, noise, False)):
+        async with serving(storage) as (url, stats):
+            for p in range(tf.piece_count):
+                digest, got = await anyio.to_thread.run_sync(fetch_into, tmp_path, url, tf, p)
+                want = body[p * piece:(p + 1) * piece]
+                assert got == want and digest == f"sha256:{hashlib.sha256(want).hexdigest()}"
+        assert stats.upload_compressed == (tf.piece_count if compressed else 0)
+        assert (stats.upload_bytes < len(body) / 3) if compressed else \
+            stats.upload_bytes == len(body)
+    async with serving(texts, compress=False) as (url, stats):
+        assert (await anyio.to_thread.run_sync(fetch_into, tmp_path, url, text_tf, 0))[1] \
+            == text[:piece]
+    assert stats.upload_compressed == 0 and stats.upload_bytes == piece
