@@ -216,10 +216,11 @@ class SwarmRun:
 class DaemonCaps:
     """A daemon's rate settings: ``upload_rate`` bytes/s (0: none); ``upload_limit``
     concurrent uploads (beyond it children get 503 and try another parent; None: the
-    daemon's default)."""
+    daemon's default); ``args``: more of its flags."""
 
     upload_rate: float = 0.0
     upload_limit: int | None = None
+    args: tuple[str, ...] = ()
 
 
 def start_scheduler(lab: Lab, nats: str, host: Host | None = None) -> None:
@@ -247,6 +248,7 @@ def start_daemons(lab: Lab, nats: str, names: Sequence[str], caps: DaemonCaps | 
             argv += ["--upload-limit", str(caps.upload_limit)]
         if name in seeds:
             argv.append("--seed")
+        argv += caps.args
         started.append((name, lab.spawn(name, argv, host)))
     return {name: lab.ready(name, proc, timeout=30.0 + 2.0 * len(names))
             for name, proc in started}
