@@ -23,6 +23,7 @@ from aiohttp import web
 
 _UCRED: Final = struct.Struct("3i")  # pid, uid, gid
 PROC_TCP: Final = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
+ESTABLISHED: Final = "01"  # the state column of /proc/net/tcp
 
 
 def caller_uid(request: web.Request) -> int | None:
@@ -34,17 +35,20 @@ def caller_uid(request: web.Request) -> int | None:
         raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
         return int(_UCRED.unpack(raw)[1])
     peer = transport.get_extra_info("peername") if transport else None
-    if sock.family in (socket.AF_INET, socket.AF_INET6) and peer:
-        host, port = peer[0], peer[1]
-        if ipaddress.ip_address(host).is_loopback:
-            return tcp_owner(host, port)
+    own = transport.get_extra_info("sockname") if transport else None
+    if (sock.family in (socket.AF_INET, socket.AF_INET6) and peer and own
+            and ipaddress.ip_address(peer[0]).is_loopback):
+        return tcp_owner((peer[0], peer[1]), (own[0], own[1]))
     return None
 
 
-def tcp_owner(host: str, port: int, tables: tuple[Path, ...] = PROC_TCP) -> int | None:
-    """The user id owning the local TCP socket bound to ``host:port``, from the kernel's
-    socket tables (None when no table lists it)."""
-    want = _proc_address(host, port)
+def tcp_owner(caller: tuple[str, int], daemon: tuple[str, int],
+              tables: tuple[Path, ...] = PROC_TCP) -> int | None:
+    """The user id owning the caller's end of the established connection ``caller`` →
+    ``daemon``, from the kernel's socket tables (None when no table lists it). Only that
+    exact connection counts: another socket on the caller's port (a closed one in
+    TIME_WAIT, which the table shows as root's) would lend its owner to anyone."""
+    local, remote = _proc_address(*caller), _proc_address(*daemon)
     for table in tables:
         try:
             lines = table.read_text().splitlines()[1:]
@@ -52,7 +56,8 @@ def tcp_owner(host: str, port: int, tables: tuple[Path, ...] = PROC_TCP) -> int 
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) > 7 and fields[1].upper() == want:
+            if len(fields) > 7 and fields[1].upper() == local \
+                    and fields[2].upper() == remote and fields[3] == ESTABLISHED:
                 return int(fields[7])
     return None
 

@@ -21,8 +21,8 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from http.client import responses
-from typing import Final
-from urllib.parse import quote, urlsplit
+from typing import Any, Final
+from urllib.parse import quote, unquote, urlsplit
 
 from damselfly.services.peer.sources import HttpSource, OriginStatusError, SourceError, SourceStream
 
@@ -67,7 +67,8 @@ def parse_hf_url(url: str, *, file: bool = True) -> HfFile:
         raise ValueError(f"{url}: want hf://[datasets/|spaces/]OWNER/REPO[@REVISION]/PATH")
     owner, name = words[0], words[1]
     name, _, revision = name.partition("@")
-    path = "/".join(words[2:]).strip("/")
+    path = unquote("/".join(words[2:]).strip("/"))
+    revision = unquote(revision)
     if file and not path:
         raise ValueError(f"{url}: names a repository, not a file in it (-r downloads all)")
     return HfFile(kind, f"{owner}/{name}", revision or "main", path)
@@ -113,15 +114,18 @@ def list_repo(url: str, config: HfConfig) -> Iterator[tuple[str, str]]:
     """``(hf:// URL of each file, its path below the folder url names)`` in the repository.
     Raises ``OSError`` or ``ValueError``."""
     f = parse_hf_url(url, file=False)
-    pinned = f"@{f.revision}" if "@" in url else ""
+    pinned = f"@{quote(f.revision, safe='')}" if "@" in url else ""
     repo_url = f"hf://{f.prefix}{f.repo}{pinned}"
     folder = f"/{quote(f.path)}" if f.path else ""
     page: str | None = (f"{config.endpoint}/api/{f.kind}/{f.repo}/tree/"
                         f"{quote(f.revision, safe='')}{folder}?recursive=true")
-    auth = {"Authorization": f"Bearer {config.token}"} if config.token else {}
+    hub = _origin(config.endpoint)
+    opener = urllib.request.build_opener(_HubOnlyRedirects(hub))
     while page:
-        request = urllib.request.Request(page, headers=auth)
-        with urllib.request.urlopen(request, timeout=30) as resp:
+        # the token only to the Hub itself: not to a page or a redirect on another origin
+        auth = {"Authorization": f"Bearer {config.token}"} \
+            if config.token and _origin(page) == hub else {}
+        with opener.open(urllib.request.Request(page, headers=auth), timeout=30) as resp:
             entries = json.loads(resp.read())
             link = _NEXT.search(resp.headers.get("Link", ""))
         if not isinstance(entries, list):
@@ -129,5 +133,24 @@ def list_repo(url: str, config: HfConfig) -> Iterator[tuple[str, str]]:
         for entry in entries:
             if isinstance(entry, dict) and entry.get("type") == "file":
                 path = str(entry["path"])
-                yield f"{repo_url}/{path}", path[len(f.path):].lstrip("/")
+                yield f"{repo_url}/{quote(path)}", path[len(f.path):].lstrip("/")
         page = link.group(1) if link else None
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port
+
+
+class _HubOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, dropping the token when one leaves the Hub's origin."""
+
+    def __init__(self, hub: tuple[str, str, int | None]) -> None:
+        self._hub = hub
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                         headers: Any, newurl: str) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(newurl) != self._hub:
+            new.remove_header("Authorization")
+        return new

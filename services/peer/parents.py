@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from damselfly.services.peer.storage import DiskFullError, TaskFile
 from damselfly.services.peer.upload import OFFER_HEADER
-from damselfly.services.peer.wire import ENCODING, Expanding
+from damselfly.services.peer.wire import ENCODING, Expanded
 
 CHUNK: Final = 1 << 16
 """Small enough that the buffer stays in the CPU cache between recv, hash and write: with
@@ -123,19 +123,19 @@ class ParentClient:
     @staticmethod
     def _receive_compressed(resp: http.client.HTTPResponse, offset: int, length: int,
                             tf: TaskFile, buf: memoryview) -> str:
-        """A zstd body (``wire.py``): the plain bytes are hashed and written as they come."""
-        expanding = Expanding()
+        """A zstd body (``wire.py``): the plain bytes are hashed and written as they come,
+        a buffer at a time, and a body that expands past the piece is refused there."""
+        plain = Expanded(resp)
         digest = hashlib.sha256()
         done = 0
         try:
-            while n := resp.readinto(buf):
-                plain = expanding.feed(buf[:n])
-                if done + len(plain) > length:
+            while n := plain.readinto(buf[: min(len(buf), length - done + 1)]):
+                if done + n > length:
                     raise PieceError("failed", f"parent sent more than the {length} bytes "
                                                "asked for")
-                digest.update(plain)
-                tf.write(offset + done, plain)
-                done += len(plain)
+                digest.update(buf[:n])
+                tf.write(offset + done, buf[:n])
+                done += n
         except ValueError as exc:
             raise PieceError("failed", f"parent sent a broken zstd stream: {exc}") from exc
         if done != length:

@@ -41,12 +41,16 @@ def podman_config(current: str | None, mirror: str, registry: str) -> str:
     import tomli_w
 
     config = _parsed(current, tomllib.loads, "TOML")
+    if "registries" in config:
+        raise ValueError("it is a version 1 registries.conf ([registries.search] and the "
+                         "like), which cannot take mirrors; move it to version 2 "
+                         "([[registry]] tables) first")
     mirror_url, server = registry_url(mirror), registry_url(registry)
     location = urlsplit(server).netloc
     if location == "registry-1.docker.io":
         location = "docker.io"
     entries = config.setdefault("registry", [])
-    entry = next((e for e in entries if e.get("location", e.get("prefix")) == location), None)
+    entry = next((e for e in entries if e.get("prefix", e.get("location")) == location), None)
     if entry is None:
         entry = {"location": location}
         if server.startswith("http://"):

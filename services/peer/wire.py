@@ -12,7 +12,7 @@ whole; digests stay over the uncompressed bytes, which the child checks as it wr
 from __future__ import annotations
 
 import os
-from typing import Final
+from typing import BinaryIO, Final
 
 import anyio
 import zstandard
@@ -39,10 +39,18 @@ class Compressibility:
         self._known: dict[str, bool] = {}
 
     def worth(self, tf: TaskFile, start: int, stop: int) -> bool:
+        """Sampled from the task's first piece when held, else from this range when it is
+        long enough; a short range of an undecided task goes out plain, deciding nothing
+        (a task's last piece may be a few bytes long)."""
         known = self._known.get(tf.task_id)
         if known is None:
+            if 0 in tf.bitmap:
+                start, stop = 0, min(tf.meta.piece_length, tf.meta.content_length)
+            size = min(SAMPLE, stop - start)
+            if size < min(SAMPLE, tf.meta.content_length):
+                return False
             with tf.reader() as f:
-                sample = os.pread(f.fileno(), min(SAMPLE, stop - start), start)
+                sample = os.pread(f.fileno(), size, start)
             squeezed = zstandard.ZstdCompressor(level=LEVEL).compress(sample)
             known = self._known[tf.task_id] = len(squeezed) < WORTH * len(sample)
         return known
@@ -82,15 +90,16 @@ async def send_compressed(request: web.Request, tf: TaskFile, start: int, stop: 
     return response, sent + len(tail)
 
 
-class Expanding:
-    """A child's side: the plain bytes of a zstd body, chunk by chunk."""
+class Expanded:
+    """A child's side: the plain bytes of a zstd body, at most a buffer's worth per read
+    (a small body that expands to gigabytes is never held whole)."""
 
-    def __init__(self) -> None:
-        self._expand = zstandard.ZstdDecompressor().decompressobj()
+    def __init__(self, body: BinaryIO) -> None:
+        self._reader = zstandard.ZstdDecompressor().stream_reader(body)
 
-    def feed(self, data: memoryview) -> bytes:
-        """Raises ``ValueError`` for bytes that are not a zstd stream."""
+    def readinto(self, buf: memoryview) -> int:
+        """0 at the end. Raises ``ValueError`` for bytes that are not a zstd stream."""
         try:
-            return self._expand.decompress(bytes(data))
+            return int(self._reader.readinto(buf))
         except zstandard.ZstdError as exc:
             raise ValueError(str(exc)) from exc

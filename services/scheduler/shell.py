@@ -219,8 +219,12 @@ class HostLog:
                           host_filter(cluster, name=name_of(HostLeft))]
         self._metrics = metrics
         self._events: list[Logged] = []  # in stream order
-        self._last = 0  # the stream sequence of the last message received
+        # The last message received, as its consumer counts it: the server's count of what
+        # it delivered is comparable with it (its stream position is not: past the last
+        # match it moves on to the stream's end, a keepalive this consumer never gets).
+        self._received: tuple[str, int] = ("", 0)
         self._arrived = asyncio.Event()
+        self._lag = metrics.lag.labels(HOSTS_STREAM, "shared")
         self._sub: JetStreamContext.PushSubscription | None = None
         self._opening = asyncio.Lock()
 
@@ -233,7 +237,7 @@ class HostLog:
         else:
             self._events.append(Logged((meta.timestamp.timestamp(), HOSTS_STREAM,
                                         meta.sequence.stream), event, msg))
-        self._last = meta.sequence.stream
+        self._received = (meta.consumer or "", meta.sequence.consumer or 0)
         self._arrived.set()
         self._arrived = asyncio.Event()
 
@@ -249,10 +253,18 @@ class HostLog:
         sub = self._sub
         with anyio.fail_after(30):
             while (info := await sub.consumer_info()).num_pending:
+                self._lag.set(info.num_pending or 0)
                 await anyio.sleep(0.05)  # the server is still sending (a new log, a backlog)
-            delivered = (info.delivered.stream_seq or 0) if info.delivered else 0
-            while self._last < delivered:
+            self._lag.set(0)
+            delivered = (info.delivered.consumer_seq or 0) if info.delivered else 0
+            while delivered and not self._has(info.name, delivered):
                 await self._arrived.wait()
+
+    def _has(self, consumer: str, delivered: int) -> bool:
+        """Whether the message ``consumer`` delivered as its ``delivered``-th has arrived
+        (after an ordered consumer's reset, its new consumer's count starts again)."""
+        name, seq = self._received
+        return name == consumer and seq >= delivered
 
     def after(self, seq: int) -> list[Logged]:
         start = bisect.bisect_right(self._events, seq, key=lambda e: e.key[2])

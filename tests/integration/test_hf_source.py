@@ -26,7 +26,7 @@ pytestmark = pytest.mark.anyio
 TOKEN = "hf_test_token"
 REPO = "team/model"
 FILES = {"config.json": b'{"hidden_size": 8}\n', "weights/model.safetensors": os.urandom(3 << 20),
-         "weights/extra.bin": os.urandom(70 << 10)}
+         "weights/extra.bin": os.urandom(70 << 10), "docs/notes #1.md": b"# a name to quote\n"}
 
 
 class FakeHub:

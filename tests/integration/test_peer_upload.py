@@ -167,21 +167,23 @@ def task_of(tmp_path: Path, name: str, body: bytes, piece: int) -> tuple[Storage
     return storage, tf
 
 
-def fetch_into(tmp_path: Path, url: str, src: TaskFile, piece: int) -> tuple[str, bytes]:
+def fetch_into(tmp_path: Path, url: str, src: TaskFile, piece: int,
+               client: ParentClient | None = None) -> tuple[str, bytes]:
     """What a child gets for one piece through ParentClient (it accepts zstd)."""
     storage = Storage(tmp_path / f"child-{src.task_id[:6]}-{piece}")
     tf = storage.create(src.task_id, src.meta.request)
     tf.shape(src.meta.content_length, src.meta.piece_length)
     offset = piece * src.meta.piece_length
     length = min(src.meta.piece_length, src.meta.content_length - offset)
-    digest = ParentClient().fetch(url, src.task_id, mint_token("secret", src.task_id), offset,
-                                  length, tf)
+    digest = (client or ParentClient()).fetch(url, src.task_id, mint_token("secret", src.task_id),
+                                              offset, length, tf)
     with tf.reader() as f:
         return digest, os.pread(f.fileno(), length, offset)
 
 
 async def test_a_compressible_task_goes_out_zstd_and_arrives_whole(tmp_path: Path) -> None:
     piece = 512 << 10
+    one_thread = anyio.CapacityLimiter(1)
     text = b"".join(b"layer %08d: the quick brown fox jumps over the lazy dog\n" % i
                     for i in range(40_000))[:3 * piece - 123]
     noise = os.urandom(2 * piece)
@@ -190,8 +192,10 @@ async def test_a_compressible_task_goes_out_zstd_and_arrives_whole(tmp_path: Pat
     for storage, tf, body, compressed in ((texts, text_tf, text, True),
                                           (noises, noise_tf, noise, False)):
         async with serving(storage) as (url, stats):
+            client = ParentClient()  # one kept-alive connection for every piece, as a child
             for p in range(tf.piece_count):
-                digest, got = await anyio.to_thread.run_sync(fetch_into, tmp_path, url, tf, p)
+                digest, got = await anyio.to_thread.run_sync(fetch_into, tmp_path, url, tf, p,
+                                                             client, limiter=one_thread)
                 want = body[p * piece:(p + 1) * piece]
                 assert got == want and digest == f"sha256:{hashlib.sha256(want).hexdigest()}"
         assert stats.upload_compressed == (tf.piece_count if compressed else 0)

@@ -27,7 +27,7 @@ from damselfly.events.base import Event
 from damselfly.events.bus import DEAD_REASON, DEAD_SEQ, Publisher
 from damselfly.events.codec import decode
 from damselfly.events.config import ClusterConfig, ClusterConfigSet
-from damselfly.events.hosts import HostAnnounced, HostLeft
+from damselfly.events.hosts import HostAnnounced, HostKeepalive, HostLeft
 from damselfly.events.ids import new_id
 from damselfly.events.log import read_log
 from damselfly.events.sched import BackToSourceOrdered, ParentsAssigned, PeerQueued
@@ -310,6 +310,23 @@ async def test_limits_come_from_the_clusters_configuration_events(nc: Client) ->
         # told once to keep waiting, and nothing but that until a holder appeared
         assert [(q.peer_id, q.reason) for q in swarm.queued] == [
             ("p1", "the task is at its back-to-source limit")]
+
+
+@pytest.mark.anyio
+async def test_a_scheduler_starting_after_keepalives_decides(nc: Client) -> None:
+    """The host log waited for the stream's last message, a keepalive it never receives
+    (the review of the shared host log): nothing was decided until a host announced."""
+    cluster = "c8"
+    swarm = Swarm(nc, cluster)
+    await swarm.hosts("h0", "h1")
+    await swarm.pub.publish(HostKeepalive(id=new_id(), cluster=cluster, host_id="h1",
+                                          uploads_running=0, upload_limit=50))
+    async with running(nc, cluster):
+        assert isinstance(await swarm.register("p0", "h0"), BackToSourceOrdered)
+        await swarm.fetch_from_origin("p0", range(PIECES))
+        await swarm.pub.publish(HostKeepalive(id=new_id(), cluster=cluster, host_id="h0",
+                                              uploads_running=0, upload_limit=50))
+        assert isinstance(await swarm.register("p1", "h1"), ParentsAssigned)
 
 
 @pytest.mark.anyio

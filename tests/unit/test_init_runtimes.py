@@ -47,6 +47,16 @@ def test_podman_keeps_other_settings_and_mirrors() -> None:
     assert podman_config(once, MIRROR, "docker.io") == once
 
 
+def test_podman_matches_a_prefix_and_refuses_a_version_1_file() -> None:
+    before = ('[[registry]]\nprefix = "docker.io"\nlocation = "hub.internal"\n')
+    conf = tomllib.loads(podman_config(before, MIRROR, "docker.io"))
+    assert len(conf["registry"]) == 1 and conf["registry"][0]["location"] == "hub.internal"
+    assert conf["registry"][0]["mirror"][0]["location"] == "127.0.0.1:4001"
+    with pytest.raises(ValueError, match="version 1 registries.conf"):
+        podman_config('[registries.search]\nregistries = ["docker.io"]\n', MIRROR,
+                      "docker.io")
+
+
 def test_the_commands_write_the_files_and_refuse_a_broken_one(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     conf = tmp_path / "registries.conf"
