@@ -63,7 +63,13 @@ class FakeHub:
         raise web.HTTPFound(f"{self.cdn_url}/blobs/{digest}?expires=1")
 
     async def tree(self, request: web.Request) -> web.Response:
-        if refused := self._authorized(request):
+        """Two entries a page, as the Hub pages long listings; the third page is served
+        from the CDN's origin (a page elsewhere must not get the token)."""
+        on_cdn = request.path.startswith("/pages")
+        if on_cdn and "Authorization" in request.headers:
+            self.leaked += 1
+            return web.Response(status=400, text="a token reached the CDN")
+        if not on_cdn and (refused := self._authorized(request)):
             return refused
         entries = [{"type": "directory", "path": "weights"}] + [
             {"type": "file", "path": p, "size": len(b)} for p, b in FILES.items()]
@@ -71,9 +77,10 @@ class FakeHub:
         entries = [e for e in entries if str(e["path"]).startswith(folder)]
         page = int(request.query.get("cursor", "0"))
         headers = {}
-        if page + 2 < len(entries):  # two entries a page, as the Hub pages long listings
-            headers["Link"] = (f'<{self.hub_url}{request.path}?recursive=true&'
-                               f'cursor={page + 2}>; rel="next"')
+        if page + 2 < len(entries):
+            base = f"{self.cdn_url}/pages" if page + 2 == 4 else self.hub_url
+            path = request.path.removeprefix("/pages")
+            headers["Link"] = f'<{base}{path}?recursive=true&cursor={page + 2}>; rel="next"'
         return web.json_response(entries[page:page + 2], headers=headers)
 
     async def blob(self, request: web.Request) -> web.StreamResponse:
@@ -99,6 +106,7 @@ class FakeHub:
         hub.router.add_get("/api/models/{owner}/{name}/tree/{rev}/{folder:.+}", self.tree)
         cdn = web.Application()
         cdn.router.add_get("/blobs/{digest}", self.blob)
+        cdn.router.add_get("/pages/api/models/{owner}/{name}/tree/{rev}", self.tree)
         urls = []
         for app in (hub, cdn):
             runner = web.AppRunner(app)
@@ -171,3 +179,4 @@ async def test_a_whole_repository_with_dash_r(
     assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} \
         == FILES
     assert rc == 1 and "401" in err and len(err.splitlines()) == 1
+    assert hub.leaked == 0  # the listing's page on the CDN's origin got no token
