@@ -30,11 +30,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.bench_scheduler import Common, Replies, digest, hosts, percentiles, task_id
+from bench.bench_scheduler import Common, Replies, digest, hosts, percentiles, raw_push, task_id
 from bench.report import write_result
 from damselfly.events.bus import Publisher
 from damselfly.events.hosts import HostKeepalive
@@ -70,26 +68,6 @@ def folded(metrics_url: str) -> float:
         text = resp.read().decode()
     return sum(s.value for family in text_string_to_metric_families(text)
                for s in family.samples if s.name == "damselfly_scheduler_events_folded_total")
-
-
-async def raw_push_seconds(nc: Client, subject: str, stream: str, count: int) -> float:
-    """Seconds for a plain ordered push consumer to receive ``count`` stored messages."""
-    done, seen = asyncio.Event(), 0
-
-    async def on_msg(msg: Msg) -> None:
-        nonlocal seen
-        seen += 1
-        if seen == count:
-            done.set()
-
-    start = time.perf_counter()
-    sub = await nc.jetstream().subscribe(subject, stream=stream, cb=on_msg,
-                                         ordered_consumer=True, pending_msgs_limit=1 << 20,
-                                         deliver_policy=DeliverPolicy.ALL)
-    await asyncio.wait_for(done.wait(), 300.0)
-    elapsed = time.perf_counter() - start
-    await sub.unsubscribe()
-    return elapsed
 
 
 async def keep_alive(pub: Publisher, n: int, stop_event: asyncio.Event) -> int:
@@ -201,7 +179,7 @@ async def measure(nc: Client, url: str, work: Path, n_hosts: int,
                                f"{want - before:.0f} announcements in 600 s")
         await asyncio.sleep(0.05)
     fold_s = time.perf_counter() - start
-    raw_s = await raw_push_seconds(nc, f"df.host.{CLUSTER}.*.announced", "DF_HOSTS", n_hosts)
+    raw_s = await raw_push(nc, f"df.host.{CLUSTER}.*.announced", n_hosts, "DF_HOSTS", 300.0)
 
     stop_event = asyncio.Event()
     keepalives = asyncio.create_task(keep_alive(pub, n_hosts, stop_event))

@@ -123,7 +123,8 @@ async def raw_consume(nc: Client, subject: str, count: int) -> float:
     return elapsed
 
 
-async def raw_push(nc: Client, subject: str, count: int) -> float:
+async def raw_push(nc: Client, subject: str, count: int, stream: str = "DF_TASKS",
+                   timeout: float = 120.0) -> float:
     """Seconds for a push ordered consumer to receive ``count`` messages."""
     done = asyncio.Event()
     seen = 0
@@ -135,9 +136,9 @@ async def raw_push(nc: Client, subject: str, count: int) -> float:
             done.set()
 
     start = time.perf_counter()
-    sub = await nc.jetstream().subscribe(subject, stream="DF_TASKS", cb=on_msg,
+    sub = await nc.jetstream().subscribe(subject, stream=stream, cb=on_msg,
                                          ordered_consumer=True, pending_msgs_limit=1 << 20)
-    await asyncio.wait_for(done.wait(), 120.0)
+    await asyncio.wait_for(done.wait(), timeout)
     elapsed = time.perf_counter() - start
     await sub.unsubscribe()
     return elapsed

@@ -7,20 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 import pytest
 from aiohttp import web
 
-from damselfly.services.peer.daemon import DaemonConfig
-from damselfly.services.peer.fetchbook import Settings
 from damselfly.services.peer.hf import parse_hf_url
 from damselfly.services.runtime.procs import DAMSELFLY
-from tests.support.swarm import daemon_in_process
+from tests.support.swarm import origin_daemon
 
 pytestmark = pytest.mark.anyio
 TOKEN = "hf_test_token"
@@ -123,17 +118,8 @@ class FakeHub:
             await runner.cleanup()
 
 
-@asynccontextmanager
-async def daemon(tmp_path: Path, nats_url: str, monkeypatch: pytest.MonkeyPatch,
-                 hub: FakeHub) -> AsyncIterator[str]:
-    monkeypatch.setenv("HF_ENDPOINT", hub.hub_url)
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    cfg = DaemonConfig(nats_url=nats_url, data_dir=tmp_path / "d", secret="s",
-                       cluster=f"c{secrets.token_hex(4)}", api_port=0,
-                       ready_file=tmp_path / "ready.json",
-                       settings=Settings(schedule_timeout=0.3, source_backoff=0.05))
-    async with daemon_in_process(cfg) as endpoints:
-        yield str(endpoints["api_url"])
+def hub_env(hub: FakeHub) -> dict[str, str]:
+    return {"HF_ENDPOINT": hub.hub_url, "HF_TOKEN": TOKEN}
 
 
 async def get(api: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -153,7 +139,8 @@ def test_hf_urls_name_the_hubs_files() -> None:
 
 async def test_a_file_comes_from_the_cdn_and_the_token_stays_with_the_hub(
         tmp_path: Path, nats_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    async with FakeHub() as hub, daemon(tmp_path, nats_url, monkeypatch, hub) as api:
+    async with FakeHub() as hub, \
+            origin_daemon(tmp_path, nats_url, monkeypatch, hub_env(hub)) as api:
         out = tmp_path / "model.safetensors"
         rc, err = await get(api, f"hf://{REPO}@v1/weights/model.safetensors", "-O", str(out))
         assert rc == 0, err
@@ -169,13 +156,14 @@ async def test_a_file_comes_from_the_cdn_and_the_token_stays_with_the_hub(
 
 async def test_a_whole_repository_with_dash_r(
         tmp_path: Path, nats_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    async with FakeHub() as hub, daemon(tmp_path, nats_url, monkeypatch, hub) as api:
+    async with FakeHub() as hub, \
+            origin_daemon(tmp_path, nats_url, monkeypatch, hub_env(hub)) as api:
         out = tmp_path / "repo"
         rc, err = await get(api, "-r", f"hf://{REPO}@v1", "-O", str(out),
-                            env={"HF_ENDPOINT": hub.hub_url, "HF_TOKEN": TOKEN})
+                            env=hub_env(hub))
         assert rc == 0, err
         rc, err = await get(api, "-r", f"hf://{REPO}", "-O", str(tmp_path / "anon"),
-                            env={"HF_ENDPOINT": hub.hub_url, "HF_TOKEN": ""})
+                            env={**hub_env(hub), "HF_TOKEN": ""})
     assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} \
         == FILES
     assert rc == 1 and "401" in err and len(err.splitlines()) == 1

@@ -9,8 +9,7 @@ import os
 import secrets
 import threading
 import urllib.request
-from collections.abc import AsyncIterator, Iterable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,6 @@ from moto.moto_server.werkzeug_app import (
 from werkzeug.serving import make_server
 
 from damselfly.events.tasks import PieceFinished, singles
-from damselfly.services.peer.daemon import DaemonConfig
-from damselfly.services.peer.fetchbook import Settings
 from damselfly.services.peer.get import ApiClient
 from damselfly.services.peer.origins import Sources
 from damselfly.services.peer.request import DownloadRequest
@@ -36,7 +33,7 @@ from damselfly.services.peer.s3 import S3Source, s3_config
 from damselfly.services.peer.sources import SourceError
 from damselfly.services.runtime.natsconn import connect
 from damselfly.services.runtime.procs import DAMSELFLY
-from tests.support.swarm import Swarm, daemon_in_process, read_events
+from tests.support.swarm import Swarm, origin_daemon, read_events
 
 pytestmark = pytest.mark.anyio
 BUCKET = "models"
@@ -165,20 +162,6 @@ def test_one_key_without_the_other_stops_the_daemon_at_start() -> None:
         Sources.default(environ={"AWS_ACCESS_KEY_ID": "AKIA"})
 
 
-@asynccontextmanager
-async def daemon(tmp_path: Path, nats_url: str, monkeypatch: pytest.MonkeyPatch,
-                 env: dict[str, str]) -> AsyncIterator[str]:
-    """A daemon in this loop whose environment holds ``env``; yields its API URL."""
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    cfg = DaemonConfig(nats_url=nats_url, data_dir=tmp_path / "d", secret="s",
-                       cluster=f"c{secrets.token_hex(4)}", api_port=0,
-                       ready_file=tmp_path / "ready.json",
-                       settings=Settings(schedule_timeout=0.3, source_backoff=0.05))
-    async with daemon_in_process(cfg) as endpoints:
-        yield str(endpoints["api_url"])
-
-
 async def get(*args: str) -> tuple[int, str]:
     result = await anyio.run_process([*DAMSELFLY, "get",
                                       "--no-progress", *args], check=False)
@@ -188,7 +171,7 @@ async def get(*args: str) -> tuple[int, str]:
 async def test_damselfly_get_through_the_daemon(
         tmp_path: Path, nats_url: str, s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out.bin"
-    async with daemon(tmp_path, nats_url, monkeypatch, s3.env()) as api:
+    async with origin_daemon(tmp_path, nats_url, monkeypatch, s3.env()) as api:
         rc, err = await get(url(), "-O", str(out), "--endpoint", api, "--piece-length",
                             str(PIECE))
         assert rc == 0, err
@@ -211,7 +194,7 @@ async def test_damselfly_get_through_the_daemon(
 async def test_wrong_keys_in_the_daemon_fail_the_download_clearly(
         tmp_path: Path, nats_url: str, s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
     env = s3.env(AWS_SECRET_ACCESS_KEY="not-the-secret")
-    async with daemon(tmp_path, nats_url, monkeypatch, env) as api:
+    async with origin_daemon(tmp_path, nats_url, monkeypatch, env) as api:
         rc, err = await get(url(), "-O", str(tmp_path / "out"), "--endpoint", api)
     assert rc == 1 and len(err.strip().splitlines()) == 1, err
     assert f"{url()}: SignatureDoesNotMatch (403)" in err

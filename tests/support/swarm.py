@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import signal
 import subprocess
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Self
 
 import anyio
+import pytest
 from aiohttp import web
 from nats.js import JetStreamContext
 
@@ -22,6 +24,7 @@ from damselfly.events.bus import Consumer
 from damselfly.events.codec import AnyEvent
 from damselfly.services.launcher.origin import Origin as LocalOrigin
 from damselfly.services.peer.daemon import DaemonConfig, serve
+from damselfly.services.peer.fetchbook import Settings
 from damselfly.services.runtime.procs import DAMSELFLY, spawn, stop, wait_ready
 
 
@@ -176,6 +179,21 @@ async def daemon_in_process(cfg: DaemonConfig) -> AsyncIterator[dict[str, object
             yield json.loads(cfg.ready_file.read_text())
         finally:
             stopping.set()
+
+
+@asynccontextmanager
+async def origin_daemon(tmp_path: Path, nats_url: str, monkeypatch: pytest.MonkeyPatch,
+                        env: dict[str, str]) -> AsyncIterator[str]:
+    """A daemon in this loop, with no scheduler to wait for, whose environment holds
+    ``env`` (an origin's endpoint and keys); yields its API URL."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    cfg = DaemonConfig(nats_url=nats_url, data_dir=tmp_path / "d", secret="s",
+                       cluster=f"c{secrets.token_hex(4)}", api_port=0,
+                       ready_file=tmp_path / "ready.json",
+                       settings=Settings(schedule_timeout=0.3, source_backoff=0.05))
+    async with daemon_in_process(cfg) as endpoints:
+        yield str(endpoints["api_url"])
 
 
 async def read_events(js: JetStreamContext, stream: str, filter_subject: str) -> list[AnyEvent]:
