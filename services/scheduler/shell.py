@@ -186,15 +186,9 @@ class Feed:
         return out
 
     async def _hold(self, msg: Msg) -> None:
-        meta = msg.metadata
-        self._after = meta.sequence.stream
-        try:
-            event = decode_delivered(msg.subject, msg.data)
-        except EventDecodeError as exc:
-            await _dead_letter_quietly(self._js, msg, f"undecodable: {exc}", self._metrics)
-            return
-        self._held.append(Logged((meta.timestamp.timestamp(), self.stream, meta.sequence.stream),
-                                 event, msg))
+        self._after = msg.metadata.sequence.stream
+        if logged := await _logged(self._js, msg, self.stream, self._metrics):
+            self._held.append(logged)
 
     async def close(self) -> None:
         if self._sub is not None:
@@ -230,13 +224,8 @@ class HostLog:
 
     async def _on_msg(self, msg: Msg) -> None:
         meta = msg.metadata
-        try:
-            event = decode_delivered(msg.subject, msg.data)
-        except EventDecodeError as exc:
-            await _dead_letter_quietly(self._js, msg, f"undecodable: {exc}", self._metrics)
-        else:
-            self._events.append(Logged((meta.timestamp.timestamp(), HOSTS_STREAM,
-                                        meta.sequence.stream), event, msg))
+        if logged := await _logged(self._js, msg, HOSTS_STREAM, self._metrics):
+            self._events.append(logged)
         self._received = (meta.consumer or "", meta.sequence.consumer or 0)
         self._arrived.set()
         self._arrived = asyncio.Event()
@@ -274,10 +263,8 @@ class HostLog:
         return HostView(self, after_seq)
 
     async def close(self) -> None:
-        if self._sub is not None:
-            sub, self._sub = self._sub, None
-            with contextlib.suppress(TimeoutError, NatsError):
-                await sub.unsubscribe()
+        sub, self._sub = self._sub, None
+        await _unsubscribe_quietly(sub)
 
 
 class HostView:
@@ -295,6 +282,26 @@ class HostView:
 
     async def close(self) -> None:
         """The log stays open for the other partitions."""
+
+
+async def _logged(js: JetStreamContext, msg: Msg, stream: str,
+                  metrics: SchedulerMetrics) -> Logged | None:
+    """The message's event in its place in the log, or None once an undecodable one is
+    copied to the dead-letter subject."""
+    meta = msg.metadata
+    try:
+        event = decode_delivered(msg.subject, msg.data)
+    except EventDecodeError as exc:
+        await _dead_letter_quietly(js, msg, f"undecodable: {exc}", metrics)
+        return None
+    return Logged((meta.timestamp.timestamp(), stream, meta.sequence.stream), event, msg)
+
+
+async def _unsubscribe_quietly(sub: JetStreamContext.PushSubscription | None) -> None:
+    """End a push subscription; a server that is away drops its consumer by itself."""
+    if sub is not None:
+        with contextlib.suppress(TimeoutError, NatsError):
+            await sub.unsubscribe()
 
 
 async def _dead_letter_quietly(js: JetStreamContext, msg: Msg, reason: str,
@@ -327,15 +334,11 @@ class LiveFeed:
         self._sub: JetStreamContext.PushSubscription | None = None
 
     async def _on_msg(self, msg: Msg) -> None:
-        meta = msg.metadata
-        self._lag.set(meta.num_pending)
-        try:
-            event = decode_delivered(msg.subject, msg.data)
-        except EventDecodeError as exc:
-            await _dead_letter_quietly(self._js, msg, f"undecodable: {exc}", self._metrics)
+        self._lag.set(msg.metadata.num_pending)
+        logged = await _logged(self._js, msg, TASKS_STREAM, self._metrics)
+        if logged is None:
             return
-        self._buffer.append(Logged((meta.timestamp.timestamp(), TASKS_STREAM, meta.sequence.stream),
-                                   event, msg))
+        self._buffer.append(logged)
         self._arrived.set()
         if len(self._buffer) >= MAX_BUFFERED:
             # Holding the callback holds flow control: the server pauses instead of filling
@@ -371,10 +374,8 @@ class LiveFeed:
             self._arrived.set()
 
     async def close(self) -> None:
-        if self._sub is not None:
-            sub, self._sub = self._sub, None
-            with contextlib.suppress(TimeoutError, NatsError):
-                await sub.unsubscribe()
+        sub, self._sub = self._sub, None
+        await _unsubscribe_quietly(sub)
 
 
 class PartitionWorker:
@@ -417,8 +418,8 @@ class PartitionWorker:
             try:
                 snap = msgspec.msgpack.decode(zlib.decompress(entry.value), type=Snapshot)
             except (zlib.error, msgspec.DecodeError) as exc:  # e.g. an older state layout
-                self._log.warning("partition %d: unusable snapshot (%s); replaying from the start",
-                            self.part, exc)
+                self._log.warning("partition %d: unusable snapshot (%s); replaying from the "
+                                  "start", self.part, exc)
                 return
             self.state, self.seqs = snap.state, dict(snap.seqs)
             self._saved_seqs = dict(self.seqs)
@@ -429,8 +430,8 @@ class PartitionWorker:
             last = (await self._js.stream_info(TASKS_STREAM)).state.last_seq
             newest = (await self._js.get_msg(TASKS_STREAM, seq=last)).time if last else None
         except (TimeoutError, NatsError) as exc:
-            self._log.warning("partition %d: no newest event (%s); republishing whatever replays",
-                        self.part, exc)
+            self._log.warning("partition %d: no newest event (%s); republishing whatever "
+                              "replays", self.part, exc)
             return
         if newest is not None:
             self._stale_before = newest.timestamp() - STALE_AFTER
