@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 
 from damselfly.events.bus import Publisher
 from damselfly.projections.projector import Projector
+from damselfly.services.runtime.metrics import by_label, registry_of
 
 
 class ManagerCollector(Collector):
@@ -19,31 +20,21 @@ class ManagerCollector(Collector):
         self._projector, self._publisher = projector, publisher
 
     def collect(self) -> Iterator[Metric]:
-        projected = CounterMetricFamily("damselfly_manager_events_projected",
-                                        "Events applied to the projections, by stream",
-                                        labels=["stream"])
-        dead = CounterMetricFamily("damselfly_manager_events_dead_lettered",
-                                   "Events the projections skipped to the dead-letter subject",
-                                   labels=["stream"])
-        lag = GaugeMetricFamily("damselfly_manager_consumer_lag",
-                                "Events stored beyond the projections' last fetch",
-                                labels=["stream"])
         stats = self._projector.stats if self._projector is not None else {}
-        for stream, s in sorted(stats.items()):
-            projected.add_metric([stream], s.acked)
-            dead.add_metric([stream], s.dead)
-            lag.add_metric([stream], s.pending)
-        yield from (projected, dead, lag)
-        published = CounterMetricFamily("damselfly_manager_events_published",
-                                        "Events the streams acked, by stream", labels=["stream"])
-        if self._publisher is not None:
-            for stream, n in sorted(self._publisher.published.items()):
-                published.add_metric([stream], n)
-        yield published
+        yield by_label(CounterMetricFamily, "damselfly_manager_events_projected",
+                       "Events applied to the projections, by stream", "stream",
+                       {stream: s.acked for stream, s in stats.items()})
+        yield by_label(CounterMetricFamily, "damselfly_manager_events_dead_lettered",
+                       "Events the projections skipped to the dead-letter subject", "stream",
+                       {stream: s.dead for stream, s in stats.items()})
+        yield by_label(GaugeMetricFamily, "damselfly_manager_consumer_lag",
+                       "Events stored beyond the projections' last fetch", "stream",
+                       {stream: s.pending for stream, s in stats.items()})
+        yield by_label(CounterMetricFamily, "damselfly_manager_events_published",
+                       "Events the streams acked, by stream", "stream",
+                       self._publisher.published if self._publisher is not None else {})
 
 
 def manager_registry(projector: Projector | None,
                      publisher: Publisher | None) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=True)
-    registry.register(ManagerCollector(projector, publisher))
-    return registry
+    return registry_of(ManagerCollector(projector, publisher))

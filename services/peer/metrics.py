@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from damselfly.events.bus import Publisher
 from damselfly.services.peer.storage import Storage
+from damselfly.services.runtime.metrics import by_label, registry_of
 
 
 @dataclass
@@ -52,24 +53,16 @@ class DaemonCollector(Collector):
                                   value=stats.upload_bytes)
         yield CounterMetricFamily("damselfly_upload_compressed",
                                   "Answers sent zstd-compressed", value=stats.upload_compressed)
-        responses = CounterMetricFamily("damselfly_upload_responses",
-                                        "Upload server answers by status (503: busy)",
-                                        labels=["code"])
-        for code, n in sorted(stats.upload_responses.items()):
-            responses.add_metric([str(code)], n)
-        yield responses
+        yield by_label(CounterMetricFamily, "damselfly_upload_responses",
+                       "Upload server answers by status (503: busy)", "code",
+                       {str(code): n for code, n in stats.upload_responses.items()})
         yield CounterMetricFamily("damselfly_pieces_served", "Pieces sent whole to children",
                                   value=stats.upload_responses[206])
-        fetched = CounterMetricFamily("damselfly_pieces_fetched",
-                                      "Pieces this daemon got, by source kind (peers, or the "
-                                      "origin's URL scheme)", labels=["source"])
-        got = CounterMetricFamily("damselfly_download_bytes",
-                                  "Bytes this daemon got, by source kind", labels=["source"])
-        for kind in sorted(stats.pieces_fetched):
-            fetched.add_metric([kind], stats.pieces_fetched[kind])
-            got.add_metric([kind], stats.download_bytes[kind])
-        yield fetched
-        yield got
+        yield by_label(CounterMetricFamily, "damselfly_pieces_fetched",
+                       "Pieces this daemon got, by source kind (peers, or the origin's URL "
+                       "scheme)", "source", stats.pieces_fetched)
+        yield by_label(CounterMetricFamily, "damselfly_download_bytes",
+                       "Bytes this daemon got, by source kind", "source", stats.download_bytes)
         yield CounterMetricFamily("damselfly_pieces_corrupt",
                                   "Pieces whose bytes did not match their digest",
                                   value=stats.pieces_corrupt)
@@ -83,19 +76,14 @@ class DaemonCollector(Collector):
         yield CounterMetricFamily("damselfly_gc_freed_bytes",
                                   "Bytes garbage collection freed", value=storage.gc_freed)
         if self._publisher is not None:
-            published = CounterMetricFamily("damselfly_events_published",
-                                            "Events the streams acked, by stream",
-                                            labels=["stream"])
-            for stream, n in sorted(self._publisher.published.items()):
-                published.add_metric([stream], n)
-            yield published
+            yield by_label(CounterMetricFamily, "damselfly_events_published",
+                           "Events the streams acked, by stream", "stream",
+                           self._publisher.published)
 
 
 def daemon_registry(stats: TransferStats, storage: Storage,
                     publisher: Publisher | None = None) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=True)
-    registry.register(DaemonCollector(stats, storage, publisher))
-    return registry
+    return registry_of(DaemonCollector(stats, storage, publisher))
 
 
 def exposition(registry: CollectorRegistry) -> web.Response:

@@ -1,3 +1,3 @@
 """What every service runs on: its NATS connection, signal handling, logging (text or JSON
-lines), child processes and their ready files, and the event-log tools (``damselfly events
-tail|dump``)."""
+lines), what its Prometheus collectors share, child processes and their ready files, and
+the event-log tools (``damselfly events tail|dump``)."""
