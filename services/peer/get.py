@@ -61,6 +61,12 @@ class ApiError(RuntimeError):
         self.status = status
 
 
+def _refusal(response: http.client.HTTPResponse) -> ApiError:
+    """The daemon's reason for refusing a call whose answer is read as it streams."""
+    payload = msgspec.json.decode(response.read() or b"{}")
+    return ApiError(response.status, payload.get("error") or response.reason)
+
+
 class ApiClient:
     """The daemon's local API over a unix socket path or an ``http://`` URL.
 
@@ -173,8 +179,7 @@ class ApiClient:
         part = path.with_name(f".{path.name}.{os.getpid()}.part")
         try:
             if response.status >= 400:
-                payload = msgspec.json.decode(response.read() or b"{}")
-                raise ApiError(response.status, payload.get("error") or response.reason)
+                raise _refusal(response)
             written = 0
             with open(part, "wb") as out:
                 while chunk := response.read(1 << 20):
@@ -214,8 +219,7 @@ class ApiClient:
             self._open, "GET", f"/v1/tasks/{task_id}/progress", CALL_TIMEOUT)
         try:
             if response.status >= 400:
-                payload = msgspec.json.decode(response.read() or b"{}")
-                raise RuntimeError(payload.get("error") or response.reason)
+                raise _refusal(response)
             while line := await to_thread.run_sync(response.readline, abandon_on_cancel=True):
                 if line.strip():
                     yield msgspec.json.decode(line)

@@ -24,7 +24,13 @@ from http.client import responses
 from typing import Any, Final
 from urllib.parse import quote, unquote, urlsplit
 
-from damselfly.services.peer.sources import HttpSource, OriginStatusError, SourceError, SourceStream
+from damselfly.services.peer.sources import (
+    HttpSource,
+    OriginStatusError,
+    SourceError,
+    SourceStream,
+    origin_of,
+)
 
 DEFAULT_ENDPOINT: Final = "https://huggingface.co"
 KINDS: Final = {"datasets": "datasets", "spaces": "spaces"}  # the rest are models
@@ -119,12 +125,12 @@ def list_repo(url: str, config: HfConfig) -> Iterator[tuple[str, str]]:
     folder = f"/{quote(f.path)}" if f.path else ""
     page: str | None = (f"{config.endpoint}/api/{f.kind}/{f.repo}/tree/"
                         f"{quote(f.revision, safe='')}{folder}?recursive=true")
-    hub = _origin(config.endpoint)
+    hub = origin_of(config.endpoint)
     opener = urllib.request.build_opener(_HubOnlyRedirects(hub))
     while page:
         # the token only to the Hub itself: not to a page or a redirect on another origin
         auth = {"Authorization": f"Bearer {config.token}"} \
-            if config.token and _origin(page) == hub else {}
+            if config.token and origin_of(page) == hub else {}
         with opener.open(urllib.request.Request(page, headers=auth), timeout=30) as resp:
             entries = json.loads(resp.read())
             link = _NEXT.search(resp.headers.get("Link", ""))
@@ -137,11 +143,6 @@ def list_repo(url: str, config: HfConfig) -> Iterator[tuple[str, str]]:
         page = link.group(1) if link else None
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    return parts.scheme, (parts.hostname or "").lower(), parts.port
-
-
 class _HubOnlyRedirects(urllib.request.HTTPRedirectHandler):
     """Follows redirects, dropping the token when one leaves the Hub's origin."""
 
@@ -151,6 +152,6 @@ class _HubOnlyRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
                          headers: Any, newurl: str) -> urllib.request.Request | None:
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if new is not None and _origin(newurl) != self._hub:
+        if new is not None and origin_of(newurl) != self._hub:
             new.remove_header("Authorization")
         return new

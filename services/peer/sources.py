@@ -73,7 +73,8 @@ class _HttpStream:
 
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
+def origin_of(url: str) -> tuple[str, str, int | None]:
+    """A URL's scheme, host and port (the scheme's default when it names none)."""
     parts = urlsplit(url)
     return parts.scheme, (parts.hostname or "").lower(), parts.port or {
         "http": 80, "https": 443}.get(parts.scheme)
@@ -103,7 +104,7 @@ class HttpSource:
             if resp.status in (301, 302, 303, 307, 308) and resp.getheader("Location"):
                 conn.close()
                 target = urljoin(url, resp.getheader("Location", ""))
-                if _origin(target) != _origin(url):  # e.g. a registry's blob sent to S3
+                if origin_of(target) != origin_of(url):  # e.g. a registry's blob sent to S3
                     request_headers = public_headers(request_headers)
                 url = target
                 continue
