@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import io
 import socket
 import threading
 from typing import Final, Literal
@@ -25,6 +26,9 @@ WAKE_AT: Final = CHUNK
 """The body bytes a worker waits for before it wakes (``SO_RCVLOWAT``): on a thin link a
 wake per arriving packet, with its ``poll``, ``recv`` and a turn at the GIL, cost more CPU
 than the bytes themselves; one per buffer does not."""
+
+READER_BUFFER: Final = io.DEFAULT_BUFFER_SIZE
+"""What ``http.client``'s buffered reader may hold of a body beyond what it has returned."""
 
 FailureKind = Literal["missing", "busy", "spread", "failed"]
 
@@ -119,9 +123,10 @@ class ParentClient:
         sock = _socket_of(resp)
         try:
             while done < length:
-                # Wait for a whole buffer only while that much is still to come: a read
-                # never asks for more than a buffer, so it cannot wait past the body's end.
-                _wake_at(sock, WAKE_AT if length - done >= CHUNK else 1)
+                # Wait for a whole buffer only while the socket still has that much to
+                # come: ``poll`` honours the mark whatever the read asks for, and up to a
+                # reader's buffer of the body may already sit above the socket.
+                _wake_at(sock, WAKE_AT if length - done >= WAKE_AT + READER_BUFFER else 1)
                 n = resp.readinto(buf[: min(CHUNK, length - done)])
                 if n == 0:
                     raise PieceError("failed", f"parent closed the connection after {done} "

@@ -63,18 +63,19 @@ def fetches(actions: list[Action]) -> list[tuple[int, str]]:
     return [(a.piece, a.parent) for a in actions if isinstance(a, Fetch)]
 
 
-def test_a_child_asks_every_parent_for_a_window_of_different_pieces() -> None:
+def test_a_child_asks_every_parent_for_a_different_piece() -> None:
     b = book()
     asked = fetches(decide(b, assigned(parent(SEED), parent("p1"), parent("p2")), 0.0))
-    assert len(asked) == 6  # a window of 2 per parent
-    assert len({piece for piece, _ in asked}) == 6
+    assert len(asked) == 3  # one request in flight per parent
+    assert len({piece for piece, _ in asked}) == 3
     assert sorted({who for _, who in asked}) == ["p1", "p2", SEED]
 
 
 def test_rarest_pieces_first() -> None:
     b = book()
     asked = fetches(decide(b, assigned(parent(SEED), parent("p1", [0, 1, 2, 3, 4, 5])), 0.0))
-    assert {piece for piece, who in asked if who == SEED} == {6, 7}  # only the seed has them
+    from_seed = [piece for piece, who in asked if who == SEED]
+    assert len(from_seed) == 1 and from_seed[0] in {6, 7}  # only the seed has them
 
 
 def test_a_piece_without_a_source_digest_is_never_asked_for() -> None:
