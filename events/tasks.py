@@ -109,7 +109,9 @@ class PieceFinished(Event, frozen=True, kw_only=True, tag="peer.piece_finished.v
 
 class FinishedPiece(msgspec.Struct, frozen=True, array_like=True):
     """One piece of a ``PiecesFinished``, as a JSON array: ``[piece, length, digest,
-    parent_id, cost_ms]`` (what a ``PieceFinished`` says, without the envelope)."""
+    parent_id, cost_ms]`` (what a ``PieceFinished`` says, without the envelope). A piece
+    from a parent carries no digest: only a source peer's digests count, and the child
+    checked the bytes against them."""
 
     piece: Piece
     length: PieceLength

@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                                                     "$DAMSELFLY_CLUSTER_SECRET)")
     d.add_argument("--upload-limit", type=int, default=50,
                    help="children the scheduler may give this host's peers at once")
-    d.add_argument("--upload-slots", type=int, default=8,
+    d.add_argument("--upload-slots", type=int, default=4,
                    help="piece responses sent at once; more requests wait their turn")
     d.add_argument("--no-wire-compression", dest="compress", action="store_false",
                    help="never send pieces zstd-compressed (by default a task whose bytes "

@@ -67,7 +67,7 @@ class DaemonConfig:
     location: str = ""
     ready_file: Path | None = None
     upload_limit: int = 50
-    upload_slots: int = 8
+    upload_slots: int = 4
     spread: float = 1.0
     upload_rate: float = 0.0
     compress: bool = True  # zstd on the wire for children that accept it (wire.py)

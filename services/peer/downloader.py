@@ -539,8 +539,10 @@ class Download:
                 self.bytes_from_peers += length
                 self.ctx.stats.fetched("peers", length)
                 assert self._pieces is not None
-                self._pieces.add(FinishedPiece(action.piece, length, action.digest,
-                                               action.parent, action.cost_ms))
+                # No digest: only a source peer's count, and every follower has the
+                # source's already (a third of each report that every follower received).
+                self._pieces.add(FinishedPiece(action.piece, length, "", action.parent,
+                                               round(action.cost_ms, 1)))
             case Reject():
                 self.ctx.stats.pieces_corrupt += action.corrupt
                 tg.start_soon(self.ctx.publish, PieceFailed(

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import io
-import socket
 import threading
 from typing import Final, Literal
 from urllib.parse import urlsplit
 
+from damselfly.services.peer.bodyread import read_body
 from damselfly.services.peer.storage import DiskFullError, TaskFile
 from damselfly.services.peer.upload import OFFER_HEADER
 from damselfly.services.peer.wire import ENCODING, Expanded
@@ -21,14 +20,6 @@ from damselfly.services.peer.wire import ENCODING, Expanded
 CHUNK: Final = 1 << 16
 """Small enough that the buffer stays in the CPU cache between recv, hash and write: with
 1 MiB buffers the child spent twice the CPU per byte (measured with bench_peer)."""
-
-WAKE_AT: Final = CHUNK
-"""The body bytes a worker waits for before it wakes (``SO_RCVLOWAT``): on a thin link a
-wake per arriving packet, with its ``poll``, ``recv`` and a turn at the GIL, cost more CPU
-than the bytes themselves; one per buffer does not."""
-
-READER_BUFFER: Final = io.DEFAULT_BUFFER_SIZE
-"""What ``http.client``'s buffered reader may hold of a body beyond what it has returned."""
 
 FailureKind = Literal["missing", "busy", "spread", "failed"]
 
@@ -120,22 +111,14 @@ class ParentClient:
             return self._receive_compressed(resp, offset, length, tf, buf)
         digest = hashlib.sha256()
         done = 0
-        sock = _socket_of(resp)
-        try:
-            while done < length:
-                # Wait for a whole buffer only while the socket still has that much to
-                # come: ``poll`` honours the mark whatever the read asks for, and up to a
-                # reader's buffer of the body may already sit above the socket.
-                _wake_at(sock, WAKE_AT if length - done >= WAKE_AT + READER_BUFFER else 1)
-                n = resp.readinto(buf[: min(CHUNK, length - done)])
-                if n == 0:
-                    raise PieceError("failed", f"parent closed the connection after {done} "
-                                               f"of {length} bytes")
-                digest.update(buf[:n])
-                tf.write(offset + done, buf[:n])
-                done += n
-        finally:
-            _wake_at(sock, 1)  # the next response's headers may be smaller than a buffer
+        while done < length:
+            n = read_body(resp, buf[: min(CHUNK, length - done)])
+            if n == 0:
+                raise PieceError("failed", f"parent closed the connection after {done} "
+                                           f"of {length} bytes")
+            digest.update(buf[:n])
+            tf.write(offset + done, buf[:n])
+            done += n
         return f"sha256:{digest.hexdigest()}"
 
     @staticmethod
@@ -161,13 +144,3 @@ class ParentClient:
                                        "bytes")
         return f"sha256:{digest.hexdigest()}"
 
-
-def _socket_of(resp: http.client.HTTPResponse) -> socket.socket | None:
-    raw = getattr(resp.fp, "raw", None)
-    sock = getattr(raw, "_sock", None)
-    return sock if isinstance(sock, socket.socket) else None
-
-
-def _wake_at(sock: socket.socket | None, nbytes: int) -> None:
-    if sock is not None and sock.fileno() >= 0:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, nbytes)

@@ -16,6 +16,7 @@ from typing import Final, Protocol
 from urllib.parse import unquote, urljoin, urlsplit
 
 from damselfly.events.secrets import public_headers
+from damselfly.services.peer.bodyread import read_body
 
 MAX_REDIRECTS: Final = 5
 _CONTENT_RANGE: Final = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -63,7 +64,7 @@ class _HttpStream:
 
     def readinto(self, buf: memoryview) -> int:
         try:
-            return self._resp.readinto(buf)
+            return read_body(self._resp, buf)
         except (OSError, http.client.HTTPException) as exc:
             raise SourceError(f"reading {self._url} failed: {exc!r}", transient=True) from exc
 

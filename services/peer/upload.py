@@ -66,7 +66,10 @@ class SentPieces:
     was delivered before. ``offer`` names pieces the child would be given at once: first
     copies when there are any. A seed that stops handing out first copies (nobody asks for
     the ones left) serves second copies again after ``spread`` seconds, so no child waits
-    on a piece whose only receiver left."""
+    on a piece whose only receiver left. Once the seed holds the whole task and every piece
+    has gone out once (the endgame), nothing is refused: there is nothing left to hand out
+    first, and refusing would leave the seed's uplink idle while children wait for each
+    other's copies of the last pieces."""
 
     def __init__(self, spread: float, keep: int = 1 << 16, stuck: float = 30.0,
                  rng: random.Random | None = None) -> None:
@@ -79,9 +82,11 @@ class SentPieces:
         self._copies = 0  # pieces in _copied
         self._first_taken: dict[str, float] = {}  # task: when a first copy last went out
 
-    def take(self, task_id: str, piece: int, child: str, now: float) -> bool:
-        """Whether ``child`` may have ``piece`` now; if so it is recorded as going to it."""
-        if self.spread <= 0:
+    def take(self, task_id: str, piece: int, child: str, now: float, *,
+             whole: int = 0) -> bool:
+        """Whether ``child`` may have ``piece`` now; if so it is recorded as going to it.
+        ``whole``: the task's piece count when this seed holds every piece, else 0."""
+        if self.spread <= 0 or 0 < whole <= len(self._copied.get(task_id, ())):
             return True
         last = self._last.get((task_id, piece))
         if last is not None and last[0] != child and self._fresh(last, now):
@@ -219,7 +224,8 @@ def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploa
         if start >= stop or not held:
             return refuse(416, "range not held", **{"Content-Range": f"bytes */{size}"})
         piece, now = start // pl, time.monotonic()
-        if not sent.take(task_id, piece, request.remote or "", now):
+        whole = tf.piece_count if tf.complete else 0
+        if not sent.take(task_id, piece, request.remote or "", now, whole=whole):
             offer = sent.offer(task_id, tf.bitmap.held(), now)
             return refuse(429, "piece sent to another peer: fetch it from the peers",
                           **{"Retry-After": f"{spread:g}",

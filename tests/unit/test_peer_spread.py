@@ -75,3 +75,16 @@ def test_a_refused_child_is_offered_first_copies_else_what_it_may_have() -> None
     assert sent.offer("t", [0, 1, 2], now=0.3) == []  # all just sent: nothing for now
     assert sorted(sent.offer("t", [0, 1, 2], now=5.0)) == [0, 1, 2]
     assert len(sent.offer("t", list(range(100)), now=5.0, n=4)) == 4
+
+
+def test_in_the_endgame_a_seed_serves_every_ask() -> None:
+    sent = SentPieces(spread=1.0)
+    for piece in range(2):
+        assert sent.take("t", piece, "child-a", now=0.0, whole=0)
+        sent.sent("t", piece, now=0.2)
+    assert not sent.take("t", 0, "child-b", now=0.3, whole=0)  # still receiving the task
+    assert not sent.take("t", 0, "child-b", now=0.3, whole=3)  # piece 2 never went out
+    assert sent.take("t", 2, "child-a", now=0.3, whole=3)
+    sent.sent("t", 2, now=0.4)
+    assert sent.take("t", 0, "child-b", now=0.5, whole=3)  # all out once: nothing to keep
+    assert sent.take("t", 2, "child-c", now=0.5, whole=3)
