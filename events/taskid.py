@@ -7,10 +7,11 @@ from collections.abc import Iterable
 from typing import Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-MIN_PIECE: Final = 512 << 10
+MIN_PIECE: Final = 256 << 10
 """Dragonfly's floor is 4 MiB; a 64 MiB file then has 16 pieces and for the first piece-times
-no child has anything to give another (issue 16). 512 KiB gives it 128, each one hop of
-62 ms on an 8 MiB/s link (256 KiB cost twice the CPU per piece)."""
+no child has anything to give another (issue 16). 256 KiB gives it 256, each one hop of
+31 ms on an 8 MiB/s link; a piece reaches the last of 10 children in half the time it took
+with 512 KiB (docs/protocol.md, "Piece length")."""
 MAX_PIECE: Final = 64 << 20
 TARGET_PIECES: Final = 500
 
@@ -42,7 +43,7 @@ def task_id(url: str, *, tag: str = "", application: str = "", piece_length: int
 
 def piece_length_for(content_length: int, requested: int = 0) -> int:
     """The requested length, else the next power of two of length/500 clamped to
-    512 KiB–64 MiB."""
+    256 KiB–64 MiB."""
     if requested > 0:
         return requested
     wanted = max(1, content_length // TARGET_PIECES)

@@ -121,9 +121,13 @@ Input = (ParentsAssigned | PeerQueued | PieceFinished | PiecesFinished | TaskMet
 # ---- actions for the shell ----------------------------------------------------------------
 @dataclass(frozen=True)
 class Fetch:
+    """Ask ``parent`` for ``piece``; ``holders``: how many of this child's parents hold it
+    (the parent serves the rarest first)."""
+
     piece: int
     parent: str
     upload_url: str
+    holders: int = 1
 
 
 @dataclass(frozen=True)
@@ -333,7 +337,8 @@ def _plan(book: Book, now: float) -> list[Action]:
     fetches: list[Action] = []
     for piece, parent in chosen:
         book.in_flight[piece] = parent
-        fetches.append(Fetch(piece, parent, book.parents[parent].upload_url))
+        holders = sum(piece in held for held in usable.values())
+        fetches.append(Fetch(piece, parent, book.parents[parent].upload_url, holders))
     return fetches
 
 

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from damselfly.services.peer.bodyread import read_body
 from damselfly.services.peer.storage import DiskFullError, TaskFile
-from damselfly.services.peer.upload import OFFER_HEADER
+from damselfly.services.peer.upload import HOLDERS_HEADER, OFFER_HEADER
 from damselfly.services.peer.wire import ENCODING, Expanded
 
 CHUNK: Final = 1 << 16
@@ -54,13 +54,16 @@ class ParentClient:
             conn.close()
 
     def fetch(self, upload_url: str, task_id: str, token: str, offset: int, length: int,
-              tf: TaskFile) -> str:
+              tf: TaskFile, holders: int = 1) -> str:
         """Write bytes ``[offset, offset+length)`` from the parent into ``tf``; return their
-        ``sha256:<hex>``. Raises ``PieceError``, or ``DiskFullError`` when the disk is full."""
+        ``sha256:<hex>``. ``holders``: how many parents this child knows to hold them (the
+        parent serves the rarest first). Raises ``PieceError``, or ``DiskFullError`` when
+        the disk is full."""
         parts = urlsplit(upload_url)
         path = f"{parts.path.rstrip('/')}/v1/tasks/{task_id}/content"
         headers = {"Range": f"bytes={offset}-{offset + length - 1}",
-                   "Authorization": f"Bearer {token}", "Accept-Encoding": ENCODING}
+                   "Authorization": f"Bearer {token}", "Accept-Encoding": ENCODING,
+                   HOLDERS_HEADER: str(holders)}
         for attempt in range(2):
             conn = self._connection(parts.netloc)
             reused = conn.sock is not None

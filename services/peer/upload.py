@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
 import hmac
+import itertools
 import random
 import time
 from collections.abc import Callable
@@ -26,6 +28,10 @@ from damselfly.services.peer.wire import Compressibility, accepts, send_compress
 
 OFFER_HEADER: Final = "X-Damselfly-Offer"
 """On a seed's 429: the pieces (comma-separated numbers) it would send this child now."""
+HOLDERS_HEADER: Final = "X-Damselfly-Holders"
+"""On a request: how many parents the child knows to hold the piece (rarest served first)."""
+UNRANKED: Final = 1 << 20
+"""The rank of a request without ``HOLDERS_HEADER`` (a plain client): after the swarm's."""
 
 
 def mint_token(secret: str, task_id: str) -> str:
@@ -53,6 +59,42 @@ class Pacer:
             return None
         self._free_at = start + nbytes / self.rate
         return start - now
+
+
+class Slots:
+    """``size`` upload slots. A request that finds none free waits, and a freed slot goes
+    to the waiting request with the lowest ``rank`` (the fewest holders its child knows of),
+    first come first served among equals: a piece this parent has just received reaches
+    the children that can get it nowhere else before the ones they could have from anyone,
+    instead of queueing behind them (each queued transfer cost the swarm a piece-time per
+    hop)."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
+
+    async def acquire(self, rank: int) -> None:
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (rank, next(self._arrivals), turn))
+        try:
+            await turn
+        except BaseException:
+            if turn.done() and not turn.cancelled():
+                self.release()  # handed a slot just as it gave up: pass it on
+            turn.cancel()  # left in the heap, skipped when its turn comes
+            raise
+
+    def release(self) -> None:
+        while self._waiting:
+            turn = heapq.heappop(self._waiting)[2]
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._free += 1
 
 
 class SentPieces:
@@ -154,6 +196,13 @@ class SentPieces:
         return len(self._last) + self._copies
 
 
+def _rank(request: web.Request) -> int:
+    try:
+        return max(0, int(request.headers.get(HOLDERS_HEADER, UNRANKED)))
+    except ValueError:
+        return UNRANKED
+
+
 async def _sendfile(request: web.Request, tf: TaskFile, start: int, stop: int
                     ) -> web.StreamResponse:
     """Bytes ``[start, stop)`` of the task by sendfile from the task's own open file (a
@@ -178,11 +227,11 @@ async def _sendfile(request: web.Request, tf: TaskFile, start: int, stop: int
     return response
 
 
-def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploads: int = 8,
+def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploads: int = 4,
                rate_limit: float = 0.0, max_queue_wait: float = 2.0, max_slot_wait: float = 5.0,
                spread: float = 0.0, compress: bool = True) -> web.Application:
     """The piece server. At most ``max_uploads`` responses are sent at once; more requests
-    wait their turn, first come first served, for up to ``max_slot_wait`` seconds (well
+    wait their turn, rarest piece first (``Slots``), for up to ``max_slot_wait`` seconds (well
     inside a child's 10 s socket timeout) and then get 503 (so a piece a child waits for
     finishes at the full share of this uplink rather than crawling beside 50 others, and a
     queue never becomes a storm of retries). Under a rate limit a request that would wait
@@ -199,7 +248,7 @@ def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploa
     compressed (``wire.py``); every other answer goes out by sendfile."""
     pacer = Pacer(rate_limit)
     squeezable = Compressibility()
-    slots = asyncio.Semaphore(max_uploads)
+    slots = Slots(max_uploads)
     sent = SentPieces(spread)
 
     def refuse(status: int, reason: str, **headers: str) -> web.Response:
@@ -243,7 +292,7 @@ def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploa
         nbytes = stop - start
         try:
             async with asyncio.timeout(max_slot_wait):  # no task per request, as wait_for made
-                await slots.acquire()
+                await slots.acquire(_rank(request))
         except TimeoutError:
             return refuse(503, "too many uploads", **{"Retry-After": "1"})
         try:
