@@ -12,12 +12,14 @@ import msgspec
 
 from damselfly.events.base import Event
 from damselfly.events.fields import (
+    MAX_BATCH,
     MAX_LIST,
     Bitmap,
     ContentLength,
     Digests,
     EventId,
     Headers,
+    Piece,
     PieceLength,
     TaskId,
     Text,
@@ -108,6 +110,28 @@ class ScheduleFailed(Event, frozen=True, kw_only=True, tag="sched.schedule_faile
     reason: str
 
 
+class HeldPieces(msgspec.Struct, frozen=True, array_like=True):
+    """One holder's new pieces in a ``HoldingsRelayed``, as a JSON array ``[peer_id,
+    pieces, digests]``; ``digests`` (aligned with ``pieces``) only from a source peer."""
+
+    peer_id: Token
+    pieces: Annotated[list[Piece], msgspec.Meta(max_length=MAX_BATCH)]
+    digests: Digests = msgspec.field(default_factory=list)
+
+
+class HoldingsRelayed(Event, frozen=True, kw_only=True, tag="sched.holdings_relayed.v1"):
+    """The pieces this peer's parents (and the task's source peers) reported since the last
+    relay, gathered by the scheduler, which folds every report anyway: one event per child
+    every ``relay.EVERY`` seconds instead of every parent's every report to every child
+    that follows it. Not a decision: made on a timer, so replay leaves it out."""
+
+    cluster: Token
+    task_id: TaskId
+    peer_id: Token
+    holders: Annotated[list[HeldPieces], msgspec.Meta(max_length=MAX_LIST)]
+
+
 SchedEvent = (
     ParentsAssigned | BackToSourceOrdered | SeedPeerTriggered | PeerQueued | ScheduleFailed
+    | HoldingsRelayed
 )

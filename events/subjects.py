@@ -44,6 +44,7 @@ from damselfly.events.jobs import (
 )
 from damselfly.events.sched import (
     BackToSourceOrdered,
+    HoldingsRelayed,
     ParentsAssigned,
     PeerQueued,
     ScheduleFailed,
@@ -173,7 +174,8 @@ def subject_for(event: Event) -> str:
               | PieceFinished() | PiecesFinished() | PieceFailed() | PeerSucceeded()
               | PeerFailed() | PeerLeft() | RescheduleRequested()):
             return task_subject(event.cluster, event.task_id, event.peer_id, _name(event))
-        case ParentsAssigned() | BackToSourceOrdered() | PeerQueued() | ScheduleFailed():
+        case (ParentsAssigned() | BackToSourceOrdered() | PeerQueued() | ScheduleFailed()
+              | HoldingsRelayed()):
             return sched_subject(event.cluster, event.task_id, event.peer_id)
         case SeedPeerTriggered():
             return sched_subject(event.cluster, event.task_id, event.host_id)

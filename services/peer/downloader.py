@@ -9,7 +9,6 @@ task file in worker threads, so memory stays flat and the event loop stays free.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hashlib
 import logging
 import threading
@@ -26,7 +25,6 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from damselfly.events.base import Event
 from damselfly.events.bus import Publisher
@@ -35,12 +33,13 @@ from damselfly.events.fields import MAX_BATCH
 from damselfly.events.ids import new_id
 from damselfly.events.sched import (
     BackToSourceOrdered,
+    HoldingsRelayed,
     ParentsAssigned,
     PeerQueued,
     ScheduleFailed,
 )
 from damselfly.events.secrets import public_headers, public_url
-from damselfly.events.subjects import partition, sched_subject, task_filter
+from damselfly.events.subjects import sched_subject
 from damselfly.events.taskid import piece_length_for, piece_range
 from damselfly.events.tasks import (
     BackToSourceStarted,
@@ -51,7 +50,6 @@ from damselfly.events.tasks import (
     PeerStarted,
     PeerSucceeded,
     PieceFailed,
-    PieceFinished,
     PiecesFinished,
     RescheduleRequested,
     TaskMetadataReported,
@@ -87,14 +85,10 @@ from damselfly.services.peer.upload import mint_token
 log = logging.getLogger("damselfly.peer")
 
 CHUNK: Final = 1 << 16
-# A followed parent's events are replayed from this long before the decision that named it
-# (clocks differ between hosts; a report missed here costs a choice, never bytes).
-FOLLOW_MARGIN: Final = 2.0
 IMPORTED: Final = "imported a local file"
 """The ``straight_to_source`` reason of an import, the one download that may read a file."""
 Decision = ParentsAssigned | BackToSourceOrdered | ScheduleFailed
-Inbound = Decision | PeerQueued | PiecesFinished | PieceFinished | TaskMetadataReported \
-    | PeerLeft | PeerFailed | Fetched | Refused
+Inbound = Decision | PeerQueued | HoldingsRelayed | Fetched | Refused
 
 
 class _Ids(TypedDict):
@@ -172,11 +166,10 @@ class Download:
         self._scope = anyio.CancelScope()
         self._stop = threading.Event()
         self._started = time.monotonic()
-        # Decisions, followed parents' events and fetch outcomes, in arrival order.
+        # Decisions, relayed holdings and fetch outcomes, in arrival order.
         self._inbox: asyncio.Queue[Inbound] = asyncio.Queue()
         self._book = Book(self.peer_id, ctx.settings)
         self._subs: list[Subscription] = []
-        self._followed: set[str] = set()
         self._pieces: PieceReports | None = None  # while fetching (from parents or origin)
 
     # ---- life cycle -------------------------------------------------------------------
@@ -346,8 +339,8 @@ class Download:
         except EventDecodeError as exc:
             log.warning("undecodable decision on %s: %s", msg.subject, exc)
             return
-        if isinstance(event, ParentsAssigned | BackToSourceOrdered | ScheduleFailed | PeerQueued) \
-                and event.peer_id == self.peer_id:
+        if isinstance(event, ParentsAssigned | BackToSourceOrdered | ScheduleFailed | PeerQueued
+                      | HoldingsRelayed) and event.peer_id == self.peer_id:
             self._inbox.put_nowait(event)
 
     async def _next_decision(self) -> Decision | None:
@@ -506,10 +499,6 @@ class Download:
                         if item is not decision:
                             await self._adopt(item)
                         event = item
-                    case TaskMetadataReported() if item.peer_id in book.source_peers:
-                        if not tf.shaped and item.content_length >= 0:
-                            await self._shape(item.content_length, item.piece_length)
-                        event = item
                     case _:
                         event = item
                 if tf.shaped and not book.piece_count:
@@ -553,38 +542,10 @@ class Download:
                     **self._ids(), blocklist=list(action.blocklist), reason=action.reason))
 
     async def _adopt(self, decision: ParentsAssigned) -> None:
-        """Take the task's geometry from the decision and follow the parents it names."""
-        tf = self.tf
-        assert tf is not None
+        """Take the task's geometry from the decision (the scheduler assigns parents only
+        once the task's size is known; what they hold next, it relays)."""
         if decision.content_length >= 0 and decision.piece_length > 0:
             await self._shape(decision.content_length, decision.piece_length)
-        since = dt.datetime.fromtimestamp(decision.at - FOLLOW_MARGIN, dt.UTC)
-        for peer in {p.peer_id for p in decision.parents} | set(decision.source_peers):
-            if peer != self.peer_id:
-                await self._follow(peer, since)
-
-    async def _follow(self, peer_id: str, since: dt.datetime) -> None:
-        """Follow one peer's events of this task (never the whole task's) from ``since``:
-        what it held before is in the decision's bitmap and digests, so replaying all its
-        history would only repeat them (NATS would deliver every child every parent's
-        every piece report, the largest share of control traffic in a swarm)."""
-        if peer_id in self._followed:
-            return
-        self._followed.add(peer_id)
-        subject = task_filter(self.ctx.cluster, partition(self.task_id), self.task_id, peer_id,
-                              ">")
-        self._subs.append(await self.ctx.js.subscribe(
-            subject, cb=self._on_peer_event, ordered_consumer=True, config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since)))
-
-    async def _on_peer_event(self, msg: Msg) -> None:
-        try:
-            event = decode_delivered(msg.subject, msg.data)
-        except EventDecodeError:
-            return
-        if isinstance(event, PiecesFinished | PieceFinished | TaskMetadataReported | PeerLeft
-                      | PeerFailed):
-            self._inbox.put_nowait(event)
 
     async def _fetch(self, tf: TaskFile, fetch: Fetch) -> None:
         """One request; its outcome goes to the inbox (bytes land in the task file first)."""

@@ -3,11 +3,10 @@ each answer, and when it asks the scheduler for other parents.
 
 ``decide(book, event, now)`` folds one input into the ``Book`` and returns the actions the
 shell (``downloader.py``) carries out. Inputs are the scheduler's decisions
-(``ParentsAssigned``, ``PeerQueued``), the followed parents' events (``PiecesFinished``,
-the older ``PieceFinished``, ``TaskMetadataReported``, ``PeerLeft``, ``PeerFailed``) and the
-shell's own facts: ``Shaped`` (the task file's geometry is known), ``Fetched`` and
-``Refused`` (a request's outcome), ``Stopping`` (a decision other than parents arrived)
-and ``Tick`` (time passed).
+(``ParentsAssigned``, ``PeerQueued``), the parents' new pieces the scheduler relays
+(``HoldingsRelayed``, with the source peers' digests) and the shell's own facts:
+``Shaped`` (the task file's geometry is known), ``Fetched`` and ``Refused`` (a request's
+outcome), ``Stopping`` (a decision other than parents arrived) and ``Tick`` (time passed).
 
 The rules (``docs/protocol.md``, "How pieces move"):
 - rarest piece first among the parents that may be asked, in this child's own random
@@ -32,17 +31,14 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from damselfly.events.sched import ParentInfo, ParentsAssigned, PeerQueued
-from damselfly.events.tasks import (
-    FinishedPiece,
-    PeerFailed,
-    PeerLeft,
-    PieceFinished,
-    PiecesFinished,
-    TaskMetadataReported,
+from damselfly.events.sched import (
+    HeldPieces,
+    HoldingsRelayed,
+    ParentInfo,
+    ParentsAssigned,
+    PeerQueued,
 )
 from damselfly.services.peer.bitmap import Bitmap
 from damselfly.services.peer.planner import choose_pieces
@@ -114,8 +110,8 @@ class Tick:
     """Time passed."""
 
 
-Input = (ParentsAssigned | PeerQueued | PieceFinished | PiecesFinished | TaskMetadataReported
-         | PeerLeft | PeerFailed | Shaped | Fetched | Refused | Stopping | Tick)
+Input = (ParentsAssigned | PeerQueued | HoldingsRelayed | Shaped | Fetched | Refused | Stopping
+         | Tick)
 
 
 # ---- actions for the shell ----------------------------------------------------------------
@@ -210,16 +206,10 @@ def decide(book: Book, event: Input, now: float) -> list[Action]:
             book.active, book.answer_by, book.last_progress = True, None, now
         case PeerQueued():
             book.queued, book.answer_by = True, now + book.settings.queue_timeout
-        case PieceFinished():
-            if not _parent_holds(book, event.peer_id, [event], now):
+        case HoldingsRelayed():
+            useful = [_parent_holds(book, held, now) for held in event.holders]
+            if not any(useful):
                 return []  # planning again could not start anything: save the CPU
-        case PiecesFinished():
-            if not _parent_holds(book, event.peer_id, event.pieces, now):
-                return []
-        case TaskMetadataReported() if event.peer_id in book.source_peers:
-            _learn_digests(book, event.piece_digests)
-        case PeerLeft() | PeerFailed() if event.peer_id in book.parents:
-            book.holdings[event.peer_id] = set()
         case Fetched():
             book.in_flight.pop(event.piece, None)
             actions.append(_received(book, event, now))
@@ -263,20 +253,17 @@ def _adopt(book: Book, decision: ParentsAssigned) -> None:
             held.update(Bitmap(book.piece_count, p.bitmap).held())
 
 
-def _parent_holds(book: Book, peer_id: str, pieces: Sequence[PieceFinished | FinishedPiece],
-                  now: float) -> bool:
-    """Learn that a followed peer holds ``pieces`` (and, from a source, their digests);
-    whether any of them could become a request right away."""
-    held = book.holdings.setdefault(peer_id, set())
-    source = peer_id in book.source_peers
-    useful = False
-    for p in pieces:
-        held.add(p.piece)
-        if source and not p.parent_id and p.digest:
-            book.digests.setdefault(p.piece, p.digest)
-        useful = useful or _could_ask(book, peer_id, p.piece)
+def _parent_holds(book: Book, relayed: HeldPieces, now: float) -> bool:
+    """Learn that a peer holds more pieces (and, from a source, their digests); whether any
+    of them could become a request right away."""
+    held = book.holdings.setdefault(relayed.peer_id, set())
+    if relayed.peer_id in book.source_peers:
+        for piece, digest in zip(relayed.pieces, relayed.digests, strict=False):
+            if digest:
+                book.digests.setdefault(piece, digest)
+    held.update(relayed.pieces)
     book.last_progress = now
-    return useful
+    return any(_could_ask(book, relayed.peer_id, piece) for piece in relayed.pieces)
 
 
 def _could_ask(book: Book, parent: str, piece: int) -> bool:

@@ -21,6 +21,9 @@ class SchedulerMetrics:
                                      ["stream"], registry=self.registry)
         self.decisions = Counter("damselfly_scheduler_decisions",
                                  "Decisions published", registry=self.registry)
+        self.relays = Counter("damselfly_scheduler_relays",
+                              "Parents' piece reports relayed to their children (events)",
+                              registry=self.registry)
         self.decision_latency = Histogram(
             "damselfly_scheduler_decision_latency_seconds",
             "From an event's storing in its stream to the publishing of its decisions",

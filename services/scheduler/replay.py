@@ -18,6 +18,7 @@ from damselfly.events.config import DEFAULT_WEIGHTS
 from damselfly.events.log import LogRecord
 from damselfly.events.sched import (
     BackToSourceOrdered,
+    HoldingsRelayed,
     ParentsAssigned,
     ScheduleFailed,
     SeedPeerTriggered,
@@ -81,7 +82,8 @@ def replay(records: Iterable[LogRecord], cluster: str,
         if getattr(event, "cluster", cluster) != cluster:
             continue
         if record.stream == SCHED_STREAM:
-            result.recorded[event.id] = event
+            if not isinstance(event, HoldingsRelayed):  # made on a timer, not by a trigger
+                result.recorded[event.id] = event
         elif record.stream == TASKS_STREAM:
             _fold(states[partition(event.task_id)], record, result)  # type: ignore[union-attr]
         elif record.stream in _FOLDED_STREAMS:

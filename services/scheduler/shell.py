@@ -63,6 +63,7 @@ from damselfly.events.subjects import (
 from damselfly.services.scheduler import core
 from damselfly.services.scheduler.lease import Leases, Members, lease_key, open_bucket
 from damselfly.services.scheduler.metrics import SchedulerMetrics
+from damselfly.services.scheduler.relay import Relay
 
 log = logging.getLogger("damselfly.scheduler")
 
@@ -403,6 +404,7 @@ class PartitionWorker:
         self._stale_before = float("-inf")
         self._side: list[Logged] = []
         self._saved_seqs: dict[str, int] = {}
+        self._relay = Relay()
 
     @property
     def snapshot_key(self) -> str:
@@ -486,7 +488,9 @@ class PartitionWorker:
     async def round(self, tasks: LiveFeed, feeds: list[Feed | HostView], stop: Stop) -> None:
         """One fetch: fold task and side events in log order, then publish the decisions."""
         known = self._side[-1].key if self._side else None
-        items = await tasks.fetch(self._batch, self._poll)
+        relay_due = self._relay.due(time.monotonic())
+        items = await tasks.fetch(self._batch, self._poll if relay_due is None
+                                  else min(self._poll, relay_due))
         drained, failure = await _drain_together(feeds)
         for side in drained:
             bisect.insort(self._side, side)
@@ -504,6 +508,7 @@ class PartitionWorker:
         if horizon is not None:
             await self._fold_side(horizon, out, inclusive=True)
         await self._publish(out, stop)
+        await self._publish_relays()
 
     async def _fold_side(self, upto: Key, out: list[Event], *, inclusive: bool) -> None:
         n = 0
@@ -538,6 +543,7 @@ class PartitionWorker:
         decisions = core.step(self.state, item.event)
         if stored < self._stale_before:
             return []
+        self._relay.note(item.event)
         self._answering += [stored] * len(decisions)
         return decisions
 
@@ -559,6 +565,24 @@ class PartitionWorker:
                 self._log.warning("partition %d: publishing %d decisions failed (%s); retrying",
                                   self.part, len(out), exc)
                 await anyio.sleep(0.5)
+
+
+    async def _publish_relays(self) -> None:
+        """Relay the parents' new pieces to their children when a relay is due. A relay
+        that cannot go out is dropped, not retried: the next one, the decisions' bitmaps
+        and a child's stall timer cover what it would have said."""
+        relays = self._relay.flush(self.state, time.monotonic())
+        if not relays:
+            return
+        now = time.time()
+        try:
+            await self._publisher.publish_many(
+                msgspec.structs.replace(r, at=now) for r in relays)
+        except (TimeoutError, NatsError) as exc:
+            self._log.warning("partition %d: %d relays not published (%s)", self.part,
+                              len(relays), exc)
+            return
+        self._metrics.relays.inc(len(relays))
 
 
 async def _drain_together(feeds: list[Feed | HostView]

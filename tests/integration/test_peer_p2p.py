@@ -45,11 +45,13 @@ from tests.support.swarm import (
 pytestmark = pytest.mark.anyio
 PIECE = 32 << 10
 SIZE = 20 * PIECE + 99
+EVERYTHING = b"\xff" * 3  # the bitmap of a parent that holds all 21 pieces
 
 
 class ScriptedScheduler:
     """Answers every registration (and reschedule request) of a peer on a host in
-    ``rules`` with the parents that rule returns for it."""
+    ``rules`` with the parents that rule returns for it, with ``digests`` (as the real
+    scheduler gives a parent's bitmap and the source's digests; it relays nothing)."""
 
     def __init__(self, nc: Client, cluster: str) -> None:
         self.nc, self.cluster = nc, cluster
@@ -153,10 +155,10 @@ async def test_child_fetches_every_piece_from_its_parent(
                 daemon_in_process(child_cfg) as child:
             source = await download(str(parent["api_url"]), request)
             scheduler = (QueueingScheduler if queued else ScriptedScheduler)(nc, cluster)
-            scheduler.source_peers = [source["peer_id"]]  # digests come from its events
+            scheduler.digests, scheduler.source_peers = piece_digests(body), [source["peer_id"]]
             scheduler.rules[str(child["host_id"])] = lambda e: [ParentInfo(
                 peer_id=source["peer_id"], host_id=str(parent["host_id"]),
-                upload_url=str(parent["upload_url"]))]
+                upload_url=str(parent["upload_url"]), bitmap=EVERYTHING)]
             await scheduler.start()
             status = await download(str(child["api_url"]), request, tmp_path / "out.bin")
         events = await task_events(nc, cluster)
@@ -196,14 +198,13 @@ async def test_a_corrupt_parent_is_detected_reported_and_avoided(
         async with daemon_in_process(config(tmp_path, "parent", nats_url, cluster)) as parent, \
                 daemon_in_process(config(tmp_path, "child", nats_url, cluster)) as child:
             source = await download(str(parent["api_url"]), request)
-            everything = b"\xff" * 3
             scheduler = ScriptedScheduler(nc, cluster)
             scheduler.digests, scheduler.source_peers = piece_digests(body), [source["peer_id"]]
             scheduler.rules[str(child["host_id"])] = lambda e: [
                 ParentInfo(peer_id="liar-1", host_id="liar", upload_url=liar_url,
-                           bitmap=everything),
+                           bitmap=EVERYTHING),
                 ParentInfo(peer_id=source["peer_id"], host_id=str(parent["host_id"]),
-                           upload_url=str(parent["upload_url"]))]
+                           upload_url=str(parent["upload_url"]), bitmap=EVERYTHING)]
             await scheduler.start()
             status = await download(str(child["api_url"]), request, tmp_path / "out.bin")
         events = await task_events(nc, cluster)
@@ -239,11 +240,12 @@ async def test_a_parent_killed_mid_transfer_leaves_the_child_to_finish_from_othe
             await anyio.to_thread.run_sync(p.start)
         sources = [await download(str(p.endpoints["api_url"]), request) for p in parents]
         scheduler = ScriptedScheduler(nc, cluster)
+        scheduler.digests = piece_digests(body)
         scheduler.source_peers = [s["peer_id"] for s in sources]
         async with daemon_in_process(config(tmp_path, "child", nats_url, cluster)) as child:
             scheduler.rules[str(child["host_id"])] = lambda e: [
                 ParentInfo(peer_id=s["peer_id"], host_id=str(p.endpoints["host_id"]),
-                           upload_url=str(p.endpoints["upload_url"]))
+                           upload_url=str(p.endpoints["upload_url"]), bitmap=EVERYTHING)
                 for s, p in zip(sources, parents, strict=False)]
             await scheduler.start()
             doomed_peer = sources[0]["peer_id"]
@@ -293,14 +295,13 @@ async def test_stalled_parents_lead_to_a_reschedule_and_new_parents(
             source = await download(str(parent["api_url"]), request)
             scheduler = ScriptedScheduler(nc, cluster)
             scheduler.digests, scheduler.source_peers = piece_digests(body), [source["peer_id"]]
-            claims_all = b"\xff" * 3  # it claims every piece yet holds none (answers 404)
-
             def rule(event: PeerRegistered | RescheduleRequested) -> list[ParentInfo]:
                 if isinstance(event, PeerRegistered):
                     return [ParentInfo(peer_id="empty-1", host_id=str(empty["host_id"]),
-                                       upload_url=str(empty["upload_url"]), bitmap=claims_all)]
+                                       upload_url=str(empty["upload_url"]),
+                                       bitmap=EVERYTHING)]  # it holds none (answers 404)
                 return [ParentInfo(peer_id=source["peer_id"], host_id=str(parent["host_id"]),
-                                   upload_url=str(parent["upload_url"]))]
+                                   upload_url=str(parent["upload_url"]), bitmap=EVERYTHING)]
 
             scheduler.rules[str(child["host_id"])] = rule
             await scheduler.start()

@@ -17,9 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from damselfly.events.codec import EventDecodeError, decode
-from damselfly.events.sched import ParentsAssigned, PeerQueued
+from damselfly.events.sched import HoldingsRelayed, ParentsAssigned, PeerQueued
 from damselfly.events.subjects import subject_for
-from damselfly.events.tasks import PeerFailed, PeerLeft, PieceFinished, TaskMetadataReported
 from damselfly.projections import store
 from damselfly.services.peer.fetchbook import Book, Shaped, decide
 from damselfly.services.scheduler import core
@@ -126,8 +125,7 @@ def _scheduler_state() -> bytes:
 
 
 STATE = _scheduler_state()
-PEER_INPUTS = (ParentsAssigned, PeerQueued, PieceFinished, TaskMetadataReported, PeerLeft,
-               PeerFailed)
+PEER_INPUTS = (ParentsAssigned, PeerQueued, HoldingsRelayed)
 SEQ = itertools.count(1)
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from damselfly.events.sched import ParentInfo, ParentsAssigned, PeerQueued
-from damselfly.events.tasks import (
-    FinishedPiece,
-    PeerLeft,
-    PieceFinished,
-    PiecesFinished,
-    TaskMetadataReported,
+from damselfly.events.sched import (
+    HeldPieces,
+    HoldingsRelayed,
+    ParentInfo,
+    ParentsAssigned,
+    PeerQueued,
 )
 from damselfly.services.peer.bitmap import Bitmap
 from damselfly.services.peer.fetchbook import (
@@ -48,9 +47,12 @@ def assigned(*parents: ParentInfo, digests: list[str] = DIGESTS) -> ParentsAssig
                            piece_digests=digests, source_peers=[SEED])
 
 
-def finished(peer_id: str, piece: int, parent_id: str = "x") -> PieceFinished:
-    return PieceFinished(id=f"{peer_id}-{piece}", cluster="c", task_id="t", peer_id=peer_id,
-                         piece=piece, length=1, digest=DIGESTS[piece], parent_id=parent_id)
+def relayed(*holders: HeldPieces) -> HoldingsRelayed:
+    return HoldingsRelayed(id="h", cluster="c", task_id="t", peer_id="me", holders=list(holders))
+
+
+def finished(peer_id: str, piece: int) -> HoldingsRelayed:
+    return relayed(HeldPieces(peer_id, [piece]))
 
 
 def book(settings: Settings | None = None) -> Book:
@@ -84,9 +86,7 @@ def test_a_piece_without_a_source_digest_is_never_asked_for() -> None:
     decision = ParentsAssigned(**{f: getattr(decision, f) for f in decision.__struct_fields__
                                   if f not in ("piece_digests", "source_peers")})
     assert fetches(decide(b, decision, 0.0)) == []
-    decide(b, TaskMetadataReported(id="m", cluster="c", task_id="t", peer_id=SEED,
-                                   content_length=PIECES, piece_length=1, piece_count=PIECES,
-                                   piece_digests=DIGESTS),
+    decide(b, relayed(HeldPieces(SEED, list(range(PIECES)), DIGESTS)),
            0.1)  # not a source peer of this child: no authority
     assert fetches(decide(b, Tick(), 0.2)) == []
 
@@ -186,25 +186,22 @@ def test_pieces_a_parent_reports_later_are_asked_for() -> None:
     assert fetches(decide(b, finished("p1", 3), 0.5)) == [(3, "p1")]
 
 
-def test_a_batch_of_piece_reports_counts_as_each_of_its_pieces() -> None:
+def test_a_relay_counts_each_holders_pieces_and_only_a_sources_digests() -> None:
     b = book(Settings(concurrency=8, per_parent=8))
     decide(b, assigned(parent("p1", []), digests=DIGESTS[:6]), 0.0)
-    report = PiecesFinished(id="b", cluster="c", task_id="t", peer_id="p1", pieces=[
-        FinishedPiece(1, 1, "", "x", 3.0), FinishedPiece(5, 1, "", "x", 2.0)])
-    assert sorted(fetches(decide(b, report, 0.1))) == [(1, "p1"), (5, "p1")]
+    relay = relayed(HeldPieces("p1", [1, 5], ["sha256:" + "f" * 64, ""]),
+                    HeldPieces(SEED, [6, 7], ["sha256:" + "e" * 64, ""]))
+    assert sorted(fetches(decide(b, relay, 0.1))) == [(1, "p1"), (5, "p1")]
     # From a source, the pieces' digests are learnt (from anyone else they are not).
-    from_seed = PiecesFinished(id="s", cluster="c", task_id="t", peer_id=SEED, pieces=[
-        FinishedPiece(6, 1, "sha256:" + "e" * 64), FinishedPiece(7, 1, "")])
-    decide(b, from_seed, 0.2)
     assert b.digests.get(6) == "sha256:" + "e" * 64 and 7 not in b.digests
+    assert b.digests[1] == DIGESTS[1]
     assert b.holdings[SEED] >= {6, 7}
 
 
-def test_a_parent_that_left_is_not_asked() -> None:
+def test_pieces_of_a_peer_that_is_no_parent_are_not_asked_for() -> None:
     b = book()
     decide(b, assigned(parent("p1", [])), 0.0)
-    decide(b, PeerLeft(id="l", cluster="c", task_id="t", peer_id="p1"), 0.1)
-    assert fetches(decide(b, finished(SEED, 2, parent_id=""), 0.2)) == []
+    assert fetches(decide(b, finished(SEED, 2), 0.2)) == []
 
 
 def test_stalled_parents_bring_one_reschedule_then_back_to_source() -> None:
