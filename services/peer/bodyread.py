@@ -7,6 +7,10 @@ when a whole buffer has arrived — but ``poll`` honours that mark whatever the 
 so it is set only while the socket still has at least that much of the body to come (up to
 the buffered reader's 8 KiB may already sit above the socket), and is back to 1 before the
 body ends, so the next response's headers on a kept-alive connection are read as they come.
+Only where segments are small (a real link's 1,448 bytes, not loopback's 32 KiB): with big
+segments a reader waiting for its mark and a sender waiting for a window a whole segment
+wide can wait on each other until the socket times out (about one read in a thousand on
+loopback hung for the socket's 5 s), and big segments wake the reader seldom anyway.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Final
 
 READER_BUFFER: Final = io.DEFAULT_BUFFER_SIZE
 """What ``http.client``'s buffered reader may hold of a body beyond what it returned."""
+SEGMENTS_PER_MARK: Final = 8
+"""A mark is set only when at least this many of the connection's segments fill it."""
 
 
 def read_body(resp: http.client.HTTPResponse, buf: memoryview) -> int:
@@ -26,7 +32,8 @@ def read_body(resp: http.client.HTTPResponse, buf: memoryview) -> int:
     sock = _socket_of(resp)
     if sock is None:
         return resp.readinto(buf)
-    _wake_at(sock, len(buf) if _left(resp) >= len(buf) + READER_BUFFER else 1)
+    marked = _left(resp) >= len(buf) + READER_BUFFER and _small_segments(sock, len(buf))
+    _wake_at(sock, len(buf) if marked else 1)
     try:
         return resp.readinto(buf)
     finally:
@@ -42,6 +49,11 @@ def _socket_of(resp: http.client.HTTPResponse) -> socket.socket | None:
     raw = getattr(resp.fp, "raw", None)
     sock = getattr(raw, "_sock", None)
     return sock if isinstance(sock, socket.socket) else None
+
+
+def _small_segments(sock: socket.socket, size: int) -> bool:
+    mss = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
+    return 0 < mss * SEGMENTS_PER_MARK <= size
 
 
 def _wake_at(sock: socket.socket, nbytes: int) -> None:
