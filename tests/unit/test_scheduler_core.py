@@ -364,6 +364,26 @@ def test_children_get_more_parents_as_pieces_spread() -> None:
     assert s.state.hosts["h2"].uploads == s.state.hosts["h3"].uploads == 1
 
 
+def test_a_child_with_its_fill_trades_its_busiest_parent_for_a_new_holder() -> None:
+    s = swarm_with_source()
+    for h in ("h5", "h6"):
+        s.host(h)
+    s.config(ClusterConfig(candidate_parent_limit=2))
+    for i in range(2, 7):
+        only(s.register(f"p{i}", f"h{i}"), ParentsAssigned)
+    # p2's first piece: p3..p6 take it as their second parent (p2 now has 4 children)
+    assert sorted(peer_of(d) for d in s.piece("p2", 0, parent="p1")) == ["p3", "p4", "p5", "p6"]
+    # p3's first piece: p2 adds it; p4, already at its fill, trades p2 (4 children) for p3
+    # (1); then p2 has 3 and p3 2, too close to trade again, so p5 and p6 keep p2.
+    decisions = s.piece("p3", 1, parent="p1")
+    assert all(isinstance(d, ParentsAssigned) for d in decisions)
+    assert [(peer_of(d), sorted(p.peer_id for p in d.parents))  # type: ignore[attr-defined]
+            for d in decisions] == [
+        ("p2", ["p1", "p3"]), ("p4", ["p1", "p3"])]
+    assert s.state.hosts["h2"].uploads == 3 and s.state.hosts["h3"].uploads == 2
+    assert s.state.hosts["h1"].uploads == 5  # the source is never traded away
+
+
 def test_affinity_and_weights_decide_the_order() -> None:
     s = Script()
     s.host("near", idc="a", location="eu|fr|paris")
