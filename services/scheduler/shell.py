@@ -566,7 +566,6 @@ class PartitionWorker:
                                   self.part, len(out), exc)
                 await anyio.sleep(0.5)
 
-
     async def _publish_relays(self) -> None:
         """Relay the parents' new pieces to their children when a relay is due. A relay
         that cannot go out is dropped, not retried: the next one, the decisions' bitmaps
