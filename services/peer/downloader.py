@@ -54,7 +54,7 @@ from damselfly.events.tasks import (
     RescheduleRequested,
     TaskMetadataReported,
 )
-from damselfly.services.peer.digests import file_digest, parse_digest, same_digest
+from damselfly.services.peer.digests import RunningDigest, parse_digest, same_digest
 from damselfly.services.peer.fetchbook import (
     Accept,
     Action,
@@ -171,6 +171,8 @@ class Download:
         self._book = Book(self.peer_id, ctx.settings)
         self._subs: list[Subscription] = []
         self._pieces: PieceReports | None = None  # while fetching (from parents or origin)
+        self._whole: RunningDigest | None = None  # of the requested digest, as pieces land
+        self._catching_up = False
 
     # ---- life cycle -------------------------------------------------------------------
     def status(self) -> dict[str, object]:
@@ -226,10 +228,7 @@ class Download:
                 "task_id": self.task_id, "peer_id": self.peer_id}
 
     async def _run(self) -> None:
-        if self.request.digest:
-            parse_digest(self.request.digest)
-        self.tf = tf = self.ctx.storage.create(self.task_id, self.request)
-        tf.meta.peer_id = self.peer_id
+        self.tf = tf = self._create()
         tf.touch()
         if tf.complete:
             if self.straight_to_source:
@@ -261,6 +260,30 @@ class Download:
                     case ParentsAssigned():
                         decision = await self._from_parents(decision)
         await self._succeed(tf)
+
+    def _create(self) -> TaskFile:
+        """The task file (new, or what an earlier download left), and a fresh running
+        digest over it when the request names one."""
+        if self.request.digest:
+            self._whole = RunningDigest(parse_digest(self.request.digest)[0])
+        tf = self.ctx.storage.create(self.task_id, self.request)
+        tf.meta.peer_id = self.peer_id
+        return tf
+
+    def _held_prefix(self, tf: TaskFile, whole: RunningDigest) -> int:
+        """Where the run of held pieces that ``whole`` has reached ends, in bytes."""
+        piece = whole.hashed // tf.meta.piece_length
+        while piece < tf.piece_count and piece in tf.bitmap:
+            piece += 1
+        return min(piece * tf.meta.piece_length, tf.meta.content_length)
+
+    async def _catch_up(self, tf: TaskFile, whole: RunningDigest) -> None:
+        """Hash the held prefix in a worker thread until it stops growing."""
+        try:
+            while (end := self._held_prefix(tf, whole)) > whole.hashed:
+                await to_thread.run_sync(whole.catch_up, tf.data_path, end)
+        finally:
+            self._catching_up = False
 
     async def _report_pieces(self, pieces: list[FinishedPiece]) -> None:
         await self.ctx.publish(PiecesFinished(**self._ids(), pieces=pieces))
@@ -307,8 +330,7 @@ class Download:
             raise DownloadFailed(mismatch)
         log.warning("task %s: %s; fetching it from the origin again", self.task_id[:12],
                     mismatch, extra=self._log_ids())
-        self.tf = tf = self.ctx.storage.create(self.task_id, self.request)
-        tf.meta.peer_id = self.peer_id
+        self.tf = tf = self._create()
         await self._from_source(f"{mismatch}; fetching it from the origin again")
         if again := await self._mismatch(tf):
             raise DownloadFailed(f"{again} from the origin too")
@@ -316,8 +338,10 @@ class Download:
 
     async def _mismatch(self, tf: TaskFile) -> str:
         """Why the file is not the requested digest (its files then removed), or ""."""
-        algorithm, _ = parse_digest(self.request.digest)
-        actual = await to_thread.run_sync(file_digest, tf.data_path, algorithm)
+        whole = self._whole
+        assert whole is not None
+        await to_thread.run_sync(whole.catch_up, tf.data_path, tf.meta.content_length)
+        actual = whole.value()
         if same_digest(self.request.digest, actual):
             return ""
         self.ctx.storage.remove(self.task_id)
@@ -447,6 +471,8 @@ class Download:
                     done += n
                 from_thread.run_sync(self._source_piece_done, piece, length,
                                      f"sha256:{digest.hexdigest()}")
+                if self._whole is not None:  # every piece before this run's is held
+                    self._whole.catch_up(tf.data_path, offset + length)
                 piece += 1
         finally:
             stream.close()
@@ -532,6 +558,9 @@ class Download:
                 # source's already (a third of each report that every follower received).
                 self._pieces.add(FinishedPiece(action.piece, length, "", action.parent,
                                                round(action.cost_ms, 1)))
+                if self._whole is not None and not self._catching_up:
+                    self._catching_up = True
+                    tg.start_soon(self._catch_up, tf, self._whole)
             case Reject():
                 self.ctx.stats.pieces_corrupt += action.corrupt
                 tg.start_soon(self.ctx.publish, PieceFailed(

@@ -18,7 +18,12 @@ from damselfly.events.taskid import (
     task_id,
 )
 from damselfly.services.peer.bitmap import Bitmap
-from damselfly.services.peer.digests import file_digest, parse_digest, same_digest
+from damselfly.services.peer.digests import (
+    RunningDigest,
+    file_digest,
+    parse_digest,
+    same_digest,
+)
 from damselfly.services.peer.upload import Pacer, mint_token
 
 
@@ -77,6 +82,22 @@ def test_digests_of_a_file(tmp_path: Path) -> None:
     crc = zlib.crc32(f.read_bytes())
     assert same_digest(f"crc32:{crc:x}", file_digest(f, "crc32"))
     assert not same_digest("sha256:" + "0" * 64, file_digest(f, "sha256"))
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "sha512", "crc32"])
+def test_a_running_digest_taken_in_steps_is_the_files_digest(tmp_path: Path,
+                                                              algorithm: str) -> None:
+    f = tmp_path / "f"
+    data = bytes(range(256)) * 5000 + b"tail"
+    f.write_bytes(data)
+    running, reached = RunningDigest(algorithm), 0
+    for end in (0, 7, 1 << 16, (1 << 16) + 1, 300_000, 300_000, 12, len(data)):
+        running.catch_up(f, end)  # an end already passed hashes nothing more
+        reached = max(reached, end)
+        assert running.hashed == reached
+    assert same_digest(file_digest(f, algorithm), running.value())
+    with pytest.raises(OSError, match="ends at byte"):
+        running.catch_up(f, len(data) + 1)
 
 
 @pytest.mark.parametrize("bad", ["sha256", "md5:abc", "sha256:", "sha256:xyz"])
