@@ -88,7 +88,9 @@ class Peer(msgspec.Struct, kw_only=True):
     retries: int = 0
     blocklist: list[str] = msgspec.field(default_factory=list)
     waiting: bool = False
-    source: bool = False       # fetched from the origin: its digests are the authority
+    ordered: bool = False      # this scheduler sent it to the origin (or it is the seed)
+    source: bool = False       # fetched from the origin when ordered: its digests are the
+    #                            authority (saying "back to source" does not make one)
     bad: bool = False
     failed_uploads: int = 0
     told: set[int] = msgspec.field(default_factory=set)  # pieces whose digest it was sent
@@ -236,8 +238,12 @@ def _on_back_to_source(state: State, e: BackToSourceStarted, out: list[Event],
     if task is None or peer is None or peer.state in _DONE:
         return
     _release_parents(state, task, peer)
-    peer.state, peer.source, peer.waiting = BACK_TO_SOURCE, True, False
-    if e.peer_id not in task.source_peers:
+    peer.state, peer.waiting = BACK_TO_SOURCE, False
+    # Only a peer this scheduler sent to the origin vouches for the bytes (an import's only
+    # source is its importer): another peer that says it went back to source still fetches,
+    # and its pieces are checked against a vouched source's digests like anyone's.
+    peer.source = _vouched(task, peer)
+    if peer.source and e.peer_id not in task.source_peers:
         task.source_peers.append(e.peer_id)
     if e.peer_id not in task.origin_fetchers:
         task.origin_fetchers.append(e.peer_id)
@@ -365,12 +371,11 @@ def _schedule(state: State, task: Task, peer: Peer, trigger: Event, out: list[Ev
         return _fail(state, task, peer, trigger, out,
                      f"retry limit {state.config.retry_limit} reached")
     parents = choose_parents(state, task, peer, trigger.id, trace, holders)
-    if parents:
-        if task.shaped:
-            _assign(state, task, peer, parents, trigger, out)
-        else:  # holders exist; the origin fetcher reports the shape soon
-            _queue(state, task, peer, trigger, out, "waiting for the task's size")
-        return None
+    if parents and task.shaped:
+        return _assign(state, task, peer, parents, trigger, out)
+    if parents and any(_vouched(task, task.peers[p]) for p in task.origin_fetchers):
+        # holders exist; the vouched origin fetcher reports the shape soon
+        return _queue(state, task, peer, trigger, out, "waiting for the task's size")
     host = state.hosts.get(peer.host_id)
     is_seed = host is not None and host.seed
     origin_busy = bool(task.origin_fetchers) or _seed_pending(state, task)
@@ -512,10 +517,17 @@ def _untold_digests(task: Task, peer: Peer) -> list[str]:
     return digests
 
 
+def _vouched(task: Task, peer: Peer) -> bool:
+    """Whether the peer's digests are the task's authority once it fetches from the origin:
+    this scheduler sent it there, or the task is a local file put into the swarm
+    (``damselfly import``), whose only source is its importer."""
+    return peer.ordered or task.url.startswith("file:")
+
+
 def _order_back_to_source(state: State, task: Task, peer: Peer, trigger: Event,
                           out: list[Event]) -> None:
     _release_parents(state, task, peer)
-    peer.waiting = False
+    peer.waiting, peer.ordered = False, True
     if peer.peer_id not in task.origin_fetchers:
         task.origin_fetchers.append(peer.peer_id)
     out.append(BackToSourceOrdered(

@@ -411,6 +411,33 @@ def test_only_origin_fetchers_are_digest_authorities() -> None:
     assert task.content_length == PIECES * 16 and task.digests[0] == "d0"
 
 
+def test_saying_back_to_source_does_not_make_a_peer_an_authority() -> None:
+    # Issue 12: p1 is queued behind the seed, goes to the origin unasked and reports forged
+    # digests first; only the seed, which the scheduler sent there, is believed.
+    s = Script()
+    s.host("seed", seed=True)
+    for h in ("h1", "h2"):
+        s.host(h)
+    out = s.register("p1", "h1", priority=0)
+    assert [type(d) for d in out] == [SeedPeerTriggered, PeerQueued]
+    s.apply(BackToSourceStarted(id="liar-b", at=1.0, cluster=C, task_id=TASK, peer_id="p1"))
+    s.apply(TaskMetadataReported(id="liar-m", at=1.0, cluster=C, task_id=TASK, peer_id="p1",
+                                 content_length=PIECES * 16, piece_length=16,
+                                 piece_count=PIECES, piece_digests=["forged"] * PIECES))
+    task = s.state.tasks[TASK]
+    assert not task.shaped and task.source_peers == [] and not task.peers["p1"].source
+    # Its pieces do not shape the task: the next peer waits for the seed, not for a size
+    # that only a believed source can give.
+    s.piece("p1", 0)
+    queued(s.register("p2", "h2", priority=0), "waiting for the seed peer")
+    only(s.register("seed-1", "seed"), BackToSourceOrdered)
+    out = s.source("seed-1")  # p1 fetches from the origin by itself: parents for p2 only
+    assert out and {peer_of(d) for d in out} == {"p2"}
+    assert all(isinstance(d, ParentsAssigned) and d.source_peers == ["seed-1"]
+               and "forged" not in d.piece_digests for d in out)
+    assert task.digests == [f"d{i}" for i in range(PIECES)]
+
+
 def test_absurd_piece_numbers_are_not_believed() -> None:
     s = swarm_with_source()
     only(s.register("p2", "h2"), ParentsAssigned)
