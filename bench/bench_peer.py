@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import platform
@@ -26,7 +27,7 @@ from damselfly.events.bus import Publisher
 from damselfly.events.codec import decode
 from damselfly.events.ids import derived_id
 from damselfly.events.sched import BackToSourceOrdered, ParentInfo, ParentsAssigned
-from damselfly.events.taskid import piece_length_for
+from damselfly.events.taskid import piece_count, piece_length_for
 from damselfly.events.tasks import PeerRegistered
 from damselfly.services.launcher.broker import start_broker
 from damselfly.services.peer.get import ApiClient
@@ -48,6 +49,21 @@ def write_random_file(path: Path, size: int) -> None:
             f.write(block[:n])
             left -= n
             block = block[1:] + block[:1]  # pieces differ, so no two digests repeat
+
+
+def piece_digests(path: Path, piece_length: int) -> list[str]:
+    """Each piece's ``sha256:…``, as a source peer reports them."""
+    with open(path, "rb") as f:
+        return [f"sha256:{hashlib.sha256(chunk).hexdigest()}"
+                for chunk in iter(lambda: f.read(piece_length), b"")]
+
+
+def whole_bitmap(pieces: int) -> bytes:
+    """The bitmap of a peer holding every one of ``pieces`` (``docs/protocol.md``)."""
+    bits = bytearray(b"\xff" * (pieces // 8))
+    if pieces % 8:
+        bits.append((0xFF << (8 - pieces % 8)) & 0xFF)
+    return bytes(bits)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -76,7 +92,9 @@ async def download(api: str, request: DownloadRequest) -> tuple[dict[str, Any], 
 async def run(size: int, work: Path) -> dict[str, Any]:
     www = work / "www"
     www.mkdir()
-    write_random_file(www / "blob.bin", size)
+    blob = www / "blob.bin"
+    write_random_file(blob, size)
+    piece_length = piece_length_for(size)
     broker = start_broker(work / "nats")
     origin = Origin(www)
     await origin.start()
@@ -99,13 +117,16 @@ async def run(size: int, work: Path) -> dict[str, Any]:
                 decision: Any = BackToSourceOrdered(
                     id=derived_id(e.id, "bench"), cluster=CLUSTER, task_id=e.task_id,
                     peer_id=e.peer_id, trigger_id=e.id)
-            else:
+            else:  # as the real scheduler does: the parent's bitmap and the source's digests
                 decision = ParentsAssigned(
                     id=derived_id(e.id, "bench"), cluster=CLUSTER, task_id=e.task_id,
                     peer_id=e.peer_id, trigger_id=e.id, source_peers=[source["peer_id"]],
+                    content_length=size, piece_length=piece_length,
+                    piece_digests=await asyncio.to_thread(piece_digests, blob, piece_length),
                     parents=[ParentInfo(peer_id=source["peer_id"],
                                         host_id=str(parent.endpoints["host_id"]),
-                                        upload_url=str(parent.endpoints["upload_url"]))])
+                                        upload_url=str(parent.endpoints["upload_url"]),
+                                        bitmap=whole_bitmap(piece_count(size, piece_length)))])
             await publisher.publish(decision)
 
         await nc.subscribe(f"df.task.{CLUSTER}.*.*.*.*.registered", cb=scripted_scheduler)
