@@ -20,12 +20,17 @@ from dataclasses import dataclass
 from typing import Annotated, Final
 
 from fastapi import Depends, HTTPException, Request
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
-from damselfly.events.admin import AuditRecorded, TokenIssued, TokenKind
+from damselfly.events.admin import AuditRecorded, TokenIssued, TokenKind, TokenRevoked, UserSaved
 from damselfly.events.base import Event
 from damselfly.events.bus import Publisher
+from damselfly.events.codec import decode
 from damselfly.events.ids import new_id
 from damselfly.events.secrets import read_secret
+from damselfly.events.streams import ADMIN_STREAM
+from damselfly.events.subjects import admin_subject, name_of
 from damselfly.services.manager.control.passwords import verify_password
 from damselfly.services.manager.reader import Reader
 
@@ -96,14 +101,43 @@ def publisher_of(request: Request) -> Publisher:
     return publisher
 
 
-async def _user(reader: Reader, user_id: str) -> dict[str, object]:
+def js_of(request: Request) -> JetStreamContext:
+    js = request.app.state.js
+    assert isinstance(js, JetStreamContext)
+    return js
+
+
+async def _last_in_log(js: JetStreamContext, subject: str) -> Event | None:
+    """The last admin event on ``subject``, read from the log itself (not a projection, which
+    may lag behind a write another manager, or this one a moment ago, has made)."""
+    try:
+        return decode((await js.get_last_msg(ADMIN_STREAM, subject)).data or b"")
+    except NotFoundError:
+        return None
+
+
+async def stored_user(reader: Reader, js: JetStreamContext, user_id: str
+                      ) -> dict[str, object] | None:
+    """The user as the log last saved it (a password change, a new role, a disabled state
+    count from the next request on), with the projection's timestamps; None if unknown."""
     rows = await reader.records("SELECT * FROM admin_users WHERE user_id = ?", [user_id])
-    if not rows or rows[0]["state"] != "enabled":
+    last = await _last_in_log(js, admin_subject("user", user_id, name_of(UserSaved)))
+    if not isinstance(last, UserSaved):
+        return rows[0] if rows else None
+    return {**(rows[0] if rows else {}), "user_id": last.user_id, "email": last.email,
+            "role": last.role, "tenant": last.tenant, "password_hash": last.password_hash,
+            "state": last.state}
+
+
+async def _user(reader: Reader, js: JetStreamContext, user_id: str) -> dict[str, object]:
+    row = await stored_user(reader, js, user_id)
+    if row is None or row["state"] != "enabled":
         raise HTTPException(401, f"user {user_id} is unknown or disabled")
-    return rows[0]
+    return row
 
 
-async def _from_token(reader: Reader, token: str, now: float) -> Principal:
+async def _from_token(reader: Reader, js: JetStreamContext, token: str, now: float
+                      ) -> Principal:
     token_id, secret = parse_token(token)
     rows = await reader.records("SELECT *, epoch(expires_at) AS expires FROM admin_tokens "
                                 "WHERE token_id = ?", [token_id])
@@ -111,22 +145,24 @@ async def _from_token(reader: Reader, token: str, now: float) -> Principal:
         raise AuthError("unknown token")
     row = rows[0]
     what = "session" if row["kind"] == "session" else "personal access token"
-    if row["state"] != "active":
+    revoked = admin_subject("token", token_id, name_of(TokenRevoked))
+    if row["state"] != "active" or await _last_in_log(js, revoked) is not None:
         raise AuthError(f"{what} revoked")
     expires = float(str(row["expires"]))
     if expires <= now:
         when = dt.datetime.fromtimestamp(expires, dt.UTC).isoformat(timespec="seconds")
         again = "; sign in again" if row["kind"] == "session" else ""
         raise AuthError(f"{what} expired at {when}{again}")
-    user = await _user(reader, str(row["user_id"]))
+    user = await _user(reader, js, str(row["user_id"]))
     scopes = row["scopes"]
     assert isinstance(scopes, list)
     return Principal(str(user["user_id"]), str(user["role"]), str(user["tenant"] or ""),
                      frozenset(str(s) for s in scopes), token_id)
 
 
-async def _from_password(reader: Reader, name: str, password: str) -> Principal:
-    row = await _user(reader, name)
+async def _from_password(reader: Reader, js: JetStreamContext, name: str, password: str
+                         ) -> Principal:
+    row = await _user(reader, js, name)
     if not await asyncio.to_thread(verify_password, password, str(row["password_hash"])):
         raise AuthError("wrong user name or password")
     return Principal(str(row["user_id"]), str(row["role"]), str(row["tenant"] or ""))
@@ -149,17 +185,17 @@ async def principal(request: Request) -> Principal:
     password (or any name and a token), or ``?access_token=<token>``. Raises
     ``HTTPException`` 401."""
     scheme, _, credential = request.headers.get("authorization", "").partition(" ")
-    reader, now = reader_of(request), time.time()
+    reader, js, now = reader_of(request), js_of(request), time.time()
     try:
         if scheme.lower() == "bearer" and credential:
-            return await _from_token(reader, credential, now)
+            return await _from_token(reader, js, credential, now)
         if scheme.lower() == "basic" and credential:
             name, password = _basic(credential)
             if password.startswith(tuple(PREFIXES.values())):
-                return await _from_token(reader, password, now)
-            return await _from_password(reader, name, password)
+                return await _from_token(reader, js, password, now)
+            return await _from_password(reader, js, name, password)
         if token := request.query_params.get("access_token"):
-            return await _from_token(reader, token, now)
+            return await _from_token(reader, js, token, now)
     except AuthError as exc:
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
     raise HTTPException(401, "sign in first: send Authorization: Bearer <token>",

@@ -20,7 +20,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError
 from pydantic import BaseModel, ConfigDict, Field
 
-from damselfly.events.admin import Role, UserSaved, UserState
+from damselfly.events.admin import Role, TokenRevoked, UserSaved, UserState
+from damselfly.events.base import Event
 from damselfly.events.bus import MSG_ID
 from damselfly.events.codec import encode
 from damselfly.events.ids import new_id
@@ -33,8 +34,10 @@ from damselfly.services.manager.control.auth import (
     Principal,
     allow,
     issue_token,
+    js_of,
     reader_of,
     record,
+    stored_user,
 )
 from damselfly.services.manager.control.passwords import hash_password, verify_password
 from damselfly.services.manager.reader import Reader
@@ -72,9 +75,8 @@ class UserChange(Strict):
     state: UserState | None = None
 
 
-async def _stored(reader: Reader, user_id: str) -> dict[str, object] | None:
-    rows = await reader.records("SELECT * FROM admin_users WHERE user_id = ?", [user_id])
-    return rows[0] if rows else None
+async def _stored(request: Request, user_id: str) -> dict[str, object] | None:
+    return await stored_user(reader_of(request), js_of(request), user_id)
 
 
 async def _check_tenant(reader: Reader, tenant: str | None) -> None:
@@ -94,7 +96,7 @@ def _view(e: UserSaved) -> dict[str, object]:
 
 @router.post("/users/signin", summary="Sign in; answers a session token (24 h)")
 async def sign_in(request: Request, body: SignIn) -> dict[str, object]:
-    row = await _stored(reader_of(request), body.name)
+    row = await _stored(request, body.name)
     if row is None or row["state"] != "enabled" or not await asyncio.to_thread(
             verify_password, body.password, str(row["password_hash"])):
         raise HTTPException(401, "wrong user name or password")
@@ -112,7 +114,7 @@ async def roles(who: Caller) -> list[dict[str, object]]:
 @router.post("/users", status_code=201, summary="Create a user (root only)")
 async def create_user(request: Request, who: Caller, body: UserCreate) -> dict[str, object]:
     allow(who, scope="user", write=True, everywhere=True)
-    if await _stored(reader_of(request), body.name) is not None:
+    if await _stored(request, body.name) is not None:
         raise HTTPException(409, f"user {body.name} exists")
     await _check_tenant(reader_of(request), body.tenant)
     saved = UserSaved(id=new_id(), at=time.time(), user_id=body.name, email=body.email,
@@ -133,15 +135,15 @@ async def list_users(request: Request, who: Caller) -> list[dict[str, object]]:
 async def get_user(request: Request, who: Caller, user_id: str) -> dict[str, object]:
     if user_id != who.user_id:
         allow(who, scope="user", everywhere=True)
-    row = await _stored(reader_of(request), user_id)
+    row = await _stored(request, user_id)
     if row is None:
         raise HTTPException(404, f"no user {user_id}")
     return _public(row)
 
 
-async def _save(request: Request, who: Caller, user_id: str, action: str, **changes: object
-                ) -> dict[str, object]:
-    row = await _stored(reader_of(request), user_id)
+async def _save(request: Request, who: Caller, user_id: str, action: str, *,
+                also: tuple[Event, ...] = (), **changes: object) -> dict[str, object]:
+    row = await _stored(request, user_id)
     if row is None:
         raise HTTPException(404, f"no user {user_id}")
     fields = {k: row[k] for k in ("email", "role", "tenant", "password_hash", "state")}
@@ -149,8 +151,19 @@ async def _save(request: Request, who: Caller, user_id: str, action: str, **chan
     saved = msgspec.convert({**{k: str(v or "") for k, v in fields.items()}, "id": new_id(),
                              "at": time.time(), "user_id": user_id, "actor": who.user_id},
                             UserSaved)
-    await record(request, who, action, user_id, saved)
+    await record(request, who, action, user_id, saved, *also)
     return _view(saved)
+
+
+async def _sessions_ended(request: Request, who: Principal, user_id: str
+                          ) -> tuple[TokenRevoked, ...]:
+    """A ``TokenRevoked`` for each of the user's sessions but the caller's own: a new
+    password ends every other sign-in, from the next request on."""
+    rows = await reader_of(request).records(
+        "SELECT token_id FROM admin_tokens WHERE user_id = ? AND kind = 'session' "
+        "AND state = 'active' AND token_id <> ?", [user_id, who.token_id])
+    return tuple(TokenRevoked(id=new_id(), at=time.time(), token_id=str(r["token_id"]),
+                              user_id=user_id, actor=who.user_id) for r in rows)
 
 
 @router.patch("/users/{user_id}", summary="Change a user's password, e-mail, tenant or state")
@@ -163,9 +176,11 @@ async def update_user(request: Request, who: Caller, user_id: str, body: UserCha
         raise HTTPException(409, "the root user stays enabled and bound to no tenant")
     await _check_tenant(reader_of(request), body.tenant)
     changes: dict[str, object] = body.model_dump(exclude_none=True, exclude={"password"})
+    ended: tuple[Event, ...] = ()
     if body.password is not None:
         changes["password_hash"] = await asyncio.to_thread(hash_password, body.password)
-    return await _save(request, who, user_id, "user.update", **changes)
+        ended = await _sessions_ended(request, who, user_id)
+    return await _save(request, who, user_id, "user.update", also=ended, **changes)
 
 
 @router.put("/users/{user_id}/roles/{role}", summary="Give a user a role (root only)")
