@@ -25,7 +25,6 @@ from bench.swarm_lab import (
 )
 from bench.swarm_math import percentile
 from damselfly.services.peer.request import DownloadRequest
-from damselfly.services.peer.upload import mint_token
 
 RUNS: Final = int(os.environ.get("BENCH_GET_RUNS", "20"))
 SIZE: Final = 1 << 20
@@ -75,7 +74,7 @@ def main() -> None:
         rss = lab.root / "rss"
         timed(get, env, rss)  # the daemon fetches it once; every timed run finds it held
         task = DownloadRequest(url=url).task_id()
-        token = mint_token(lab.env["DAMSELFLY_CLUSTER_SECRET"], task)
+        token = lab.grants.grant(task, "bench", str(ready["host_id"]), time.time() + 3600)
         curl = ["curl", "-sS", "-f", "-o", str(lab.root / "curl.bin"), "-H",
                 f"Authorization: Bearer {token}", f"{ready['upload_url']}/v1/tasks/{task}/content"]
         curls = [timed(curl, env, rss) for _ in range(RUNS)]

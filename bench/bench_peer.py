@@ -25,6 +25,7 @@ from nats.aio.msg import Msg
 
 from damselfly.events.bus import Publisher
 from damselfly.events.codec import decode
+from damselfly.events.grants import GrantSigner
 from damselfly.events.ids import derived_id
 from damselfly.events.sched import BackToSourceOrdered, ParentInfo, ParentsAssigned
 from damselfly.events.taskid import piece_count, piece_length_for
@@ -32,9 +33,8 @@ from damselfly.events.tasks import PeerRegistered
 from damselfly.services.launcher.broker import start_broker
 from damselfly.services.peer.get import ApiClient
 from damselfly.services.peer.request import DownloadRequest
-from damselfly.services.peer.upload import mint_token
 from damselfly.services.runtime.natsconn import connect
-from tests.support.swarm import ChildService, Origin, daemon_service
+from tests.support.swarm import ChildService, Origin, daemon_service, grant_keys
 
 SECRET = "bench-secret"
 CLUSTER = "bench"
@@ -98,8 +98,12 @@ async def run(size: int, work: Path) -> dict[str, Any]:
     broker = start_broker(work / "nats")
     origin = Origin(www)
     await origin.start()
-    parent = daemon_service("parent", broker.url, work / "parent", SECRET, cluster=CLUSTER)
-    child = daemon_service("child", broker.url, work / "child", SECRET, cluster=CLUSTER)
+    key, pub = grant_keys(work / "keys")  # upload grants, as `damselfly up` has them
+    grants = GrantSigner.from_file(key)
+    parent = daemon_service("parent", broker.url, work / "parent", SECRET, cluster=CLUSTER,
+                            grant_pub=pub)
+    child = daemon_service("child", broker.url, work / "child", SECRET, cluster=CLUSTER,
+                           grant_pub=pub)
     services: list[ChildService] = [parent, child]
     nc = await connect(broker.url, "bench")
     try:
@@ -117,16 +121,18 @@ async def run(size: int, work: Path) -> dict[str, Any]:
                 decision: Any = BackToSourceOrdered(
                     id=derived_id(e.id, "bench"), cluster=CLUSTER, task_id=e.task_id,
                     peer_id=e.peer_id, trigger_id=e.id)
-            else:  # as the real scheduler does: the parent's bitmap and the source's digests
+            else:  # as the real scheduler does: the parent's bitmap, the source's digests
+                parent_host = str(parent.endpoints["host_id"])  # and a grant for the child
                 decision = ParentsAssigned(
                     id=derived_id(e.id, "bench"), cluster=CLUSTER, task_id=e.task_id,
                     peer_id=e.peer_id, trigger_id=e.id, source_peers=[source["peer_id"]],
                     content_length=size, piece_length=piece_length,
                     piece_digests=await asyncio.to_thread(piece_digests, blob, piece_length),
-                    parents=[ParentInfo(peer_id=source["peer_id"],
-                                        host_id=str(parent.endpoints["host_id"]),
+                    parents=[ParentInfo(peer_id=source["peer_id"], host_id=parent_host,
                                         upload_url=str(parent.endpoints["upload_url"]),
-                                        bitmap=whole_bitmap(piece_count(size, piece_length)))])
+                                        bitmap=whole_bitmap(piece_count(size, piece_length)),
+                                        grant=grants.grant(e.task_id, e.peer_id, parent_host,
+                                                           time.time() + 3600))])
             await publisher.publish(decision)
 
         await nc.subscribe(f"df.task.{CLUSTER}.*.*.*.*.registered", cb=scripted_scheduler)
@@ -142,7 +148,9 @@ async def run(size: int, work: Path) -> dict[str, Any]:
         await asyncio.to_thread(os.sync)
         started = time.perf_counter()
         curl = ["curl", "-sf", "-o", str(curl_out), "-H", f"Range: bytes=0-{size - 1}",
-                "-H", f"Authorization: Bearer {mint_token(SECRET, task_id)}", content]
+                "-H", "Authorization: Bearer " + grants.grant(
+                    task_id, "curl", str(parent.endpoints["host_id"]), time.time() + 3600),
+                content]
         await asyncio.to_thread(subprocess.run, curl, check=True)
         curl_seconds = time.perf_counter() - started
         curl_out.unlink()

@@ -28,6 +28,7 @@ import anyio
 from bench.netlab import Host
 from damselfly.events.bus import Publisher
 from damselfly.events.config import ClusterConfig, ClusterConfigSet
+from damselfly.events.grants import KEY_ENV, PUBKEY_ENV, GrantSigner, write_keys
 from damselfly.events.ids import new_id
 from damselfly.events.streams import ensure_streams
 from damselfly.services.launcher.broker import start_broker
@@ -55,8 +56,13 @@ class Lab:
         self._named: dict[str, subprocess.Popen[bytes]] = {}
         self._brokers: list[subprocess.Popen[bytes]] = []
         self._stack = ExitStack()
-        # Children import bench.* too, from wherever the benchmark was started.
-        self.env = {"DAMSELFLY_CLUSTER_SECRET": secrets.token_hex(32), "PYTHONPATH": str(REPO)}
+        # Children import bench.* too, from wherever the benchmark was started. Upload
+        # grants as ``damselfly up`` has them (a daemon reads only the public key).
+        key, pub = self.root / "grant.key", self.root / "grant.pub"
+        write_keys(key, pub)
+        self.env = {"DAMSELFLY_CLUSTER_SECRET": secrets.token_hex(32), "PYTHONPATH": str(REPO),
+                    KEY_ENV: str(key), PUBKEY_ENV: str(pub)}
+        self.grants = GrantSigner.from_file(key)
 
     def spawn(self, name: str, argv: Sequence[str], host: Host | None = None
               ) -> subprocess.Popen[bytes]:

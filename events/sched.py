@@ -34,7 +34,9 @@ class ParentInfo(msgspec.Struct, frozen=True, kw_only=True):
     """Everything a child needs to fetch from one parent without asking anyone.
 
     ``bitmap`` is the pieces the parent held when the decision was made, most significant
-    bit first: piece ``i`` is held when ``bitmap[i // 8] & (0x80 >> (i % 8))``.
+    bit first: piece ``i`` is held when ``bitmap[i // 8] & (0x80 >> (i % 8))``. ``grant``
+    is the scheduler's signed leave for this child to fetch the task from this parent
+    (``events/grants.py``); empty from a scheduler that has no key.
     """
 
     peer_id: Token
@@ -42,6 +44,7 @@ class ParentInfo(msgspec.Struct, frozen=True, kw_only=True):
     upload_url: Url
     bitmap: Bitmap = b""
     seed: bool = False
+    grant: Text = ""
 
 
 class ParentsAssigned(Event, frozen=True, kw_only=True, tag="sched.parents_assigned.v1"):

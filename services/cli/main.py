@@ -14,6 +14,7 @@ from damselfly.services.runtime import logs
 # manager (``test_cli`` checks this table against what each module registers).
 COMMANDS = {
     "up": "damselfly.services.launcher.up",
+    "grant-keys": "damselfly.services.launcher.up",
     "events": "damselfly.services.runtime.eventlog",
     "scheduler": "damselfly.services.scheduler.cli",
     "replay": "damselfly.services.scheduler.cli",

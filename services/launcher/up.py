@@ -22,6 +22,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Self
 
+from damselfly.events.grants import KEY_ENV, PUBKEY_ENV, write_keys
 from damselfly.events.streams import ensure_streams
 from damselfly.services.launcher import natsauth
 from damselfly.services.launcher.broker import Broker, start_broker
@@ -127,6 +128,11 @@ class LocalCluster:
                                                        self.data_dir / "cluster.secret"),
                "DAMSELFLY_ROOT_PASSWORD": kept_secret("DAMSELFLY_ROOT_PASSWORD",
                                                       root_password_file(self.data_dir))}
+        # Upload grants: only the scheduler holds the private key; every daemon checks them.
+        (self.data_dir / "creds").mkdir(mode=0o700, exist_ok=True)
+        grant_key, grant_pub = self.data_dir / "creds" / "grant.key", self.data_dir / "grant.pub"
+        write_keys(grant_key, grant_pub)
+        env[PUBKEY_ENV] = str(grant_pub)
         services: dict[str, object] = {}
         self.endpoints = {"nats": url, "data_dir": str(self.data_dir), "services": services}
         if roles:
@@ -136,6 +142,8 @@ class LocalCluster:
             ready.unlink(missing_ok=True)
             own = roles.get(spec.name) or roles.get(spec.role)  # a daemon's is its host's
             role_env = {CREDS_ENV: str(own)} if own else {}
+            if spec.role == "scheduler":
+                role_env[KEY_ENV] = str(grant_key)
             with open(logs / f"{spec.name}.log", "ab") as log:
                 proc = spawn([*DAMSELFLY, *spec.argv,
                               "--ready-file", str(ready)], log, env | role_env)
@@ -198,6 +206,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="REGEX=swarm|direct[:param,…] for every daemon's HTTP proxy (repeat): "
                         "which URLs (pip, Maven, YUM) go through the swarm")
     p.set_defaults(run=_run)
+    k = sub.add_parser("grant-keys", help="make the schedulers' upload-grant key pair in DIR "
+                                          "(as up does), for a cluster that up does not start")
+    k.add_argument("dir", type=Path, help="writes DIR/grant.key (0600: schedulers only, "
+                                          "$DAMSELFLY_GRANT_KEY) and DIR/grant.pub (every "
+                                          "daemon, $DAMSELFLY_GRANT_PUBKEY)")
+    k.set_defaults(run=_grant_keys)
+
+
+def _grant_keys(args: argparse.Namespace) -> int:
+    args.dir.mkdir(parents=True, exist_ok=True)
+    key, pub = args.dir / "grant.key", args.dir / "grant.pub"
+    made = not key.exists()
+    write_keys(key, pub)
+    print(f"{'made' if made else 'kept'} {key} ({KEY_ENV}) and {pub} ({PUBKEY_ENV})")
+    return 0
 
 
 def daemon_flags(args: argparse.Namespace) -> list[str]:

@@ -140,6 +140,7 @@ def _daemon(args: argparse.Namespace) -> int:
 
     import anyio
 
+    from damselfly.events.grants import GrantVerifier
     from damselfly.events.secrets import read_secret
     from damselfly.services.peer.daemon import DaemonConfig, serve
     from damselfly.services.peer.fetchbook import Settings
@@ -159,7 +160,8 @@ def _daemon(args: argparse.Namespace) -> int:
         settings=Settings(concurrency=args.concurrency, schedule_timeout=args.schedule_timeout,
                           queue_timeout=args.queue_timeout, stall_timeout=args.stall_timeout),
         proxy_port=args.proxy_port,
-        proxy=proxy_config(args.registry_mirror, args.proxy_rule, args.proxy_ca))
+        proxy=proxy_config(args.registry_mirror, args.proxy_rule, args.proxy_ca),
+        grants=GrantVerifier.from_env())
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -25,6 +25,7 @@ from nats.aio.msg import Msg
 from damselfly.events.bus import Publisher
 from damselfly.events.clustersearch import FALLBACK, TIMEOUT, ClusterQuery, ask_cluster
 from damselfly.events.codec import EventDecodeError, decode_delivered
+from damselfly.events.grants import GrantVerifier
 from damselfly.events.hosts import HostAnnounced, HostKeepalive, HostLeft
 from damselfly.events.ids import derived_id, new_id
 from damselfly.events.jobs import DeleteTaskRequested, JobProgressed
@@ -80,6 +81,8 @@ class DaemonConfig:
     settings: Settings = field(default_factory=Settings)
     proxy_port: int | None = None
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    grants: GrantVerifier | None = None
+    """The schedulers' public key: the upload server then serves only granted children."""
 
 
 def host_id_for(data_dir: Path) -> str:
@@ -172,7 +175,7 @@ async def serve(cfg: DaemonConfig, stop: asyncio.Event) -> None:
         runner, upload_port = await _site(
             upload_app(storage, cfg.secret, stats, max_uploads=cfg.upload_slots,
                        rate_limit=cfg.upload_rate, spread=cfg.spread if cfg.seed else 0.0,
-                       compress=cfg.compress),
+                       compress=cfg.compress, grants=cfg.grants, host_id=host_id),
             host=_listen_host(cfg.advertise_host),
             port=cfg.upload_port)
         runners.append(runner)

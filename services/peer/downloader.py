@@ -584,7 +584,8 @@ class Download:
         try:
             digest = await to_thread.run_sync(
                 self.ctx.parents.fetch, fetch.upload_url, self.task_id,
-                mint_token(self.ctx.secret, self.task_id), offset, length, tf, fetch.holders)
+                fetch.grant or mint_token(self.ctx.secret, self.task_id), offset, length, tf,
+                fetch.holders)
             outcome = Fetched(fetch.piece, fetch.parent, digest,
                               (time.monotonic() - started) * 1000)
         except PieceError as exc:

@@ -118,12 +118,13 @@ Input = (ParentsAssigned | PeerQueued | HoldingsRelayed | Shaped | Fetched | Ref
 @dataclass(frozen=True)
 class Fetch:
     """Ask ``parent`` for ``piece``; ``holders``: how many of this child's parents hold it
-    (the parent serves the rarest first)."""
+    (the parent serves the rarest first); ``grant``: the scheduler's for that parent."""
 
     piece: int
     parent: str
     upload_url: str
     holders: int = 1
+    grant: str = ""
 
 
 @dataclass(frozen=True)
@@ -325,7 +326,8 @@ def _plan(book: Book, now: float) -> list[Action]:
     for piece, parent in chosen:
         book.in_flight[piece] = parent
         holders = sum(piece in held for held in usable.values())
-        fetches.append(Fetch(piece, parent, book.parents[parent].upload_url, holders))
+        info = book.parents[parent]
+        fetches.append(Fetch(piece, parent, info.upload_url, holders, info.grant))
     return fetches
 
 

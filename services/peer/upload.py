@@ -2,9 +2,9 @@
 
 ``GET /v1/tasks/<task>/content`` answers 206 by sendfile for a range of pieces this peer
 holds, 416 for a range it does not hold, 404 for a task it does not know, 401 without the
-cluster's token, 503 when the concurrent-upload limit is reached, and on a seed peer 429
-with an offer of other pieces (super-seeding). Also ``/healthz`` and
-Prometheus ``/metrics``.
+scheduler's upload grant (or, where no grant key is set, the cluster's token), 503 when the
+concurrent-upload limit is reached, and on a seed peer 429 with an offer of other pieces
+(super-seeding). Also ``/healthz`` and Prometheus ``/metrics``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Final
 
 from aiohttp import web
 
+from damselfly.events.grants import GrantError, GrantVerifier
 from damselfly.services.peer.metrics import TransferStats, daemon_registry, exposition
 from damselfly.services.peer.oci import RangeError, parse_range
 from damselfly.services.peer.storage import Storage, TaskFile
@@ -229,7 +230,8 @@ async def _sendfile(request: web.Request, tf: TaskFile, start: int, stop: int
 
 def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploads: int = 4,
                rate_limit: float = 0.0, max_queue_wait: float = 2.0, max_slot_wait: float = 5.0,
-               spread: float = 0.0, compress: bool = True) -> web.Application:
+               spread: float = 0.0, compress: bool = True, grants: GrantVerifier | None = None,
+               host_id: str = "") -> web.Application:
     """The piece server. At most ``max_uploads`` responses are sent at once; more requests
     wait their turn, rarest piece first (``Slots``), for up to ``max_slot_wait`` seconds (well
     inside a child's 10 s socket timeout) and then get 503 (so a piece a child waits for
@@ -245,7 +247,11 @@ def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploa
     other.
 
     ``compress``: a child that accepts zstd gets the pieces of a task whose bytes compress
-    compressed (``wire.py``); every other answer goes out by sendfile."""
+    compressed (``wire.py``); every other answer goes out by sendfile.
+
+    ``grants``: the schedulers' public key. With it a request must carry an upload grant
+    for the task and this host (``host_id``), and a cluster-secret token is refused; without
+    it, the HMAC of the task id under ``secret`` (any holder of the secret can make one)."""
     pacer = Pacer(rate_limit)
     squeezable = Compressibility()
     slots = Slots(max_uploads)
@@ -258,7 +264,12 @@ def upload_app(storage: Storage, secret: str, stats: TransferStats, *, max_uploa
     async def content(request: web.Request) -> web.StreamResponse:
         task_id = request.match_info["task_id"]
         given = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        if not hmac.compare_digest(given, mint_token(secret, task_id)):
+        if grants is not None:
+            try:
+                grants.check(given, task_id, host_id, time.time())
+            except GrantError as exc:
+                return refuse(401, str(exc))
+        elif not hmac.compare_digest(given, mint_token(secret, task_id)):
             return refuse(401, "missing or wrong upload token")
         tf = storage.get(task_id)
         if tf is None or not tf.shaped:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import anyio
 
+from damselfly.events.grants import GrantSigner
 from damselfly.events.ids import new_id
 from damselfly.events.log import read_log
 from damselfly.services.runtime.eventlog import dump
@@ -60,6 +61,7 @@ def _run_scheduler(args: argparse.Namespace) -> int:
     if args.lease_ttl <= 0 or args.keepalive_timeout <= 0 or args.snapshot_every <= 0:
         raise ValueError("--lease-ttl, --keepalive-timeout and --snapshot-every must be > 0")
     scheduler_id = f"{socket.gethostname()}-{os.getpid()}-{new_id()[:6]}"
+    grants = GrantSigner.from_env()  # the key of the upload grants (none: no grants)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -76,7 +78,7 @@ def _run_scheduler(args: argparse.Namespace) -> int:
                                   lease_ttl=args.lease_ttl,
                                   keepalive_timeout=args.keepalive_timeout,
                                   data_dir=args.data_dir, snapshot_every=args.snapshot_every,
-                                  metrics=metrics)
+                                  metrics=metrics, grants=grants)
 
             def ready() -> None:
                 if args.ready_file:

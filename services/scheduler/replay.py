@@ -43,10 +43,11 @@ class Replay:
     recorded: dict[str, Event] = field(default_factory=dict)
 
     def as_recorded(self, d: Decided) -> bool:
-        """Whether the record holds this decision; ``at`` is when a live scheduler made it."""
+        """Whether the record holds this decision; ``at`` is when a live scheduler made it,
+        and the upload grants are what its shell signed (``events/grants.py``)."""
         recorded = self.recorded.get(d.decision.id)
-        return recorded is not None and msgspec.structs.replace(recorded, at=d.decision.at) \
-            == d.decision
+        return recorded is not None and _ungranted(
+            msgspec.structs.replace(recorded, at=d.decision.at)) == d.decision
 
     def mismatches(self) -> tuple[list[Decided], list[Event]]:
         """Replayed decisions that differ from (or are missing in) the record, and recorded
@@ -55,6 +56,13 @@ class Replay:
         differ = [d for d in self.decided if not self.as_recorded(d)]
         missing = [e for i, e in self.recorded.items() if i not in produced]
         return differ, missing
+
+
+def _ungranted(decision: Event) -> Event:
+    if not isinstance(decision, ParentsAssigned):
+        return decision
+    return msgspec.structs.replace(decision, parents=[
+        msgspec.structs.replace(p, grant="") for p in decision.parents])
 
 
 def parse_weights(text: str) -> dict[str, float]:

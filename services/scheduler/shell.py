@@ -41,8 +41,10 @@ from nats.js.kv import KeyValue
 from damselfly.events.base import Event
 from damselfly.events.bus import Publisher, dead_letter
 from damselfly.events.codec import EventDecodeError, decode_delivered
+from damselfly.events.grants import GRANT_TTL, GrantSigner
 from damselfly.events.hosts import HostAnnounced, HostKeepalive, HostLeft
 from damselfly.events.ids import derived_id
+from damselfly.events.sched import ParentsAssigned
 from damselfly.events.streams import (
     CONFIG_STREAM,
     DEDUP_WINDOW,
@@ -384,8 +386,10 @@ class PartitionWorker:
 
     def __init__(self, nc: Client, publisher: Publisher, snapshots: KeyValue,
                  cluster: str, part: int, metrics: SchedulerMetrics, hosts: HostLog, *,
-                 batch: int = 256, poll: float = 0.5, snapshot_every: float = 5.0) -> None:
+                 batch: int = 256, poll: float = 0.5, snapshot_every: float = 5.0,
+                 grants: GrantSigner | None = None) -> None:
         self._nc = nc
+        self._grants = grants
         self._log = logging.LoggerAdapter(log, {"partition": part})  # a field of JSON lines
         self._metrics = metrics
         self._hosts = hosts
@@ -549,7 +553,7 @@ class PartitionWorker:
 
     async def _publish(self, out: list[Event], stop: Stop) -> None:
         now = time.time()  # a decision happens when it is made; replay ignores ``at``
-        out = [msgspec.structs.replace(d, at=now) for d in out]
+        out = [self._granted(msgspec.structs.replace(d, at=now)) for d in out]
         answering, self._answering = self._answering, []
         while out:
             try:
@@ -565,6 +569,16 @@ class PartitionWorker:
                 self._log.warning("partition %d: publishing %d decisions failed (%s); retrying",
                                   self.part, len(out), exc)
                 await anyio.sleep(0.5)
+
+    def _granted(self, decision: Event) -> Event:
+        """A ``ParentsAssigned`` with an upload grant for each parent (the core stays pure:
+        a grant is a signature and an expiry, not a choice, so replay leaves it out)."""
+        if self._grants is None or not isinstance(decision, ParentsAssigned):
+            return decision
+        expires = decision.at + GRANT_TTL
+        parents = [msgspec.structs.replace(p, grant=self._grants.grant(
+            decision.task_id, decision.peer_id, p.host_id, expires)) for p in decision.parents]
+        return msgspec.structs.replace(decision, parents=parents)
 
     async def _publish_relays(self) -> None:
         """Relay the parents' new pieces to their children when a relay is due. A relay
@@ -625,8 +639,10 @@ class Scheduler:
     def __init__(self, nc: Client, *, cluster: str, scheduler_id: str, lease_ttl: float = 6.0,
                  keepalive_timeout: float = 30.0, data_dir: Path | None = None,
                  poll: float = 0.5, snapshot_every: float = 5.0,
-                 metrics: SchedulerMetrics | None = None) -> None:
+                 metrics: SchedulerMetrics | None = None,
+                 grants: GrantSigner | None = None) -> None:
         self._nc = nc
+        self._grants = grants
         self._js = nc.jetstream()
         self.metrics = metrics or SchedulerMetrics()
         self._hosts = HostLog(self._js, cluster, self.metrics)
@@ -753,7 +769,7 @@ class Scheduler:
     def _start(self, tg: TaskGroup, part: int, revision: int, snapshots: KeyValue) -> None:
         worker = PartitionWorker(self._nc, self._publisher, snapshots, self.cluster, part,
                                  self.metrics, self._hosts, poll=self._poll,
-                                 snapshot_every=self._snapshot_every)
+                                 snapshot_every=self._snapshot_every, grants=self._grants)
         owned = _Owned(revision, time.monotonic(), worker)
         self.owned[part] = owned
         tg.start_soon(_run_worker, owned, name=f"partition {part}")

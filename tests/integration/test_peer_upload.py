@@ -9,18 +9,22 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
+from unittest import mock
 
 import aiohttp
 import anyio
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from damselfly.events.grants import KEY_ENV, PUBKEY_ENV, GrantSigner, GrantVerifier
 from damselfly.services.peer.metrics import TransferStats
 from damselfly.services.peer.parents import ParentClient
 from damselfly.services.peer.request import DownloadRequest
 from damselfly.services.peer.storage import Storage, TaskFile
 from damselfly.services.peer.upload import mint_token, upload_app
 from tests.support.metrics import samples
+from tests.support.swarm import grant_keys
 from tests.support.wait import eventually
 
 if TYPE_CHECKING:
@@ -48,6 +52,8 @@ class Limits(TypedDict, total=False):
     rate_limit: float
     max_slot_wait: float
     compress: bool
+    grants: GrantVerifier
+    host_id: str
 
 
 @asynccontextmanager
@@ -70,6 +76,36 @@ async def get(url: str, task_id: str, rng: str, token: str | None = None) -> tup
     async with aiohttp.ClientSession() as s, \
             s.get(f"{url}/v1/tasks/{task_id}/content", headers=headers) as r:
         return r.status, await r.read(), dict(r.headers)
+
+
+async def test_with_a_grant_key_only_a_granted_child_is_served(tmp_path: Path) -> None:
+    storage, tf, body = held_task(tmp_path, 3, holes=set())
+    other = DownloadRequest(url="http://o/other").task_id()
+    key, pub = grant_keys(tmp_path / "keys")
+    with mock.patch.dict(os.environ, {KEY_ENV: str(key), PUBKEY_ENV: str(pub)}):
+        signer, verifier = GrantSigner.from_env(), GrantVerifier.from_env()
+    assert signer is not None and verifier is not None
+    later = time.time() + 60
+    async with serving(storage, grants=verifier, host_id="parent-host") as (url, _):
+        granted = signer.grant(tf.task_id, "child-1", "parent-host", later)
+        status, data, _ = await get(url, tf.task_id, f"bytes=0-{PIECE - 1}", token=granted)
+        assert (status, data) == (206, body[:PIECE])
+        refused = [  # (the one line a refused child reads, what it sent)
+            ("malformed upload grant", mint_token("secret", tf.task_id)),  # the secret's
+            ("malformed upload grant", granted.replace(".", "")),
+            ("the upload grant is for another parent",
+             signer.grant(tf.task_id, "child-1", "another-host", later)),
+            ("the upload grant is for another task",
+             signer.grant(other, "child-1", "parent-host", later)),
+            ("the upload grant has expired: ask the scheduler again",
+             signer.grant(tf.task_id, "child-1", "parent-host", time.time() - 1)),
+            ("the upload grant is not the scheduler's",
+             GrantSigner(Ed25519PrivateKey.generate()).grant(tf.task_id, "child-1",
+                                                             "parent-host", later)),
+        ]
+        for reason, token in refused:
+            status, data, _ = await get(url, tf.task_id, "bytes=0-1", token=token)
+            assert (status, data.decode().strip()) == (401, reason), reason
 
 
 async def test_ranges_it_holds_and_refusals(tmp_path: Path) -> None:

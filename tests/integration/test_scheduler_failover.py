@@ -58,7 +58,7 @@ async def test_killing_the_owning_scheduler_mid_download_fails_no_download(
             assert first_scheduler.name == "scheduler" and len(owned(first_scheduler)) == 16
             second = ChildService("scheduler-2", ["scheduler", "--nats", nats_url, "--cluster",
                                                   cluster, "--data-dir", str(tmp_path / "s2")],
-                                  tmp_path / "s2", swarm.secret)
+                                  tmp_path / "s2", swarm.secret, swarm.scheduler_env)
             swarm.services.append(second)  # stopped with the swarm
             second.start()
             schedulers = [first_scheduler, second]

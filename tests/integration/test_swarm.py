@@ -10,11 +10,13 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
 import pytest
 
 from damselfly.services.peer.get import ApiClient
 from damselfly.services.peer.request import DownloadRequest
+from damselfly.services.peer.upload import mint_token
 from tests.support.swarm import Origin, Swarm
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -54,6 +56,16 @@ async def test_ten_peers_fetch_one_file_while_the_origin_serves_it_once(
                 async with anyio.create_task_group() as tg:
                     for service in swarm.peer_services:
                         tg.start_soon(one, service.name, str(service.endpoints["api_url"]))
+            # The peers fetched from each other with the scheduler's grants alone: the
+            # cluster secret, which every daemon holds, opens no upload server.
+            task_id = results["peer-1"]["task_id"]
+            upload_url = swarm.peer_services[1].endpoints["upload_url"]
+            async with aiohttp.ClientSession() as s, s.get(
+                    f"{upload_url}/v1/tasks/{task_id}/content",
+                    headers={"Range": "bytes=0-1",
+                             "Authorization": f"Bearer {mint_token(swarm.secret, task_id)}"}
+            ) as r:
+                refused = (r.status, (await r.text()).strip())
     finally:
         await origin.stop()
 
@@ -64,3 +76,4 @@ async def test_ten_peers_fetch_one_file_while_the_origin_serves_it_once(
     assert digests == {want}
     assert origin.bytes_served / SIZE <= 1.1, origin.bytes_served
     assert sum(r["bytes_from_peers"] for r in results.values()) >= (PEERS - 1) * SIZE
+    assert refused == (401, "malformed upload grant")

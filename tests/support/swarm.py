@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 
 from damselfly.events.bus import Consumer
 from damselfly.events.codec import AnyEvent
+from damselfly.events.grants import KEY_ENV, PUBKEY_ENV, write_keys
 from damselfly.services.launcher.origin import Origin as LocalOrigin
 from damselfly.services.peer.daemon import DaemonConfig, serve
 from damselfly.services.peer.fetchbook import Settings
@@ -73,8 +74,10 @@ class ChildService:
     """One ``damselfly`` subcommand as a child process; its endpoints come from its ready
     file. ``spawn`` then ``wait`` lets several start at once."""
 
-    def __init__(self, name: str, argv: list[str], data_dir: Path, secret: str) -> None:
+    def __init__(self, name: str, argv: list[str], data_dir: Path, secret: str,
+                 env: dict[str, str] | None = None) -> None:
         self.name, self.data_dir, self.secret = name, data_dir, secret
+        self.env = {"DAMSELFLY_CLUSTER_SECRET": secret, **(env or {})}
         self.argv = [*DAMSELFLY, *argv]
         self.proc: subprocess.Popen[bytes] | None = None
         self.endpoints: dict[str, object] = {}
@@ -85,8 +88,7 @@ class ChildService:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._ready.unlink(missing_ok=True)
         with open(self.log_path, "ab") as log:
-            self.proc = spawn([*self.argv, "--ready-file", str(self._ready)], log,
-                              {"DAMSELFLY_CLUSTER_SECRET": self.secret})
+            self.proc = spawn([*self.argv, "--ready-file", str(self._ready)], log, self.env)
 
     def wait(self, timeout: float = 30.0) -> dict[str, object]:
         """Raises ``RuntimeError`` naming the log when it exits or stays silent."""
@@ -113,10 +115,21 @@ class ChildService:
 
 
 def daemon_service(name: str, nats_url: str, data_dir: Path, secret: str, *extra: str,
-                   cluster: str = "default", seed: bool = False) -> ChildService:
+                   cluster: str = "default", seed: bool = False,
+                   grant_pub: Path | None = None) -> ChildService:
+    """``grant_pub``: the schedulers' public key, so that it serves only granted children."""
     return ChildService(name, ["daemon", "--nats", nats_url, "--data-dir", str(data_dir),
                                "--cluster", cluster, "--api-port", "0",
-                               *(["--seed"] if seed else []), *extra], data_dir, secret)
+                               *(["--seed"] if seed else []), *extra], data_dir, secret,
+                        {PUBKEY_ENV: str(grant_pub)} if grant_pub else None)
+
+
+def grant_keys(directory: Path) -> tuple[Path, Path]:
+    """A key pair for upload grants, as ``damselfly up`` makes one: ``(key, public key)``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key, pub = directory / "grant.key", directory / "grant.pub"
+    write_keys(key, pub)
+    return key, pub
 
 
 @dataclass
@@ -131,16 +144,20 @@ class Swarm:
     secret: str = "swarm-secret"
     daemon_args: tuple[str, ...] = ()
     services: list[ChildService] = field(default_factory=list)
+    scheduler_env: dict[str, str] = field(default_factory=dict)
+    """What another scheduler of this swarm needs in its environment (the grant key)."""
 
     def __enter__(self) -> Self:
         d = self.data_dir
+        key, pub = grant_keys(d)
+        self.scheduler_env = {KEY_ENV: str(key)}
         scheduler = ChildService("scheduler", ["scheduler", "--nats", self.nats_url,
                                                "--cluster", self.cluster, "--data-dir",
                                                str(d / "scheduler")], d / "scheduler",
-                                 self.secret)
+                                 self.secret, self.scheduler_env)
         self.services = [scheduler, *(
             daemon_service(name, self.nats_url, d / name, self.secret, *self.daemon_args,
-                           cluster=self.cluster, seed=name == "seed-peer")
+                           cluster=self.cluster, seed=name == "seed-peer", grant_pub=pub)
             for name in ["seed-peer", *(f"peer-{i}" for i in range(1, self.peers + 1))])]
         try:
             for service in self.services:

@@ -41,3 +41,17 @@ def test_version_names_the_installed_distribution(capsys: pytest.CaptureFixture[
         build_parser().parse_args(["--version"])
     assert stopped.value.code == 0
     assert capsys.readouterr().out.strip() == f"damselfly {metadata.version('damselfly')}"
+
+
+def test_only_schedulers_hold_the_grant_key_and_every_daemon_the_public_one() -> None:
+    for name, service in DAMSELFLY.items():
+        role = service["command"][0]
+        has_key = "grant_key" in service.get("secrets", [])
+        assert has_key == (role == "scheduler"), name
+        assert ("DAMSELFLY_GRANT_KEY" in service["environment"]) == has_key, name
+        if role == "daemon":
+            assert "grant_pub" in service["secrets"], name
+            assert service["environment"]["DAMSELFLY_GRANT_PUBKEY"] == "/run/secrets/grant_pub"
+    assert COMPOSE["secrets"]["grant_key"]["file"] == "./keys/grant.key"
+    args = build_parser().parse_args(["grant-keys", "keys"])  # what the header says to run
+    assert callable(args.run)
