@@ -3,7 +3,10 @@ curl fetching the same bytes from the same parent in the same run, and the child
 peak RSS while it downloads the file.
 
 Run: ``.venv/bin/python -m bench.bench_peer [--size-mib N]`` (default 2048 MiB: the peak-RSS
-figure is for a 2 GiB file; about a minute here). Writes ``bench/results/peer.json``.
+figure is for a 2 GiB file; about a minute here). Writes ``bench/results/peer.json``. Also
+in the same run: curl's CPU time and how fast one core hashes the file with sha256 (the
+child hashes every byte it takes in; curl hashes none), the two figures that bound the
+ratio on a 2-core machine.
 Not a test: nothing here asserts a time.
 """
 
@@ -15,6 +18,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import subprocess
 import tempfile
 import time
@@ -70,6 +74,23 @@ def cpu_seconds(pid: int) -> float:
     """User plus system CPU time a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu() -> float:
+    """User plus system CPU time of this process's finished children (curl)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def sha256_seconds(path: Path) -> float:
+    """How long one core takes to hash the file (from the page cache): every byte a child
+    takes in is hashed once, so on a link faster than this the hash is the child's limit."""
+    digest, buf = hashlib.sha256(), bytearray(1 << 16)
+    started = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            digest.update(memoryview(buf)[:n])
+    return time.perf_counter() - started
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -146,6 +167,7 @@ async def run(size: int, work: Path) -> dict[str, Any]:
         # Both runs write the whole file to this disk: start each with no dirty pages
         # pending, so that neither pays for the writeback of what came before it.
         await asyncio.to_thread(os.sync)
+        curl_cpu0 = _children_cpu()
         started = time.perf_counter()
         curl = ["curl", "-sf", "-o", str(curl_out), "-H", f"Range: bytes=0-{size - 1}",
                 "-H", "Authorization: Bearer " + grants.grant(
@@ -153,7 +175,9 @@ async def run(size: int, work: Path) -> dict[str, Any]:
                 content]
         await asyncio.to_thread(subprocess.run, curl, check=True)
         curl_seconds = time.perf_counter() - started
+        curl_cpu = _children_cpu() - curl_cpu0
         curl_out.unlink()
+        hash_seconds = await asyncio.to_thread(sha256_seconds, blob)
 
         assert child.proc is not None and parent.proc is not None
         await asyncio.to_thread(os.sync)
@@ -178,6 +202,8 @@ async def run(size: int, work: Path) -> dict[str, Any]:
         "ratio_child_to_curl": round(curl_seconds / child_seconds, 3),
         "parent_back_to_source_mib_s": round(size / mib / origin_seconds, 1),
         "child_cpu_s_during_p2p": round(child_cpu, 2),
+        "curl_cpu_s": round(curl_cpu, 2),
+        "sha256_one_core_mib_s": round(size / mib / hash_seconds, 1),
         "parent_cpu_s_during_p2p": round(parent_cpu, 2),
         "child_peak_rss_mib": round(child_rss, 1),
         "parent_peak_rss_mib": round(parent_rss, 1),
