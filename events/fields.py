@@ -14,8 +14,11 @@ from typing import Annotated, Final
 
 import msgspec
 
-MAX_PIECES: Final = 1 << 22
-"""16 TiB in 4 MiB pieces; a task with more is not believed."""
+MAX_PIECES: Final = 10_000
+"""The most pieces a task may have: its digests (about 74 bytes each) go in one message
+(``TaskMetadataReported``, ``ParentsAssigned``), which must fit the broker's default 1 MiB
+payload with room for the parents. A task with more is not believed; a download asked for
+more gets a one-line error (``taskid.geometry_error``)."""
 MAX_CONTENT: Final = 1 << 50
 """1 PiB: larger than any task, smaller than anything that overflows a DuckDB BIGINT sum."""
 MAX_PIECE_LENGTH: Final = 1 << 30

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from typing import Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from damselfly.events.fields import MAX_PIECES
+
 MIN_PIECE: Final = 256 << 10
 """Dragonfly's floor is 4 MiB; a 64 MiB file then has 16 pieces and for the first piece-times
 no child has anything to give another (issue 16). 256 KiB gives it 256, each one hop of
@@ -43,11 +45,26 @@ def task_id(url: str, *, tag: str = "", application: str = "", piece_length: int
 
 def piece_length_for(content_length: int, requested: int = 0) -> int:
     """The requested length, else the next power of two of length/500 clamped to
-    256 KiB–64 MiB."""
+    256 KiB–64 MiB, doubled past 64 MiB while the task would have more than ``MAX_PIECES``
+    pieces (files over 625 GiB)."""
     if requested > 0:
         return requested
     wanted = max(1, content_length // TARGET_PIECES)
-    return min(max(1 << (wanted - 1).bit_length(), MIN_PIECE), MAX_PIECE)
+    length = min(max(1 << (wanted - 1).bit_length(), MIN_PIECE), MAX_PIECE)
+    while piece_count(content_length, length) > MAX_PIECES:
+        length *= 2
+    return length
+
+
+def geometry_error(content_length: int, piece_length: int) -> str:
+    """Why a task of this size cannot have pieces of this length (too many), or ""."""
+    count = piece_count(content_length, piece_length)
+    if count <= MAX_PIECES:
+        return ""
+    return (f"{content_length} bytes in pieces of {piece_length} bytes make {count} pieces, "
+            f"more than the {MAX_PIECES} a task may have: ask for pieces of at least "
+            f"{-(-content_length // MAX_PIECES)} bytes, or leave the length out "
+            f"({piece_length_for(content_length)} for this size)")
 
 
 def piece_count(content_length: int, piece_length: int) -> int:

@@ -40,7 +40,7 @@ from damselfly.events.sched import (
 )
 from damselfly.events.secrets import public_headers, public_url
 from damselfly.events.subjects import sched_subject
-from damselfly.events.taskid import piece_length_for, piece_range
+from damselfly.events.taskid import geometry_error, piece_length_for, piece_range
 from damselfly.events.tasks import (
     BackToSourceStarted,
     FinishedPiece,
@@ -351,6 +351,8 @@ class Download:
     async def _shape(self, content_length: int, piece_length: int) -> None:
         tf = self.tf
         assert tf is not None
+        if reason := geometry_error(content_length, piece_length):
+            raise DownloadFailed(reason)  # before any space is reserved for it
         if not tf.shaped:
             active = {*self.ctx.active(), self.task_id}
             await self.ctx.forget(self.ctx.storage.reserve(tf, content_length, active))

@@ -19,7 +19,7 @@ from typing import Final
 
 import msgspec
 
-from damselfly.events.taskid import piece_count
+from damselfly.events.taskid import geometry_error, piece_count
 from damselfly.services.peer.bitmap import Bitmap
 from damselfly.services.peer.request import DownloadRequest
 
@@ -99,6 +99,8 @@ class TaskFile:
                                  f"{piece_length} bytes, had {self.meta.content_length}/"
                                  f"{self.meta.piece_length}")
             return
+        if reason := geometry_error(content_length, piece_length):
+            raise ValueError(reason)
         self.meta.content_length = content_length
         self.meta.piece_length = piece_length
         self.bitmap = Bitmap(self.piece_count)

@@ -26,6 +26,7 @@ from damselfly.events.bus import Publisher
 from damselfly.events.codec import AnyEvent, decode
 from damselfly.events.ids import new_id
 from damselfly.events.jobs import DeleteTaskRequested, JobProgressed
+from damselfly.events.taskid import geometry_error
 from damselfly.events.tasks import (
     BackToSourceStarted,
     PeerFailed,
@@ -168,6 +169,19 @@ async def test_disabled_back_to_source_without_scheduler_fails(
     assert status["state"] == "failed"
     assert status["error"] == "back-to-source is disabled and no scheduler answered within 0.5s"
     assert origin.bytes_served == 0
+
+
+async def test_a_piece_length_giving_too_many_pieces_is_one_line_and_the_next_works(
+        tmp_path: Path, nats_url: str) -> None:
+    tiny = SIZE // 10_001  # more pieces than one message carries digests for
+    async with setup(tmp_path, nats_url) as (origin, client, _):
+        status = await download(client, DownloadRequest(url=f"{origin.url}/f.bin",
+                                                        piece_length=tiny))
+        fine = await download(client, DownloadRequest(url=f"{origin.url}/f.bin"))
+    assert status["state"] == "failed", status
+    assert status["error"] == geometry_error(SIZE, tiny)
+    assert "more than the 10000 a task may have" in status["error"]
+    assert fine["state"] == "succeeded", fine
 
 
 async def test_a_full_disk_fails_that_task_only(tmp_path: Path, nats_url: str) -> None:

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from damselfly.events.fields import MAX_PIECES
 from damselfly.events.taskid import (
     MAX_PIECE,
     MIN_PIECE,
     filter_query,
+    geometry_error,
     piece_count,
     piece_length_for,
     piece_range,
@@ -24,6 +26,8 @@ from damselfly.services.peer.digests import (
     parse_digest,
     same_digest,
 )
+from damselfly.services.peer.request import DownloadRequest
+from damselfly.services.peer.storage import Storage
 from damselfly.services.peer.upload import Pacer, mint_token
 
 
@@ -51,8 +55,29 @@ def test_tag_application_and_piece_length_separate_tasks() -> None:
 def test_piece_length_is_clamped_power_of_two() -> None:
     assert piece_length_for(10) == MIN_PIECE
     assert piece_length_for(500 * (5 << 20)) == 8 << 20
-    assert piece_length_for(1 << 40) == MAX_PIECE
+    assert piece_length_for(500 << 30) == MAX_PIECE
     assert piece_length_for(1 << 40, requested=1000) == 1000
+
+
+def test_no_task_gets_more_pieces_than_one_message_carries_digests_for() -> None:
+    # 1 TiB in 64 MiB pieces would be 16,384: the length doubles instead.
+    assert piece_length_for(1 << 40) == 2 * MAX_PIECE
+    for size in (1 << 40, (625 << 30) + 1, 10 << 40):
+        assert piece_count(size, piece_length_for(size)) <= MAX_PIECES
+        assert geometry_error(size, piece_length_for(size)) == ""
+    reason = geometry_error(4 << 30, 256 << 10)
+    assert reason == ("4294967296 bytes in pieces of 262144 bytes make 16384 pieces, more "
+                      "than the 10000 a task may have: ask for pieces of at least 429497 "
+                      "bytes, or leave the length out (16777216 for this size)")
+
+
+def test_a_task_file_refuses_a_shape_of_too_many_pieces(tmp_path: Path) -> None:
+    storage = Storage(tmp_path)
+    request = DownloadRequest(url="http://o/f", piece_length=256 << 10)
+    tf = storage.create(request.task_id(), request)
+    with pytest.raises(ValueError, match="16384 pieces, more than the 10000"):
+        tf.shape(4 << 30, 256 << 10)
+    assert not tf.shaped
 
 
 def test_piece_geometry_covers_the_file_exactly() -> None:
