@@ -95,6 +95,11 @@ async def test_root_signs_in_guests_only_read(nats_url: str, tmp_path: Path,
         assert (status, body["detail"]) == (401, "session revoked")
         status, body = await m.call("GET", "/api/v1/users", token="dfs_forged.token")
         assert status == 401
+        status, body = await m.call("GET", "/api/v1/users", token="dfs_a.b.c>d e*f_secret")
+        assert status == 401  # an id that is no subject token is unknown, not a 500
+        status, body = await m.call("POST", "/api/v1/users/signin",
+                                    {"name": "a.b>c", "password": "x"})
+        assert (status, body["detail"]) == (401, "wrong user name or password")
         status, openapi = await m.call("GET", "/openapi.json")
         assert {"/api/v1/scheduler-clusters", "/api/v1/seed-peer-clusters", "/api/v1/jobs",
                 "/oapi/v1/jobs", "/api/v1/users/signin", "/api/v1/personal-access-tokens",

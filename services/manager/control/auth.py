@@ -30,7 +30,7 @@ from damselfly.events.codec import decode
 from damselfly.events.ids import new_id
 from damselfly.events.secrets import read_secret
 from damselfly.events.streams import ADMIN_STREAM
-from damselfly.events.subjects import admin_subject, name_of
+from damselfly.events.subjects import SubjectError, admin_subject, name_of
 from damselfly.services.manager.control.passwords import verify_password
 from damselfly.services.manager.reader import Reader
 
@@ -107,12 +107,15 @@ def js_of(request: Request) -> JetStreamContext:
     return js
 
 
-async def _last_in_log(js: JetStreamContext, subject: str) -> Event | None:
-    """The last admin event on ``subject``, read from the log itself (not a projection, which
-    may lag behind a write another manager, or this one a moment ago, has made)."""
+async def _last_in_log(js: JetStreamContext, family: str, key: str, kind: type[Event]
+                       ) -> Event | None:
+    """The last admin event of ``kind`` about ``key``, read from the log itself (not a
+    projection, which may lag behind a write another manager, or this one a moment ago, has
+    made); None when there is none (an id that is no subject token has none)."""
     try:
+        subject = admin_subject(family, key, name_of(kind))
         return decode((await js.get_last_msg(ADMIN_STREAM, subject)).data or b"")
-    except NotFoundError:
+    except (NotFoundError, SubjectError):
         return None
 
 
@@ -121,7 +124,7 @@ async def stored_user(reader: Reader, js: JetStreamContext, user_id: str
     """The user as the log last saved it (a password change, a new role, a disabled state
     count from the next request on), with the projection's timestamps; None if unknown."""
     rows = await reader.records("SELECT * FROM admin_users WHERE user_id = ?", [user_id])
-    last = await _last_in_log(js, admin_subject("user", user_id, name_of(UserSaved)))
+    last = await _last_in_log(js, "user", user_id, UserSaved)
     if not isinstance(last, UserSaved):
         return rows[0] if rows else None
     return {**(rows[0] if rows else {}), "user_id": last.user_id, "email": last.email,
@@ -145,8 +148,8 @@ async def _from_token(reader: Reader, js: JetStreamContext, token: str, now: flo
         raise AuthError("unknown token")
     row = rows[0]
     what = "session" if row["kind"] == "session" else "personal access token"
-    revoked = admin_subject("token", token_id, name_of(TokenRevoked))
-    if row["state"] != "active" or await _last_in_log(js, revoked) is not None:
+    if row["state"] != "active" or await _last_in_log(js, "token", token_id,
+                                                      TokenRevoked) is not None:
         raise AuthError(f"{what} revoked")
     expires = float(str(row["expires"]))
     if expires <= now:
