@@ -28,10 +28,11 @@ import anyio
 from bench.netlab import Host
 from damselfly.events.bus import Publisher
 from damselfly.events.config import ClusterConfig, ClusterConfigSet
-from damselfly.events.grants import KEY_ENV, PUBKEY_ENV, GrantSigner, write_keys
+from damselfly.events.grants import KEY_ENV, PUBKEY_ENV, GrantSigner
 from damselfly.events.ids import new_id
 from damselfly.events.streams import ensure_streams
 from damselfly.services.launcher.broker import start_broker
+from damselfly.services.launcher.up import write_grant_keys
 from damselfly.services.peer.get import ApiClient
 from damselfly.services.peer.request import DownloadRequest
 from damselfly.services.runtime.natsconn import connect
@@ -59,7 +60,7 @@ class Lab:
         # Children import bench.* too, from wherever the benchmark was started. Upload
         # grants as ``damselfly up`` has them (a daemon reads only the public key).
         key, pub = self.root / "grant.key", self.root / "grant.pub"
-        write_keys(key, pub)
+        write_grant_keys(key, pub)
         self.env = {"DAMSELFLY_CLUSTER_SECRET": secrets.token_hex(32), "PYTHONPATH": str(REPO),
                     KEY_ENV: str(key), PUBKEY_ENV: str(pub)}
         self.grants = GrantSigner.from_file(key)

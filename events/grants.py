@@ -34,26 +34,25 @@ class GrantError(ValueError):
     """A grant is missing, malformed, forged, expired or for another task or host."""
 
 
-def write_keys(key_path: Path, pub_path: Path) -> None:
-    """Make the schedulers' key pair unless ``key_path`` exists: the private key 0600, the
-    public key readable by every daemon."""
-    if key_path.exists():
-        return
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(private)
-    pub_path.write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+def _key_file(env: str) -> Path | None:
+    path = os.environ.get(env, "")
+    return Path(path) if path else None
 
 
-def _pem(path: Path) -> bytes:
+def _load(path: Path, private: bool) -> object:
+    """The key in a PEM file. Raises ``RuntimeError`` for an unreadable or wrong file."""
+    kind, want = ("private", Ed25519PrivateKey) if private else ("public", Ed25519PublicKey)
     try:
-        return path.read_bytes()
+        pem = path.read_bytes()
+        key = (serialization.load_pem_private_key(pem, password=None) if private
+               else serialization.load_pem_public_key(pem))
     except OSError as exc:
         raise RuntimeError(f"grant key {path}: {exc.strerror}") from None
+    except (ValueError, TypeError) as exc:
+        raise RuntimeError(f"grant key {path}: not a PEM {kind} key ({exc})") from None
+    if not isinstance(key, want):
+        raise RuntimeError(f"grant key {path}: not an Ed25519 key")
+    return key
 
 
 def _b64(data: bytes) -> str:
@@ -71,18 +70,14 @@ class GrantSigner:
     @classmethod
     def from_env(cls) -> GrantSigner | None:
         """The key ``DAMSELFLY_GRANT_KEY`` names, or None when it names none."""
-        path = os.environ.get(KEY_ENV, "")
-        return cls.from_file(Path(path)) if path else None
+        path = _key_file(KEY_ENV)
+        return cls.from_file(path) if path else None
 
     @classmethod
     def from_file(cls, path: Path) -> GrantSigner:
         """Raises ``RuntimeError`` for an unreadable or wrong file."""
-        try:
-            key = serialization.load_pem_private_key(_pem(path), password=None)
-        except (ValueError, TypeError) as exc:
-            raise RuntimeError(f"grant key {path}: not a PEM private key ({exc})") from None
-        if not isinstance(key, Ed25519PrivateKey):
-            raise RuntimeError(f"grant key {path}: not an Ed25519 key")
+        key = _load(path, private=True)
+        assert isinstance(key, Ed25519PrivateKey)
         return cls(key)
 
     def grant(self, task_id: str, peer_id: str, host_id: str, expires_at: float) -> str:
@@ -100,15 +95,11 @@ class GrantVerifier:
     def from_env(cls) -> GrantVerifier | None:
         """The public key ``DAMSELFLY_GRANT_PUBKEY`` names, or None when it names none.
         Raises ``RuntimeError`` for an unreadable or wrong file."""
-        path = os.environ.get(PUBKEY_ENV, "")
-        if not path:
+        path = _key_file(PUBKEY_ENV)
+        if path is None:
             return None
-        try:
-            key = serialization.load_pem_public_key(_pem(Path(path)))
-        except ValueError as exc:
-            raise RuntimeError(f"grant key {path}: not a PEM public key ({exc})") from None
-        if not isinstance(key, Ed25519PublicKey):
-            raise RuntimeError(f"grant key {path}: not an Ed25519 key")
+        key = _load(path, private=False)
+        assert isinstance(key, Ed25519PublicKey)
         return cls(key)
 
     def check(self, grant: str, task_id: str, host_id: str, now: float) -> str:

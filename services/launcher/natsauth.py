@@ -121,15 +121,17 @@ def write(directory: Path, hosts: Mapping[str, str] | None = None) -> Credential
     for role in roles:
         path = creds_dir / f"{role}.creds"
         if not path.exists():
-            _write_private(path, f"{role}:{secrets.token_urlsafe(24)}\n")
+            write_private(path, f"{role}:{secrets.token_urlsafe(24)}\n")
         passwords[role] = path.read_text().strip().partition(":")[2]
         out.files[role] = path
     out.config.parent.mkdir(parents=True, exist_ok=True)
-    _write_private(out.config, server_config(passwords, roles), replace=True)
+    write_private(out.config, server_config(passwords, roles), replace=True)
     return out
 
 
-def _write_private(path: Path, text: str, *, replace: bool = False) -> None:
+def write_private(path: Path, text: str, *, replace: bool = False) -> None:
+    """Write ``text`` to a file only its owner can read (0600); a new file unless
+    ``replace``."""
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if replace else os.O_EXCL)
     fd = os.open(path, flags, 0o600)
     with os.fdopen(fd, "w") as f:

@@ -22,7 +22,10 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Self
 
-from damselfly.events.grants import KEY_ENV, PUBKEY_ENV, write_keys
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from damselfly.events.grants import KEY_ENV, PUBKEY_ENV
 from damselfly.events.streams import ensure_streams
 from damselfly.services.launcher import natsauth
 from damselfly.services.launcher.broker import Broker, start_broker
@@ -85,10 +88,21 @@ def kept_secret(env: str, path: Path) -> str:
     if value := os.environ.get(env):
         return value
     if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(24))
+        natsauth.write_private(path, secrets.token_urlsafe(24))
     return path.read_text().strip()
+
+
+def write_grant_keys(key_path: Path, pub_path: Path) -> None:
+    """Make the schedulers' upload-grant key pair (``events/grants.py``) unless
+    ``key_path`` exists: the private key 0600, the public key readable by every daemon."""
+    if key_path.exists():
+        return
+    key = Ed25519PrivateKey.generate()
+    natsauth.write_private(key_path, key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()).decode())
+    pub_path.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 @dataclass
@@ -131,7 +145,7 @@ class LocalCluster:
         # Upload grants: only the scheduler holds the private key; every daemon checks them.
         (self.data_dir / "creds").mkdir(mode=0o700, exist_ok=True)
         grant_key, grant_pub = self.data_dir / "creds" / "grant.key", self.data_dir / "grant.pub"
-        write_keys(grant_key, grant_pub)
+        write_grant_keys(grant_key, grant_pub)
         env[PUBKEY_ENV] = str(grant_pub)
         services: dict[str, object] = {}
         self.endpoints = {"nats": url, "data_dir": str(self.data_dir), "services": services}
@@ -218,7 +232,7 @@ def _grant_keys(args: argparse.Namespace) -> int:
     args.dir.mkdir(parents=True, exist_ok=True)
     key, pub = args.dir / "grant.key", args.dir / "grant.pub"
     made = not key.exists()
-    write_keys(key, pub)
+    write_grant_keys(key, pub)
     print(f"{'made' if made else 'kept'} {key} ({KEY_ENV}) and {pub} ({PUBKEY_ENV})")
     return 0
 

@@ -22,8 +22,9 @@ from nats.js import JetStreamContext
 
 from damselfly.events.bus import Consumer
 from damselfly.events.codec import AnyEvent
-from damselfly.events.grants import KEY_ENV, PUBKEY_ENV, write_keys
+from damselfly.events.grants import KEY_ENV, PUBKEY_ENV
 from damselfly.services.launcher.origin import Origin as LocalOrigin
+from damselfly.services.launcher.up import write_grant_keys
 from damselfly.services.peer.daemon import DaemonConfig, serve
 from damselfly.services.peer.fetchbook import Settings
 from damselfly.services.runtime.procs import DAMSELFLY, spawn, stop, wait_ready
@@ -128,7 +129,7 @@ def grant_keys(directory: Path) -> tuple[Path, Path]:
     """A key pair for upload grants, as ``damselfly up`` makes one: ``(key, public key)``."""
     directory.mkdir(parents=True, exist_ok=True)
     key, pub = directory / "grant.key", directory / "grant.pub"
-    write_keys(key, pub)
+    write_grant_keys(key, pub)
     return key, pub
 
 

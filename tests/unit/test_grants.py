@@ -14,15 +14,15 @@ from damselfly.events.grants import (
     GrantError,
     GrantSigner,
     GrantVerifier,
-    write_keys,
 )
+from damselfly.services.launcher.up import write_grant_keys
 
 TASK = "a" * 64
 
 
 def keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[GrantSigner, GrantVerifier]:
     key, pub = tmp_path / "grant.key", tmp_path / "grant.pub"
-    write_keys(key, pub)
+    write_grant_keys(key, pub)
     monkeypatch.setenv(KEY_ENV, str(key))
     monkeypatch.setenv(PUBKEY_ENV, str(pub))
     signer, verifier = GrantSigner.from_env(), GrantVerifier.from_env()
@@ -56,9 +56,9 @@ def test_a_grant_names_its_child_and_holds_only_for_its_task_host_and_time(
 def test_keys_are_made_once_the_private_one_0600_and_a_wrong_file_is_one_line(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     key, pub = tmp_path / "grant.key", tmp_path / "grant.pub"
-    write_keys(key, pub)
+    write_grant_keys(key, pub)
     first = key.read_bytes()
-    write_keys(key, pub)
+    write_grant_keys(key, pub)
     assert key.read_bytes() == first
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     monkeypatch.delenv(KEY_ENV, raising=False)
