@@ -20,18 +20,21 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, TypeVar
 
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from damselfly.events.base import Event
 from damselfly.events.codec import AnyEvent, EventDecodeError, decode_delivered, encode
 from damselfly.events.subjects import dlq_subject, subject_for
 
 log = logging.getLogger("damselfly.bus")
+T = TypeVar("T")
 
 MSG_ID: Final = "Nats-Msg-Id"
 DEAD_REASON: Final = "Damselfly-Dead-Reason"
@@ -48,13 +51,21 @@ class PoisonEvent(Exception):
     """The handler can never apply this event; dead-letter it."""
 
 
+LEADERLESS: Final = (NoStreamResponseError, ServiceUnavailableError, NoRespondersError)
+"""What a publish meets while a stream has no leader (a JetStream cluster electing one after a
+node died) or the client is between servers: the same publish succeeds a moment later."""
+LEADERLESS_RETRY: Final = 0.25
+
+
 class Publisher:
     """Publishes events to their subjects; ``publish_many`` pipelines the acks.
 
     An ack that does not come within ``timeout`` seconds is asked for again, up to
     ``attempts`` times in all: the event id is the message id, so the stream stores a
     resent event once, and a broker slow for a moment (a thin link full of deliveries)
-    does not fail the download or the write that published it."""
+    does not fail the download or the write that published it. A stream without a leader
+    (``LEADERLESS``) is asked again every ``LEADERLESS_RETRY`` seconds for as long as those
+    attempts would have taken, so a cluster's election fails nothing either."""
 
     def __init__(self, js: JetStreamContext, *, timeout: float = 5.0, attempts: int = 3) -> None:
         self._js = js
@@ -65,28 +76,38 @@ class Publisher:
     async def publish(self, event: Event) -> int:
         """Publish one event and wait for the stream's ack; returns its stream sequence.
 
-        Raises ``nats.errors.TimeoutError`` (after every attempt) or
-        ``nats.js.errors.APIError``.
+        Raises ``nats.errors.TimeoutError`` (after every attempt), one of ``LEADERLESS``
+        (after as long) or ``nats.js.errors.APIError``.
         """
-        for _ in range(self._attempts - 1):
-            try:
-                return await self._publish_once(event)
-            except NatsTimeoutError:
-                log.warning("no ack for %s within %gs; publishing it again", event.id,
-                            self._timeout)
-        return await self._publish_once(event)
+        return await self._retrying(event.id, lambda: self._publish_once(event))
 
     async def publish_many(self, events: Iterable[Event]) -> list[int]:
         """Publish events without waiting between them, then wait for every ack (all of
         them again, as one batch, when some do not come in time)."""
         batch = list(events)
-        for _ in range(self._attempts - 1):
+        return await self._retrying(f"{len(batch)} events", lambda: self._publish_batch(batch))
+
+    async def _retrying(self, what: str, send: Callable[[], Awaitable[T]]) -> T:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout * self._attempts
+        timeouts = 0
+        leaderless = False
+        while True:
             try:
-                return await self._publish_batch(batch)
+                return await send()
             except NatsTimeoutError:
-                log.warning("no acks for %d events within %gs; publishing them again",
-                            len(batch), self._timeout)
-        return await self._publish_batch(batch)
+                timeouts += 1
+                if timeouts >= self._attempts:
+                    raise
+                log.warning("no ack for %s within %gs; publishing again", what, self._timeout)
+            except LEADERLESS as exc:
+                if loop.time() >= deadline:
+                    raise
+                if not leaderless:
+                    log.warning("%s: %s; publishing again until a leader answers", what,
+                                exc or type(exc).__name__)
+                    leaderless = True
+                await asyncio.sleep(LEADERLESS_RETRY)
 
     async def _publish_once(self, event: Event) -> int:
         ack = await self._js.publish(subject_for(event), encode(event), timeout=self._timeout,
@@ -199,6 +220,9 @@ class Consumer:
             # nats-py raises the bare asyncio error when a poll expires partway through.
             self.stats.pending = 0
             return []
+        except LEADERLESS:  # the stream elects a leader (a cluster node died): nothing now
+            await asyncio.sleep(LEADERLESS_RETRY)
+            return []
         self.stats.pending = msgs[-1].metadata.num_pending if msgs else 0
         return msgs
 
@@ -232,6 +256,15 @@ class Consumer:
                 break
             msgs += more
         return msgs
+
+    async def _drained(self) -> bool:
+        """Whether the consumer has nothing left to deliver: an empty fetch alone may also
+        be a stream that is slow or electing a leader for a moment."""
+        try:
+            info = await (await self._subscription()).consumer_info()
+        except (TimeoutError, NatsTimeoutError, *LEADERLESS):
+            return False
+        return not info.num_pending
 
     async def _settle_failure(self, item: Delivered, exc: Exception) -> None:
         if isinstance(exc, PoisonEvent) or item.msg.metadata.num_delivered >= self._max_deliver:
@@ -281,7 +314,7 @@ class Consumer:
         while not stop.is_set():
             msgs = await self._gather(max_events)
             if not msgs:
-                if drain:
+                if drain and await self._drained():
                     return
                 continue
             batch, dead = await self._decode(msgs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import fields, replace
 from typing import Final
 
@@ -24,13 +25,28 @@ MEMBER_BUCKET: Final = "df_sched_members"
 SNAPSHOT_BUCKET: Final = "df_sched_snapshots"
 """KV: a scheduler partition's folded state, so a new owner replays less."""
 DEDUP_WINDOW: Final = 120.0
+REPLICAS_ENV: Final = "DAMSELFLY_STREAM_REPLICAS"
+"""How many JetStream servers keep each stream and KV bucket (``damselfly up --nats-nodes``,
+compose: 3); unset, a service leaves the replica count to whoever created the stream."""
 
 
-def stream_configs(*, task_max_age: float = DAY, task_max_bytes: int = 8 << 30
-                   ) -> list[StreamConfig]:
+def replicas() -> int | None:
+    """The replica count ``REPLICAS_ENV`` asks for, if any. Raises ``ValueError`` when it is
+    not a whole number from 1 to 5 (JetStream's range)."""
+    value = os.environ.get(REPLICAS_ENV, "")
+    if not value:
+        return None
+    if not value.isdigit() or not 1 <= int(value) <= 5:
+        raise ValueError(f"${REPLICAS_ENV} must be a whole number from 1 to 5, not {value!r}")
+    return int(value)
+
+
+def stream_configs(*, task_max_age: float = DAY, task_max_bytes: int = 8 << 30,
+                   num_replicas: int | None = None) -> list[StreamConfig]:
     """Every stream of the system; see ``events.subjects`` for the subject scheme."""
     common = StreamConfig(storage=StorageType.FILE, retention=RetentionPolicy.LIMITS,
-                          duplicate_window=DEDUP_WINDOW, discard=DiscardPolicy.OLD)
+                          duplicate_window=DEDUP_WINDOW, discard=DiscardPolicy.OLD,
+                          num_replicas=num_replicas)
     return [
         replace(common, name=HOSTS_STREAM, subjects=["df.host.>"], max_msgs_per_subject=5),
         replace(common, name=TASKS_STREAM, subjects=["df.task.>"], max_age=task_max_age,
@@ -46,12 +62,14 @@ def stream_configs(*, task_max_age: float = DAY, task_max_bytes: int = 8 << 30
 STREAM_NAMES: Final = tuple(str(c.name) for c in stream_configs())
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
-    """Create every stream, or bring an existing one to the current definition.
+async def ensure_streams(js: JetStreamContext, num_replicas: int | None = None) -> None:
+    """Create every stream, or bring an existing one to the current definition, with
+    ``num_replicas`` (by default what ``REPLICAS_ENV`` asks for, if anything).
 
-    Raises ``nats.js.errors.APIError`` when the server refuses a definition.
+    Raises ``nats.js.errors.APIError`` when the server refuses a definition (more replicas
+    than servers, say), ``ValueError`` for a bad ``REPLICAS_ENV``.
     """
-    for config in stream_configs():
+    for config in stream_configs(num_replicas=num_replicas or replicas()):
         try:
             info = await js.stream_info(str(config.name))
         except NotFoundError:

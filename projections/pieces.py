@@ -20,7 +20,9 @@ PIECE_MINUTES = Table(
         Column("pieces_from_origin", "INTEGER", ADD), Column("bytes_from_origin", "BIGINT", ADD),
         Column("pieces_from_peers", "INTEGER", ADD), Column("bytes_from_peers", "BIGINT", ADD),
         Column("failed_pieces", "INTEGER", ADD), Column("corrupt_pieces", "INTEGER", ADD),
-        Column("cost_ms", "DOUBLE", ADD),
+        # Exact sums: a float's depend on how the events were batched, so a rebuild would
+        # not give the rows the live projection made.
+        Column("cost_ms", "DECIMAL(18,3)", ADD),
     ),
 )
 
@@ -40,7 +42,7 @@ def fold(events: Sequence[AnyEvent]) -> list[Patches]:
                 column = 2 if e.parent_id else 0
                 acc[column] += 1
                 acc[column + 1] += e.length
-                acc[6] += e.cost_ms
+                acc[6] += round(e.cost_ms * 1000)  # whole microseconds: ints add exactly
             case PieceFailed():
                 key = (e.at // 60 * 60, e.cluster, e.task_id, e.peer_id)
                 acc = sums.get(key)
@@ -51,7 +53,7 @@ def fold(events: Sequence[AnyEvent]) -> list[Patches]:
     for key, (po, bo, pp, bp, failed, corrupt, cost) in sums.items():
         minutes.put(key, pieces_from_origin=po, bytes_from_origin=bo, pieces_from_peers=pp,
                     bytes_from_peers=bp, failed_pieces=failed, corrupt_pieces=corrupt,
-                    cost_ms=cost)
+                    cost_ms=cost / 1000)
     return [minutes]
 
 

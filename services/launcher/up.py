@@ -22,13 +22,14 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Self
 
+import nats
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from damselfly.events.grants import KEY_ENV, PUBKEY_ENV
-from damselfly.events.streams import ensure_streams
+from damselfly.events.streams import REPLICAS_ENV, ensure_streams
 from damselfly.services.launcher import natsauth
-from damselfly.services.launcher.broker import Broker, start_broker
+from damselfly.services.launcher.broker import Broker, start_broker, start_cluster
 from damselfly.services.manager.client import root_password_file
 from damselfly.services.peer.daemon import host_id_for
 from damselfly.services.runtime.natsconn import CREDS_ENV, connect
@@ -50,9 +51,15 @@ def daemon_names(peers: int) -> list[str]:
     return ["seed-peer", *(f"peer-{i}" for i in range(1, peers + 1))]
 
 
+def scheduler_names(schedulers: int) -> list[str]:
+    """The schedulers ``up`` starts: ``scheduler``, then ``scheduler-2`` and on."""
+    return ["scheduler", *(f"scheduler-{i}" for i in range(2, schedulers + 1))]
+
+
 def service_specs(nats_url: str, data_dir: Path, peers: int,
-                  daemon_flags: Sequence[str] = ()) -> list[ServiceSpec]:
-    """Every service that exists, in start order; ``daemon_flags`` go to every daemon."""
+                  daemon_flags: Sequence[str] = (), schedulers: int = 1) -> list[ServiceSpec]:
+    """Every service that exists, in start order; ``daemon_flags`` go to every daemon; the
+    ``schedulers`` share the task partitions (``scheduler.lease``)."""
     def daemon(name: str, *flags: str) -> ServiceSpec:
         # Every daemon serves its local API and its registry mirror on free loopback ports,
         # in the one cluster this machine's scheduler serves (no cluster search: a scoped
@@ -63,9 +70,9 @@ def service_specs(nats_url: str, data_dir: Path, peers: int,
 
     seed, *others = daemon_names(peers)
     return [
-        ServiceSpec("scheduler", ["scheduler", "--nats", nats_url,
-                                  "--data-dir", str(data_dir / "scheduler"),
-                                  "--metrics-port", "0"], "scheduler"),
+        *(ServiceSpec(name, ["scheduler", "--nats", nats_url, "--data-dir", str(data_dir / name),
+                             "--metrics-port", "0"], "scheduler")
+          for name in scheduler_names(schedulers)),
         ServiceSpec("manager", ["manager", "--nats", nats_url,
                                 "--data-dir", str(data_dir / "manager")], "manager"),
         daemon(seed, "--seed"),
@@ -73,11 +80,23 @@ def service_specs(nats_url: str, data_dir: Path, peers: int,
     ]
 
 
-async def _prepare_streams(url: str, creds: Path | None) -> None:
-    """Create the streams, as the ``admin`` role (the only one that may)."""
+async def _prepare_streams(url: str, creds: Path | None, num_replicas: int | None,
+                           timeout: float = 30.0) -> None:
+    """Create the streams, as the ``admin`` role (the only one that may), once JetStream
+    answers: a fresh cluster elects its meta leader some seconds after its servers listen.
+    Raises ``RuntimeError`` with the server's last refusal after ``timeout`` seconds."""
     nc = await connect(url, "damselfly-up", creds=str(creds) if creds else None)
+    deadline = asyncio.get_running_loop().time() + timeout
     try:
-        await ensure_streams(nc.jetstream())
+        while True:
+            try:
+                await ensure_streams(nc.jetstream(timeout=2), num_replicas)
+                return
+            except (TimeoutError, nats.errors.Error) as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise RuntimeError(f"JetStream at {url} did not take the streams within "
+                                       f"{timeout:.0f}s: {exc or type(exc).__name__}") from exc
+                await asyncio.sleep(0.5)
     finally:
         await nc.drain()
 
@@ -113,9 +132,14 @@ class LocalCluster:
     peers: int = 2
     nats_url: str | None = None
     daemon_flags: list[str] = field(default_factory=list)
+    nats_nodes: int = 1
+    """Embedded ``nats-server``s: 1, or a JetStream cluster (3 or 5) whose streams and KV
+    buckets every node keeps (up to 3 replicas)."""
+    schedulers: int = 1
     endpoints: dict[str, object] = field(default_factory=dict)
-    _broker: Broker | None = None
-    _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    brokers: list[Broker] = field(default_factory=list)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    """Each child service's process by its name in cluster.json."""
 
     def start(self) -> dict[str, object]:
         """Start everything and write cluster.json. Raises ``RuntimeError`` naming the
@@ -134,14 +158,22 @@ class LocalCluster:
                 hosts[name] = host_id_for(self.data_dir / name)
             creds = natsauth.write(self.data_dir, hosts)
             roles = creds.files
-            self._broker = start_broker(self.data_dir / "nats", config=creds.config)
-            url = self._broker.url
-        asyncio.run(_prepare_streams(url, roles.get("admin")))
+            if self.nats_nodes == 1:
+                self.brokers = [start_broker(self.data_dir / "nats", config=creds.config)]
+            else:
+                self.brokers = start_cluster(self.data_dir / "nats", self.nats_nodes,
+                                             config=creds.config)
+            url = ",".join(b.url for b in self.brokers)
+        # A cluster keeps everything on 3 nodes; otherwise (one node, or an external server
+        # whose streams may be replicated already) the replica count is left as it is.
+        replicas = min(self.nats_nodes, 3) if self.nats_nodes > 1 else None
+        asyncio.run(_prepare_streams(url, roles.get("admin"), replicas))
         # The cluster secret mints upload tokens; the root password is the manager's first.
         env = {"DAMSELFLY_CLUSTER_SECRET": kept_secret("DAMSELFLY_CLUSTER_SECRET",
                                                        self.data_dir / "cluster.secret"),
                "DAMSELFLY_ROOT_PASSWORD": kept_secret("DAMSELFLY_ROOT_PASSWORD",
-                                                      root_password_file(self.data_dir))}
+                                                      root_password_file(self.data_dir)),
+               **({REPLICAS_ENV: str(replicas)} if replicas else {})}
         # Upload grants: only the scheduler holds the private key; every daemon checks them.
         (self.data_dir / "creds").mkdir(mode=0o700, exist_ok=True)
         grant_key, grant_pub = self.data_dir / "creds" / "grant.key", self.data_dir / "grant.pub"
@@ -151,7 +183,8 @@ class LocalCluster:
         self.endpoints = {"nats": url, "data_dir": str(self.data_dir), "services": services}
         if roles:
             self.endpoints["nats_creds"] = {role: str(path) for role, path in roles.items()}
-        for spec in service_specs(url, self.data_dir, self.peers, self.daemon_flags):
+        for spec in service_specs(url, self.data_dir, self.peers, self.daemon_flags,
+                                  self.schedulers):
             ready = run_dir / f"{spec.name}.json"
             ready.unlink(missing_ok=True)
             own = roles.get(spec.name) or roles.get(spec.role)  # a daemon's is its host's
@@ -161,7 +194,7 @@ class LocalCluster:
             with open(logs / f"{spec.name}.log", "ab") as log:
                 proc = spawn([*DAMSELFLY, *spec.argv,
                               "--ready-file", str(ready)], log, env | role_env)
-            self._procs.append(proc)
+            self.processes[spec.name] = proc
             try:
                 services[spec.name] = wait_ready(ready, proc)
             except RuntimeError as exc:
@@ -171,15 +204,14 @@ class LocalCluster:
         return self.endpoints
 
     def stop(self) -> None:
-        stop(list(reversed(self._procs)))
-        self._procs.clear()
-        if self._broker is not None:
-            self._broker.stop()
-            self._broker = None
+        stop(list(reversed(self.processes.values())))
+        self.processes.clear()
+        stop([b.proc for b in self.brokers])
+        self.brokers.clear()
 
     def dead_service(self) -> str | None:
         """The argv of a child that exited on its own, if any."""
-        for proc in self._procs:
+        for proc in self.processes.values():
             if proc.poll() is not None:
                 return " ".join(str(a) for a in proc.args)  # type: ignore[union-attr]
         return None
@@ -212,7 +244,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("up", help="run a whole cluster on this machine until Ctrl-C")
     p.add_argument("--data-dir", type=Path, default=Path(".data"), help="state dir (default .data)")
     p.add_argument("--peers", type=int, default=2, help="number of normal peers (default 2)")
-    p.add_argument("--nats", help="use this NATS server instead of the embedded one")
+    p.add_argument("--nats", help="use this NATS server (or comma-separated cluster) instead "
+                                  "of the embedded one")
+    p.add_argument("--nats-nodes", type=int, choices=(1, 3, 5), default=1,
+                   help="embedded nats-servers: 1 (default), or a JetStream cluster of 3 or 5 "
+                        "over loopback routes that keeps every stream on 3 of them")
+    p.add_argument("--schedulers", type=int, default=1,
+                   help="schedulers sharing the task partitions (default 1)")
     p.add_argument("--registry-mirror", default="",
                    help="the registry every daemon's mirror fronts (default Docker Hub), so "
                         "skopeo, podman and CRI-O pulls through it use the swarm")
@@ -253,8 +291,11 @@ def _run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with LocalCluster(args.data_dir.resolve(), args.peers, args.nats,
-                      daemon_flags(args)) as cluster:
+    if args.schedulers < 1:
+        print("damselfly up: --schedulers must be at least 1", file=sys.stderr)
+        return 2
+    with LocalCluster(args.data_dir.resolve(), args.peers, args.nats, daemon_flags(args),
+                      args.nats_nodes, args.schedulers) as cluster:
         print(endpoint_table(cluster.endpoints))
         where = ("$DAMSELFLY_ROOT_PASSWORD" if os.environ.get("DAMSELFLY_ROOT_PASSWORD")
                  else root_password_file(args.data_dir))

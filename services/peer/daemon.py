@@ -255,6 +255,12 @@ async def _on_seed_trigger(msg: Msg, downloads: Downloads, host_id: str) -> None
         return
     if not isinstance(event, SeedPeerTriggered) or event.host_id != host_id:
         return
+    # A decision reaches this subscription once per publish, and a scheduler that takes a
+    # partition over publishes again what it replays (the stream keeps one copy): a task
+    # this seed already fetches or holds is not fetched once more under a new peer.
+    current = downloads.get(event.task_id)
+    if current is not None and current.state not in ("failed", "cancelled"):
+        return
     request = DownloadRequest(url=event.url, headers=event.headers, tag=event.tag,
                               application=event.application, piece_length=event.piece_length,
                               filtered_query_params=event.filtered_query_params)

@@ -24,6 +24,7 @@ from anyio.abc import TaskGroup
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
 from damselfly.events.base import Event
@@ -217,7 +218,11 @@ class Download:
         self.state, self.error = "failed", reason.splitlines()[0] if reason else "failed"
         log.warning("task %s failed: %s", self.task_id[:12], self.error, extra=self._log_ids())
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-            await self.ctx.publish(PeerFailed(**self._ids(), reason=self.error))
+            try:
+                await self.ctx.publish(PeerFailed(**self._ids(), reason=self.error))
+            except NatsError as exc:  # the broker is what failed: the daemon goes on
+                log.warning("task %s: PeerFailed not published: %s", self.task_id[:12],
+                            exc or type(exc).__name__, extra=self._log_ids())
 
     def _log_ids(self) -> dict[str, str]:
         """The ids a JSON log line carries as fields."""

@@ -22,6 +22,7 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
+from damselfly.events.streams import replicas
 from damselfly.events.subjects import safe_token
 
 log = logging.getLogger("damselfly.scheduler.lease")
@@ -29,13 +30,15 @@ log = logging.getLogger("damselfly.scheduler.lease")
 
 
 async def open_bucket(js: JetStreamContext, bucket: str, ttl: float | None = None) -> KeyValue:
-    """The bucket, created when missing. Raises ``nats.js.errors.APIError``."""
+    """The bucket, created when missing (with the streams' replicas). Raises
+    ``nats.js.errors.APIError``."""
     try:
         return await js.key_value(bucket)
     except BucketNotFoundError:
         pass
     try:
-        return await js.create_key_value(bucket=bucket, ttl=ttl, history=1)
+        return await js.create_key_value(bucket=bucket, ttl=ttl, history=1,
+                                         replicas=replicas() or 1)
     except BadRequestError:  # created concurrently by another scheduler
         return await js.key_value(bucket)
 

@@ -23,6 +23,7 @@ from damselfly.projections import PROJECTIONS, store
 from damselfly.projections.projector import Projector, replay
 from damselfly.services.runtime.natsconn import connect
 from damselfly.services.runtime.procs import DAMSELFLY
+from tests.support.readmodel import rows
 from tests.support.synthetic import Swarm, by_stream, events
 from tests.support.wait import eventually
 
@@ -32,15 +33,6 @@ FIRST = Swarm(cluster="c1", tasks=2, peers_per_task=3, pieces=6)
 SECOND = Swarm(cluster="c2", tasks=1, peers_per_task=2, pieces=3, start=FIRST.start + 600)
 # Event ids derive from the cluster name; a fresh one per test escapes the server's dedup.
 THIRD = Swarm(cluster="c3", tasks=2, peers_per_task=2, pieces=5)
-
-
-def rows(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[object, ...]]]:
-    cursor = con.cursor()
-    try:
-        return {t.name: sorted(cursor.execute(f"SELECT * FROM {t.name}").fetchall(), key=repr)
-                for p in PROJECTIONS for t in p.tables}
-    finally:
-        cursor.close()
 
 
 def expected(tmp_path: Path, *swarms: Swarm) -> dict[str, list[tuple[object, ...]]]:

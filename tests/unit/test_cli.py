@@ -59,3 +59,23 @@ def test_up_hands_its_mirror_and_proxy_rules_to_every_daemon(tmp_path: Path) -> 
         parsed = build_parser(spec.argv).parse_args(spec.argv)
         assert parsed.registry_mirror == "https://registry.example:5000"
         assert parsed.proxy_rule == [r"files\.pythonhosted\.org=swarm", "maven=direct"]
+
+
+def test_up_starts_the_schedulers_it_is_asked_for_each_on_its_own_data_dir(
+        tmp_path: Path) -> None:
+    argv = ["up", "--nats-nodes", "3", "--schedulers", "3"]
+    up = build_parser(argv).parse_args(argv)
+    assert up.nats_nodes == 3
+    specs = service_specs("nats://a:4222,nats://b:4222", tmp_path, 1, (), up.schedulers)
+    schedulers = [build_parser(s.argv).parse_args(s.argv) for s in specs
+                  if s.role == "scheduler"]
+    assert [s.name for s in specs if s.role == "scheduler"] == [
+        "scheduler", "scheduler-2", "scheduler-3"]
+    assert len({s.data_dir for s in schedulers}) == 3
+    assert {s.nats for s in schedulers} == {"nats://a:4222,nats://b:4222"}
+
+
+def test_up_refuses_a_nats_cluster_without_a_majority_after_one_loss() -> None:
+    argv = ["up", "--nats-nodes", "2"]
+    with pytest.raises(SystemExit):
+        build_parser(argv).parse_args(argv)

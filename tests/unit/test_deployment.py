@@ -55,3 +55,9 @@ def test_only_schedulers_hold_the_grant_key_and_every_daemon_the_public_one() ->
     assert COMPOSE["secrets"]["grant_key"]["file"] == "./keys/grant.key"
     args = build_parser().parse_args(["grant-keys", "keys"])  # what the header says to run
     assert callable(args.run)
+
+
+def test_every_service_keeps_streams_on_every_nats_node() -> None:
+    nodes = sum(name.startswith("nats") for name in COMPOSE["services"])
+    for name, service in DAMSELFLY.items():
+        assert service["environment"]["DAMSELFLY_STREAM_REPLICAS"] == str(nodes), name

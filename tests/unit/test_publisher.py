@@ -1,12 +1,15 @@
-"""A publish whose ack is late is asked again under the same message id (stored once)."""
+"""A publish whose ack is late, or whose stream has no leader for a moment, is asked again
+under the same message id (stored once)."""
 
 from __future__ import annotations
 
 import asyncio
 
+import anyio
 import pytest
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import PubAck
+from nats.js.errors import NoStreamResponseError
 
 from damselfly.events.bus import MSG_ID, Publisher
 from damselfly.events.hosts import HostLeft
@@ -63,3 +66,29 @@ async def test_a_batch_with_late_acks_is_sent_again_whole() -> None:
         await Publisher(SlowBroker(late=9), timeout=0.01,  # type: ignore[arg-type]
                         attempts=2).publish_many([event(1)])
 
+
+
+class LeaderlessBroker(SlowBroker):
+    """Answers "no response from stream" (503) to the first ``late`` publishes, as a stream
+    does while its cluster elects a new leader."""
+
+    async def publish(self, subject: str, payload: bytes, timeout: float,
+                      headers: dict[str, str]) -> PubAck:
+        self.ids.append(headers[MSG_ID])
+        if len(self.ids) <= self.late:
+            raise NoStreamResponseError
+        return PubAck(stream="DF_HOSTS", seq=len(self.ids))
+
+
+async def test_a_stream_without_a_leader_is_asked_again_until_one_answers() -> None:
+    broker = LeaderlessBroker(late=5)  # more than ``attempts``: an election is no timeout
+    publisher = Publisher(broker, timeout=1.0, attempts=2)  # type: ignore[arg-type]
+    assert await publisher.publish(event(1)) == 6
+    assert broker.ids == ["e1"] * 6
+
+
+async def test_a_stream_that_stays_leaderless_fails_the_publish_in_time() -> None:
+    publisher = Publisher(LeaderlessBroker(late=99), timeout=0.2,  # type: ignore[arg-type]
+                          attempts=2)
+    with anyio.fail_after(5), pytest.raises(NoStreamResponseError):
+        await publisher.publish(event(1))
