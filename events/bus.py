@@ -27,7 +27,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
+from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 
 from damselfly.events.base import Event
 from damselfly.events.codec import AnyEvent, EventDecodeError, decode_delivered, encode
@@ -128,6 +128,26 @@ class Publisher:
             raise NatsTimeoutError from None
         self.published.update(a.stream for a in acks)
         return [a.seq for a in acks]
+
+
+EXPECTED_LAST: Final = "Nats-Expected-Last-Subject-Sequence"
+WRONG_LAST_SEQUENCE: Final = 10071
+"""JetStream's error code when the subject's last sequence is not the one expected."""
+
+
+async def publish_if_last(js: JetStreamContext, event: Event, last_seq: int,
+                          timeout: float = 5.0) -> bool:
+    """Publish ``event`` only if its subject's last stored message is still ``last_seq``
+    (0: none), JetStream's optimistic concurrency: of two writers that read the same state,
+    one wins. False when another write came in between; raises other NATS errors."""
+    try:
+        await js.publish(subject_for(event), encode(event), timeout=timeout,
+                         headers={MSG_ID: event.id, EXPECTED_LAST: str(last_seq)})
+    except APIError as exc:
+        if exc.err_code == WRONG_LAST_SEQUENCE:
+            return False
+        raise
+    return True
 
 
 @dataclass(frozen=True)

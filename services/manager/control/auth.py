@@ -25,12 +25,12 @@ from nats.js.errors import NotFoundError
 
 from damselfly.events.admin import AuditRecorded, TokenIssued, TokenKind, TokenRevoked, UserSaved
 from damselfly.events.base import Event
-from damselfly.events.bus import Publisher
+from damselfly.events.bus import Publisher, publish_if_last
 from damselfly.events.codec import decode
 from damselfly.events.ids import new_id
 from damselfly.events.secrets import read_secret
 from damselfly.events.streams import ADMIN_STREAM
-from damselfly.events.subjects import SubjectError, admin_subject, name_of
+from damselfly.events.subjects import SubjectError, admin_subject, name_of, subject_for
 from damselfly.services.manager.control.passwords import verify_password
 from damselfly.services.manager.reader import Reader
 
@@ -238,6 +238,33 @@ async def issue_token(request: Request, who: Principal, *, kind: TokenKind, name
         await asyncio.sleep(0.05)
     return {"token_id": token_id, "token": token, "name": name, "scopes": issued.scopes,
             "expires_at": issued.expires_at}
+
+
+async def _last_seq(js: JetStreamContext, subject: str) -> int:
+    try:
+        return int((await js.get_last_msg(ADMIN_STREAM, subject)).seq or 0)
+    except NotFoundError:
+        return 0
+
+
+async def create_once(request: Request, who: Principal, action: str, target: str,
+                      first: Event, *rest: Event, deleted: type[Event] | None = None,
+                      taken: str) -> None:
+    """Record a create whose key must be new (a user, cluster or tenant name), through any
+    number of managers: ``first`` is published only if its subject's last event in the log
+    is still the one read here (none, or one a later ``deleted`` event ended), then ``rest``
+    and the audit record. Raises ``HTTPException`` 409 ``taken`` when the key is in use or
+    another write to it came in between; NATS errors."""
+    js = js_of(request)
+    subject = subject_for(first)
+    seen = await _last_seq(js, subject)
+    gone = deleted is not None and await _last_seq(
+        js, f"{subject.rpartition('.')[0]}.{name_of(deleted)}") > seen
+    if seen and not gone:
+        raise HTTPException(409, taken)
+    if not await publish_if_last(js, first, seen):
+        raise HTTPException(409, taken)
+    await record(request, who, action, target, *rest, status=201)
 
 
 async def record(request: Request, who: Principal, action: str, target: str,

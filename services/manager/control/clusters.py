@@ -21,7 +21,7 @@ from damselfly.events.admin import ClusterDeleted, ClusterKind, ClusterSaved, Cl
 from damselfly.events.clustersearch import FALLBACK
 from damselfly.events.config import DEFAULT_WEIGHTS, ClusterConfig, ClusterConfigSet
 from damselfly.events.ids import new_id
-from damselfly.services.manager.control.auth import Caller, allow, reader_of, record
+from damselfly.services.manager.control.auth import Caller, allow, create_once, reader_of, record
 from damselfly.services.manager.control.scopes import valid_scopes
 from damselfly.services.manager.reader import Reader
 from damselfly.services.manager.schedulers import live_schedulers
@@ -185,8 +185,6 @@ def _routes(kind: ClusterKind, path: str) -> None:
     async def create(request: Request, who: Caller, body: ClusterCreate) -> dict[str, object]:
         allow(who, scope="cluster", write=True, everywhere=True)
         reader = reader_of(request)
-        if await _cluster(reader, kind, body.id) is not None:
-            raise HTTPException(409, f"{noun} {body.id} exists; update it with PATCH")
         await _check_links(reader, body)
         saved = _saved(kind, body.id, {}, body, who.user_id)
         events: list[ClusterSaved | ClusterConfigSet] = [saved]
@@ -195,7 +193,9 @@ def _routes(kind: ClusterKind, path: str) -> None:
             config = _merged_config(await _config(reader, body.id), body.config or Config())
             events.append(ClusterConfigSet(id=new_id(), at=saved.at, cluster=body.id,
                                            config=config))
-        await record(request, who, f"{kind}_cluster.create", body.id, *events, status=201)
+        await create_once(request, who, f"{kind}_cluster.create", body.id, *events,
+                          deleted=ClusterDeleted,
+                          taken=f"{noun} {body.id} exists; update it with PATCH")
         return _view(saved, config)
 
     async def list_all(request: Request, who: Caller) -> list[dict[str, object]]:

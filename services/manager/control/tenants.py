@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from damselfly.events.admin import TenantDeleted, TenantSaved
 from damselfly.events.ids import new_id
-from damselfly.services.manager.control.auth import Caller, allow, reader_of, record
+from damselfly.services.manager.control.auth import Caller, allow, create_once, reader_of, record
 
 router = APIRouter(prefix="/api/v1", tags=["tenants"])
 
@@ -44,11 +44,10 @@ def _view(e: TenantSaved) -> dict[str, object]:
 @router.post("/applications", status_code=201, summary="Create a tenant (root only)")
 async def create(request: Request, who: Caller, body: TenantCreate) -> dict[str, object]:
     allow(who, scope="tenant", write=True, everywhere=True)
-    if await _tenant(request, body.name) is not None:
-        raise HTTPException(409, f"tenant {body.name} exists")
     saved = TenantSaved(id=new_id(), at=time.time(), tenant=body.name, url=body.url or "",
                         bio=body.bio or "", priority=body.priority or 0, actor=who.user_id)
-    await record(request, who, "tenant.create", body.name, saved, status=201)
+    await create_once(request, who, "tenant.create", body.name, saved, deleted=TenantDeleted,
+                      taken=f"tenant {body.name} exists")
     return _view(saved)
 
 

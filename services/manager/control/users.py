@@ -17,15 +17,12 @@ from typing import Annotated, Final
 import msgspec
 from fastapi import APIRouter, HTTPException, Request
 from nats.js import JetStreamContext
-from nats.js.errors import APIError
 from pydantic import BaseModel, ConfigDict, Field
 
 from damselfly.events.admin import Role, TokenRevoked, UserSaved, UserState
 from damselfly.events.base import Event
-from damselfly.events.bus import MSG_ID
-from damselfly.events.codec import encode
+from damselfly.events.bus import publish_if_last
 from damselfly.events.ids import new_id
-from damselfly.events.subjects import subject_for
 from damselfly.services.manager.control.auth import (
     ROLES,
     SCOPES,
@@ -33,6 +30,7 @@ from damselfly.services.manager.control.auth import (
     Caller,
     Principal,
     allow,
+    create_once,
     issue_token,
     js_of,
     reader_of,
@@ -114,14 +112,13 @@ async def roles(who: Caller) -> list[dict[str, object]]:
 @router.post("/users", status_code=201, summary="Create a user (root only)")
 async def create_user(request: Request, who: Caller, body: UserCreate) -> dict[str, object]:
     allow(who, scope="user", write=True, everywhere=True)
-    if await _stored(request, body.name) is not None:
-        raise HTTPException(409, f"user {body.name} exists")
     await _check_tenant(reader_of(request), body.tenant)
     saved = UserSaved(id=new_id(), at=time.time(), user_id=body.name, email=body.email,
                       role=body.role, tenant=body.tenant,
                       password_hash=await asyncio.to_thread(hash_password, body.password),
                       actor=who.user_id)
-    await record(request, who, "user.create", body.name, saved, status=201)
+    await create_once(request, who, "user.create", body.name, saved,
+                      taken=f"user {body.name} exists")
     return _view(saved)
 
 
@@ -203,13 +200,8 @@ async def ensure_root(js: JetStreamContext, timeout: float = 5.0) -> bool:
     saved = UserSaved(id=new_id(), at=time.time(), user_id=ROOT, role="root",
                       password_hash=await asyncio.to_thread(hash_password, password),
                       actor="manager")
-    try:
-        await js.publish(subject_for(saved), encode(saved), timeout=timeout,
-                         headers={MSG_ID: saved.id, "Nats-Expected-Last-Subject-Sequence": "0"})
-    except APIError as exc:
-        if exc.err_code == 10071:  # wrong last sequence: root exists already
-            return False
-        raise
+    if not await publish_if_last(js, saved, 0, timeout):  # root exists already
+        return False
     if generated:
         print(f"damselfly manager: created user root with password {password} "
               f"(shown once; set {ROOT_PASSWORD_ENV} to choose it)", file=sys.stderr, flush=True)
