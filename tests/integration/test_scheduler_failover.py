@@ -1,6 +1,7 @@
-"""Failover with real daemons: two schedulers share the partitions, the one owning the
-task's is killed in the middle of a swarm download, the other takes its partitions over by
-replaying them, and no download fails."""
+"""Failover and scaling with real daemons: two schedulers share the partitions, the one
+owning the task's is killed in the middle of a swarm download, the other takes its
+partitions over by replaying them, and no download fails; nor does one when a scheduler joins
+or leaves under load."""
 
 from __future__ import annotations
 
@@ -113,4 +114,75 @@ async def test_killing_the_owning_scheduler_mid_download_fails_no_download(
     records = [decode_record(line) for line in dumped.getvalue().splitlines()]
     result = replay(records, cluster)
     assert len(result.recorded) >= PEERS + 1
+    assert result.mismatches() == ([], [])
+
+
+async def test_adding_and_removing_a_scheduler_under_load_fails_no_download(
+        tmp_path: Path, nats_url: str) -> None:
+    www = tmp_path / "www"
+    www.mkdir()
+    body = os.urandom(SIZE)
+    (www / "blob.bin").write_bytes(body)
+    origin = Origin(www, OriginFaults(rate=SIZE / 30))  # slow until the schedulers changed
+    await origin.start()
+    request = DownloadRequest(url=f"{origin.url}/blob.bin", piece_length=PIECE)
+    cluster = f"s{secrets.token_hex(4)}"
+    results: dict[str, dict[str, Any]] = {}
+    clients: list[ApiClient] = []
+    try:
+        with Swarm(nats_url, tmp_path / "swarm", PEERS, cluster=cluster) as swarm:
+            first = swarm.services[0]
+            peers = swarm.peer_services
+            clients = [ApiClient(str(p.endpoints["api_url"])) for p in peers]
+
+            async def finish(i: int, task_id: str) -> None:
+                results[peers[i].name] = await clients[i].finish(task_id)
+                await clients[i].export(task_id, tmp_path / f"{peers[i].name}.out")
+
+            with anyio.fail_after(120):
+                async with anyio.create_task_group() as tg:
+                    async def register(i: int) -> None:
+                        tg.start_soon(finish, i, (await clients[i].start(request))["task_id"])
+
+                    await register(0)
+
+                    async def fetching() -> bool:
+                        return origin.bytes_served > 0
+
+                    await eventually(fetching, timeout=30)
+                    # Scale up: a second scheduler joins and takes half the partitions over.
+                    second = ChildService("scheduler-2", [
+                        "scheduler", "--nats", nats_url, "--cluster", cluster, "--data-dir",
+                        str(tmp_path / "s2")], tmp_path / "s2", swarm.secret, swarm.scheduler_env)
+                    swarm.services.append(second)
+                    second.start()
+
+                    async def shared() -> bool:
+                        return sorted(len(owned(s)) for s in (first, second)) == [8, 8]
+
+                    await eventually(shared, timeout=30)
+                    await register(1)
+                    # Scale down: the first stops cleanly and its partitions move to the second.
+                    first.stop()
+
+                    async def moved() -> bool:
+                        return len(owned(second)) == 16
+
+                    await eventually(moved, timeout=30)
+                    await register(2)
+                    assert origin.bytes_served < SIZE  # all of it happened mid-download
+                    origin.faults.rate = 0
+                    await register(3)
+    finally:
+        for client in clients:
+            await client.close()
+        await origin.stop()
+
+    assert all(r["state"] == "succeeded" for r in results.values()) and len(results) == PEERS
+    want = hashlib.sha256(body).hexdigest()
+    assert {hashlib.sha256((tmp_path / f"{n}.out").read_bytes()).hexdigest()
+            for n in results} == {want}
+    dumped = io.StringIO()
+    await dump(nats_url, None, dumped)
+    result = replay([decode_record(line) for line in dumped.getvalue().splitlines()], cluster)
     assert result.mismatches() == ([], [])
