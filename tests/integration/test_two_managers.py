@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -22,8 +24,9 @@ async def test_two_managers_share_the_log_and_a_unique_name_is_created_once(
     async with running_manager(nats_url, tmp_path / "a", monkeypatch) as a, \
             running_manager(nats_url, tmp_path / "b", monkeypatch) as b:
         assert a.db != b.db
-        tokens = {id(m): await eventually(lambda m=m: m.try_sign_in("root", ROOT_PASSWORD))
-                  for m in (a, b)}
+        tokens: dict[int, str] = {}
+        for m in (a, b):
+            tokens[id(m)] = await eventually(partial(m.try_sign_in, "root", ROOT_PASSWORD))
         suffix = secrets.token_hex(4)
 
         # A write through one manager is read through the other.
@@ -32,7 +35,7 @@ async def test_two_managers_share_the_log_and_a_unique_name_is_created_once(
         assert status == 201
         await eventually(lambda: b.try_sign_in(f"w{suffix}", "password-1"))
 
-        async def race(path: str, body: dict[str, object]) -> list[int]:
+        async def race(path: str, body: Mapping[str, object]) -> list[int]:
             async def create(m: Manager) -> int:
                 status, _ = await m.call("POST", path, body, tokens[id(m)])
                 return status
