@@ -103,6 +103,14 @@ class GetTaskRequested(Event, frozen=True, kw_only=True, tag="job.get_task_reque
     scheduler_cluster_ids: Texts = msgspec.field(default_factory=list)
 
 
+class SyncPeersRequested(Event, frozen=True, kw_only=True, tag="job.sync_peers_requested.v1"):
+    """Someone asked every peer (of the given clusters) which tasks it holds: a census of
+    the swarm, each holding answered as a ``JobProgressed`` (Dragonfly's ``sync_peers``)."""
+
+    job_id: Token
+    scheduler_cluster_ids: Texts = msgspec.field(default_factory=list)
+
+
 JobEvent = (
     PreheatRequested
     | JobStarted
@@ -111,4 +119,5 @@ JobEvent = (
     | JobFailed
     | DeleteTaskRequested
     | GetTaskRequested
+    | SyncPeersRequested
 )

@@ -41,6 +41,7 @@ from damselfly.events.jobs import (
     JobStarted,
     JobSucceeded,
     PreheatRequested,
+    SyncPeersRequested,
 )
 from damselfly.events.sched import (
     BackToSourceOrdered,
@@ -182,7 +183,7 @@ def subject_for(event: Event) -> str:
         case JobProgressed():
             return job_progress_subject(event.job_id, event.host_id)
         case (PreheatRequested() | JobStarted() | JobSucceeded() | JobFailed()
-              | DeleteTaskRequested() | GetTaskRequested()):
+              | DeleteTaskRequested() | GetTaskRequested() | SyncPeersRequested()):
             return job_subject(event.job_id, _name(event))
         case ClusterConfigSet():
             return cluster_config_subject(event.cluster)

@@ -1,4 +1,5 @@
-"""Jobs (preheat, delete-task, get-task) and their outcome on each host they targeted."""
+"""Jobs (preheat, delete-task, get-task, sync-peers) and their outcome on each host they
+targeted (for sync-peers: every task each host holds)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from damselfly.events.jobs import (
     JobStarted,
     JobSucceeded,
     PreheatRequested,
+    SyncPeersRequested,
 )
 from damselfly.events.streams import JOBS_STREAM
 from damselfly.projections.model import MAX, MIN, Column, Patches, Projection, Table
@@ -55,6 +57,9 @@ def fold(events: Sequence[AnyEvent]) -> list[Patches]:
                 jobs.put((e.job_id,), kind=kind, task_id=e.task_id,
                          clusters=e.scheduler_cluster_ids, state="pending", requested_at=e.at,
                          updated_at=e.at)
+            case SyncPeersRequested():
+                jobs.put((e.job_id,), kind="sync_peers", clusters=e.scheduler_cluster_ids,
+                         state="pending", requested_at=e.at, updated_at=e.at)
             case JobStarted():
                 jobs.put((e.job_id,), state="running", task_ids=e.task_ids,
                          host_count=len(e.host_ids), started_at=e.at, updated_at=e.at)

@@ -29,7 +29,13 @@ from nats.js.errors import BadRequestError
 from damselfly.events.bus import Consumer, Delivered
 from damselfly.events.codec import EventDecodeError, decode_delivered
 from damselfly.events.ids import derived_id
-from damselfly.events.jobs import GetTaskRequested, HostJobState, JobProgressed, PreheatRequested
+from damselfly.events.jobs import (
+    GetTaskRequested,
+    HostJobState,
+    JobProgressed,
+    PreheatRequested,
+    SyncPeersRequested,
+)
 from damselfly.events.secrets import SealError, open_sealed
 from damselfly.events.streams import JOBS_STREAM
 from damselfly.events.subjects import job_filter, name_of
@@ -142,12 +148,16 @@ class JobWorker:
                 e.scope == "all_peers" or (e.scope == "all_seed_peers" and self.seed)):
             self._tg.start_soon(self.preheat, e)
 
+    def _report(self, e: PreheatRequested | GetTaskRequested | SyncPeersRequested,
+                task_id: str, state: HostJobState, reason: str = "") -> JobProgressed:
+        host = self.ctx.host_id
+        return JobProgressed(id=derived_id(e.id, host, task_id, state), at=time.time(),
+                             job_id=e.job_id, host_id=host, task_id=task_id, state=state,
+                             reason=reason)
+
     async def _progress(self, e: PreheatRequested | GetTaskRequested, task_id: str,
                         state: HostJobState, reason: str = "") -> None:
-        host = self.ctx.host_id
-        await self.ctx.publish(JobProgressed(
-            id=derived_id(e.id, host, task_id, state), at=time.time(), job_id=e.job_id,
-            host_id=host, task_id=task_id, state=state, reason=reason))
+        await self.ctx.publish(self._report(e, task_id, state, reason))
 
     async def preheat(self, e: PreheatRequested) -> None:
         """Run a preheat; never raises, so one job's trouble never stops the daemon (the
@@ -198,12 +208,33 @@ class JobWorker:
             return
         if not isinstance(e, GetTaskRequested) or not self._mine(e.scheduler_cluster_ids):
             return
-        running = self.downloads.get(e.task_id)
-        tf = self.ctx.storage.get(e.task_id)
+        if holding := self._holding(e.task_id):
+            await self._progress(e, e.task_id, "succeeded", holding)
+
+    def _holding(self, task_id: str) -> str:
+        """How this host holds a task: ``downloading``, ``held``, ``partial``, or ""."""
+        running = self.downloads.get(task_id)
         if running is not None and not running.finished.is_set():
-            await self._progress(e, e.task_id, "succeeded", "downloading")
-        elif tf is not None:
-            await self._progress(e, e.task_id, "succeeded", "held" if tf.complete else "partial")
+            return "downloading"
+        tf = self.ctx.storage.get(task_id)
+        return "" if tf is None else "held" if tf.complete else "partial"
+
+    async def on_sync_peers(self, msg: Msg) -> None:
+        """Answer a census with every task this host holds, in one pipelined batch."""
+        try:
+            e = decode_delivered(msg.subject, msg.data)
+        except EventDecodeError as exc:
+            log.warning("undecodable message on %s: %s", msg.subject, exc)
+            return
+        if not isinstance(e, SyncPeersRequested) or not self._mine(e.scheduler_cluster_ids):
+            return
+        tasks = {tf.task_id for tf in self.ctx.storage.tasks()} | self.downloads.active()
+        reports = [self._report(e, task_id, "succeeded", holding)
+                   for task_id in sorted(tasks) if (holding := self._holding(task_id))]
+        try:
+            await self.ctx.publisher.publish_many(reports)
+        except (NatsError, TimeoutError) as exc:  # the job's window closes without them
+            log.warning("sync_peers job %s: holdings not reported: %r", e.job_id, exc)
 
 
 async def _follow(consumer: Consumer, handler: Callable[[Delivered], Awaitable[None]]) -> None:
@@ -247,7 +278,10 @@ async def run_job_worker(downloads: Downloads, *, seed: bool,
     ctx = downloads.ctx
     async with anyio.create_task_group() as tg:
         worker = JobWorker(downloads, tg, seed=seed)
-        sub = await ctx.nc.subscribe(job_filter(name_of(GetTaskRequested)), cb=worker.on_get_task)
+        subs = [await ctx.nc.subscribe(job_filter(name_of(GetTaskRequested)),
+                                       cb=worker.on_get_task),
+                await ctx.nc.subscribe(job_filter(name_of(SyncPeersRequested)),
+                                       cb=worker.on_sync_peers)]
         try:
             if seed:
                 shared = await _durable(ctx.js, f"jobs-seed-{ctx.cluster}")
@@ -258,4 +292,5 @@ async def run_job_worker(downloads: Downloads, *, seed: bool,
             await anyio.sleep_forever()
         finally:
             with anyio.CancelScope(shield=True):
-                await sub.unsubscribe()
+                for sub in subs:
+                    await sub.unsubscribe()

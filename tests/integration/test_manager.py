@@ -98,7 +98,7 @@ def manager(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         def projected() -> bool:
             seen = get(endpoints["url"] + "/api/v1/overview", token)
             return seen["totals"] == everything and seen["jobs"] == [
-                {"state": "succeeded", "jobs": 1}]
+                {"state": "succeeded", "jobs": 2}]  # a preheat and a sync_peers census
 
         eventually_sync(projected, timeout=WAIT)
         yield endpoints
@@ -138,8 +138,11 @@ def test_overview_tasks_and_drill_down(manager: dict[str, str]) -> None:
     assert [p["peer_id"] for p in read(url + "/peers?q=host1-t1")] == ["m1-host1-t1"]
     assert read(url + "/peers?q=%25") == []  # a literal "%", not a wildcard
     assert len(read(url + "/peers?state=failed")) == SWARM.tasks
-    (job,) = read(url + "/jobs")
+    (job,) = read(url + "/jobs?type=preheat")
     assert read(url + "/jobs/" + job["job_id"])["hosts"][0]["state"] == "succeeded"
+    (census,) = read(url + "/jobs?type=sync_peers")
+    assert {h["task_id"] for h in read(url + "/jobs/" + census["job_id"])["hosts"]} == {
+        t["task_id"] for t in read(url + "/tasks")}
 
 
 def test_sql_endpoint_runs_selects_and_refuses_writes(manager: dict[str, str]) -> None:

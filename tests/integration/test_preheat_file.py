@@ -121,6 +121,18 @@ async def test_preheat_a_file_through_the_api_and_from_outside(
         assert {(h["host_id"], h["reason"]) for h in done["hosts"]} == {
             ("seed-1", "held"), ("seed-2", "held")}
 
+        # A sync_peers job (Dragonfly's body, no args) is a census: every task on every host.
+        status, synced = await m.call("POST", "/api/v1/jobs", {
+            "type": "sync_peers", "scheduler_cluster_ids": None}, root)
+        assert status == 201, synced
+        done = await eventually(lambda: job_outcome(m, root, synced["id"]), timeout=60)
+        assert done["job"]["state"] == "succeeded", done
+        held = {(name, tf.task_id) for name, host in (("seed-1", one), ("seed-2", two))
+                for tf in host.storage.tasks()}
+        assert len(held) == 3  # model.bin on both seeds, other.bin on one
+        assert {(h["host_id"], h["task_id"], h["reason"]) for h in done["hosts"]} == {
+            (host, task, "held") for host, task in held}, done
+
         # Dragonfly's `urls` (combined with `url`): one job, each URL on every target.
         urls = [f"{base}/{name}" for name in parts]
         status, created = await m.call("POST", "/api/v1/jobs", {"type": "preheat", "args": {

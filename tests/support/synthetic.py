@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from damselfly.events.codec import AnyEvent
 from damselfly.events.config import ClusterConfig, ClusterConfigSet
 from damselfly.events.hosts import HostAnnounced, HostKeepalive
-from damselfly.events.jobs import JobProgressed, JobStarted, JobSucceeded, PreheatRequested
+from damselfly.events.jobs import (
+    JobProgressed,
+    JobStarted,
+    JobSucceeded,
+    PreheatRequested,
+    SyncPeersRequested,
+)
 from damselfly.events.sched import (
     BackToSourceOrdered,
     ParentInfo,
@@ -139,6 +145,16 @@ def events(swarm: Swarm) -> Iterator[AnyEvent]:
     yield JobProgressed(id=f"prog-{job}", at=t + 0.5, job_id=job, host_id=seed_host,
                         task_id=task_id(c, 0), state="succeeded")
     yield JobSucceeded(id=f"done-{job}", at=t + 0.6, job_id=job)
+    census = f"{c}-job2"  # a sync_peers job: the seed host reports what it holds
+    t += 1.0
+    yield SyncPeersRequested(id=f"req-{census}", at=t, job_id=census, scheduler_cluster_ids=[c])
+    yield JobStarted(id=f"start-{census}", at=t + 0.1, job_id=census, host_ids=[seed_host])
+    for n in range(swarm.tasks):
+        yield JobProgressed(id=f"prog-{census}-{n}", at=t + 0.2, job_id=census,
+                            host_id=seed_host, task_id=task_id(c, n), state="succeeded",
+                            reason="held")
+    yield JobSucceeded(id=f"done-{census}", at=t + 5.1, job_id=census,
+                       result={"hosts": "1", "tasks": str(swarm.tasks)})
 
 
 _STREAM_OF_FAMILY = {c.subjects[0].split(".")[1]: c.name for c in stream_configs()

@@ -20,6 +20,7 @@ from damselfly.events.jobs import (
     JobSucceeded,
     PreheatRequested,
     PreheatScope,
+    SyncPeersRequested,
 )
 from damselfly.events.secrets import SealError, open_sealed, seal
 from damselfly.services.manager.control import jobbook
@@ -90,7 +91,8 @@ def _known(event: Event) -> AnyEvent:
     return event
 
 
-def _start(book: Book, request: PreheatRequested | GetTaskRequested) -> list[AnyEvent]:
+def _start(book: Book, request: PreheatRequested | GetTaskRequested | SyncPeersRequested
+           ) -> list[AnyEvent]:
     book.evolve(request)
     (job,) = book.unstarted()
     out = [_known(e) for e in book.start(job, HOSTS, now=1000.0)]
@@ -161,6 +163,16 @@ def test_get_task_reports_the_holders_it_heard_from_when_the_window_closes() -> 
     assert book.expire(1004.0) == []
     (done,) = book.expire(1005.0)
     assert isinstance(done, JobSucceeded) and done.result == {"s1": "held"}
+
+
+def test_sync_peers_counts_the_hosts_and_tasks_it_heard_of_when_the_window_closes() -> None:
+    book = _book()
+    _start(book, SyncPeersRequested(id="req-s", at=1000.0, job_id="j1"))
+    for host, task in (("s1", "t1"), ("s1", "t2"), ("s2", "t1")):
+        book.evolve(_progress(host, task, "succeeded", "held"))
+    assert book.expire(1004.0) == []
+    (done,) = book.expire(1005.0)
+    assert isinstance(done, JobSucceeded) and done.result == {"hosts": "2", "tasks": "2"}
 
 
 def test_a_finished_job_is_never_reopened_by_a_replayed_request() -> None:

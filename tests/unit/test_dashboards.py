@@ -21,7 +21,7 @@ from tests.support.synthetic import Swarm, by_stream, events
 
 SWARM = Swarm(tasks=3, peers_per_task=4, pieces=5, failing_peers=1)
 REQUIRED = {"back_to_source_ratio", "p2p_vs_origin", "active_peers", "download_duration",
-            "scheduling_latency", "top_tasks", "job_outcomes"}
+            "scheduling_latency", "top_tasks", "job_outcomes", "task_holders"}
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,12 @@ def test_top_tasks_and_job_outcomes(con: duckdb.DuckDBPyConnection) -> None:
     assert {r["peers"] for r in top} == {SWARM.peers_per_task + 1}
     assert {r["failed_peers"] for r in top} == {SWARM.failing_peers}
     assert run(con, "job_outcomes") == [
-        {"outcome": "preheat succeeded", "jobs": 1, "host_outcomes": 1}]
+        {"outcome": "preheat succeeded", "jobs": 1, "host_outcomes": 1},
+        {"outcome": "sync_peers succeeded", "jobs": 1, "host_outcomes": SWARM.tasks}]
+    holders = run(con, "task_holders")
+    assert len(holders) == SWARM.tasks
+    assert all(r["host_ids"] == [f"{SWARM.cluster}-seed"] and r["held_as"] == ["held"]
+               for r in holders), holders
 
 
 def test_duration_and_latency_percentiles_are_ordered(con: duckdb.DuckDBPyConnection) -> None:

@@ -118,10 +118,11 @@ def test_cluster_configs_keep_the_latest(con: duckdb.DuckDBPyConnection) -> None
 
 
 def test_jobs_and_per_host_outcomes(con: duckdb.DuckDBPyConnection) -> None:
-    assert con.execute("SELECT kind, state, host_count FROM jobs").fetchall() == [
-        ("preheat", "succeeded", 1)]
-    assert con.execute("SELECT host_id, state FROM job_hosts").fetchall() == [
-        ("c1-seed", "succeeded")]
+    assert con.execute("SELECT kind, state, host_count FROM jobs ORDER BY kind").fetchall() == [
+        ("preheat", "succeeded", 1), ("sync_peers", "succeeded", 1)]
+    assert con.execute("SELECT kind, count(*), count(DISTINCT h.task_id) FROM job_hosts h "
+                       "JOIN jobs USING (job_id) GROUP BY kind ORDER BY kind").fetchall() == [
+        ("preheat", 1, 1), ("sync_peers", SWARM.tasks, SWARM.tasks)]
 
 
 def test_piece_minutes_add_up_to_the_piece_events(con: duckdb.DuckDBPyConnection) -> None:

@@ -28,6 +28,7 @@ from damselfly.events.jobs import (
     JobStarted,
     JobSucceeded,
     PreheatRequested,
+    SyncPeersRequested,
 )
 
 TERMINAL: Final = ("succeeded", "failed")
@@ -73,6 +74,9 @@ class Book:
                 kind = "delete_task" if isinstance(e, DeleteTaskRequested) else "get_task"
                 self._open(e.job_id, e.id, kind, "all_peers", e.scheduler_cluster_ids,
                            e.at, e.at + self.collect_window, [e.task_id])
+            case SyncPeersRequested():
+                self._open(e.job_id, e.id, "sync_peers", "all_peers", e.scheduler_cluster_ids,
+                           e.at, e.at + self.collect_window, [])
             case JobStarted():
                 if job := self.jobs.get(e.job_id):
                     job.started = True
@@ -181,9 +185,13 @@ class Book:
                           "timed out before every task finished")
                 out.append(JobFailed(id=derived_id(job.request_id, "failed"), job_id=job.job_id,
                                      reason=reason))
+                continue
+            if job.kind == "sync_peers":  # the holdings themselves are the job's hosts
+                tasks = {t for held in job.outcomes.values() for t in held}
+                result = {"hosts": str(len(job.outcomes)), "tasks": str(len(tasks))}
             else:
-                result = {host: ",".join(sorted({r or s for s, r in tasks.values()}))
-                          for host, tasks in sorted(job.outcomes.items())}
-                out.append(JobSucceeded(id=derived_id(job.request_id, "succeeded"),
-                                        job_id=job.job_id, result=result))
+                result = {host: ",".join(sorted({r or s for s, r in held.values()}))
+                          for host, held in sorted(job.outcomes.items())}
+            out.append(JobSucceeded(id=derived_id(job.request_id, "succeeded"),
+                                    job_id=job.job_id, result=result))
         return out

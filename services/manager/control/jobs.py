@@ -24,6 +24,7 @@ from damselfly.events.jobs import (
     PreheatKind,
     PreheatRequested,
     PreheatScope,
+    SyncPeersRequested,
 )
 from damselfly.events.secrets import public_headers, seal, sensitive_headers
 from damselfly.events.streams import JOBS_STREAM
@@ -89,8 +90,8 @@ ClusterId = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int
 
 
 class JobCreate(Strict):
-    type: Literal["preheat", "delete_task", "get_task"]
-    args: dict[str, Any]
+    type: Literal["preheat", "delete_task", "get_task", "sync_peers"]
+    args: dict[str, Any] = Field(default_factory=dict)
     scheduler_cluster_ids: Annotated[list[ClusterId], BeforeValidator(
         lambda v: [] if v is None else v)] = Field(
         [], description="cluster ids (none or null: every cluster); Dragonfly's numeric ids "
@@ -159,7 +160,14 @@ async def _create(request: Request, who: Principal, body: JobCreate) -> dict[str
     if unknown:
         raise HTTPException(404, f"unknown scheduler clusters: {', '.join(unknown)}")
     job_id = new_id()
-    event = _preheat(job_id, who, body) if body.type == "preheat" else _task_job(job_id, who, body)
+    event: Event
+    if body.type == "preheat":
+        event = _preheat(job_id, who, body)
+    elif body.type == "sync_peers":  # Dragonfly's body has no args worth reading here
+        event = SyncPeersRequested(id=new_id(), at=time.time(), job_id=job_id,
+                                   scheduler_cluster_ids=body.scheduler_cluster_ids)
+    else:
+        event = _task_job(job_id, who, body)
     seq, *_ = await record(request, who, f"job.{body.type}", job_id, event, status=201)
     # Read your write: the job's URL answers as soon as this response arrives.
     await reader_of(request).caught_up("jobs", JOBS_STREAM, seq, timeout=2.0)
@@ -170,13 +178,13 @@ async def _create(request: Request, who: Principal, body: JobCreate) -> dict[str
     if isinstance(event, PreheatRequested):
         out |= {"url": event.url, "urls": [event.url, *event.urls], "scope": event.scope,
                 "application": event.application}
-    else:
-        out["task_id"] = event.task_id  # type: ignore[attr-defined]
+    elif isinstance(event, DeleteTaskRequested | GetTaskRequested):
+        out["task_id"] = event.task_id
     return out
 
 
 @router.post("/api/v1/jobs", status_code=201, summary="Create a job (preheat, delete_task, "
-             "get_task)")
+             "get_task, sync_peers)")
 async def create_job(request: Request, who: Caller, body: JobCreate) -> dict[str, object]:
     return await _create(request, who, body)
 
