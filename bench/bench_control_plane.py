@@ -1,6 +1,8 @@
 """The control plane at scale: simulated hosts and peers that speak only the events (no piece
 bytes) against a real nats-server and a real scheduler process, for 1,000, 5,000 and 15,000
-hosts (``BENCH_CP_HOSTS``), each next to raw nats-py figures from the same run.
+hosts (``BENCH_CP_HOSTS``), each next to raw nats-py figures from the same run, on one
+nats-server or on a 3-node JetStream cluster keeping every stream on all three
+(``BENCH_CP_NATS_NODES=3``: what replication costs).
 
 For each host count, on a fresh broker:
 1. Every host announces itself; the time until the scheduler has folded every announcement
@@ -36,18 +38,20 @@ from bench.bench_scheduler import Common, Replies, digest, hosts, percentiles, r
 from bench.report import write_result
 from damselfly.events.bus import Publisher
 from damselfly.events.hosts import HostKeepalive
-from damselfly.events.streams import ensure_streams
+from damselfly.events.streams import REPLICAS_ENV
 from damselfly.events.tasks import (
     BackToSourceStarted,
     PeerRegistered,
     PieceFinished,
     TaskMetadataReported,
 )
-from damselfly.services.launcher.broker import start_broker
+from damselfly.services.launcher.broker import start_broker, start_cluster
+from damselfly.services.launcher.up import prepare_streams
 from damselfly.services.runtime.natsconn import connect
 from damselfly.services.runtime.procs import DAMSELFLY, spawn, stop, wait_ready
 
 HOSTS: Final = [int(n) for n in os.environ.get("BENCH_CP_HOSTS", "1000,5000,15000").split(",")]
+NATS_NODES: Final = int(os.environ.get("BENCH_CP_NATS_NODES", "1"))
 TASKS, BURST, ROUNDS, KEEPALIVE, PARTITIONS = 100, 1000, 3, 5.0, 16  # as a daemon: every 5 s
 CLUSTER: Final = "cp"
 
@@ -137,30 +141,35 @@ async def echo_latency(nc: Client, url: str, work: Path, n_hosts: int) -> list[f
 
 
 async def one_size(n_hosts: int, work: Path) -> dict[str, Any]:
-    broker = start_broker(work / "nats")
+    brokers = ([start_broker(work / "nats")] if NATS_NODES == 1
+               else start_cluster(work / "nats", NATS_NODES))
+    url = ",".join(b.url for b in brokers)
+    replicas = min(NATS_NODES, 3)
     try:
-        nc = await connect(broker.url, "bench-control-plane")
+        await prepare_streams(url, None, replicas)
+        nc = await connect(url, "bench-control-plane")
         try:
-            await ensure_streams(nc.jetstream())
             ready = work / "scheduler.json"
             with (work / "scheduler.log").open("wb") as log:
-                sched = spawn([*DAMSELFLY, "scheduler", "--nats", broker.url, "--cluster",
+                sched = spawn([*DAMSELFLY, "scheduler", "--nats", url, "--cluster",
                                CLUSTER, "--ready-file", str(ready), "--metrics-port", "0",
-                               "--keepalive-timeout", "3600"], log)
+                               "--keepalive-timeout", "3600"], log,
+                              {REPLICAS_ENV: str(replicas)})
             try:
                 endpoints = wait_ready(ready, sched)
                 metrics_url = str(endpoints["metrics_url"])
-                row = await measure(nc, broker.url, work, n_hosts, metrics_url)
+                row = await measure(nc, url, work, n_hosts, metrics_url)
                 row.update({f"scheduler_{k}": round(v, 1)
                             for k, v in proc_figures(sched.pid).items()})
-                row.update({f"nats_{k}": round(v, 1)
-                            for k, v in proc_figures(broker.proc.pid).items()})
+                # A cluster's figures are its nodes' sums.
+                nodes = [proc_figures(b.proc.pid) for b in brokers]
+                row.update({f"nats_{k}": round(sum(n[k] for n in nodes), 1) for k in nodes[0]})
             finally:
                 stop([sched])
         finally:
             await nc.drain()
     finally:
-        broker.stop()
+        stop([b.proc for b in brokers])
     return row
 
 
@@ -225,10 +234,11 @@ def main() -> None:
                "echo_p50_ms", "echo_p99_ms", "p99_vs_echo", "scheduler_peak_rss_mib",
                "scheduler_cpu_s", "nats_peak_rss_mib", "nats_cpu_s", "keepalives_sent",
                "fold_s_growth_per_host_growth", "rss_growth_per_host_growth"]
-    write_result("control_plane", {
+    write_result("control_plane" if NATS_NODES == 1 else f"control_plane_{NATS_NODES}_nodes", {
         "title": "Control plane: simulated hosts against one scheduler process",
         "params": {"hosts": HOSTS, "tasks": TASKS, "burst": BURST, "rounds": ROUNDS,
-                   "keepalive_s": KEEPALIVE, "partitions": PARTITIONS},
+                   "keepalive_s": KEEPALIVE, "partitions": PARTITIONS,
+                   "nats_nodes": NATS_NODES},
         "columns": columns, "rows": rows,
         "notes": ["announce_fold_s: from the first announcement published to the scheduler "
                   "having folded every one into each of its 16 partitions (its own metrics); "

@@ -80,7 +80,7 @@ def service_specs(nats_url: str, data_dir: Path, peers: int,
     ]
 
 
-async def _prepare_streams(url: str, creds: Path | None, num_replicas: int | None,
+async def prepare_streams(url: str, creds: Path | None, num_replicas: int | None,
                            timeout: float = 30.0) -> None:
     """Create the streams, as the ``admin`` role (the only one that may), once JetStream
     answers: a fresh cluster elects its meta leader some seconds after its servers listen.
@@ -167,7 +167,7 @@ class LocalCluster:
         # A cluster keeps everything on 3 nodes; otherwise (one node, or an external server
         # whose streams may be replicated already) the replica count is left as it is.
         replicas = min(self.nats_nodes, 3) if self.nats_nodes > 1 else None
-        asyncio.run(_prepare_streams(url, roles.get("admin"), replicas))
+        asyncio.run(prepare_streams(url, roles.get("admin"), replicas))
         # The cluster secret mints upload tokens; the root password is the manager's first.
         env = {"DAMSELFLY_CLUSTER_SECRET": kept_secret("DAMSELFLY_CLUSTER_SECRET",
                                                        self.data_dir / "cluster.secret"),
