@@ -55,6 +55,9 @@ LEADERLESS: Final = (NoStreamResponseError, ServiceUnavailableError, NoResponder
 """What a publish meets while a stream has no leader (a JetStream cluster electing one after a
 node died) or the client is between servers: the same publish succeeds a moment later."""
 LEADERLESS_RETRY: Final = 0.25
+DRAIN_PATIENCE: Final = 30.0
+"""How long a draining consumer waits through empty fetches for the stream to deliver again
+or to say it is drained (a cluster that lost its quorum says neither) before it gives up."""
 
 
 class Publisher:
@@ -317,7 +320,8 @@ class Consumer:
                           max_events: int | None = None, on_dead: DeadHandler | None = None,
                           drain: bool = False) -> None:
         """Hand batches of up to ``max_events`` (default: one fetch) to ``handler``, in
-        stream order, until ``stop`` is set (or, with ``drain``, nothing is pending); ack
+        stream order, until ``stop`` is set (or, with ``drain``, nothing is pending: raises
+        ``TimeoutError`` after ``DRAIN_PATIENCE`` seconds of neither); ack
         them after it returned. A ``PoisonEvent`` splits the batch to dead-letter the culprit.
         ``on_dead`` gets the stream sequence of every dead-lettered message once the handler
         has seen every message before it, so a handler can step over it in its position.
@@ -331,12 +335,19 @@ class Consumer:
 
     async def _run_batches(self, handler: BatchHandler, stop: asyncio.Event, max_events: int,
                            on_dead: DeadHandler | None, drain: bool) -> None:
+        loop = asyncio.get_running_loop()
+        idle_since = loop.time()
         while not stop.is_set():
             msgs = await self._gather(max_events)
             if not msgs:
                 if drain and await self._drained():
                     return
+                if drain and loop.time() - idle_since > DRAIN_PATIENCE:
+                    raise TimeoutError(f"{self.stream}: nothing delivered for "
+                                           f"{DRAIN_PATIENCE:g} s, and the stream does not "
+                                           "say it is drained")
                 continue
+            idle_since = loop.time()
             batch, dead = await self._decode(msgs)
             if batch:
                 dead += await self._handle_batch(handler, batch)
