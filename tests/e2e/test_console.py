@@ -1,7 +1,8 @@
 """The console in a real browser (Debian's chromium driven by Playwright) against a running
 swarm — scheduler, seed peer, two peers and the manager, all processes — that has just
 downloaded a file: sign-in, every view loads offline, the dashboard charts draw the download,
-and a user bound to a tenant sees that tenant's task only."""
+a preheat and a census start from the jobs view and are watched to their end, and a user
+bound to a tenant sees that tenant's task only."""
 
 from __future__ import annotations
 
@@ -61,7 +62,9 @@ def start_manager(nats_url: str, tmp_path: Path) -> subprocess.Popen[bytes]:
         return spawn([*DAMSELFLY, "manager", "--nats", nats_url,
                       "--data-dir", str(tmp_path / "manager"),
                       "--ready-file", str(tmp_path / "manager.json")], log,
-                     {"DAMSELFLY_ROOT_PASSWORD": ROOT_PASSWORD})
+                     {"DAMSELFLY_ROOT_PASSWORD": ROOT_PASSWORD,
+                      # the swarm's: a preheat's credentials are sealed for its daemons
+                      "DAMSELFLY_CLUSTER_SECRET": Swarm.secret})
 
 
 async def signed_in(url: str, name: str, password: str) -> str:
@@ -88,6 +91,9 @@ class Seen:
     alice_tasks: list[str] = field(default_factory=list)
     alice_sql_link: bool = True
     alice_task_count: str = ""
+    job_error: str = ""
+    preheated: list[str] = field(default_factory=list)  # the preheat's host rows
+    census: int = 0  # the sync_peers job's host rows
 
 
 def sign_in(page: Page, name: str, password: str) -> None:
@@ -96,10 +102,23 @@ def sign_in(page: Page, name: str, password: str) -> None:
     page.click("form.signin button")
 
 
-def browse(url: str, shot: Path, download_another: Callable[[], None]) -> Seen:
+def start_job(page: Page, console: str, kind: str, **fields: str) -> None:
+    """Fill the jobs view's form and submit it."""
+    page.goto(console + "/#/jobs")
+    page.select_option("form.newjob select[name=type]", kind)
+    for name, value in fields.items():
+        if name == "scope":
+            page.select_option("form.newjob select[name=scope]", value)
+        else:
+            page.fill(f"form.newjob input[name={name}]", value)
+    page.click("form.newjob button")
+
+
+def browse(url: str, shot: Path, download_another: Callable[[], None], preheat: str) -> Seen:
     """Sign in and open the console's views, with a download for tenant team-a happening
-    while the overview is open; then sign in as that tenant's user. Returns what the page
-    showed. Blocks (Playwright sync)."""
+    while the overview is open; start a preheat of ``preheat`` and a census from the jobs
+    view; then sign in as that tenant's user. Returns what the page showed. Blocks
+    (Playwright sync)."""
     from playwright.sync_api import sync_playwright
 
     seen = Seen()
@@ -146,6 +165,17 @@ def browse(url: str, shot: Path, download_another: Callable[[], None]) -> Seen:
             page.click("button")
             page.wait_for_selector("#result td")
             seen.sql = page.locator("#result td").inner_text()
+            start_job(page, url, "preheat", url="")  # refused: the form says why
+            page.wait_for_selector("form.newjob .error:not(:empty)")
+            seen.job_error = page.locator("form.newjob .error").inner_text()
+            start_job(page, url, "preheat", url=preheat, scope="all_seed_peers")
+            page.wait_for_selector("#job dd:text-is('succeeded')", timeout=60_000)
+            page.wait_for_selector("#hosts tbody tr")
+            seen.preheated = page.locator("#hosts tbody tr").all_inner_texts()
+            start_job(page, url, "sync_peers")
+            page.wait_for_selector("#job dd:text-is('succeeded')", timeout=60_000)
+            page.wait_for_selector("#hosts tbody tr")
+            seen.census = page.locator("#hosts tbody tr").count()
             page.click("#signout")
             page.wait_for_selector("form.signin")
             sign_in(page, "alice", ALICE_PASSWORD)
@@ -166,7 +196,7 @@ def browse(url: str, shot: Path, download_another: Callable[[], None]) -> Seen:
 async def test_console_draws_a_real_download(nats_url: str, tmp_path: Path) -> None:
     www = tmp_path / "www"
     www.mkdir()
-    for name in ("blob.bin", "other.bin"):
+    for name in ("blob.bin", "other.bin", "preheated.bin"):
         (www / name).write_bytes(os.urandom(SIZE))
     origin = Origin(www)
     await origin.start()
@@ -205,7 +235,8 @@ async def test_console_draws_a_real_download(nats_url: str, tmp_path: Path) -> N
             await signed_in(url, "alice", ALICE_PASSWORD)
             shot = tmp_path / "console.png"
             seen = await anyio.to_thread.run_sync(
-                browse, url, shot, functools.partial(download, "other.bin", 0, "team-a"))
+                browse, url, shot, functools.partial(download, "other.bin", 0, "team-a"),
+                f"{origin.url}/preheated.bin")
     finally:
         stop([manager])
         await origin.stop()
@@ -217,6 +248,12 @@ async def test_console_draws_a_real_download(nats_url: str, tmp_path: Path) -> N
     assert seen.task_peers >= 3  # the seed and both peers took part
     assert seen.schedulers == 1
     assert seen.sql == "5"  # three downloads of the first file, two of the other
+    assert seen.job_error.startswith("args: give url"), seen.job_error
+    (preheated,) = seen.preheated  # the one seed peer
+    assert "succeeded" in preheated
+    # Every host holds blob.bin; the seed also the preheated file and other.bin, which
+    # peer-1 fetched for team-a through it.
+    assert seen.census == 6
     (row,) = seen.alice_tasks
     assert "other.bin" in row
     assert seen.alice_sql_link is False and seen.alice_task_count == "1"

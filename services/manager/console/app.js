@@ -167,7 +167,7 @@ const views = {
     return refresh;
   },
   jobs() {
-    $view.replaceChildren(h("h2", {}, "Jobs"), h("div", { id: "list" }));
+    $view.replaceChildren(h("h2", {}, "Jobs"), jobForm(), h("div", { id: "list" }));
     return async () => fill("list", records(await api("/jobs"), ["job_id", "kind", "state", "url",
       "task_id", "scope", "host_count", "requested_at", "finished_at", "reason"],
       r => "#/jobs/" + enc(r.job_id)));
@@ -208,6 +208,33 @@ const views = {
     };
   },
 };
+
+// Start a job with Dragonfly's body (POST /api/v1/jobs), then watch it on its own page.
+function jobForm() {
+  const pick = (name, options) => h("select", { name }, ...options.map(o => h("option", { value: o }, o)));
+  const type = pick("type", ["preheat", "sync_peers", "get_task", "delete_task"]);
+  const url = h("input", { name: "url", placeholder: "URL (a file, or an image manifest)", size: "60" });
+  const kind = pick("kind", ["file", "image"]);
+  const scope = pick("scope", ["single_seed_peer", "all_seed_peers", "all_peers"]);
+  const platform = h("input", { name: "platform", placeholder: "platform (linux/amd64)", size: "18" });
+  const message = h("span", { class: "error" });
+  const sync = () => {
+    for (const field of [url, kind, scope, platform]) field.disabled = type.value === "sync_peers";
+    for (const field of [kind, scope, platform]) field.disabled ||= type.value !== "preheat";
+  };
+  type.addEventListener("change", sync);
+  sync();
+  return h("form", { class: "newjob", onsubmit: async (event) => {
+    event.preventDefault();
+    const args = type.value === "sync_peers" ? {} : type.value === "preheat"
+      ? { type: kind.value, url: url.value, scope: scope.value, ...(platform.value ? { platform: platform.value } : {}) }
+      : { url: url.value };
+    const resp = await request("/jobs", { method: "POST", body: JSON.stringify({ type: type.value, args }) });
+    const body = await resp.json();
+    if (!resp.ok) { message.textContent = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail); return; }
+    location.hash = "#/jobs/" + enc(body.job_id);
+  } }, type, url, kind, scope, platform, h("button", { type: "submit" }, "Start job"), message);
+}
 
 function signIn(reason) {
   const name = h("input", { name: "name", autocomplete: "username", placeholder: "user", required: "" });
