@@ -57,7 +57,7 @@ ROLES: Final[Mapping[str, Role]] = {
     "peer": Role(
         publish=(*_READ_LOG, "df.host.>", "df.task.>", "df.job.*.progressed.*",
                  "df.rpc.cluster_search"),
-        subscribe=(*_INBOX, "df.sched.>", "df.job.>", "df.config.>"),
+        subscribe=(*_INBOX, "df.sched.>", "df.job.>", "df.config.>", "df.host.*.*.left"),
         deny_publish=_NO_ADMIN_STREAM),
     "scheduler": Role(
         publish=(*_READ_LOG, *_DEFINE_STREAMS, "df.sched.>", "df.host.*.*.left", "$KV.>"),
@@ -82,7 +82,9 @@ def peer_of(host_id: str) -> Role:
     own = (f"df.host.*.{host_id}.>", f"df.task.*.*.*.{host_id}.>",
            f"df.job.*.progressed.{host_id}")
     return replace(peer, publish=tuple(p for p in peer.publish if p not in (
-        "df.host.>", "df.task.>", "df.job.*.progressed.*")) + own)
+        "df.host.>", "df.task.>", "df.job.*.progressed.*")) + own,
+        subscribe=tuple(s for s in peer.subscribe if s != "df.host.*.*.left")
+        + (f"df.host.*.{host_id}.left",))  # a scheduler's word that it is dead
 
 
 @dataclass

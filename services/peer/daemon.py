@@ -10,6 +10,7 @@ import logging
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -31,7 +32,13 @@ from damselfly.events.ids import derived_id, new_id
 from damselfly.events.jobs import DeleteTaskRequested, JobProgressed
 from damselfly.events.sched import SeedPeerTriggered
 from damselfly.events.streams import ensure_streams
-from damselfly.events.subjects import job_filter, name_of, safe_token, sched_filter
+from damselfly.events.subjects import (
+    host_subject,
+    job_filter,
+    name_of,
+    safe_token,
+    sched_filter,
+)
 from damselfly.services.peer.api import api_app
 from damselfly.services.peer.downloader import PeerContext
 from damselfly.services.peer.downloads import Downloads
@@ -72,7 +79,9 @@ class DaemonConfig:
     spread: float = 1.0
     upload_rate: float = 0.0
     compress: bool = True  # zstd on the wire for children that accept it (wire.py)
-    keepalive: float = 5.0
+    keepalive: float = 0.0
+    """Seconds between keepalives; 0: 2 for a seed peer (its death should reach the children
+    waiting for it quickly, ``events.hosts.KEEPALIVE_MISSES``), else 5."""
     quota: int = 0
     gc_high: int = 0
     gc_low: int = 0
@@ -212,11 +221,19 @@ async def serve(cfg: DaemonConfig, stop: asyncio.Event) -> None:
                 await _on_delete_requested(msg, downloads, cfg.cluster)
 
             await nc.subscribe(job_filter(name_of(DeleteTaskRequested)), cb=on_delete)
-            await ctx.publish(HostAnnounced(
-                id=new_id(), at=time.time(), cluster=cfg.cluster, host_id=host_id,
-                hostname=hostname, ip=cfg.advertise_host, upload_url=upload_url,
-                seed=cfg.seed, idc=cfg.idc, location=cfg.location,
-                upload_limit=cfg.upload_limit))
+
+            def announcement() -> HostAnnounced:
+                return HostAnnounced(
+                    id=new_id(), at=time.time(), cluster=cfg.cluster, host_id=host_id,
+                    hostname=hostname, ip=cfg.advertise_host, upload_url=upload_url,
+                    seed=cfg.seed, idc=cfg.idc, location=cfg.location,
+                    upload_limit=cfg.upload_limit, interval=keepalive_interval(cfg))
+
+            async def on_left(msg: Msg) -> None:
+                await _on_declared_dead(msg, ctx, stop, announcement)
+
+            await nc.subscribe(host_subject(cfg.cluster, host_id, "left"), cb=on_left)
+            await ctx.publish(announcement())
             for tf in storage.tasks():
                 if not tf.complete:
                     log.info("resuming task %s", tf.task_id[:12],
@@ -268,6 +285,25 @@ async def _on_seed_trigger(msg: Msg, downloads: Downloads, host_id: str) -> None
                     straight_to_source="seed peer triggered by the scheduler")
 
 
+async def _on_declared_dead(msg: Msg, ctx: PeerContext, stop: asyncio.Event,
+                            announcement: Callable[[], HostAnnounced]) -> None:
+    """A scheduler declared this running host dead (its keepalives did not reach it in
+    time): announce it again, so that new tasks may use it (its peers then were dropped)."""
+    try:
+        event = decode_delivered(msg.subject, msg.data)
+    except EventDecodeError as exc:
+        log.warning("undecodable message on %s: %s", msg.subject, exc)
+        return
+    if stop.is_set() or not isinstance(event, HostLeft) or event.host_id != ctx.host_id:
+        return
+    log.warning("declared dead while running (%s); announcing this host again",
+                event.reason or "no reason given", extra={"host_id": ctx.host_id})
+    try:
+        await ctx.publish(announcement())
+    except (nats.errors.Error, TimeoutError) as exc:
+        log.warning("announcement not published: %r", exc)
+
+
 async def _on_delete_requested(msg: Msg, downloads: Downloads, cluster: str) -> None:
     """Drop a task when a delete job asks this daemon's cluster to, and say so."""
     try:
@@ -286,14 +322,19 @@ async def _on_delete_requested(msg: Msg, downloads: Downloads, cluster: str) -> 
                                         reason="deleted"))
 
 
+def keepalive_interval(cfg: DaemonConfig) -> float:
+    return cfg.keepalive or (2.0 if cfg.seed else 5.0)
+
+
 async def _keepalive(ctx: PeerContext, cfg: DaemonConfig, stats: TransferStats) -> None:
+    interval = keepalive_interval(cfg)
     while True:
-        await anyio.sleep(cfg.keepalive)
+        await anyio.sleep(interval)
         try:
             await ctx.publish(HostKeepalive(id=new_id(), at=time.time(), cluster=cfg.cluster,
                                             host_id=ctx.host_id,
                                             uploads_running=stats.uploads_running,
-                                            upload_limit=cfg.upload_limit))
+                                            upload_limit=cfg.upload_limit, interval=interval))
         except Exception as exc:  # noqa: BLE001 - NATS down: keep serving, say it next time
             log.warning("keepalive not published: %r", exc)
 

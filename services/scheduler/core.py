@@ -71,6 +71,7 @@ class Host(msgspec.Struct, kw_only=True):
     idc: str = ""
     location: str = ""
     upload_limit: int = 50
+    interval: float = 0.0     # its keepalive period, as announced (0: not said)
     uploads: int = 0          # children now assigned to this host's peers
     upload_ok: int = 0
     upload_failed: int = 0
@@ -181,7 +182,7 @@ def _on_host_announced(state: State, e: HostAnnounced, out: list[Event], trace: 
         return
     old = state.hosts.get(e.host_id)
     host = Host(host_id=e.host_id, upload_url=e.upload_url, seed=e.seed, idc=e.idc,
-                location=e.location, upload_limit=e.upload_limit)
+                location=e.location, upload_limit=e.upload_limit, interval=e.interval)
     if old is not None:
         host.uploads, host.upload_ok = old.uploads, old.upload_ok
         host.upload_failed = old.upload_failed

@@ -42,7 +42,7 @@ from damselfly.events.base import Event
 from damselfly.events.bus import Publisher, dead_letter
 from damselfly.events.codec import EventDecodeError, decode_delivered
 from damselfly.events.grants import GRANT_TTL, GrantSigner
-from damselfly.events.hosts import HostAnnounced, HostKeepalive, HostLeft
+from damselfly.events.hosts import HostAnnounced, HostKeepalive, HostLeft, silence_limit
 from damselfly.events.ids import derived_id
 from damselfly.events.sched import ParentsAssigned
 from damselfly.events.streams import (
@@ -797,6 +797,7 @@ class Scheduler:
 
     async def _watch_hosts(self, stop: Stop) -> None:
         seen: dict[str, tuple[float, str]] = {}
+        limits: dict[str, float] = {}  # how long each may stay silent (its interval said)
 
         async def on_host(msg) -> None:  # type: ignore[no-untyped-def]
             try:
@@ -805,25 +806,34 @@ class Scheduler:
                 return
             if isinstance(event, HostAnnounced | HostKeepalive):
                 seen[event.host_id] = (time.monotonic(), event.id)
+                limits[event.host_id] = silence_limit(event.interval, self._keepalive_timeout)
             elif isinstance(event, HostLeft):
                 seen.pop(event.host_id, None)
 
         sub = await self._nc.subscribe(host_filter(self.cluster), cb=on_host)
         try:
-            while not await _stopped_within(stop, min(self._keepalive_timeout / 4, 2.0)):
+            period = min(self._keepalive_timeout / 4, 1.0)
+            checked = time.monotonic()
+            while not await _stopped_within(stop, period):
                 now = time.monotonic()
-                if not self._nc.is_connected:  # their keepalives cannot reach us: not their fault
+                # Not their fault: their keepalives cannot reach us, or this process stalled
+                # and has not read what arrived meanwhile.
+                stalled, checked = now - checked > period + 2.0, now
+                if stalled or not self._nc.is_connected:
                     for host_id, (_, last_id) in list(seen.items()):
                         seen[host_id] = (now, last_id)
                     continue
                 for owned in list(self.owned.values()):
-                    for host_id in owned.worker.state.hosts:
+                    for host_id, host in owned.worker.state.hosts.items():
                         seen.setdefault(host_id, (now, "unseen"))
+                        limits.setdefault(host_id, silence_limit(host.interval,
+                                                                 self._keepalive_timeout))
                 if not self.owned:
                     continue
                 for host_id, (last, last_id) in list(seen.items()):
-                    if now - last > self._keepalive_timeout:
+                    if now - last > limits.get(host_id, self._keepalive_timeout):
                         seen.pop(host_id)
+                        limits.pop(host_id, None)
                         left = HostLeft(id=derived_id(host_id, "keepalive-timeout", last_id),
                                         at=time.time(), cluster=self.cluster, host_id=host_id,
                                         reason="keepalive timeout")
