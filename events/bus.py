@@ -153,6 +153,16 @@ async def publish_if_last(js: JetStreamContext, event: Event, last_seq: int,
     return True
 
 
+def decoded(msg: Msg) -> AnyEvent | None:
+    """The event a core NATS subscription received, or None (and one warning line) when its
+    bytes are no event or arrived on another event's subject."""
+    try:
+        return decode_delivered(msg.subject, msg.data)
+    except EventDecodeError as exc:
+        log.warning("undecodable message on %s: %s", msg.subject, exc)
+        return None
+
+
 @dataclass(frozen=True)
 class Delivered:
     """One decoded event with its place in the stream."""

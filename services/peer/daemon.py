@@ -23,9 +23,8 @@ from aiohttp import web
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from damselfly.events.bus import Publisher
+from damselfly.events.bus import Publisher, decoded
 from damselfly.events.clustersearch import FALLBACK, TIMEOUT, ClusterQuery, ask_cluster
-from damselfly.events.codec import EventDecodeError, decode_delivered
 from damselfly.events.grants import GrantVerifier
 from damselfly.events.hosts import HostAnnounced, HostKeepalive, HostLeft
 from damselfly.events.ids import derived_id, new_id
@@ -265,10 +264,8 @@ async def serve(cfg: DaemonConfig, stop: asyncio.Event) -> None:
 
 
 async def _on_seed_trigger(msg: Msg, downloads: Downloads, host_id: str) -> None:
-    try:
-        event = decode_delivered(msg.subject, msg.data)
-    except EventDecodeError as exc:
-        log.warning("undecodable message on %s: %s", msg.subject, exc)
+    event = decoded(msg)
+    if event is None:
         return
     if not isinstance(event, SeedPeerTriggered) or event.host_id != host_id:
         return
@@ -289,10 +286,8 @@ async def _on_declared_dead(msg: Msg, ctx: PeerContext, stop: asyncio.Event,
                             announcement: Callable[[], HostAnnounced]) -> None:
     """A scheduler declared this running host dead (its keepalives did not reach it in
     time): announce it again, so that new tasks may use it (its peers then were dropped)."""
-    try:
-        event = decode_delivered(msg.subject, msg.data)
-    except EventDecodeError as exc:
-        log.warning("undecodable message on %s: %s", msg.subject, exc)
+    event = decoded(msg)
+    if event is None:
         return
     if stop.is_set() or not isinstance(event, HostLeft) or event.host_id != ctx.host_id:
         return
@@ -306,10 +301,8 @@ async def _on_declared_dead(msg: Msg, ctx: PeerContext, stop: asyncio.Event,
 
 async def _on_delete_requested(msg: Msg, downloads: Downloads, cluster: str) -> None:
     """Drop a task when a delete job asks this daemon's cluster to, and say so."""
-    try:
-        event = decode_delivered(msg.subject, msg.data)
-    except EventDecodeError as exc:
-        log.warning("undecodable message on %s: %s", msg.subject, exc)
+    event = decoded(msg)
+    if event is None:
         return
     if not isinstance(event, DeleteTaskRequested) or (
             event.scheduler_cluster_ids and cluster not in event.scheduler_cluster_ids):

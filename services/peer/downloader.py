@@ -28,8 +28,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
 from damselfly.events.base import Event
-from damselfly.events.bus import Publisher
-from damselfly.events.codec import EventDecodeError, decode_delivered
+from damselfly.events.bus import Publisher, decoded
 from damselfly.events.fields import MAX_BATCH
 from damselfly.events.ids import new_id
 from damselfly.events.sched import (
@@ -365,10 +364,8 @@ class Download:
 
     # ---- decisions --------------------------------------------------------------------
     async def _on_decision(self, msg: Msg) -> None:
-        try:
-            event = decode_delivered(msg.subject, msg.data)
-        except EventDecodeError as exc:
-            log.warning("undecodable decision on %s: %s", msg.subject, exc)
+        event = decoded(msg)
+        if event is None:
             return
         if isinstance(event, ParentsAssigned | BackToSourceOrdered | ScheduleFailed | PeerQueued
                       | HoldingsRelayed) and event.peer_id == self.peer_id:

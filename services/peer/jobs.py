@@ -26,8 +26,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError
 
-from damselfly.events.bus import Consumer, Delivered
-from damselfly.events.codec import EventDecodeError, decode_delivered
+from damselfly.events.bus import Consumer, Delivered, decoded
 from damselfly.events.ids import derived_id
 from damselfly.events.jobs import (
     GetTaskRequested,
@@ -201,10 +200,8 @@ class JobWorker:
         return [file_target(e, url, headers)]
 
     async def on_get_task(self, msg: Msg) -> None:
-        try:
-            e = decode_delivered(msg.subject, msg.data)
-        except EventDecodeError as exc:
-            log.warning("undecodable message on %s: %s", msg.subject, exc)
+        e = decoded(msg)
+        if e is None:
             return
         if not isinstance(e, GetTaskRequested) or not self._mine(e.scheduler_cluster_ids):
             return
@@ -221,10 +218,8 @@ class JobWorker:
 
     async def on_sync_peers(self, msg: Msg) -> None:
         """Answer a census with every task this host holds, in one pipelined batch."""
-        try:
-            e = decode_delivered(msg.subject, msg.data)
-        except EventDecodeError as exc:
-            log.warning("undecodable message on %s: %s", msg.subject, exc)
+        e = decoded(msg)
+        if e is None:
             return
         if not isinstance(e, SyncPeersRequested) or not self._mine(e.scheduler_cluster_ids):
             return

@@ -824,9 +824,10 @@ class Scheduler:
                         seen[host_id] = (now, last_id)
                     continue
                 for owned in list(self.owned.values()):
-                    for host_id, host in owned.worker.state.hosts.items():
-                        seen.setdefault(host_id, (now, "unseen"))
-                        limits.setdefault(host_id, silence_limit(host.interval,
+                    hosts = owned.worker.state.hosts
+                    for host_id in hosts.keys() - seen.keys():  # a set difference: C speed
+                        seen[host_id] = (now, "unseen")
+                        limits.setdefault(host_id, silence_limit(hosts[host_id].interval,
                                                                  self._keepalive_timeout))
                 if not self.owned:
                     continue

@@ -22,7 +22,7 @@ from damselfly.events.subjects import partition
 from damselfly.services.peer.get import ApiClient
 from damselfly.services.peer.request import DownloadRequest
 from damselfly.services.runtime.eventlog import dump
-from damselfly.services.scheduler.replay import replay
+from damselfly.services.scheduler.replay import Replay, replay
 from tests.support.swarm import ChildService, Origin, OriginFaults, Swarm
 from tests.support.wait import eventually
 
@@ -34,6 +34,30 @@ PEERS = 4
 
 def decode_record(line: str) -> LogRecord:
     return msgspec.json.decode(line, type=LogRecord)
+
+
+def another_scheduler(swarm: Swarm, nats_url: str, cluster: str, data_dir: Path
+                      ) -> ChildService:
+    """A second scheduler of the swarm's cluster, stopped with the swarm (not yet started)."""
+    second = ChildService("scheduler-2", ["scheduler", "--nats", nats_url, "--cluster",
+                                          cluster, "--data-dir", str(data_dir)],
+                          data_dir, swarm.secret, swarm.scheduler_env)
+    swarm.services.append(second)
+    return second
+
+
+def same_bytes(tmp_path: Path, results: dict[str, dict[str, Any]], body: bytes) -> bool:
+    """Whether every peer in ``results`` exported exactly ``body``."""
+    want = hashlib.sha256(body).hexdigest()
+    return {hashlib.sha256((tmp_path / f"{n}.out").read_bytes()).hexdigest()
+            for n in results} == {want}
+
+
+async def replayed(nats_url: str, cluster: str) -> Replay:
+    """An offline replay of everything the log holds for ``cluster``."""
+    dumped = io.StringIO()
+    await dump(nats_url, None, dumped)
+    return replay([decode_record(line) for line in dumped.getvalue().splitlines()], cluster)
 
 
 def owned(service: ChildService) -> list[int]:
@@ -57,10 +81,7 @@ async def test_killing_the_owning_scheduler_mid_download_fails_no_download(
         with Swarm(nats_url, tmp_path / "swarm", PEERS, cluster=cluster) as swarm:
             first_scheduler = swarm.services[0]
             assert first_scheduler.name == "scheduler" and len(owned(first_scheduler)) == 16
-            second = ChildService("scheduler-2", ["scheduler", "--nats", nats_url, "--cluster",
-                                                  cluster, "--data-dir", str(tmp_path / "s2")],
-                                  tmp_path / "s2", swarm.secret, swarm.scheduler_env)
-            swarm.services.append(second)  # stopped with the swarm
+            second = another_scheduler(swarm, nats_url, cluster, tmp_path / "s2")
             second.start()
             schedulers = [first_scheduler, second]
 
@@ -100,19 +121,14 @@ async def test_killing_the_owning_scheduler_mid_download_fails_no_download(
 
     assert sorted(results) == [f"peer-{i}" for i in range(1, PEERS + 1)]
     assert all(r["state"] == "succeeded" for r in results.values()), results
-    want = hashlib.sha256(body).hexdigest()
-    assert {hashlib.sha256((tmp_path / f"{n}.out").read_bytes()).hexdigest()
-            for n in results} == {want}
+    assert same_bytes(tmp_path, results, body)
     # The late peers were scheduled onto parents by the standby, not left to time out and
     # fetch from the origin themselves.
     late = [results[f"peer-{i}"] for i in range(PEERS // 2 + 1, PEERS + 1)]
     assert all(r["bytes_from_peers"] > 0 for r in late), late
 
     # Both schedulers' decisions come out of an offline replay of the log, exactly.
-    dumped = io.StringIO()
-    await dump(nats_url, None, dumped)
-    records = [decode_record(line) for line in dumped.getvalue().splitlines()]
-    result = replay(records, cluster)
+    result = await replayed(nats_url, cluster)
     assert len(result.recorded) >= PEERS + 1
     assert result.mismatches() == ([], [])
 
@@ -151,10 +167,7 @@ async def test_adding_and_removing_a_scheduler_under_load_fails_no_download(
 
                     await eventually(fetching, timeout=30)
                     # Scale up: a second scheduler joins and takes half the partitions over.
-                    second = ChildService("scheduler-2", [
-                        "scheduler", "--nats", nats_url, "--cluster", cluster, "--data-dir",
-                        str(tmp_path / "s2")], tmp_path / "s2", swarm.secret, swarm.scheduler_env)
-                    swarm.services.append(second)
+                    second = another_scheduler(swarm, nats_url, cluster, tmp_path / "s2")
                     second.start()
 
                     async def shared() -> bool:
@@ -179,10 +192,5 @@ async def test_adding_and_removing_a_scheduler_under_load_fails_no_download(
         await origin.stop()
 
     assert all(r["state"] == "succeeded" for r in results.values()) and len(results) == PEERS
-    want = hashlib.sha256(body).hexdigest()
-    assert {hashlib.sha256((tmp_path / f"{n}.out").read_bytes()).hexdigest()
-            for n in results} == {want}
-    dumped = io.StringIO()
-    await dump(nats_url, None, dumped)
-    result = replay([decode_record(line) for line in dumped.getvalue().splitlines()], cluster)
-    assert result.mismatches() == ([], [])
+    assert same_bytes(tmp_path, results, body)
+    assert (await replayed(nats_url, cluster)).mismatches() == ([], [])
